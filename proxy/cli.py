@@ -1,0 +1,119 @@
+"""The command line: argv onto the configuration schema, then run it; exit statuses.
+
+The only reader of sys.argv. Every error reaches the user as one line on stderr (with the
+traceback only at `--log-level debug`): 2 for usage and configuration, 1 at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxy import __version__
+from proxy.config import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    forward_config,
+)
+from proxy.echo import serve_echo
+from proxy.errors import ProxyError, UsageError
+from proxy.log import LEVELS, EventLog
+from proxy.server import Server
+from proxy.units import parse_address, parse_duration, parse_size
+
+
+def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse `type` that reports the parser's own message rather than argparse's."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = what
+    return convert
+
+
+_address = _argument(parse_address, "address")
+_upstream_address = _argument(lambda text: parse_address(text, allow_port_zero=False), "address")
+_duration = _argument(parse_duration, "duration")
+_size = _argument(parse_size, "size")
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pairproxy", description="A forwarding TCP proxy with a YAML route table and a hex dump."
+    )
+    parser.add_argument("--version", action="version", version=f"pairproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    forward = commands.add_parser(
+        "forward", help="forward one local port to one upstream", description="Forward LISTEN to UPSTREAM."
+    )
+    forward.add_argument("listen", type=_address, metavar="LISTEN", help="HOST:PORT, [IPv6]:PORT or PORT")
+    forward.add_argument("upstream", type=_upstream_address, metavar="UPSTREAM", help="HOST:PORT")
+    forward.add_argument("--hexdump", action="store_true", help="dump every forwarded chunk to stdout")
+    forward.add_argument(
+        "--connect-timeout", type=_duration, default=DEFAULT_CONNECT_TIMEOUT, metavar="DURATION", help="default: 5s"
+    )
+    forward.add_argument(
+        "--idle-timeout", type=_duration, default=DEFAULT_IDLE_TIMEOUT, metavar="DURATION", help="default: 15m"
+    )
+    forward.add_argument(
+        "--buffer-size", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="SIZE", help="per direction; default: 256KiB"
+    )
+    _add_log_options(forward)
+
+    echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
+    echo.add_argument("listen", type=_address, metavar="LISTEN")
+    _add_log_options(echo)
+    return parser
+
+
+def _forward(args: argparse.Namespace, log: EventLog) -> int:
+    if args.buffer_size <= 0:
+        raise UsageError("--buffer-size must be at least 1 byte")
+    config = forward_config(
+        args.listen,
+        args.upstream,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        buffer_size=args.buffer_size,
+        hexdump=args.hexdump,
+    )
+    server = Server(config, log)
+    server.bind()
+    server.serve()
+    return 0
+
+
+def _echo(args: argparse.Namespace, log: EventLog) -> int:
+    serve_echo(args.listen, log)
+    return 0
+
+
+_COMMANDS = {"forward": _forward, "echo": _echo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = EventLog(args.log_level, args.log_format)
+    try:
+        return _COMMANDS[args.command](args, log)
+    except ProxyError as exc:
+        print(f"pairproxy: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except Exception as exc:
+        if log.debugging:
+            raise
+        print(f"pairproxy: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

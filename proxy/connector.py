@@ -1,0 +1,155 @@
+"""Connecting to an upstream: non-blocking connect, one server after another.
+
+A Connector walks the servers it is given (the route's pool decides their order and how many
+retries there are), resolves each off the loop, and tries each resolved address with a
+non-blocking connect bounded by `connect_timeout`. The outcome is reported to an observer:
+`connected` with the open socket, `attempt_failed` for each server that could not be reached
+(so health tracking can learn from it), and `unreachable` when the list is exhausted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from typing import Protocol
+
+from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher, State
+from proxy.reactor import Reactor, Timer
+from proxy.resolver import Resolution, Resolver
+from proxy.units import Address
+
+
+class ConnectObserver(Protocol):
+    def connected(self, sock: socket.socket, server: Address) -> None: ...
+
+    def attempt_failed(self, server: Address, reason: str) -> None: ...
+
+    def unreachable(self, reason: str) -> None: ...
+
+
+def _reason(code: int) -> str:
+    return os.strerror(code).lower()
+
+
+class ConnectAttempt(Dispatcher):
+    """One non-blocking connect; the first writability tells how it went (SO_ERROR)."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, connector: Connector) -> None:
+        super().__init__(reactor, sock, State.CONNECTING)
+        self.connector = connector
+        self.interest_changed()
+
+    def writable(self) -> bool:
+        return self.state is State.CONNECTING
+
+    def handle_connect(self) -> None:
+        self.connector.attempt_finished(self, self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def handle_error(self, exc: BaseException) -> None:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+        self.connector.attempt_finished(self, code)
+
+
+class Connector:
+    """Tries `servers` in order until one accepts a TCP connection."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        resolver: Resolver,
+        servers: Iterator[Address],
+        timeout: float,
+        observer: ConnectObserver,
+    ) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.servers = servers
+        self.timeout = timeout
+        self.observer = observer
+        self.server: Address | None = None
+        self.last_reason = "no server to try"
+        self._sockaddrs: list[tuple[int, tuple]] = []
+        self._attempt: ConnectAttempt | None = None
+        self._timer: Timer | None = None
+        self._cancelled = False
+
+    def start(self) -> None:
+        self._next_server()
+
+    def cancel(self) -> None:
+        """Stop trying; no observer call follows."""
+        self._cancelled = True
+        self._end_attempt()
+
+    def _next_server(self) -> None:
+        server = next(self.servers, None)
+        if server is None:
+            self.observer.unreachable(self.last_reason)
+            return
+        self.server = server
+        self.resolver.resolve(server, self._resolved)
+
+    def _resolved(self, result: Resolution) -> None:
+        if self._cancelled:
+            return
+        if isinstance(result, OSError):
+            self._server_failed(f"cannot resolve {self.server.host}: {result.strerror or result}")
+            return
+        self._sockaddrs = list(result)
+        self._next_sockaddr()
+
+    def _next_sockaddr(self) -> None:
+        while self._sockaddrs:
+            family, sockaddr = self._sockaddrs.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                self.last_reason = _reason(exc.errno)
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    break
+                continue
+            sock.setblocking(False)
+            code = sock.connect_ex(sockaddr)
+            if code in (0, errno.EINPROGRESS):
+                self._attempt = ConnectAttempt(self.reactor, sock, self)
+                self._timer = self.reactor.call_later(self.timeout, self._timed_out)
+                return
+            sock.close()
+            self.last_reason = _reason(code)
+        self._server_failed(self.last_reason)
+
+    def attempt_finished(self, attempt: ConnectAttempt, code: int) -> None:
+        if attempt is not self._attempt:
+            return
+        if code == 0:
+            self._timer.cancel()
+            self._attempt = self._timer = None
+            sock = attempt.detach()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.observer.connected(sock, self.server)
+            return
+        self._end_attempt()
+        self.last_reason = _reason(code)
+        self._next_sockaddr()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._end_attempt()
+        self.last_reason = "connect timed out"
+        self._next_sockaddr()
+
+    def _server_failed(self, reason: str) -> None:
+        self.last_reason = reason
+        self.observer.attempt_failed(self.server, reason)
+        if not self._cancelled:
+            self._next_server()
+
+    def _end_attempt(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._attempt is not None:
+            self._attempt.close()
+            self._attempt = None

@@ -1,0 +1,113 @@
+"""The asyncore-shaped dispatcher base: one socket, its interest, its handlers, its state.
+
+A dispatcher never polls its own interest: when something changes what `readable()` or
+`writable()` would answer, it calls `interest_changed()` and the reactor re-reads both before
+its next wait. `close()` is idempotent and unregisters before it closes the socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.reactor import Reactor
+
+# The peer is gone: the connection is over, whatever we do next.
+PEER_GONE = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.EPIPE,
+        errno.ECONNABORTED,
+        errno.ESHUTDOWN,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETRESET,
+    }
+)
+# Nothing is wrong; the call has to be made again later.
+TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EINPROGRESS})
+# The process or the system is out of descriptors or buffers: back off, then retry.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Dispatcher:
+    """Base class: override the `handle_*` methods and the two interest predicates."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, state: State = State.OPEN) -> None:
+        self.reactor = reactor
+        self.socket = sock
+        self.fd = sock.fileno()
+        self.mask = 0  # the events registered with the selector; owned by the reactor
+        self.state = state
+
+    # -- interest ------------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def interest_changed(self) -> None:
+        """Tell the reactor that `readable()` or `writable()` may answer differently now."""
+        self.reactor.mark_dirty(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- events, as the reactor delivers them --------------------------------------------
+
+    def handle_read_event(self) -> None:
+        self.handle_read()
+
+    def handle_write_event(self) -> None:
+        if self.state is State.CONNECTING:
+            self.state = State.OPEN
+            self.handle_connect()
+        else:
+            self.handle_write()
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def handle_read(self) -> None:
+        pass
+
+    def handle_write(self) -> None:
+        pass
+
+    def handle_connect(self) -> None:
+        pass
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def handle_error(self, exc: BaseException) -> None:
+        """An exception escaped a handler: log it and close this dispatcher only."""
+        self.reactor.log.failure("dispatcher_error", exc, dispatcher=type(self).__name__)
+        self.close()
+
+    def close(self) -> None:
+        """Unregister, then close the socket. Safe to call more than once."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.reactor.forget(self)
+        self.socket.close()
+
+    def detach(self) -> socket.socket:
+        """Unregister and hand the still-open socket to a new owner; this dispatcher is done."""
+        self.state = State.CLOSED
+        self.reactor.forget(self)
+        return self.socket

@@ -1,0 +1,91 @@
+"""`pairproxy echo`: the classic echo server, as dispatchers on the same reactor.
+
+Every byte a client sends comes back in order. A client's half-close is answered by a
+half-close once its bytes are echoed. Memory per client is bounded: past ECHO_BUFFER unsent
+bytes the server stops reading that client until it catches up.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from proxy.buffer import SendBuffer
+from proxy.dispatcher import PEER_GONE, Dispatcher
+from proxy.listener import Listener, bind_listening_socket
+from proxy.log import EventLog
+from proxy.reactor import Reactor
+from proxy.units import Address
+
+ECHO_BUFFER = 1024 * 1024
+READ_SIZE = 64 * 1024
+
+
+class EchoConnection(Dispatcher):
+    def __init__(self, reactor: Reactor, sock: socket.socket) -> None:
+        super().__init__(reactor, sock)
+        self.outgoing = SendBuffer(ECHO_BUFFER)
+        self.eof = False
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return not self.eof and not self.outgoing.full
+
+    def writable(self) -> bool:
+        return self.outgoing.size > 0
+
+    def handle_read(self) -> None:
+        try:
+            data = self.socket.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in PEER_GONE:
+                self.close()
+                return
+            raise
+        if not data:
+            self.eof = True
+            self.interest_changed()
+        else:
+            self.outgoing.append(data)
+        self.handle_write()
+
+    def handle_write(self) -> None:
+        outgoing = self.outgoing
+        try:
+            while outgoing.size:
+                chunk = outgoing.front()
+                sent = self.socket.send(chunk)
+                outgoing.consume(sent)
+                if sent < len(chunk):
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if exc.errno in PEER_GONE:
+                self.close()
+                return
+            raise
+        if not outgoing.size and self.eof:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the client is gone already; closing is all that is left
+            self.close()
+            return
+        self.interest_changed()  # cheap: the reactor touches the selector only if the mask moved
+
+
+def serve_echo(address: Address, log: EventLog) -> None:
+    """Serve the echo protocol on `address` until SIGINT or SIGTERM."""
+    reactor = Reactor(log)
+    sock = bind_listening_socket(address)
+    listener = Listener(reactor, sock, "echo", lambda client, _peer: EchoConnection(reactor, client))
+    log.info("listening", listener="echo", address=listener.address)
+    reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+    reactor.add_signal_handler(signal.SIGINT, reactor.stop)
+    try:
+        reactor.loop()
+    finally:
+        reactor.close()

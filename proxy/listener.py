@@ -1,0 +1,111 @@
+"""The listening dispatcher: bind, accept in bounded batches, back off when out of descriptors.
+
+Each accepted client is made non-blocking and handed to the `on_accept` callback; what happens
+to it then (limits, routing, the pair) is the server's business, not the listener's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+
+from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher
+from proxy.errors import StartupError
+from proxy.reactor import Reactor
+from proxy.units import Address, format_sockaddr
+
+ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the rest
+BACKLOG = 1024
+EMFILE_BACKOFF_FIRST = 0.05
+EMFILE_BACKOFF_MAX = 1.0
+# A client that gave up while queued, or a transient network error: accept the next one.
+_ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH})
+
+AcceptCallback = Callable[[socket.socket, tuple], None]
+
+
+def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking socket listening on `address`; StartupError with the reason if not."""
+    family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {address}: {reason}") from None
+    return sock
+
+
+class Listener(Dispatcher):
+    """Accepts clients and passes each to `on_accept(sock, peer_address)`."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, name: str, on_accept: AcceptCallback) -> None:
+        super().__init__(reactor, sock)
+        self.name = name
+        self.on_accept = on_accept
+        self.address = format_sockaddr(sock.getsockname())
+        self.paused = False
+        self._backoff = EMFILE_BACKOFF_FIRST
+        self._resume_timer = None
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return not self.paused
+
+    def handle_read(self) -> None:
+        accept = self.socket.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, peer = accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self._pause_for_descriptors(exc)
+                    return
+                if exc.errno in _ACCEPT_SKIP:
+                    continue
+                raise
+            self._backoff = EMFILE_BACKOFF_FIRST
+            client.setblocking(False)
+            self.on_accept(client, peer)
+
+    def _pause_for_descriptors(self, exc: OSError) -> None:
+        # The client stays in the kernel's backlog; retrying at once would spin the CPU on a
+        # listener that keeps reporting readable.
+        self.reactor.log.warning(
+            "accept_paused", listener=self.name, error=os.strerror(exc.errno), retry_s=self._backoff
+        )
+        self.paused = True
+        self.interest_changed()
+        self._resume_timer = self.reactor.call_later(self._backoff, self._resume)
+        self._backoff = min(self._backoff * 2, EMFILE_BACKOFF_MAX)
+
+    def _resume(self) -> None:
+        self._resume_timer = None
+        if not self.closed:
+            self.paused = False
+            self.interest_changed()
+
+    def handle_error(self, exc: BaseException) -> None:
+        # One bad accept must never close the listener that serves everybody else.
+        self.reactor.log.failure("accept_failed", exc, listener=self.name)
+
+    def close(self) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        super().close()

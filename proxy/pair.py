@@ -1,0 +1,326 @@
+"""The pair: a client socket and an upstream socket joined, each one the other's producer.
+
+Theory of operation
+-------------------
+A Pair starts with only its client side, which is not read until the upstream connects (so a
+client cannot fill memory while nobody can take its bytes). Once connected, each side's
+`handle_read` reads one chunk into the process's scratch buffer and hands it to the other side's
+`forward`, which sends what the socket takes at once and copies only the rest into its
+SendBuffer (then asks for write interest).
+
+Backpressure: when a side's SendBuffer reaches its high watermark (`buffer_size`), the side
+feeding it stops reading; when `handle_write` drains it to the low watermark, reading resumes.
+One read is at most `buffer_size` bytes, so each direction holds at most twice `buffer_size`.
+
+Half-close: a read of 0 bytes marks that side's EOF; the other side shuts its writing half once
+its buffer has drained. When both writing halves are shut, the pair is finished (`closed`).
+A reset (or any "peer gone" errno) on either side aborts both, and the other side is closed
+with SO_LINGER 0 so that its peer sees a reset too (`reset`).
+
+Every way a pair ends goes through `finish(result, reason)`, which writes the access-log line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from proxy.buffer import SendBuffer
+from proxy.connector import Connector
+from proxy.dispatcher import PEER_GONE, Dispatcher
+from proxy.log import EventLog, HexdumpWriter
+from proxy.reactor import Reactor, Timer
+from proxy.resolver import Resolver
+from proxy.units import Address, format_sockaddr
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+SCRATCH_SIZE = 256 * 1024
+
+
+class Runtime:
+    """What every pair in one process shares: the loop, the resolver, the outputs."""
+
+    def __init__(self, reactor: Reactor, resolver: Resolver, log: EventLog, hexdump: HexdumpWriter | None) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.log = log
+        self.hexdump = hexdump
+        # One read buffer for the whole process: the loop is single-threaded and every read is
+        # forwarded (or copied into a SendBuffer) before the next one.
+        self.scratch = memoryview(bytearray(SCRATCH_SIZE))
+        self.pairs: set[Pair] = set()
+        self._next_conn = 0
+
+    def next_conn_id(self) -> int:
+        self._next_conn += 1
+        return self._next_conn
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """What one listener's pairs have in common, prepared once per listener."""
+
+    listener: str
+    connect_timeout: float
+    idle_timeout: float
+    buffer_size: int
+    hexdump: bool
+
+
+class Side(Dispatcher):
+    """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket."""
+
+    def __init__(self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str) -> None:
+        super().__init__(pair.runtime.reactor, sock)
+        self.pair = pair
+        self.name = name  # "client" or "upstream", for log reasons
+        self.address = address
+        self.direction = direction  # of the bytes read from this socket, for the hex dump
+        self.peer: Side = self
+        self.outgoing = SendBuffer(pair.settings.buffer_size)
+        self.read_size = min(pair.settings.buffer_size, SCRATCH_SIZE)
+        self.bytes_read = 0
+        self.reading = False  # switched on once both sides exist
+        self.paused = False  # the peer's buffer is full
+        self.eof = False  # this socket's peer shut its writing half
+        self.shutdown_pending = False  # shut our writing half once `outgoing` drains
+        self.write_shut = False
+
+    def readable(self) -> bool:
+        return self.reading and not self.paused and not self.eof
+
+    def writable(self) -> bool:
+        return self.outgoing.size > 0
+
+    def handle_read(self) -> None:
+        scratch = self.pair.runtime.scratch
+        try:
+            count = self.socket.recv_into(scratch, self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if not count:
+            self.pair.end_of_stream(self)
+            return
+        pair = self.pair
+        pair.last_active = self.reactor.now
+        data = scratch[:count]
+        offset = self.bytes_read
+        self.bytes_read = offset + count
+        if pair.tap is not None:
+            pair.tap.chunk(pair.conn, self.direction, offset, data, self.address, self.peer.address)
+        peer = self.peer
+        peer.forward(data)
+        if peer.outgoing.size >= peer.outgoing.high:
+            self.paused = True
+            self.interest_changed()
+
+    def forward(self, data: memoryview) -> None:
+        """Send `data` (a view the caller will reuse) now, buffering what the socket refuses."""
+        outgoing = self.outgoing
+        if outgoing.size:
+            outgoing.append(data.tobytes())  # order: queued bytes go first
+            return
+        try:
+            sent = self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if sent < len(data):
+            outgoing.append(data[sent:].tobytes())
+            self.interest_changed()
+
+    def handle_write(self) -> None:
+        outgoing = self.outgoing
+        send = self.socket.send
+        try:
+            while outgoing.size:
+                chunk = outgoing.front()
+                sent = send(chunk)
+                outgoing.consume(sent)
+                if sent < len(chunk):
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        producer = self.peer
+        if producer.paused and outgoing.size <= outgoing.low:
+            producer.paused = False
+            producer.interest_changed()
+        if not outgoing.size:
+            self.interest_changed()
+            if self.shutdown_pending:
+                self.pair.shut_write(self)
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.pair.failed(self, exc)
+
+    def abort(self) -> None:
+        """Close so that the remote end sees a reset rather than an orderly end."""
+        if not self.closed:
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            except OSError:
+                pass  # already dead; plain close is all that is left
+        self.close()
+
+
+class Pair:
+    """A client and its upstream: the connect, the forwarding, the end, and the access log."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: PairSettings,
+        route: str | int,
+        client_sock: socket.socket,
+        client_address: tuple,
+        on_finish: Callable[[Pair], None] | None = None,
+    ) -> None:
+        reactor = runtime.reactor
+        self.runtime = runtime
+        self.settings = settings
+        self.route = route
+        self.conn = runtime.next_conn_id()
+        self.on_finish = on_finish
+        self.tap = runtime.hexdump if settings.hexdump else None
+        self.started = time.monotonic()
+        self.last_active = reactor.now
+        self.result: str | None = None
+        client_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client = Side(self, client_sock, "client", format_sockaddr(client_address), "client->upstream")
+        self.upstream: Side | None = None
+        self.server: Address | None = None
+        runtime.pairs.add(self)
+        self._idle_timer: Timer | None = reactor.call_later(settings.idle_timeout, self._check_idle)
+        self.connector: Connector | None = None
+
+    # -- connecting (the ConnectObserver protocol) ---------------------------------------
+
+    def connect(self, servers: Iterator[Address]) -> None:
+        """Start connecting to the first reachable of `servers`."""
+        runtime = self.runtime
+        self.connector = Connector(runtime.reactor, runtime.resolver, servers, self.settings.connect_timeout, self)
+        self.connector.start()
+
+    def connected(self, sock: socket.socket, server: Address) -> None:
+        self.connector = None
+        self.server = server
+        client = self.client
+        upstream = Side(self, sock, "upstream", format_sockaddr(sock.getpeername()), "upstream->client")
+        self.upstream = upstream
+        client.peer, upstream.peer = upstream, client
+        client.reading = upstream.reading = True
+        client.interest_changed()
+        upstream.interest_changed()
+        if self.tap is not None:
+            self.tap.opened(self.conn, client.address, upstream.address)
+
+    def attempt_failed(self, server: Address, reason: str) -> None:
+        self.runtime.log.debug("connect_failed", conn=self.conn, server=server, reason=reason)
+
+    def unreachable(self, reason: str) -> None:
+        self.connector = None
+        self.finish("upstream_unreachable", reason)
+
+    # -- events from the sides -----------------------------------------------------------
+
+    def end_of_stream(self, side: Side) -> None:
+        side.eof = True
+        side.interest_changed()
+        other = side.peer
+        if other.outgoing.size:
+            other.shutdown_pending = True
+        else:
+            self.shut_write(other)
+
+    def shut_write(self, side: Side) -> None:
+        side.shutdown_pending = False
+        try:
+            side.socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.peer_gone(side, exc)
+            return
+        side.write_shut = True
+        if side.peer.write_shut:
+            self.finish("closed")
+
+    def peer_gone(self, side: Side, exc: OSError) -> None:
+        reason = f"{side.name}: {os.strerror(exc.errno or errno.EIO).lower()}"
+        self.finish("reset", reason, abort=True)
+
+    def failed(self, side: Side, exc: BaseException) -> None:
+        self.runtime.log.failure("connection_error", exc, conn=self.conn, side=side.name)
+        self.finish("error", f"{type(exc).__name__}: {exc}", abort=True)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self.result is not None:
+            return
+        idle_for = self.runtime.reactor.now - self.last_active
+        remaining = self.settings.idle_timeout - idle_for
+        if remaining > 0:
+            self._idle_timer = self.runtime.reactor.call_later(remaining, self._check_idle)
+        else:
+            self.finish("timeout", "idle")
+
+    # -- the end -------------------------------------------------------------------------
+
+    def finish(self, result: str, reason: str | None = None, *, abort: bool = False) -> None:
+        """End the pair once: close both sides, write the access log and the hex dump's close."""
+        if self.result is not None:
+            return
+        self.result = result
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.connector is not None:
+            self.connector.cancel()
+            self.connector = None
+        for side in (self.client, self.upstream):
+            if side is None:
+                continue
+            if abort:
+                side.abort()
+            else:
+                side.close()
+        self.runtime.pairs.discard(self)
+        upstream = self.upstream
+        self.runtime.log.info(
+            "access",
+            conn=self.conn,
+            listener=self.settings.listener,
+            route=self.route,
+            client=self.client.address,
+            server=upstream.address if upstream is not None else self.server,
+            bytes_up=self.client.bytes_read,
+            bytes_down=upstream.bytes_read if upstream is not None else 0,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            result=result,
+            reason=reason,
+        )
+        if self.tap is not None:
+            if upstream is None:
+                self.tap.opened(self.conn, self.client.address, self.settings.listener)
+            self.tap.closed(self.conn, result)
+        if self.on_finish is not None:
+            self.on_finish(self)

@@ -1,0 +1,239 @@
+"""The event loop: one selector, an explicit map of dispatchers, a timer heap, a wake-up fd.
+
+Theory of operation
+-------------------
+Each pass of `loop()`:
+
+1. Re-read interest for the dispatchers marked dirty since the last pass, and only those.
+   A dispatcher's mask is `readable()`/`writable()` folded into selector events; the selector
+   is touched only when that mask differs from the registered one (0 means unregistered).
+2. Wait in `select()` until an fd is ready or the earliest timer is due (no wait at all when
+   callbacks are queued).
+3. Dispatch each ready fd to its dispatcher (stored as the selector key's data): a read event
+   calls `handle_read_event`, a write event `handle_write_event`. An exception escaping a
+   dispatcher goes to that dispatcher's `handle_error`, never out of the loop.
+4. Run due timers, then callbacks queued with `call_soon`.
+
+Signals and other threads wake the loop through a socketpair: `signal.set_wakeup_fd` writes to
+it, and `call_soon_threadsafe` queues a callback and writes one byte to it.
+
+Nothing here is global: every dispatcher is handed the reactor it lives on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.dispatcher import Dispatcher
+    from proxy.log import EventLog
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class Timer:
+    """A callback due at a monotonic time; `cancel()` makes it a no-op."""
+
+    __slots__ = ("when", "seq", "callback", "args", "cancelled")
+
+    def __init__(self, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self.seq = seq
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.callback = _nothing
+        self.args = ()
+
+
+def _nothing(*_args: Any) -> None:
+    pass
+
+
+class Reactor:
+    """The loop over one selector. Dispatchers register themselves through `mark_dirty`."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.selector = selectors.DefaultSelector()
+        self.map: dict[int, Dispatcher] = {}
+        self.now = time.monotonic()
+        self._dirty: set[Dispatcher] = set()
+        self._timers: list[Timer] = []
+        self._timer_seq = 0
+        self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._running = False
+        self._wakeup_fd_set = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r.fileno(), EVENT_READ, None)
+
+    # -- interest ------------------------------------------------------------------------
+
+    def mark_dirty(self, dispatcher: Dispatcher) -> None:
+        """Ask for `dispatcher`'s interest to be re-read before the next wait."""
+        self._dirty.add(dispatcher)
+
+    def forget(self, dispatcher: Dispatcher) -> None:
+        """Unregister `dispatcher` at once (it is about to close its socket)."""
+        self._dirty.discard(dispatcher)
+        if dispatcher.mask:
+            self.selector.unregister(dispatcher.fd)
+            dispatcher.mask = 0
+        if self.map.get(dispatcher.fd) is dispatcher:
+            del self.map[dispatcher.fd]
+
+    def _apply_interest(self) -> None:
+        dirty = self._dirty
+        selector = self.selector
+        while dirty:
+            dispatcher = dirty.pop()
+            if dispatcher.closed:
+                continue
+            mask = (EVENT_READ if dispatcher.readable() else 0) | (EVENT_WRITE if dispatcher.writable() else 0)
+            old = dispatcher.mask
+            if mask == old:
+                continue
+            if not old:
+                selector.register(dispatcher.fd, mask, dispatcher)
+                self.map[dispatcher.fd] = dispatcher
+            elif not mask:
+                selector.unregister(dispatcher.fd)
+            else:
+                selector.modify(dispatcher.fd, mask, dispatcher)
+            dispatcher.mask = mask
+
+    # -- timers and callbacks ------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run `callback(*args)` on the loop after `delay` seconds; returns a cancellable Timer."""
+        self._timer_seq += 1
+        timer = Timer(time.monotonic() + delay, self._timer_seq, callback, args)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback(*args)` on the loop after the current pass. Loop thread only."""
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Like call_soon, from any thread (or a signal handler); wakes the loop."""
+        self._threadsafe.append((callback, args))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full, so the loop is going to wake anyway
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        threadsafe = self._threadsafe
+        while threadsafe:
+            self._ready.append(threadsafe.popleft())
+
+    def _timeout(self) -> float | None:
+        if self._ready or self._threadsafe:
+            return 0
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return None
+        return max(0.0, timers[0].when - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        timers = self._timers
+        now = self.now
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                self._run_callback(timer.callback, timer.args)
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        for _ in range(len(ready)):
+            callback, args = ready.popleft()
+            self._run_callback(callback, args)
+
+    def _run_callback(self, callback: Callable[..., Any], args: tuple) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            # A callback belongs to one connection or one timer; its failure must not end
+            # the loop that serves all the others.
+            self.log.failure("callback_failed", exc, callback=getattr(callback, "__qualname__", "?"))
+
+    # -- signals -------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[[], Any]) -> None:
+        """Run `callback()` on the loop when `signum` arrives (main thread only)."""
+        if not self._wakeup_fd_set:
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self._wakeup_fd_set = True
+        signal.signal(signum, lambda _signum, _frame: self.call_soon_threadsafe(callback))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        """Serve until `stop()` is called."""
+        self._running = True
+        select = self.selector.select
+        read, write = EVENT_READ, EVENT_WRITE
+        while self._running:
+            if self._dirty:
+                self._apply_interest()
+            events = select(self._timeout())
+            self.now = time.monotonic()
+            for key, mask in events:
+                dispatcher = key.data
+                if dispatcher is None:
+                    self._drain_wakeups()
+                    continue
+                try:
+                    if mask & read:
+                        dispatcher.handle_read_event()
+                    if mask & write and not dispatcher.closed:
+                        dispatcher.handle_write_event()
+                except Exception as exc:
+                    dispatcher.handle_error(exc)
+            if self._timers:
+                self._run_due_timers()
+            if self._ready:
+                self._run_ready()
+
+    def stop(self) -> None:
+        """End `loop()` after the current pass."""
+        self._running = False
+
+    def close(self) -> None:
+        """Close every dispatcher still registered, then the selector itself."""
+        for dispatcher in list(self.map.values()):
+            dispatcher.close()
+        if self._wakeup_fd_set:
+            signal.set_wakeup_fd(-1)
+            self._wakeup_fd_set = False
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

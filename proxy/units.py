@@ -1,0 +1,152 @@
+"""Parsing of the three value kinds users type: addresses, durations and sizes.
+
+Shared by the YAML loader and the command line so both accept exactly the same spellings.
+Every parser raises ValueError with a message fit to show a person after a location prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    """A host (IP literal or DNS name) and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    @property
+    def is_literal(self) -> bool:
+        """True when the host is an IP address, so no name resolution is needed."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if self.is_ipv6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def format_sockaddr(sockaddr: tuple) -> str:
+    """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family."""
+    return str(Address(sockaddr[0], sockaddr[1]))
+
+
+def parse_address(text: str | int, *, allow_port_zero: bool = True) -> Address:
+    """Parse `HOST:PORT`, `[IPv6]:PORT`, `PORT` or `:PORT` (the last two mean 127.0.0.1).
+
+    A bare port binds to loopback so that it never exposes a service by accident.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"address must be HOST:PORT, got {text!r}")
+    raw = str(text).strip()
+    if not raw:
+        raise ValueError("address is empty")
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close < 0 or raw[close + 1 : close + 2] != ":":
+            raise ValueError(f"bad address {raw!r}: expected [IPv6]:PORT")
+        host, port_text = raw[1:close], raw[close + 2 :]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"bad address {raw!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in raw:
+        host, _, port_text = raw.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"bad address {raw!r}: write IPv6 addresses as [IPv6]:PORT")
+        host = host or DEFAULT_HOST
+        _check_host(raw, host)
+    else:
+        host, port_text = DEFAULT_HOST, raw
+    port = _parse_port(raw, port_text)
+    if port == 0 and not allow_port_zero:
+        raise ValueError(f"bad address {raw!r}: port 0 is only meaningful for a listener")
+    return Address(host, port)
+
+
+def _check_host(raw: str, host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+        raise ValueError(f"bad address {raw!r}: {host!r} is not a host name or IP address")
+    if all(label.isdigit() for label in labels):
+        raise ValueError(f"bad address {raw!r}: {host!r} is not a valid IPv4 address")
+
+
+def _parse_port(raw: str, port_text: str) -> int:
+    if not port_text.isdigit():
+        raise ValueError(f"bad address {raw!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"bad address {raw!r}: port {port} is out of range 0-65535")
+    return port
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from a number of seconds or a string such as `250ms`, `5s`, `2m`, `1h`."""
+    if isinstance(value, bool):
+        raise ValueError(f"duration must be a number of seconds or like '5s', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"bad duration {value!r}: use seconds or a unit, e.g. 250ms, 5s, 2m, 1h")
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"bad duration {value!r}: must be a finite number >= 0")
+    return seconds
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z")
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from a number or a string such as `64KiB`, `1MiB`, `10KB` (powers of ten)."""
+    if isinstance(value, bool):
+        raise ValueError(f"size must be a number of bytes or like '64KiB', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        unit = match.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ValueError(f"bad size {value!r}: unknown unit {match.group(2)!r} (use KiB, MiB, KB, MB)")
+        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    else:
+        raise ValueError(f"bad size {value!r}: use bytes or a unit, e.g. 64KiB, 1MiB")
+    if size < 0:
+        raise ValueError(f"bad size {value!r}: must be >= 0")
+    return size
