@@ -37,7 +37,7 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    name: str
+    name: str | None  # None: named after the address it is bound to
     listen: Address
     routes: tuple[RouteConfig, ...]
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -68,7 +68,7 @@ def forward_config(
     return Config(
         listeners=(
             ListenerConfig(
-                name=str(listen),
+                name=None,
                 listen=listen,
                 routes=(RouteConfig(upstream=name),),
                 idle_timeout=idle_timeout,

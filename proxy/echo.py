@@ -12,7 +12,7 @@ import socket
 
 from proxy.buffer import SendBuffer
 from proxy.dispatcher import PEER_GONE, Dispatcher
-from proxy.listener import Listener, bind_listening_socket
+from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.log import EventLog
 from proxy.reactor import Reactor
 from proxy.units import Address
@@ -79,6 +79,7 @@ class EchoConnection(Dispatcher):
 
 def serve_echo(address: Address, log: EventLog) -> None:
     """Serve the echo protocol on `address` until SIGINT or SIGTERM."""
+    raise_fd_limit()
     reactor = Reactor(log)
     sock = bind_listening_socket(address)
     listener = Listener(reactor, sock, "echo", lambda client, _peer: EchoConnection(reactor, client))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 from collections.abc import Callable
 
@@ -47,6 +48,18 @@ def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> sock
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise StartupError(f"cannot listen on {address}: {reason}") from None
     return sock
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit; accepts back off when it is reached
+    return soft
 
 
 class Listener(Dispatcher):

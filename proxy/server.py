@@ -7,31 +7,18 @@ open pairs get `shutdown_grace` to finish, the rest are closed with `result=shut
 
 from __future__ import annotations
 
-import resource
 import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
 
 from proxy.config import Config, ListenerConfig
-from proxy.listener import Listener, bind_listening_socket
+from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.log import EventLog, HexdumpWriter
 from proxy.pair import Pair, PairSettings, Runtime
 from proxy.reactor import Reactor
 from proxy.resolver import Resolver
 from proxy.units import Address
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one; returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass  # keep the soft limit; accepts back off when it is reached
-    return soft
 
 
 class ListenerRuntime:
@@ -40,8 +27,11 @@ class ListenerRuntime:
     def __init__(self, server: Server, config: ListenerConfig, sock: socket.socket) -> None:
         self.server = server
         self.config = config
+        self.dispatcher = Listener(server.reactor, sock, config.name or "", self.accept)
+        self.name = config.name or self.dispatcher.address
+        self.dispatcher.name = self.name
         self.settings = PairSettings(
-            listener=config.name,
+            listener=self.name,
             connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout,
             buffer_size=config.buffer_size,
@@ -50,7 +40,6 @@ class ListenerRuntime:
         upstream = server.config.upstreams[config.routes[0].upstream]
         self.servers: tuple[Address, ...] = tuple(s.address for s in upstream.servers)
         self.active = 0
-        self.dispatcher = Listener(server.reactor, sock, config.name, self.accept)
 
     def accept(self, sock: socket.socket, peer: tuple) -> None:
         pair = Pair(self.server.runtime, self.settings, 0, sock, peer, self.finished)
@@ -92,7 +81,7 @@ class Server:
                 sock = bind_listening_socket(config.listen)
                 listener = ListenerRuntime(self, config, sock)
                 self.listeners.append(listener)
-                self.log.info("listening", listener=config.name, address=listener.dispatcher.address)
+                self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         except BaseException:
             self.close()
             raise

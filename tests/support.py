@@ -1,0 +1,304 @@
+"""Test helpers: the real `pairproxy` command in a subprocess, and small real upstream servers.
+
+Every wait here has a deadline; every process started is killed by its handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+WAIT = 10.0  # seconds: the default deadline for anything the tests wait on
+
+
+class ProxyProcess:
+    """`python -m proxy ARGS` with stderr collected line by line and stdout to a file."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        workdir: Path,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+        wait_listening: int = 1,
+    ) -> None:
+        self.args = list(args)
+        self.stdout_path = workdir / f"stdout-{id(self)}.txt"
+        self._stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            preexec_fn=preexec_fn,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.addresses: list[str] = []
+        if wait_listening:
+            self.wait_for(lambda _line: len(self._listening()) >= wait_listening)
+            self.addresses = [re.search(r"address=(\S+)", line).group(1) for line in self._listening()]
+
+    def _listening(self) -> list[str]:
+        return [line for line in self.lines if " listening " in line]
+
+    def _read_stderr(self) -> None:
+        for raw in self.proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.addresses[0].rsplit(":", 1)[1])
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.addresses[0].rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def wait_for(self, predicate: Callable[[str], bool] | str, timeout: float = WAIT) -> str:
+        """The first stderr line matching; AssertionError with the log if none by the deadline."""
+        test = (lambda line: predicate in line) if isinstance(predicate, str) else predicate
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if test(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no matching log line in {timeout}s; stderr was:\n" + self.log_text())
+                self._cond.wait(min(remaining, 0.1))
+
+    def access_lines(self) -> list[dict[str, str]]:
+        return [logfmt(line) for line in list(self.lines) if " access " in line]
+
+    def wait_access(self, count: int = 1, timeout: float = WAIT) -> list[dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.access_lines()
+            if len(lines) >= count:
+                return lines
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} access lines; stderr was:\n" + self.log_text())
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def stdout(self) -> str:
+        self._stdout.flush()
+        return self.stdout_path.read_text()
+
+    def send_signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        """Signal, wait, and kill if it did not exit in time; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._close_pipes()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        self._reader.join(WAIT)
+        self.proc.stderr.close()
+        self._stdout.close()
+
+    def rss_kib(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line: str) -> dict[str, str]:
+    """The key=value pairs of one text log line (quotes removed)."""
+    fields = {}
+    for key, value in _LOGFMT.findall(line):
+        if value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        fields[key] = value
+    return fields
+
+
+def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = WAIT, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m proxy ARGS` to completion (for commands that exit by themselves)."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+class Upstream:
+    """A real TCP server on loopback running `handler(conn)` in a thread per connection."""
+
+    def __init__(self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+        self.handler = handler
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.host = host
+        self.accepted = 0
+        self.errors: list[BaseException] = []
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        self._acceptor.start()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.settimeout(WAIT * 3)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass  # the client went away: the test asserts on what it saw
+        except BaseException as exc:  # noqa: BLE001 - reported to the test through .errors
+            self.errors.append(exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.sock.close()
+        self._acceptor.join(WAIT)
+        for thread in self._threads:
+            thread.join(WAIT)
+
+
+def echo_handler(conn: socket.socket) -> None:
+    """Echo until EOF, then half-close back."""
+    while data := conn.recv(65536):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
+def sink_handler(conn: socket.socket) -> None:
+    """Read to EOF, then answer `LENGTH SHA256\\n`: proves upload and half-close."""
+    digest = hashlib.sha256()
+    total = 0
+    while data := conn.recv(1 << 20):
+        digest.update(data)
+        total += len(data)
+    conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
+
+
+def source_handler(size: int) -> Callable[[socket.socket], None]:
+    """Send `size` deterministic bytes, then close: proves download."""
+
+    def handler(conn: socket.socket) -> None:
+        block = pattern(1 << 20)
+        left = size
+        while left:
+            chunk = block[: min(left, len(block))]
+            conn.sendall(chunk)
+            left -= len(chunk)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # wait for the client's close so nothing is reset
+
+    return handler
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that are not all alike (so reordering would show)."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
+    repeats = size // len(block) + 1
+    return (block * repeats)[:size]
+
+
+def connect(address: tuple[str, int], timeout: float = WAIT) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 20):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        data = sock.recv(min(left, 1 << 20))
+        if not data:
+            break
+        chunks.append(data)
+        left -= len(data)
+    return b"".join(chunks)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
