@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from proxy.dispatcher import State
+
 if TYPE_CHECKING:
     from proxy.dispatcher import Dispatcher
     from proxy.log import EventLog
@@ -42,9 +44,10 @@ EVENT_WRITE = selectors.EVENT_WRITE
 class Timer:
     """A callback due at a monotonic time; `cancel()` makes it a no-op."""
 
-    __slots__ = ("when", "seq", "callback", "args", "cancelled")
+    __slots__ = ("args", "callback", "cancelled", "reactor", "seq", "when")
 
-    def __init__(self, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, reactor: Reactor, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+        self.reactor = reactor
         self.when = when
         self.seq = seq
         self.callback = callback
@@ -55,9 +58,11 @@ class Timer:
         return (self.when, self.seq) < (other.when, other.seq)
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self.callback = _nothing
-        self.args = ()
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _nothing
+            self.args = ()
+            self.reactor.timer_cancelled()
 
 
 def _nothing(*_args: Any) -> None:
@@ -75,6 +80,7 @@ class Reactor:
         self._dirty: set[Dispatcher] = set()
         self._timers: list[Timer] = []
         self._timer_seq = 0
+        self._cancelled_timers = 0
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._running = False
@@ -124,9 +130,23 @@ class Reactor:
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run `callback(*args)` on the loop after `delay` seconds; returns a cancellable Timer."""
         self._timer_seq += 1
-        timer = Timer(time.monotonic() + delay, self._timer_seq, callback, args)
+        timer = Timer(self, time.monotonic() + delay, self._timer_seq, callback, args)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def timer_cancelled(self) -> None:
+        # Cancelled timers stay in the heap until due; long timeouts (idle: minutes) on short
+        # connections would pile them up, so rebuild the heap once they are most of it.
+        self._cancelled_timers += 1
+        if self._cancelled_timers > 1024 and self._cancelled_timers * 2 > len(self._timers):
+            self._timers = [timer for timer in self._timers if not timer.cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
+
+    @property
+    def pending_timers(self) -> int:
+        """Timers in the heap, cancelled ones included (they are dropped lazily)."""
+        return len(self._timers)
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback(*args)` on the loop after the current pass. Loop thread only."""
@@ -159,6 +179,7 @@ class Reactor:
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
+            self._cancelled_timers -= 1
         if not timers:
             return None
         return max(0.0, timers[0].when - time.monotonic())
@@ -168,7 +189,10 @@ class Reactor:
         now = self.now
         while timers and timers[0].when <= now:
             timer = heapq.heappop(timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled_timers -= 1
+            else:
+                timer.cancelled = True  # spent: a later cancel() must not count it again
                 self._run_callback(timer.callback, timer.args)
 
     def _run_ready(self) -> None:
@@ -201,6 +225,7 @@ class Reactor:
         self._running = True
         select = self.selector.select
         read, write = EVENT_READ, EVENT_WRITE
+        closed = State.CLOSED
         while self._running:
             if self._dirty:
                 self._apply_interest()
@@ -211,10 +236,14 @@ class Reactor:
                 if dispatcher is None:
                     self._drain_wakeups()
                     continue
+                # A handler earlier in this batch may have closed this dispatcher (its pair
+                # ended); its events are stale then.
+                if dispatcher.state is closed:
+                    continue
                 try:
                     if mask & read:
                         dispatcher.handle_read_event()
-                    if mask & write and not dispatcher.closed:
+                    if mask & write and dispatcher.state is not closed:
                         dispatcher.handle_write_event()
                 except Exception as exc:
                     dispatcher.handle_error(exc)
