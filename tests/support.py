@@ -162,7 +162,9 @@ def logfmt(line: str) -> dict[str, str]:
     return fields
 
 
-def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = WAIT, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(
+    args: Sequence[str], cwd: Path | None = None, timeout: float = WAIT, **kwargs
+) -> subprocess.CompletedProcess:
     """Run `python -m proxy ARGS` to completion (for commands that exit by themselves)."""
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
@@ -218,7 +220,7 @@ class Upstream:
             self.handler(conn)
         except OSError:
             pass  # the client went away: the test asserts on what it saw
-        except BaseException as exc:  # noqa: BLE001 - reported to the test through .errors
+        except BaseException as exc:  # reported to the test through .errors
             self.errors.append(exc)
         finally:
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import resource
 import socket
 import struct
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from proxy.hexdump import parse_dump_line
 from tests.support import (
     WAIT,
     connect,
@@ -307,31 +309,28 @@ def test_hexdump_shows_exactly_the_bytes_sent(start_proxy, start_upstream):
 
 def _parse_hexdump(text: str) -> dict[tuple[str, str], bytes]:
     """Reassemble the dump per connection and direction, checking offsets and lengths."""
-    from proxy.hexdump import parse_dump_line
-
     streams: dict[tuple[str, str], bytearray] = {}
     events: dict[str, list[str]] = {}
-    current = None
-    expected_len = 0
+    chunks: list[tuple[tuple[str, str], int, bytearray]] = []  # (stream, len=, bytes dumped)
     for line in text.splitlines():
-        if line[:8].isalnum() and line[8:10] == "  " and len(line.split()[0]) == 8:
+        if re.match(r"[0-9a-f]{8}  ", line):
             offset, data = parse_dump_line(line)
-            assert offset == len(current) - current_start
-            current.extend(data)
+            chunk = chunks[-1][2]
+            assert offset == len(chunk), "the first column is the offset within the chunk"
+            chunk.extend(data)
             continue
-        if current is not None:
-            assert len(current) - current_start == expected_len
         fields = line.split()
         conn = fields[1].removeprefix("conn=")
         if fields[2] in ("open", "close"):
             events.setdefault(conn, []).append(fields[2])
-            current = None
             continue
-        direction, offset, length = fields[2], int(fields[3][7:]), int(fields[4][4:])
-        current = streams.setdefault((conn, direction), bytearray())
-        assert offset == len(current), "offset= must count the bytes already sent that way"
-        current_start = len(current)
-        expected_len = length
+        key = (conn, fields[2])
+        streams.setdefault(key, bytearray())
+        assert fields[3] == f"offset={sum(len(c) for k, _, c in chunks if k == key)}"
+        chunks.append((key, int(fields[4].removeprefix("len=")), bytearray()))
+    for key, length, data in chunks:
+        assert len(data) == length
+        streams[key].extend(data)
     for conn, seen in events.items():
         assert seen == ["open", "close"], f"conn={conn} events {seen}"
     return {key: bytes(value) for key, value in streams.items()}
