@@ -1,0 +1,91 @@
+"""Allow/deny and the ordered route table, without sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.config import MatchConfig, RouteConfig
+from proxy.routes import AccessPolicy, RouteTable, client_ip, sni_matches
+
+
+def nets(*texts: str) -> tuple:
+    return tuple(ipaddress.ip_network(text) for text in texts)
+
+
+def ip(text: str):
+    return ipaddress.ip_address(text)
+
+
+def test_first_matching_route_wins_and_default_catches_the_rest():
+    table = RouteTable(
+        (
+            RouteConfig("inside", MatchConfig(source=nets("10.1.0.0/16")), name="inside"),
+            RouteConfig("v6", MatchConfig(source=nets("2001:db8::/32"))),
+            RouteConfig("wide", MatchConfig(source=nets("10.0.0.0/8"))),
+            RouteConfig("default"),
+        )
+    )
+    assert table.select(ip("10.1.2.3")) == ("inside", table.routes[0])
+    assert table.select(ip("10.2.0.1"))[1].upstream == "wide"
+    assert table.select(ip("10.2.0.1"))[0] == 2
+    assert table.select(ip("2001:db8::1"))[1].upstream == "v6"
+    assert table.select(ip("192.0.2.1"))[1].upstream == "default"
+
+
+def test_no_route_when_nothing_matches():
+    table = RouteTable((RouteConfig("a", MatchConfig(source=nets("10.0.0.0/8"))),))
+    assert table.select(ip("127.0.0.1")) is None
+
+
+def test_sni_routes_need_a_name():
+    table = RouteTable(
+        (
+            RouteConfig("api", MatchConfig(sni=("api.example.com",))),
+            RouteConfig("rest", MatchConfig(sni=("*.example.com",))),
+        )
+    )
+    assert table.needs_server_name
+    assert table.select(ip("127.0.0.1"), "API.example.com")[1].upstream == "api"
+    assert table.select(ip("127.0.0.1"), "www.example.com")[1].upstream == "rest"
+    assert table.select(ip("127.0.0.1"), None) is None
+    assert not RouteTable((RouteConfig("a"),)).needs_server_name
+
+
+def test_sni_wildcards_cover_exactly_one_label():
+    assert sni_matches("*.example.com", "a.example.com")
+    assert sni_matches("*.example.com", "A.Example.COM.")
+    assert not sni_matches("*.example.com", "example.com")
+    assert not sni_matches("*.example.com", "a.b.example.com")
+    assert sni_matches("example.com", "EXAMPLE.com")
+    assert not sni_matches("example.com", "www.example.com")
+
+
+def test_deny_is_checked_before_allow():
+    policy = AccessPolicy(allow=nets("10.0.0.0/8", "127.0.0.1/32"), deny=nets("10.9.0.0/16"))
+    assert policy.permits(ip("10.1.1.1"))
+    assert policy.permits(ip("127.0.0.1"))
+    assert not policy.permits(ip("10.9.1.1"))
+    assert not policy.permits(ip("127.0.0.2"))
+    assert AccessPolicy(allow=None, deny=()).permits(ip("192.0.2.1"))
+    assert not AccessPolicy(allow=None, deny=nets("::/0")).permits(ip("::1"))
+
+
+def test_ipv4_mapped_clients_match_ipv4_rules():
+    assert client_ip("::ffff:10.1.2.3") == ip("10.1.2.3")
+    assert client_ip("fe80::1%eth0") == ip("fe80::1")
+
+
+@given(st.ip_addresses(), st.integers(min_value=1, max_value=32))
+def test_a_source_route_matches_exactly_its_network(address, prefix):
+    if address.version == 6:
+        prefix *= 4
+    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+    table = RouteTable((RouteConfig("in", MatchConfig(source=(network,))), RouteConfig("out")))
+    assert table.select(address)[1].upstream == "in"
+    if int(network.broadcast_address) + 1 < 2**network.max_prefixlen:
+        assert table.select(network.broadcast_address + 1)[1].upstream == "out"
+    if int(network.network_address) > 0:
+        assert table.select(network.network_address - 1)[1].upstream == "out"
