@@ -1,0 +1,73 @@
+"""Active health checks: a TCP connect to each server of a pool, every `interval`.
+
+The verdicts go to the pool (`Pool.check_result`), which applies `rise`/`fall`; a change of
+state is logged as `server_up` or `server_down`. Checks run on the reactor's timers and use the
+same non-blocking Connector as client traffic, so they never block the loop.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from proxy.connector import Connector
+from proxy.log import EventLog
+from proxy.reactor import Reactor, Timer
+from proxy.resolver import Resolver
+from proxy.units import Address
+from proxy.upstreams import Pool, ServerState
+
+
+class _Probe:
+    """One check of one server: the ConnectObserver that reports to the checker."""
+
+    def __init__(self, checker: HealthChecker, server: ServerState) -> None:
+        self.checker = checker
+        self.server = server
+
+    def connected(self, sock: socket.socket, _address: Address) -> None:
+        sock.close()
+        self.checker.verdict(self, True, None)
+
+    def attempt_failed(self, _address: Address, _reason: str) -> None:
+        pass
+
+    def unreachable(self, reason: str) -> None:
+        self.checker.verdict(self, False, reason)
+
+
+class HealthChecker:
+    """Checks every server of one pool on a timer until `stop()`."""
+
+    def __init__(self, reactor: Reactor, resolver: Resolver, pool: Pool, log: EventLog) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.pool = pool
+        self.log = log
+        self.check = pool.config.health_check
+        self._probes: dict[_Probe, Connector] = {}
+        self._timer: Timer | None = reactor.call_later(0, self._round)
+
+    def _round(self) -> None:
+        self._timer = self.reactor.call_later(self.check.interval, self._round)
+        for server in self.pool.servers:
+            if any(probe.server is server for probe in self._probes):
+                continue  # the last check of this server has not finished yet
+            probe = _Probe(self, server)
+            connector = Connector(self.reactor, self.resolver, iter([server.address]), self.check.timeout, probe)
+            self._probes[probe] = connector
+            connector.start()
+
+    def verdict(self, probe: _Probe, ok: bool, reason: str | None) -> None:
+        if self._probes.pop(probe, None) is None:
+            return
+        if self.pool.check_result(probe.server, ok):
+            event = "server_up" if ok else "server_down"
+            self.log.warning(event, upstream=self.pool.config.name, server=probe.server.address, reason=reason)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for connector in self._probes.values():
+            connector.cancel()
+        self._probes.clear()
