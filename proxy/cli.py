@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from proxy import __version__
@@ -16,7 +17,10 @@ from proxy.config import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    ConfigError,
+    LoadedConfig,
     forward_config,
+    load_config,
 )
 from proxy.echo import serve_echo
 from proxy.errors import ProxyError, UsageError
@@ -73,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_log_options(forward)
 
+    run = commands.add_parser(
+        "run", help="serve a YAML route table", description="Serve the route table in FILE until signalled."
+    )
+    run.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
+    run.add_argument("--hexdump", action="store_true", help="dump every forwarded chunk of every listener")
+    _add_log_options(run)
+
+    check = commands.add_parser(
+        "check", help="validate a YAML route table", description="Validate FILE without binding anything."
+    )
+    check.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
+    _add_log_options(check)
+
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
     echo.add_argument("listen", type=_address, metavar="LISTEN")
     _add_log_options(echo)
@@ -96,12 +113,41 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    loaded = load_config(args.config)
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
+    return loaded
+
+
+def _run(args: argparse.Namespace, log: EventLog) -> int:
+    loaded = _load(args)
+    server = Server(loaded.config, log, hexdump=args.hexdump, config_path=Path(args.config))
+    server.bind()
+    server.serve()
+    return 0
+
+
+def _check(args: argparse.Namespace, _log: EventLog) -> int:
+    config = _load(args).config
+    routes = sum(len(listener.routes) for listener in config.listeners)
+    print(
+        f"{args.config}: OK: {_count(len(config.listeners), 'listener')}, {_count(routes, 'route')}, "
+        f"{_count(len(config.upstreams), 'upstream')}"
+    )
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _echo(args: argparse.Namespace, log: EventLog) -> int:
     serve_echo(args.listen, log)
     return 0
 
 
-_COMMANDS = {"forward": _forward, "echo": _echo}
+_COMMANDS = {"run": _run, "check": _check, "forward": _forward, "echo": _echo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = EventLog(args.log_level, args.log_format)
     try:
         return _COMMANDS[args.command](args, log)
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(message, file=sys.stderr)
+        return exc.exit_status
     except ProxyError as exc:
         print(f"pairproxy: {exc}", file=sys.stderr)
         return exc.exit_status

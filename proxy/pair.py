@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 A Pair starts with only its client side, which is not read until the upstream connects (so a
-client cannot fill memory while nobody can take its bytes). Once connected, each side's
+client cannot fill memory while nobody can take its bytes). The one exception is a preamble the
+routing decision needs (a PROXY header from a trusted load balancer): a PreambleReader reads
+just that, bounded in size and time, and the bytes after it are the first payload. Once connected, each side's
 `handle_read` reads one chunk into the process's scratch buffer and hands it to the other side's
 `forward`, which sends what the socket takes at once and copies only the rest into its
 SendBuffer (then asks for write interest).
@@ -27,8 +29,9 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.buffer import SendBuffer
 from proxy.connector import Connector
@@ -37,6 +40,7 @@ from proxy.log import EventLog, HexdumpWriter
 from proxy.reactor import Reactor, Timer
 from proxy.resolver import Resolver
 from proxy.units import Address, format_sockaddr
+from proxy.upstreams import Pool, ServerState
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 SCRATCH_SIZE = 256 * 1024
@@ -66,7 +70,7 @@ class PairSettings:
     """What one listener's pairs have in common, prepared once per listener."""
 
     listener: str
-    connect_timeout: float
+    connect_timeout: float  # the listener's: how long a client may take to send a preamble
     idle_timeout: float
     buffer_size: int
     hexdump: bool
@@ -182,6 +186,80 @@ class Side(Dispatcher):
         self.close()
 
 
+class PreambleReader(Dispatcher):
+    """Reads what a client sends before it can be paired (a PROXY header), on the client socket.
+
+    `parse(data)` answers None while more is needed, (info, consumed) once complete, or raises
+    ValueError.
+    `on_done(info, rest)` then gets the bytes after the preamble, which belong to the payload.
+    At most `limit` bytes are read; the preamble must arrive within the listener's timeout.
+    """
+
+    def __init__(
+        self,
+        pair: Pair,
+        what: str,
+        parse: Callable[[bytes], Any],
+        limit: int,
+        on_done: Callable[[Any, bytes], None],
+    ) -> None:
+        super().__init__(pair.runtime.reactor, pair.client.socket)
+        self.pair = pair
+        self.what = what
+        self.parse = parse
+        self.limit = limit
+        self.on_done = on_done
+        self.data = bytearray()
+        self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return True
+
+    def handle_read(self) -> None:
+        try:
+            chunk = self.socket.recv(self.limit - len(self.data))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self.pair.client, exc)
+            return
+        if not chunk:
+            self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
+            return
+        self.data += chunk
+        try:
+            result = self.parse(bytes(self.data))
+        except ValueError as exc:
+            self.pair.finish("protocol_error", f"{self.what}: {exc}")
+            return
+        if result is None:
+            if len(self.data) >= self.limit:
+                self.pair.finish("protocol_error", f"{self.what}: longer than {self.limit} bytes")
+            return
+        info, consumed = result
+        self.stop()
+        self.on_done(info, bytes(self.data[consumed:]))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.pair.finish("timeout", f"no complete {self.what} within connect_timeout")
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.pair.failed(self.pair.client, exc)
+
+    def stop(self) -> None:
+        """Stop reading and give the socket back to the pair (which owns it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.closed:
+            self.detach()
+        self.pair.preamble = None
+
+
 class Pair:
     """A client and its upstream: the connect, the forwarding, the end, and the access log."""
 
@@ -189,7 +267,6 @@ class Pair:
         self,
         runtime: Runtime,
         settings: PairSettings,
-        route: str | int,
         client_sock: socket.socket,
         client_address: tuple,
         on_finish: Callable[[Pair], None] | None = None,
@@ -197,7 +274,7 @@ class Pair:
         reactor = runtime.reactor
         self.runtime = runtime
         self.settings = settings
-        self.route = route
+        self.route: str | int | None = None
         self.conn = runtime.next_conn_id()
         self.on_finish = on_finish
         self.tap = runtime.hexdump if settings.hexdump else None
@@ -208,33 +285,71 @@ class Pair:
         self.client = Side(self, client_sock, "client", format_sockaddr(client_address), "client->upstream")
         self.upstream: Side | None = None
         self.server: Address | None = None
+        self.preamble: PreambleReader | None = None
+        self.pool: Pool | None = None
+        self._candidates: list[ServerState] = []
+        self._server_state: ServerState | None = None
+        self._preface = b""
+        self._payload = b""
         runtime.pairs.add(self)
         self._idle_timer: Timer | None = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
 
     # -- connecting (the ConnectObserver protocol) ---------------------------------------
 
-    def connect(self, servers: Iterator[Address]) -> None:
-        """Start connecting to the first reachable of `servers`."""
+    def connect(self, pool: Pool, candidates: list[ServerState], preface: bytes = b"", payload: bytes = b"") -> None:
+        """Connect to the first reachable of `candidates`.
+
+        `preface` (a PROXY header) goes to the upstream first, uncounted; `payload` is client
+        bytes already read (after a preamble), counted and dumped like any other.
+        """
+        self.pool = pool
+        self._candidates = candidates
+        self._preface, self._payload = preface, payload
         runtime = self.runtime
-        self.connector = Connector(runtime.reactor, runtime.resolver, servers, self.settings.connect_timeout, self)
+        addresses = iter([candidate.address for candidate in candidates])
+        self.connector = Connector(runtime.reactor, runtime.resolver, addresses, pool.config.connect_timeout, self)
         self.connector.start()
+
+    def set_client_address(self, sockaddr: tuple) -> None:
+        """The client as the log should name it (a PROXY header may say who it really is)."""
+        self.client.address = format_sockaddr(sockaddr)
+
+    def _state_of(self, server: Address) -> ServerState | None:
+        return next((state for state in self._candidates if state.address == server), None)
 
     def connected(self, sock: socket.socket, server: Address) -> None:
         self.connector = None
         self.server = server
+        state = self._state_of(server)
+        if state is not None:
+            self.pool.connect_succeeded(state)
+            self.pool.connection_started(state)
+            self._server_state = state
         client = self.client
         upstream = Side(self, sock, "upstream", format_sockaddr(sock.getpeername()), "upstream->client")
         self.upstream = upstream
         client.peer, upstream.peer = upstream, client
         client.reading = upstream.reading = True
-        client.interest_changed()
-        upstream.interest_changed()
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
+        upstream.outgoing.append(self._preface)
+        if self._payload:
+            client.bytes_read = len(self._payload)
+            if self.tap is not None:
+                self.tap.chunk(
+                    self.conn, client.direction, 0, memoryview(self._payload), client.address, upstream.address
+                )
+            upstream.outgoing.append(self._payload)
+        self._preface = self._payload = b""
+        client.interest_changed()
+        upstream.interest_changed()
 
     def attempt_failed(self, server: Address, reason: str) -> None:
-        self.runtime.log.debug("connect_failed", conn=self.conn, server=server, reason=reason)
+        state = self._state_of(server)
+        if state is not None:
+            self.pool.connect_failed(state, self.runtime.reactor.now)
+        self.runtime.log.warning("connect_failed", conn=self.conn, server=server, reason=reason)
 
     def unreachable(self, reason: str) -> None:
         self.connector = None
@@ -296,6 +411,10 @@ class Pair:
         if self.connector is not None:
             self.connector.cancel()
             self.connector = None
+        if self.preamble is not None:
+            self.preamble.stop()
+        if self._server_state is not None:
+            self.pool.connection_ended(self._server_state)
         for side in (self.client, self.upstream):
             if side is None:
                 continue

@@ -1,100 +1,209 @@
-"""Serving a configuration: the reactor, the listeners, the pairs, and the signals.
+"""Serving a configuration: listeners, routing decisions, upstream pools, signals and reload.
 
-`Server` turns a `Config` into bound listeners on one reactor, hands each accepted client to a
-new Pair aimed at its route's servers, and stops on SIGTERM/SIGINT: listeners close at once,
-open pairs get `shutdown_grace` to finish, the rest are closed with `result=shutdown`.
+`Server` turns a `Config` into bound listeners on one reactor. Each accepted client becomes a
+Pair; its listener checks the limit, reads a PROXY header if the listener trusts one, applies
+allow/deny, picks the route and asks the route's pool which servers to try.
+
+SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
+closed with `result=shutdown`. SIGHUP reloads the file: an invalid file is logged and ignored;
+a valid one applies to new connections, and listeners keep their socket when their address
+stays (open connections keep the pools and settings they started with).
 """
 
 from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
-from dataclasses import replace
+from pathlib import Path
 
-from proxy.config import Config, ListenerConfig
+from proxy import proxyproto
+from proxy.config import Config, ConfigError, ListenerConfig, load_config
+from proxy.errors import ProxyError
+from proxy.health import HealthChecker
 from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.log import EventLog, HexdumpWriter
-from proxy.pair import Pair, PairSettings, Runtime
+from proxy.pair import Pair, PairSettings, PreambleReader, Runtime
 from proxy.reactor import Reactor
 from proxy.resolver import Resolver
-from proxy.units import Address
+from proxy.routes import AccessPolicy, RouteTable, client_ip
+from proxy.upstreams import Pool
+
+
+def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
+    result = proxyproto.parse(data)
+    return None if result is proxyproto.NEED_MORE else result
 
 
 class ListenerRuntime:
-    """One configured listener at work: its socket, its settings, its open connections."""
+    """One configured listener at work: its socket, its policy and routes, its open connections."""
 
     def __init__(self, server: Server, config: ListenerConfig, sock: socket.socket) -> None:
         self.server = server
-        self.config = config
         self.dispatcher = Listener(server.reactor, sock, config.name or "", self.accept)
+        self.local_address = sock.getsockname()[:2]
+        self.active = 0
+        self.apply(config)
+
+    def apply(self, config: ListenerConfig) -> None:
+        """Take a (new) configuration; the socket and the open connections stay as they are."""
+        self.config = config
         self.name = config.name or self.dispatcher.address
         self.dispatcher.name = self.name
+        self.policy = AccessPolicy.of(config)
+        self.table = RouteTable(config.routes)
+        self.pools = self.server.pools
         self.settings = PairSettings(
             listener=self.name,
             connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout,
             buffer_size=config.buffer_size,
-            hexdump=config.hexdump,
+            hexdump=config.hexdump or self.server.force_hexdump,
         )
-        upstream = server.config.upstreams[config.routes[0].upstream]
-        self.servers: tuple[Address, ...] = tuple(s.address for s in upstream.servers)
-        self.active = 0
 
     def accept(self, sock: socket.socket, peer: tuple) -> None:
-        pair = Pair(self.server.runtime, self.settings, 0, sock, peer, self.finished)
+        pair = Pair(self.server.runtime, self.settings, sock, peer, self.finished)
         self.active += 1
         if self.active > self.config.max_connections:
             pair.finish("limit", f"max_connections {self.config.max_connections} reached")
-            return
-        pair.connect(self._servers())
+        elif self.config.accept_proxy_protocol:
+            pools = self.pools
+            pair.preamble = PreambleReader(
+                pair,
+                "PROXY header",
+                _parse_proxy_header,
+                proxyproto.MAX_HEADER,
+                lambda info, rest: self._route(pair, pools, info.source or peer, info.destination, rest),
+            )
+        else:
+            self._route(pair, self.pools, peer, None, b"")
 
-    def _servers(self) -> Iterator[Address]:
-        return iter(self.servers)
+    def _route(
+        self, pair: Pair, pools: dict[str, Pool], source: tuple, destination: tuple | None, payload: bytes
+    ) -> None:
+        address = client_ip(source[0])
+        pair.set_client_address(source)
+        if not self.policy.permits(address):
+            pair.finish("denied", f"source {address} is not allowed")
+            return
+        selected = self.table.select(address)
+        if selected is None:
+            pair.finish("no_route")
+            return
+        pair.route, route = selected
+        pool = pools[route.upstream]
+        preface = b""
+        if pool.config.proxy_protocol is not None:
+            preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination or self.local_address)
+        pair.connect(pool, pool.candidates(str(address), self.server.reactor.now), preface, payload)
 
     def finished(self, _pair: Pair) -> None:
         self.active -= 1
         self.server.pair_finished()
 
 
+def _listener_key(config: ListenerConfig) -> str:
+    """What makes a reloaded listener 'the same': its address (or, on port 0, its name)."""
+    return str(config.listen) if config.listen.port else f"{config.name}@{config.listen}"
+
+
 class Server:
     """Binds every listener of a config on one reactor and serves until told to stop."""
 
-    def __init__(self, config: Config, log: EventLog, *, hexdump: bool = False) -> None:
+    def __init__(
+        self, config: Config, log: EventLog, *, hexdump: bool = False, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
         self.resolver = Resolver(self.reactor)
-        wants_dump = hexdump or any(listener.hexdump for listener in config.listeners)
-        self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter() if wants_dump else None)
         self.force_hexdump = hexdump
-        self.listeners: list[ListenerRuntime] = []
+        self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter())
+        self.pools: dict[str, Pool] = {}
+        self.health: list[HealthChecker] = []
+        self.listeners: dict[str, ListenerRuntime] = {}
         self.draining = False
         self._interrupts = 0
+        self._start_pools(config)
+
+    def _start_pools(self, config: Config) -> None:
+        for checker in self.health:
+            checker.stop()
+        self.pools = {name: Pool(upstream) for name, upstream in config.upstreams.items()}
+        self.health = [
+            HealthChecker(self.reactor, self.resolver, pool, self.log)
+            for pool in self.pools.values()
+            if pool.config.health_check is not None
+        ]
 
     def bind(self) -> None:
         """Bind every listener, or none: a StartupError closes what was already bound."""
         try:
             for config in self.config.listeners:
-                if self.force_hexdump and not config.hexdump:
-                    config = replace(config, hexdump=True)
-                sock = bind_listening_socket(config.listen)
-                listener = ListenerRuntime(self, config, sock)
-                self.listeners.append(listener)
-                self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
+                self._start_listener(config)
         except BaseException:
             self.close()
             raise
+
+    def _start_listener(self, config: ListenerConfig) -> None:
+        sock = bind_listening_socket(config.listen)
+        listener = ListenerRuntime(self, config, sock)
+        self.listeners[_listener_key(config)] = listener
+        self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
 
     def serve(self) -> None:
         """Run the loop until a stop signal has drained the connections."""
         raise_fd_limit()
         self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
         self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
+        self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             self.reactor.loop()
         finally:
             self.close()
+
+    # -- reload --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the file; keep serving the old table if the new one is not valid."""
+        if self.config_path is None:
+            self.log.warning("reload_ignored", reason="no configuration file (forward mode)")
+            return
+        if self.draining:
+            return
+        try:
+            loaded = load_config(self.config_path)
+        except ConfigError as exc:
+            for message in exc.messages:
+                self.log.error("reload_failed", error=message)
+            self.log.error("reload_rejected", file=self.config_path, errors=len(exc.messages))
+            return
+        for warning in loaded.warnings:
+            self.log.warning("config_warning", warning=warning)
+        self._apply(loaded.config)
+
+    def _apply(self, config: Config) -> None:
+        wanted = {_listener_key(listener): listener for listener in config.listeners}
+        for key in [key for key in self.listeners if key not in wanted]:
+            listener = self.listeners.pop(key)
+            listener.dispatcher.close()
+            self.log.info("listener_stopped", listener=listener.name)
+        self.config = config
+        self._start_pools(config)
+        started = kept = 0
+        for key, listener_config in wanted.items():
+            if key in self.listeners:
+                self.listeners[key].apply(listener_config)
+                kept += 1
+                continue
+            try:
+                self._start_listener(listener_config)
+                started += 1
+            except ProxyError as exc:  # a new address that cannot be bound must not stop the rest
+                self.log.error("listener_failed", listener=listener_config.name, error=str(exc))
+        self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
+
+    # -- stopping ------------------------------------------------------------------------
 
     def _interrupt(self) -> None:
         self._interrupts += 1
@@ -108,8 +217,10 @@ class Server:
         if self.draining:
             return
         self.draining = True
-        for listener in self.listeners:
+        for listener in self.listeners.values():
             listener.dispatcher.close()
+        for checker in self.health:
+            checker.stop()
         self.log.info("draining", connections=len(self.runtime.pairs), grace_s=self.config.shutdown_grace)
         if self.runtime.pairs:
             self.reactor.call_later(self.config.shutdown_grace, self.stop_now)
@@ -128,5 +239,9 @@ class Server:
     def close(self) -> None:
         for pair in list(self.runtime.pairs):
             pair.finish("shutdown")
+        for checker in self.health:
+            checker.stop()
+        for listener in self.listeners.values():
+            listener.dispatcher.close()
         self.resolver.close()
         self.reactor.close()

@@ -1,0 +1,330 @@
+"""The YAML route table loader: every kind of mistake, located to the line and column."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.units import Address
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(textwrap.dedent(text), "t.yaml")
+    return caught.value.messages
+
+
+def load(text: str):
+    return parse_config(textwrap.dedent(text), "t.yaml")
+
+
+def test_smallest_file():
+    config = load("""\
+        listeners:
+          - listen: 127.0.0.1:8080
+            upstream: 127.0.0.1:9000
+        """).config
+    (listener,) = config.listeners
+    assert listener.listen == Address("127.0.0.1", 8080)
+    assert listener.name is None
+    (route,) = listener.routes
+    assert config.upstreams[route.upstream].servers[0].address == Address("127.0.0.1", 9000)
+
+
+def test_defaults_apply_unless_overridden():
+    config = load("""\
+        defaults:
+          connect_timeout: 250ms
+          idle_timeout: 2m
+          max_connections: 7
+          buffer_size: 64KiB
+          shutdown_grace: 1s
+          hexdump: true
+        upstreams:
+          a: {servers: [9001]}
+          b: {servers: [9002], connect_timeout: 3s}
+        listeners:
+          - listen: 8080
+            upstream: a
+          - listen: 8081
+            upstream: b
+            idle_timeout: 5s
+            hexdump: false
+        """).config
+    first, second = config.listeners
+    assert (first.idle_timeout, first.max_connections, first.buffer_size, first.hexdump) == (120, 7, 65536, True)
+    assert first.connect_timeout == 0.25
+    assert (second.idle_timeout, second.hexdump) == (5, False)
+    assert config.upstreams["a"].connect_timeout == 0.25
+    assert config.upstreams["b"].connect_timeout == 3
+    assert config.shutdown_grace == 1
+
+
+def test_full_upstream_shape():
+    config = load("""\
+        upstreams:
+          api:
+            servers:
+              - 127.0.0.1:9001
+              - {address: 127.0.0.1:9002, weight: 2}
+              - {address: "[::1]:9003", backup: true}
+            balance: least_conn
+            retries: 1
+            proxy_protocol: v1
+            health_check: {interval: 2s, timeout: 500ms, rise: 1, fall: 2}
+        listeners:
+          - listen: 8080
+            upstream: api
+        """).config
+    api = config.upstreams["api"]
+    assert [(s.address, s.weight, s.backup) for s in api.servers] == [
+        (Address("127.0.0.1", 9001), 1, False),
+        (Address("127.0.0.1", 9002), 2, False),
+        (Address("::1", 9003), 1, True),
+    ]
+    assert (api.balance, api.retries, api.proxy_protocol) == ("least_conn", 1, "v1")
+    assert (api.health_check.interval, api.health_check.timeout) == (2, 0.5)
+
+
+def test_routes_with_source_match_and_names():
+    config = load("""\
+        upstreams:
+          a: {servers: [9001]}
+        listeners:
+          - name: edge
+            listen: "[::1]:0"
+            allow: [10.0.0.0/8, 127.0.0.1]
+            deny: 10.9.0.0/16
+            routes:
+              - name: inside
+                match: {source: [10.1.0.0/16, "::1"]}
+                upstream: a
+              - upstream: 127.0.0.1:9100
+        """).config
+    (listener,) = config.listeners
+    assert listener.name == "edge"
+    assert listener.allow == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
+    assert listener.deny == (ipaddress.ip_network("10.9.0.0/16"),)
+    first, second = listener.routes
+    assert first.name == "inside"
+    assert first.match.source == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("::1/128"))
+    assert second.upstream == "127.0.0.1:9100"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstrem: 9000
+            """,
+            "t.yaml:3:5: unknown key 'upstrem' in listener (did you mean 'upstream'?)",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+                idle_timeout: 5 fortnights
+            """,
+            "t.yaml:4:19: idle_timeout: bad duration '5 fortnights': use seconds or a unit, e.g. 250ms, 5s, 2m, 1h",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+                buffer_size: 1 bushel
+            """,
+            "t.yaml:4:18: buffer_size: bad size '1 bushel': unknown unit 'bushel' (use KiB, MiB, KB, MB)",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 127.0.0.1:99999
+                upstream: 9000
+            """,
+            "t.yaml:2:13: listen: bad address '127.0.0.1:99999': port 99999 is out of range 0-65535",
+        ),
+        (
+            """\
+            upstreams:
+              api: {servers: [9001]}
+            listeners:
+              - listen: 8080
+                routes:
+                  - upstream: ap
+            """,
+            "t.yaml:6:19: upstream 'ap' is not defined (did you mean 'api'?)",
+        ),
+        (
+            """\
+            upstreams:
+              api: {servers: []}
+            listeners:
+              - listen: 8080
+                upstream: api
+            """,
+            "t.yaml:2:18: upstream 'api' has an empty server list",
+        ),
+        (
+            """\
+            upstreams:
+              api: {servers: [9001], balance: round_robbin}
+            listeners:
+              - listen: 8080
+                upstream: api
+            """,
+            "t.yaml:2:35: balance: 'round_robbin' is not one of round_robin, least_conn, random, first, "
+            "source_hash (did you mean 'round_robin'?)",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+                max_connections: "many"
+            """,
+            "t.yaml:4:22: max_connections: must be a whole number, got 'many'",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+                hexdump: 1
+            """,
+            "t.yaml:4:14: hexdump: must be true or false, got 1",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+                allow: [10.0.0.300/8]
+            """,
+            "t.yaml:4:13: allow: '10.0.0.300/8' is not an IP address or CIDR block",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+            """,
+            "t.yaml:2:5: listener needs 'upstream:' or 'routes:'",
+        ),
+        (
+            """\
+            listeners:
+              listen: 8080
+            """,
+            "t.yaml:2:3: listeners must be a list, got a mapping",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+              - listen: 8080
+                upstream: 9001
+            """,
+            "t.yaml:4:5: listener name '127.0.0.1:8080' is used twice (first at t.yaml:2:5)",
+        ),
+        (
+            """\
+            listeners:
+              - {name: a, listen: 8080, upstream: 9000}
+              - {name: a, listen: 8081, upstream: 9000}
+            """,
+            "t.yaml:3:5: listener name 'a' is used twice (first at t.yaml:2:5)",
+        ),
+        (
+            """\
+            listeners:
+              - {name: a, listen: 8080, upstream: 9000}
+              - {name: b, listen: "127.0.0.1:8080", upstream: 9000}
+            """,
+            "t.yaml:3:5: two listeners on 127.0.0.1:8080 (first at t.yaml:2:5)",
+        ),
+        (
+            """\
+            listeners:
+              - listen: 8080
+                upstream: 9000
+               bad: indent
+            """,
+            "t.yaml:4:4: YAML syntax error: expected <block end>, but found '<block mapping start>'",
+        ),
+        (
+            "",
+            "t.yaml:1:1: the file is empty; it needs at least 'listeners:'",
+        ),
+    ],
+    ids=lambda value: value if len(value) < 30 else None,
+)
+def test_each_mistake_is_located(text, expected):
+    assert expected in errors_of(text)
+
+
+def test_all_errors_are_reported_in_file_order():
+    messages = errors_of("""\
+        defaults:
+          conect_timeout: 5s
+        upstreams:
+          api:
+            servers: [127.0.0.1:0]
+        listeners:
+          - listen: nowhere
+            upstream: ap
+        """)
+    assert messages == [
+        "t.yaml:2:3: unknown key 'conect_timeout' in defaults (did you mean 'connect_timeout'?)",
+        "t.yaml:5:15: server: bad address '127.0.0.1:0': port 0 is only meaningful for a listener",
+        "t.yaml:7:13: listen: bad address 'nowhere': port 'nowhere' is not a number",
+        "t.yaml:8:15: upstream 'ap' is not defined (did you mean 'api'?)",
+    ]
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.yaml")
+    assert caught.value.messages == [f"{tmp_path / 'missing.yaml'}: cannot read: no such file or directory"]
+
+
+def test_warnings_for_mistakes_that_still_load():
+    loaded = load("""\
+        upstreams:
+          used: {servers: [9001]}
+          spare: {servers: [9002]}
+        listeners:
+          - listen: 8080
+            allow: [10.1.0.0/16]
+            deny: [10.0.0.0/8]
+            routes:
+              - match: {source: [10.0.0.0/8]}
+                upstream: used
+              - match: {source: [10.1.0.0/16]}
+                upstream: used
+              - upstream: used
+              - upstream: 9003
+        """)
+    assert loaded.warnings == (
+        "t.yaml:3:3: warning: upstream 'spare' is not used by any route",
+        "t.yaml:6:12: warning: allow and deny leave no source allowed",
+        "t.yaml:11:9: warning: this route can never match: route #1 before it matches all it does",
+        "t.yaml:14:9: warning: this route can never match: route #3 before it matches all it does",
+    )
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_example_loads_without_warnings(path):
+    loaded = load_config(path)
+    assert loaded.config.listeners
+    assert loaded.warnings == ()
