@@ -8,6 +8,7 @@ obeys: at or above `high` it stops reading, at or below `low` it may read again.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 
 class SendBuffer:
@@ -66,6 +67,21 @@ class SendBuffer:
                 return
             count -= len(first)
             chunks.popleft()
+
+    def send_with(self, send: Callable[[memoryview], int]) -> None:
+        """Send from the front with `send` (a socket's) until empty or the socket is full.
+
+        BlockingIOError is absorbed (the bytes stay queued); other OSErrors reach the caller.
+        """
+        try:
+            while self.size:
+                chunk = self._chunks[0]
+                sent = send(chunk)
+                self.consume(sent)
+                if sent < len(chunk):
+                    return
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def clear(self) -> None:
         self._chunks.clear()

@@ -54,14 +54,7 @@ class EchoConnection(Dispatcher):
     def handle_write(self) -> None:
         outgoing = self.outgoing
         try:
-            while outgoing.size:
-                chunk = outgoing.front()
-                sent = self.socket.send(chunk)
-                outgoing.consume(sent)
-                if sent < len(chunk):
-                    break
-        except (BlockingIOError, InterruptedError):
-            pass
+            outgoing.send_with(self.socket.send)
         except OSError as exc:
             if exc.errno in PEER_GONE:
                 self.close()

@@ -149,16 +149,8 @@ class Side(Dispatcher):
 
     def handle_write(self) -> None:
         outgoing = self.outgoing
-        send = self.socket.send
         try:
-            while outgoing.size:
-                chunk = outgoing.front()
-                sent = send(chunk)
-                outgoing.consume(sent)
-                if sent < len(chunk):
-                    break
-        except (BlockingIOError, InterruptedError):
-            pass
+            outgoing.send_with(self.socket.send)
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise

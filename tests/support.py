@@ -286,6 +286,15 @@ def recv_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def recv_digest(sock: socket.socket) -> tuple[int, str]:
+    """Read to EOF: (byte count, sha256 hex) without holding the bytes."""
+    digest, total = hashlib.sha256(), 0
+    while chunk := sock.recv(1 << 20):
+        digest.update(chunk)
+        total += len(chunk)
+    return total, digest.hexdigest()
+
+
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
     chunks, left = [], size
     while left:

@@ -19,6 +19,7 @@ from tests.support import (
     echo_handler,
     pattern,
     recv_all,
+    recv_digest,
     recv_exactly,
     sink_handler,
     source_handler,
@@ -60,12 +61,8 @@ def test_download_arrives_whole(start_proxy, start_upstream, size):
     upstream = start_upstream(source_handler(size))
     proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
     with connect(proxy.address, timeout=60) as client:
-        digest, total = hashlib.sha256(), 0
-        while chunk := client.recv(MiB):
-            digest.update(chunk)
-            total += len(chunk)
-    assert total == size
-    assert digest.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+        received = recv_digest(client)
+    assert received == (size, hashlib.sha256(pattern(size)).hexdigest())
     (access,) = proxy.wait_access(1)
     assert access["bytes_down"] == str(size)
 
@@ -168,12 +165,8 @@ def test_slow_reader_keeps_proxy_memory_bounded(start_proxy, start_upstream):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         time.sleep(1.5)  # the client reads nothing: the upstream pushes as fast as it can
         stalled = proxy.rss_kib()
-        digest, total = hashlib.sha256(), 0
-        while chunk := client.recv(MiB):
-            digest.update(chunk)
-            total += len(chunk)
-    assert total == size
-    assert digest.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+        received = recv_digest(client)
+    assert received == (size, hashlib.sha256(pattern(size)).hexdigest())
     assert stalled - before < 8 * 1024, f"RSS grew from {before} KiB to {stalled} KiB"
 
 
