@@ -25,24 +25,25 @@ Every way a pair ends goes through `finish(result, reason)`, which writes the ac
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
-import struct
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.buffer import SendBuffer
 from proxy.connector import Connector
 from proxy.dispatcher import PEER_GONE, Dispatcher
 from proxy.log import EventLog, HexdumpWriter
 from proxy.reactor import Reactor, Timer
 from proxy.resolver import Resolver
+from proxy.side import Side, TlsSide
+from proxy.tls import TlsSession
 from proxy.units import Address, format_sockaddr
 from proxy.upstreams import Pool, ServerState
 
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 SCRATCH_SIZE = 256 * 1024
 
 
@@ -74,108 +75,6 @@ class PairSettings:
     idle_timeout: float
     buffer_size: int
     hexdump: bool
-
-
-class Side(Dispatcher):
-    """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket."""
-
-    def __init__(self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str) -> None:
-        super().__init__(pair.runtime.reactor, sock)
-        self.pair = pair
-        self.name = name  # "client" or "upstream", for log reasons
-        self.address = address
-        self.direction = direction  # of the bytes read from this socket, for the hex dump
-        self.peer: Side = self
-        self.outgoing = SendBuffer(pair.settings.buffer_size)
-        self.read_size = min(pair.settings.buffer_size, SCRATCH_SIZE)
-        self.bytes_read = 0
-        self.reading = False  # switched on once both sides exist
-        self.paused = False  # the peer's buffer is full
-        self.eof = False  # this socket's peer shut its writing half
-        self.shutdown_pending = False  # shut our writing half once `outgoing` drains
-        self.write_shut = False
-
-    def readable(self) -> bool:
-        return self.reading and not self.paused and not self.eof
-
-    def writable(self) -> bool:
-        return self.outgoing.size > 0
-
-    def handle_read(self) -> None:
-        scratch = self.pair.runtime.scratch
-        try:
-            count = self.socket.recv_into(scratch, self.read_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        if not count:
-            self.pair.end_of_stream(self)
-            return
-        pair = self.pair
-        pair.last_active = self.reactor.now
-        data = scratch[:count]
-        offset = self.bytes_read
-        self.bytes_read = offset + count
-        if pair.tap is not None:
-            pair.tap.chunk(pair.conn, self.direction, offset, data, self.address, self.peer.address)
-        peer = self.peer
-        peer.forward(data)
-        if peer.outgoing.size >= peer.outgoing.high:
-            self.paused = True
-            self.interest_changed()
-
-    def forward(self, data: memoryview) -> None:
-        """Send `data` (a view the caller will reuse) now, buffering what the socket refuses."""
-        outgoing = self.outgoing
-        if outgoing.size:
-            outgoing.append(data.tobytes())  # order: queued bytes go first
-            return
-        try:
-            sent = self.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        if sent < len(data):
-            outgoing.append(data[sent:].tobytes())
-            self.interest_changed()
-
-    def handle_write(self) -> None:
-        outgoing = self.outgoing
-        try:
-            outgoing.send_with(self.socket.send)
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        producer = self.peer
-        if producer.paused and outgoing.size <= outgoing.low:
-            producer.paused = False
-            producer.interest_changed()
-        if not outgoing.size:
-            self.interest_changed()
-            if self.shutdown_pending:
-                self.pair.shut_write(self)
-
-    def handle_error(self, exc: BaseException) -> None:
-        self.pair.failed(self, exc)
-
-    def abort(self) -> None:
-        """Close so that the remote end sees a reset rather than an orderly end."""
-        if not self.closed:
-            try:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-            except OSError:
-                pass  # already dead; plain close is all that is left
-        self.close()
 
 
 class PreambleReader(Dispatcher):
@@ -283,21 +182,35 @@ class Pair:
         self._server_state: ServerState | None = None
         self._preface = b""
         self._payload = b""
+        self._upstream_tls: tuple[ssl.SSLContext, str | None] | None = None
+        self._handshake_timer: Timer | None = None
+        self.sni: str | None = None  # the server name a passthrough peek found
+        self.note: str | None = None  # why routing fell back, when it did (for `reason=`)
         runtime.pairs.add(self)
         self._idle_timer: Timer | None = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
 
     # -- connecting (the ConnectObserver protocol) ---------------------------------------
 
-    def connect(self, pool: Pool, candidates: list[ServerState], preface: bytes = b"", payload: bytes = b"") -> None:
+    def connect(
+        self,
+        pool: Pool,
+        candidates: list[ServerState],
+        *,
+        preface: bytes = b"",
+        payload: bytes = b"",
+        upstream_tls: tuple[ssl.SSLContext, str | None] | None = None,
+    ) -> None:
         """Connect to the first reachable of `candidates`.
 
         `preface` (a PROXY header) goes to the upstream first, uncounted; `payload` is client
         bytes already read (after a preamble), counted and dumped like any other.
+        `upstream_tls` (context, server name) makes the upstream side speak TLS.
         """
         self.pool = pool
         self._candidates = candidates
         self._preface, self._payload = preface, payload
+        self._upstream_tls = upstream_tls
         runtime = self.runtime
         addresses = iter([candidate.address for candidate in candidates])
         self.connector = Connector(runtime.reactor, runtime.resolver, addresses, pool.config.connect_timeout, self)
@@ -318,24 +231,73 @@ class Pair:
             self.pool.connect_succeeded(state)
             self.pool.connection_started(state)
             self._server_state = state
-        client = self.client
-        upstream = Side(self, sock, "upstream", format_sockaddr(sock.getpeername()), "upstream->client")
+        address = format_sockaddr(sock.getpeername())
+        if self._upstream_tls is None:
+            self.upstream = Side(self, sock, "upstream", address, "upstream->client")
+            self.upstream.outgoing.append(self._preface)
+            self._open()
+            return
+        context, server_name = self._upstream_tls
+        session = TlsSession(context, server_side=False, server_hostname=server_name or server.host)
+        upstream = TlsSide(self, sock, "upstream", address, "upstream->client", session, self._upstream_ready)
         self.upstream = upstream
+        upstream.outgoing.append(self._preface)  # a PROXY header goes before the ClientHello
+        self._handshake_timer = self.runtime.reactor.call_later(
+            self.pool.config.connect_timeout, self._handshake_timed_out, upstream
+        )
+        upstream.start()
+
+    def _upstream_ready(self, _side: TlsSide) -> None:
+        self._open()
+
+    def _open(self) -> None:
+        """Both sides are ready: join them and start forwarding."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        client, upstream = self.client, self.upstream
         client.peer, upstream.peer = upstream, client
-        client.reading = upstream.reading = True
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
-        upstream.outgoing.append(self._preface)
         if self._payload:
-            client.bytes_read = len(self._payload)
-            if self.tap is not None:
-                self.tap.chunk(
-                    self.conn, client.direction, 0, memoryview(self._payload), client.address, upstream.address
-                )
-            upstream.outgoing.append(self._payload)
+            client.deliver(memoryview(self._payload))
         self._preface = self._payload = b""
-        client.interest_changed()
-        upstream.interest_changed()
+        client.start_reading()
+        upstream.start_reading()
+
+    # -- TLS toward the client -----------------------------------------------------------
+
+    def terminate_tls(self, context: ssl.SSLContext, on_ready: Callable[[Pair], None]) -> None:
+        """Run the server side of a TLS handshake with the client, then call `on_ready(pair)`.
+
+        The handshake must finish within the listener's `connect_timeout`.
+        """
+        plain = self.client
+        session = TlsSession(context, server_side=True)
+        self.client = TlsSide(
+            self,
+            plain.socket,
+            "client",
+            plain.address,
+            plain.direction,
+            session,
+            lambda _side: self._client_ready(on_ready),
+        )
+        self._handshake_timer = self.runtime.reactor.call_later(
+            self.settings.connect_timeout, self._handshake_timed_out, self.client
+        )
+        self.client.start()
+
+    def _client_ready(self, on_ready: Callable[[Pair], None], _side: TlsSide) -> None:
+        self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.client.reading = False  # no plaintext until the upstream is there to take it
+        self.client.interest_changed()
+        on_ready(self)
+
+    def _handshake_timed_out(self, side: Side) -> None:
+        self._handshake_timer = None
+        self.finish("timeout", f"{side.name}: TLS handshake not complete in time")
 
     def attempt_failed(self, server: Address, reason: str) -> None:
         state = self._state_of(server)
@@ -361,11 +323,14 @@ class Pair:
     def shut_write(self, side: Side) -> None:
         side.shutdown_pending = False
         try:
-            side.socket.shutdown(socket.SHUT_WR)
+            done = side.shutdown_write()
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise
             self.peer_gone(side, exc)
+            return
+        if not done:
+            side.shutdown_pending = True
             return
         side.write_shut = True
         if side.peer.write_shut:
@@ -397,9 +362,10 @@ class Pair:
         if self.result is not None:
             return
         self.result = result
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        for timer in (self._idle_timer, self._handshake_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._handshake_timer = None
         if self.connector is not None:
             self.connector.cancel()
             self.connector = None
@@ -427,7 +393,10 @@ class Pair:
             bytes_down=upstream.bytes_read if upstream is not None else 0,
             duration_ms=int((time.monotonic() - self.started) * 1000),
             result=result,
-            reason=reason,
+            reason=reason or self.note,
+            sni=self.sni,
+            **self.client.log_fields(),
+            **(upstream.log_fields() if upstream is not None else {}),
         )
         if self.tap is not None:
             if upstream is None:

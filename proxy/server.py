@@ -94,7 +94,8 @@ class ListenerRuntime:
         preface = b""
         if pool.config.proxy_protocol is not None:
             preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination or self.local_address)
-        pair.connect(pool, pool.candidates(str(address), self.server.reactor.now), preface, payload)
+        candidates = pool.candidates(str(address), self.server.reactor.now)
+        pair.connect(pool, candidates, preface=preface, payload=payload)
 
     def finished(self, _pair: Pair) -> None:
         self.active -= 1

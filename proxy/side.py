@@ -1,0 +1,273 @@
+"""One socket of a pair: reading into the peer, sending what the peer read, half-closing.
+
+`Side` moves bytes as they are. `TlsSide` puts a TlsSession between the socket and the pair:
+it reads ciphertext and delivers plaintext, encrypts what it is given, runs the handshake first
+and turns close_notify into the same end-of-stream a plain side gets from a TCP FIN.
+See pair.py for how two sides are joined.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from proxy.buffer import SendBuffer
+from proxy.dispatcher import PEER_GONE, Dispatcher
+from proxy.tls import TlsError, TlsSession
+
+if TYPE_CHECKING:
+    from proxy.pair import Pair
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+class Side(Dispatcher):
+    """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket."""
+
+    def __init__(self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str) -> None:
+        super().__init__(pair.runtime.reactor, sock)
+        self.pair = pair
+        self.name = name  # "client" or "upstream", for log reasons
+        self.address = address
+        self.direction = direction  # of the bytes read from this socket, for the hex dump
+        self.peer: Side = self
+        self.outgoing = SendBuffer(pair.settings.buffer_size)
+        self.read_size = min(pair.settings.buffer_size, len(pair.runtime.scratch))
+        self.bytes_read = 0
+        self.reading = False  # switched on once both sides exist
+        self.paused = False  # the peer's buffer is full
+        self.eof = False  # this socket's peer shut its writing half
+        self.shutdown_pending = False  # shut our writing half once `outgoing` drains
+        self.write_shut = False
+
+    def readable(self) -> bool:
+        return self.reading and not self.paused and not self.eof
+
+    def writable(self) -> bool:
+        return self.outgoing.size > 0
+
+    def handle_read(self) -> None:
+        scratch = self.pair.runtime.scratch
+        try:
+            count = self.socket.recv_into(scratch, self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if not count:
+            self.pair.end_of_stream(self)
+            return
+        self.deliver(scratch[:count])
+
+    def deliver(self, data: memoryview) -> None:
+        """Count, dump and forward bytes this side received; pause if the peer is full."""
+        pair = self.pair
+        pair.last_active = self.reactor.now
+        offset = self.bytes_read
+        self.bytes_read = offset + len(data)
+        if pair.tap is not None:
+            pair.tap.chunk(pair.conn, self.direction, offset, data, self.address, self.peer.address)
+        peer = self.peer
+        peer.forward(data)
+        if peer.outgoing.size >= peer.outgoing.high:
+            self.paused = True
+            self.interest_changed()
+
+    def forward(self, data: memoryview) -> None:
+        """Send `data` (a view the caller will reuse) now, buffering what the socket refuses."""
+        outgoing = self.outgoing
+        if outgoing.size:
+            outgoing.append(data.tobytes())  # order: queued bytes go first
+            return
+        try:
+            sent = self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if sent < len(data):
+            outgoing.append(data[sent:].tobytes())
+            self.interest_changed()
+
+    def handle_write(self) -> None:
+        outgoing = self.outgoing
+        try:
+            outgoing.send_with(self.socket.send)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        producer = self.peer
+        if producer.paused and outgoing.size <= outgoing.low:
+            producer.resume()
+        if not outgoing.size:
+            self.interest_changed()
+            if self.shutdown_pending:
+                self.pair.shut_write(self)
+
+    def resume(self) -> None:
+        """The peer's buffer drained: read again."""
+        self.paused = False
+        self.interest_changed()
+
+    def start_reading(self) -> None:
+        """The pair is open: from now on, what this side receives goes to its peer."""
+        self.reading = True
+        self.interest_changed()
+
+    def shutdown_write(self) -> bool:
+        """Shut our writing half; False when that needs more sending first (try again then)."""
+        self.socket.shutdown(socket.SHUT_WR)
+        return True
+
+    def log_fields(self) -> dict[str, object]:
+        """What this side adds to the access-log line (TLS details, for instance)."""
+        return {}
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.pair.failed(self, exc)
+
+    def abort(self) -> None:
+        """Close so that the remote end sees a reset rather than an orderly end."""
+        if not self.closed:
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            except OSError:
+                pass  # already dead; plain close is all that is left
+        self.close()
+
+
+class TlsSide(Side):
+    """A side whose socket speaks TLS; the pair sees only plaintext.
+
+    It reads during the handshake even before the pair is open (the handshake is not payload),
+    then calls `on_handshake(self)` once, and delivers plaintext only once `reading` is on.
+    """
+
+    def __init__(
+        self,
+        pair: Pair,
+        sock: socket.socket,
+        name: str,
+        address: str,
+        direction: str,
+        session: TlsSession,
+        on_handshake: Callable[[TlsSide], None],
+    ) -> None:
+        super().__init__(pair, sock, name, address, direction)
+        self.session = session
+        self.on_handshake = on_handshake
+        self.handshaking = True
+
+    def readable(self) -> bool:
+        return (self.handshaking or self.reading) and not self.paused and not self.eof
+
+    def start(self) -> None:
+        """Begin the handshake (a client sends its ClientHello now) and start reading."""
+        self._advance_handshake()
+        self.interest_changed()
+
+    def handle_read(self) -> None:
+        scratch = self.pair.runtime.scratch
+        try:
+            count = self.socket.recv_into(scratch, self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        self.session.receive(scratch[:count])
+        if self.handshaking and not self._advance_handshake():
+            if not count and not self.closed:
+                self.pair.finish("tls_error", f"{self.name}: connection closed during the handshake")
+            return
+        if self.reading:
+            self.drain_plaintext()
+
+    def _advance_handshake(self) -> bool:
+        try:
+            done = self.session.handshake()
+        except TlsError as exc:
+            self._send_ciphertext()  # the alert tells the peer why
+            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            return False
+        self._send_ciphertext()
+        if done:
+            self.handshaking = False
+            self.interest_changed()
+            self.on_handshake(self)
+        return done
+
+    def drain_plaintext(self) -> None:
+        """Deliver the plaintext the session holds, until it needs more or the peer is full."""
+        session = self.session
+        while not self.paused and not self.closed:
+            try:
+                data = session.read(self.read_size)
+            except TlsError as exc:
+                self.pair.finish("tls_error", f"{self.name}: {exc}")
+                return
+            if data is None:
+                break
+            if not data:
+                self.pair.end_of_stream(self)
+                break
+            self.deliver(memoryview(data))
+        if not self.closed:
+            self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)
+
+    def resume(self) -> None:
+        super().resume()
+        # Plaintext may be waiting inside the session with no socket event left to announce it.
+        self.reactor.call_soon(self._resume_plaintext)
+
+    def start_reading(self) -> None:
+        super().start_reading()
+        self.reactor.call_soon(self._resume_plaintext)
+
+    def _resume_plaintext(self) -> None:
+        if self.reading and not self.closed:
+            self.drain_plaintext()
+
+    def forward(self, data: memoryview) -> None:
+        try:
+            self.session.write(data)
+        except TlsError as exc:
+            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            return
+        self._send_ciphertext()
+
+    def _send_ciphertext(self) -> None:
+        ciphertext = self.session.pending_ciphertext()
+        if ciphertext:
+            Side.forward(self, memoryview(ciphertext))
+
+    def shutdown_write(self) -> bool:
+        if not self.session.write_closed:
+            try:
+                self.session.close_write()
+            except TlsError:
+                pass  # the session is broken; the TCP half-close below still ends our direction
+            self._send_ciphertext()
+            if self.outgoing.size:
+                return False
+        return super().shutdown_write()
+
+    def log_fields(self) -> dict[str, object]:
+        session = self.session
+        fields: dict[str, object] = {f"{self.name}_tls": session.version}
+        if self.name == "client":
+            fields["sni"] = session.server_name
+            fields["client_cert"] = "yes" if session.peer_certificate_presented else "no"
+        return fields

@@ -1,0 +1,122 @@
+"""Reading the server name from a TLS ClientHello without terminating TLS (for passthrough).
+
+Pure and bounded: `peek_server_name(data)` looks at the bytes a client sent so far. It
+reassembles the ClientHello from as many handshake records as it spans (post-quantum key shares
+make it larger than one TCP segment, sometimes than one record) up to `MAX_CLIENT_HELLO`, and
+answers one of: need more bytes (None), or a Hello with the server name (or none, with why).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAX_CLIENT_HELLO = 16 * 1024
+_RECORD_HANDSHAKE = 0x16
+_HANDSHAKE_CLIENT_HELLO = 0x01
+_EXTENSION_SERVER_NAME = 0x0000
+_NAME_TYPE_HOST = 0x00
+_MAX_RECORD = 2**14 + 2048  # TLSCiphertext's limit; anything larger is not TLS
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The outcome: `server_name` when the ClientHello named one, else `reason` says why not.
+
+    reason: `no_sni` (a valid ClientHello without the extension), `not_tls`,
+    `clienthello_too_large`.
+    """
+
+    server_name: str | None
+    reason: str | None = None
+
+
+def peek_server_name(data: bytes, limit: int = MAX_CLIENT_HELLO) -> Hello | None:
+    """None while a valid ClientHello may still be arriving, else what it says."""
+    message = bytearray()
+    offset = 0
+    while True:
+        header = data[offset : offset + 5]
+        if len(header) >= 1 and header[0] != _RECORD_HANDSHAKE:
+            return Hello(None, "not_tls")
+        if len(header) >= 2 and header[1] != 0x03:
+            return Hello(None, "not_tls")
+        if len(header) < 5:
+            return None
+        (length,) = struct.unpack("!H", header[3:5])
+        if length == 0 or length > _MAX_RECORD:
+            return Hello(None, "not_tls")
+        fragment = data[offset + 5 : offset + 5 + length]
+        message += fragment
+        offset += 5 + length
+        if message[:1] and message[0] != _HANDSHAKE_CLIENT_HELLO:
+            return Hello(None, "not_tls")
+        if len(message) >= 4:
+            body_length = int.from_bytes(message[1:4], "big")
+            if body_length + 4 > limit:
+                return Hello(None, "clienthello_too_large")
+            if len(message) >= body_length + 4:
+                return _parse_client_hello(bytes(message[4 : 4 + body_length]))
+        if len(fragment) < length:
+            return None  # the rest of this record is still on its way
+
+
+def _parse_client_hello(body: bytes) -> Hello:
+    reader = _Reader(body)
+    try:
+        reader.take(2 + 32)  # legacy_version, random
+        reader.take(reader.number(1))  # legacy_session_id
+        reader.take(reader.number(2))  # cipher_suites
+        reader.take(reader.number(1))  # legacy_compression_methods
+        if reader.remaining == 0:
+            return Hello(None, "no_sni")  # no extensions at all
+        extensions = _Reader(reader.take(reader.number(2)))
+        while extensions.remaining:
+            kind = extensions.number(2)
+            content = extensions.take(extensions.number(2))
+            if kind == _EXTENSION_SERVER_NAME:
+                return _server_name(content)
+    except ValueError:
+        return Hello(None, "not_tls")
+    return Hello(None, "no_sni")
+
+
+def _server_name(content: bytes) -> Hello:
+    names = _Reader(_Reader(content).take_prefixed(2))
+    while names.remaining:
+        name_type = names.number(1)
+        name = names.take(names.number(2))
+        if name_type == _NAME_TYPE_HOST:
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError:
+                return Hello(None, "not_tls")
+            if not text or any(c.isspace() or c in "/\\" for c in text):
+                return Hello(None, "not_tls")
+            return Hello(text.lower().rstrip("."))
+    return Hello(None, "no_sni")
+
+
+class _Reader:
+    """Length-checked reads from a byte string; ValueError when it runs out."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.position
+
+    def take(self, count: int) -> bytes:
+        if count > self.remaining:
+            raise ValueError("truncated")
+        chunk = self.data[self.position : self.position + count]
+        self.position += count
+        return chunk
+
+    def number(self, size: int) -> int:
+        return int.from_bytes(self.take(size), "big")
+
+    def take_prefixed(self, size: int) -> bytes:
+        return self.take(self.number(size))

@@ -1,0 +1,216 @@
+"""TLS as a state machine over memory buffers, and the SSL contexts the configuration asks for.
+
+Theory of operation
+-------------------
+A TlsSession wraps `ssl.SSLObject` between two `ssl.MemoryBIO`s and never touches a socket:
+the dispatcher feeds it the ciphertext it received (`receive`), asks it for plaintext (`read`),
+gives it plaintext to protect (`write`), and sends whatever ciphertext it produced
+(`pending_ciphertext`). The handshake advances inside `receive`/`read` until it completes.
+
+States: HANDSHAKING -> OPEN -> CLOSED, with `write_closed` once our close_notify went out and
+`eof` once the peer's arrived. TLS 1.3 treats close_notify as the end of one direction only,
+so a half-close maps onto it: the proxy forwards a client's close_notify as a TCP half-close to
+the plaintext side, and answers a plaintext EOF with a close_notify while still reading. Peers
+that close the TCP connection right after their close_notify (common with TLS 1.2 stacks)
+simply end both directions.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from dataclasses import dataclass
+
+READ_SIZE = 64 * 1024
+
+
+class TlsError(Exception):
+    """The handshake or the record layer failed; the message says why, for the access log."""
+
+
+class TlsState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def describe(exc: ssl.SSLError) -> str:
+    """A short reason: `certificate verify failed: hostname mismatch`, not the whole repr."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None)
+    return (reason or str(exc)).replace("_", " ").lower()
+
+
+class TlsSession:
+    """One TLS connection's protocol state; the socket is someone else's."""
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self.state = TlsState.HANDSHAKING
+        self.eof = False  # the peer's close_notify arrived
+        self.write_closed = False  # our close_notify went out
+
+    # -- ciphertext in and out -----------------------------------------------------------
+
+    def receive(self, ciphertext: bytes | memoryview) -> None:
+        """Ciphertext from the socket; b"" means the TCP connection ended."""
+        if ciphertext:
+            self._incoming.write(ciphertext)
+        else:
+            self._incoming.write_eof()
+
+    def pending_ciphertext(self) -> bytes:
+        """Ciphertext to send to the peer (handshake records, data, alerts); b"" when none."""
+        return self._outgoing.read() if self._outgoing.pending else b""
+
+    # -- the handshake -------------------------------------------------------------------
+
+    def handshake(self) -> bool:
+        """Advance the handshake with what has been received; True once it is complete."""
+        if self.state is not TlsState.HANDSHAKING:
+            return True
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as exc:
+            self.state = TlsState.CLOSED
+            raise TlsError(describe(exc)) from None
+        self.state = TlsState.OPEN
+        return True
+
+    # -- plaintext -----------------------------------------------------------------------
+
+    def read(self, size: int = READ_SIZE) -> bytes | None:
+        """Plaintext received: bytes, b"" at the peer's close_notify, None when more is needed."""
+        if self.eof:
+            return b""
+        try:
+            data = self._ssl.read(size)
+        except ssl.SSLWantReadError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""  # close_notify, or the TCP connection ended without one
+        except ssl.SSLError as exc:
+            self.state = TlsState.CLOSED
+            raise TlsError(describe(exc)) from None
+        if not data:
+            self.eof = True
+        return data
+
+    def write(self, plaintext: bytes | memoryview) -> None:
+        """Protect `plaintext`; the records are then in `pending_ciphertext()`."""
+        try:
+            self._ssl.write(plaintext)
+        except ssl.SSLError as exc:
+            self.state = TlsState.CLOSED
+            raise TlsError(describe(exc)) from None
+
+    def close_write(self) -> None:
+        """Send close_notify: no more plaintext from us, though the peer may go on sending."""
+        if self.write_closed or self.state is not TlsState.OPEN:
+            return
+        self.write_closed = True
+        try:
+            self._ssl.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass  # our close_notify is written; the peer's may come later
+        except ssl.SSLError as exc:
+            raise TlsError(describe(exc)) from None
+
+    # -- what was agreed -----------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        return self._ssl.version()
+
+    @property
+    def server_name(self) -> str | None:
+        """On a server session: the SNI the client sent (set by the context's callback)."""
+        return getattr(self._ssl, "sni_name", None)
+
+    @property
+    def peer_certificate_presented(self) -> bool:
+        return self._ssl.getpeercert(binary_form=True) is not None
+
+
+@dataclass(frozen=True)
+class CertificatePair:
+    cert: str
+    key: str
+
+
+def server_context(
+    default: CertificatePair, others: tuple[CertificatePair, ...] = (), client_ca: str | None = None
+) -> ssl.SSLContext:
+    """A context for terminating TLS: `default` unless the client's SNI picks one of `others`.
+
+    The chosen name is kept on the SSLObject as `sni_name` for routing and the access log.
+    """
+    context = _new_server_context(default, client_ca)
+    by_name: dict[str, ssl.SSLContext] = {}
+    for pair in others:
+        other = _new_server_context(pair, client_ca)
+        for name in certificate_names(pair.cert):
+            by_name.setdefault(name.lower(), other)
+
+    def choose(ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
+        ssl_object.sni_name = server_name
+        if server_name:
+            chosen = _lookup(by_name, server_name.lower())
+            if chosen is not None:
+                ssl_object.context = chosen
+
+    context.sni_callback = choose
+    return context
+
+
+def _lookup(by_name: dict[str, ssl.SSLContext], name: str) -> ssl.SSLContext | None:
+    if name in by_name:
+        return by_name[name]
+    _, dot, parent = name.partition(".")
+    return by_name.get(f"*.{parent}") if dot else None
+
+
+def _new_server_context(pair: CertificatePair, client_ca: str | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(pair.cert, pair.key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(
+    ca: str | None = None, verify: bool = True, client_cert: CertificatePair | None = None
+) -> ssl.SSLContext:
+    """A context for originating TLS: verification against `ca` (or the system store) unless off."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify:
+        if ca is not None:
+            context.load_verify_locations(ca)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client_cert is not None:
+        context.load_cert_chain(client_cert.cert, client_cert.key)
+    return context
+
+
+def certificate_names(cert_path: str) -> list[str]:
+    """The DNS names a PEM certificate is for (subjectAltName, else the common name)."""
+    decoded = ssl._ssl._test_decode_cert(cert_path)
+    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
+    if not names:
+        for rdn in decoded.get("subject", ()):
+            names.extend(value for key, value in rdn if key == "commonName")
+    return names
