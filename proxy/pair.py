@@ -281,7 +281,7 @@ class Pair:
             plain.address,
             plain.direction,
             session,
-            lambda _side: self._client_ready(on_ready),
+            functools.partial(self._client_ready, on_ready),
         )
         self._handshake_timer = self.runtime.reactor.call_later(
             self.settings.connect_timeout, self._handshake_timed_out, self.client
