@@ -18,7 +18,9 @@ from proxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     ConfigError,
+    ListenerTlsConfig,
     LoadedConfig,
+    UpstreamTlsConfig,
     forward_config,
     load_config,
 )
@@ -26,6 +28,7 @@ from proxy.echo import serve_echo
 from proxy.errors import ProxyError, UsageError
 from proxy.log import LEVELS, EventLog
 from proxy.server import Server
+from proxy.tls import CertificatePair, check_ca_file, check_certificate
 from proxy.units import parse_address, parse_duration, parse_size
 
 
@@ -75,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument(
         "--buffer-size", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="SIZE", help="per direction; default: 256KiB"
     )
+    tls = forward.add_argument_group("TLS (the same roles as the YAML `tls` blocks)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="terminate TLS from clients with this certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    tls.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA")
+    tls.add_argument("--upstream-tls", action="store_true", help="speak TLS to the upstream")
+    tls.add_argument("--upstream-ca", metavar="FILE", help="trust anchors for the upstream (default: system store)")
+    tls.add_argument("--upstream-server-name", metavar="NAME", help="SNI sent and name verified (default: its host)")
+    tls.add_argument("--upstream-insecure", action="store_true", help="do not verify the upstream's certificate")
+    tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
+    tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
     _add_log_options(forward)
 
     run = commands.add_parser(
@@ -106,11 +119,58 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         idle_timeout=args.idle_timeout,
         buffer_size=args.buffer_size,
         hexdump=args.hexdump,
+        tls=_listener_tls(args),
+        upstream_tls=_upstream_tls(args),
     )
     server = Server(config, log)
     server.bind()
     server.serve()
     return 0
+
+
+def _certificate(cert: str | None, key: str | None, flags: str) -> CertificatePair | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError(f"{flags} go together")
+    pair = CertificatePair(str(Path(cert).resolve()), str(Path(key).resolve()))
+    try:
+        check_certificate(pair)
+    except ValueError as exc:
+        raise UsageError(f"{cert}: {exc}") from None
+    return pair
+
+
+def _ca(path: str | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        check_ca_file(path)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{flag} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return str(Path(path).resolve())
+
+
+def _listener_tls(args: argparse.Namespace) -> ListenerTlsConfig | None:
+    certificate = _certificate(args.tls_cert, args.tls_key, "--tls-cert and --tls-key")
+    if certificate is None:
+        if args.tls_client_ca:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    return ListenerTlsConfig(certificate, _ca(args.tls_client_ca, "--tls-client-ca"))
+
+
+def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
+    wanted = args.upstream_tls or args.upstream_ca or args.upstream_server_name or args.upstream_insecure
+    client_cert = _certificate(args.upstream_cert, args.upstream_key, "--upstream-cert and --upstream-key")
+    if not wanted and client_cert is None:
+        return None
+    return UpstreamTlsConfig(
+        ca=_ca(args.upstream_ca, "--upstream-ca"),
+        server_name=args.upstream_server_name,
+        verify=not args.upstream_insecure,
+        client_cert=client_cert,
+    )
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:

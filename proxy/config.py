@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from proxy.errors import UsageError
+from proxy.tls import CertificatePair, certificate_names, check_ca_file, check_certificate, name_matches
 from proxy.units import Address, parse_address, parse_duration, parse_size
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -52,6 +54,25 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """Originate TLS to the servers. Paths are absolute by the time they are here."""
+
+    ca: str | None = None  # None: the system's trust store
+    server_name: str | None = None  # None: each server's host
+    verify: bool = True
+    client_cert: CertificatePair | None = None
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    """Terminate TLS from clients: `certificate` unless the client's SNI picks one of `others`."""
+
+    certificate: CertificatePair
+    client_ca: str | None = None
+    others: tuple[CertificatePair, ...] = ()
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     servers: tuple[ServerConfig, ...]
@@ -60,6 +81,7 @@ class UpstreamConfig:
     retries: int = DEFAULT_RETRIES  # other servers tried after the first connect fails
     proxy_protocol: str | None = None  # "v1" | "v2"
     health_check: HealthCheckConfig | None = None
+    tls: UpstreamTlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,7 @@ class ListenerConfig:
     allow: tuple[IPNetwork, ...] | None = None  # None: every source may connect
     deny: tuple[IPNetwork, ...] = ()
     accept_proxy_protocol: bool = False
+    tls: ListenerTlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,8 @@ def forward_config(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     hexdump: bool = False,
+    tls: ListenerTlsConfig | None = None,
+    upstream_tls: UpstreamTlsConfig | None = None,
 ) -> Config:
     """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means."""
     name = str(upstream)
@@ -120,9 +145,14 @@ def forward_config(
                 connect_timeout=connect_timeout,
                 buffer_size=buffer_size,
                 hexdump=hexdump,
+                tls=tls,
             ),
         ),
-        upstreams={name: UpstreamConfig(name=name, servers=(ServerConfig(upstream),), connect_timeout=connect_timeout)},
+        upstreams={
+            name: UpstreamConfig(
+                name=name, servers=(ServerConfig(upstream),), connect_timeout=connect_timeout, tls=upstream_tls
+            )
+        },
     )
 
 
@@ -152,11 +182,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError([f"{path}: cannot read: {(exc.strerror or str(exc)).lower()}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.parent)
 
 
-def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
-    """Validate route table text; `source` names it in messages."""
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
+    """Validate route table text; `source` names it in messages, `base_dir` anchors relative paths."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -165,7 +195,7 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
         raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: YAML error: {exc}"]) from None
-    reader = _Reader(source)
+    reader = _Reader(source, base_dir or Path.cwd())
     config = reader.config(root)
     if reader.errors or config is None:
         raise ConfigError(reader.errors or [f"{source}: no configuration"])
@@ -173,7 +203,9 @@ def parse_config(text: str, source: str = "<config>") -> LoadedConfig:
 
 
 _DEFAULT_KEYS = ("connect_timeout", "idle_timeout", "max_connections", "buffer_size", "shutdown_grace", "hexdump")
-_UPSTREAM_KEYS = ("servers", "balance", "connect_timeout", "retries", "proxy_protocol", "health_check")
+_UPSTREAM_KEYS = ("servers", "balance", "connect_timeout", "retries", "proxy_protocol", "health_check", "tls")
+_UPSTREAM_TLS_KEYS = ("ca", "server_name", "verify", "cert", "key")
+_LISTENER_TLS_KEYS = ("cert", "key", "client_ca", "certificates")
 _SERVER_KEYS = ("address", "weight", "backup")
 _HEALTH_KEYS = ("interval", "timeout", "rise", "fall")
 _LISTENER_KEYS = (
@@ -184,6 +216,7 @@ _LISTENER_KEYS = (
     "allow",
     "deny",
     "accept_proxy_protocol",
+    "tls",
     "idle_timeout",
     "connect_timeout",
     "max_connections",
@@ -191,8 +224,8 @@ _LISTENER_KEYS = (
     "hexdump",
 )
 _ROUTE_KEYS = ("name", "match", "upstream")
-_MATCH_KEYS = ("source",)
-_NOT_YET = {"tls": "TLS", "sni": "SNI routing"}
+_MATCH_KEYS = ("sni", "source")
+_SNI_PATTERN = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -203,8 +236,9 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 class _Reader:
     """Walks the YAML node tree, building dataclasses and collecting every located error."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base_dir: Path) -> None:
         self.source = source
+        self.base_dir = base_dir
         self._errors: list[tuple[int, int, str]] = []
         self._warnings: list[tuple[int, int, str]] = []
         self.declared: set[str] = set()  # upstream names in the file, valid or not
@@ -250,8 +284,6 @@ class _Reader:
                 self.error(key_node, f"{key!r} is given twice in {what}")
             elif key in keys:
                 found[key] = (key_node, value_node)
-            elif key in _NOT_YET:
-                self.error(key_node, f"{_NOT_YET[key]} ({key!r}) is not supported by this version of pairproxy")
             else:
                 self.error(key_node, f"unknown key {key!r} in {what}{_did_you_mean(key, keys)}")
         return found
@@ -410,6 +442,8 @@ class _Reader:
                 value = self.integer(value_node, key, 0)
             elif key == "proxy_protocol":
                 value = self.choice(value_node, key, PROXY_PROTOCOL_VERSIONS)
+            elif key == "tls":
+                value = self.upstream_tls(value_node)
             else:
                 value = self.health_check(value_node)
             if value is not _INVALID:
@@ -453,6 +487,104 @@ class _Reader:
             values[key] = value
         return HealthCheckConfig(**values) if isinstance(node, yaml.MappingNode) else _INVALID
 
+    def path(self, node: yaml.Node, what: str) -> Any:
+        """A readable file, relative to the configuration file's folder."""
+        text = self.text(node, what)
+        if text is _INVALID:
+            return _INVALID
+        path = (self.base_dir / text).resolve()
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            self.error(node, f"{what}: cannot read {text!r}: {(exc.strerror or str(exc)).lower()}")
+            return _INVALID
+        return str(path)
+
+    def certificate(self, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> Any:
+        """cert + key from a mapping, checked to load and to belong together."""
+        for key in ("cert", "key"):
+            if key not in fields:
+                self.error(node, f"TLS needs both 'cert:' and 'key:' (missing {key!r})")
+                return _INVALID
+        cert = self.path(fields["cert"][1], "cert")
+        key = self.path(fields["key"][1], "key")
+        if _INVALID in (cert, key):
+            return _INVALID
+        pair = CertificatePair(cert, key)
+        try:
+            check_certificate(pair)
+        except ValueError as exc:
+            self.error(fields["cert"][1], f"cert: {exc}")
+            return _INVALID
+        return pair
+
+    def ca_file(self, node: yaml.Node, what: str) -> Any:
+        path = self.path(node, what)
+        if path is _INVALID:
+            return _INVALID
+        try:
+            check_ca_file(path)
+        except ValueError as exc:
+            self.error(node, f"{what}: {exc}")
+            return _INVALID
+        return path
+
+    def listener_tls(self, node: yaml.Node) -> Any:
+        fields = self.mapping(node, "tls", _LISTENER_TLS_KEYS)
+        if not isinstance(node, yaml.MappingNode):
+            return _INVALID
+        certificate = self.certificate(node, fields)
+        client_ca = self.ca_file(fields["client_ca"][1], "client_ca") if "client_ca" in fields else None
+        others = []
+        if "certificates" in fields:
+            for item in self.sequence(fields["certificates"][1], "certificates"):
+                other = self.certificate(item, self.mapping(item, "certificate", ("cert", "key")))
+                if other is not _INVALID:
+                    others.append(other)
+        if _INVALID in (certificate, client_ca):
+            return _INVALID
+        return ListenerTlsConfig(certificate, client_ca, tuple(others))
+
+    def upstream_tls(self, node: yaml.Node) -> Any:
+        fields = self.mapping(node, "tls", _UPSTREAM_TLS_KEYS)
+        if not isinstance(node, yaml.MappingNode):
+            return _INVALID
+        ca = self.ca_file(fields["ca"][1], "ca") if "ca" in fields else None
+        server_name = self.sni_name(fields["server_name"][1]) if "server_name" in fields else None
+        verify = self.boolean(fields["verify"][1], "verify") if "verify" in fields else True
+        client_cert = None
+        if "cert" in fields or "key" in fields:
+            client_cert = self.certificate(node, fields)
+        if _INVALID in (ca, server_name, verify, client_cert):
+            return _INVALID
+        if not verify:
+            self.warn(fields["verify"][1], "verify: false accepts any server certificate")
+        return UpstreamTlsConfig(ca, server_name, verify, client_cert)
+
+    def sni_name(self, node: yaml.Node, *, wildcard: bool = False) -> Any:
+        def parse(value: Any) -> str:
+            name = str(value).lower().rstrip(".") if isinstance(value, str) else None
+            if not name or not _SNI_PATTERN.match(name) or (name.startswith("*") and not wildcard):
+                raise ValueError(f"{value!r} is not a valid server name")
+            return name
+
+        return self.parsed(node, "sni" if wildcard else "server_name", parse)
+
+    def sni_patterns(self, node: yaml.Node) -> tuple[str, ...]:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        names = (self.sni_name(item, wildcard=True) for item in items)
+        return tuple(name for name in names if name is not _INVALID)
+
+    def check_sni_coverage(self, listener: ListenerConfig, node: yaml.Node) -> None:
+        tls = listener.tls
+        names = [name.lower() for pair in (tls.certificate, *tls.others) for name in certificate_names(pair.cert)]
+        for route in listener.routes:
+            for pattern in route.match.sni:
+                exact = not pattern.startswith("*.")
+                if not any(name == pattern or (exact and name_matches(name, pattern)) for name in names):
+                    self.warn(node, f"sni {pattern!r} is not covered by the listener's certificates")
+
     def listener(
         self, node: yaml.Node, defaults: dict[str, Any], upstreams: dict[str, UpstreamConfig], used: set[str]
     ) -> ListenerConfig | None:
@@ -481,6 +613,8 @@ class _Reader:
                 value = self.size(value_node, key)
             elif key in ("hexdump", "accept_proxy_protocol"):
                 value = self.boolean(value_node, key)
+            elif key == "tls":
+                value = self.listener_tls(value_node)
             else:
                 value = self.networks(value_node, key)
             if value is not _INVALID:
@@ -492,6 +626,8 @@ class _Reader:
         if routes is None:
             return None
         listener = ListenerConfig(name=options.pop("name", None), listen=listen, routes=routes, **options)
+        if listener.tls is not None:
+            self.check_sni_coverage(listener, fields["routes"][1] if "routes" in fields else node)
         if listener.allow is not None and not _leaves_any_source(listener.allow, listener.deny):
             self.warn(
                 fields.get("allow", fields.get("deny", (node, node)))[1], "allow and deny leave no source allowed"
@@ -543,8 +679,9 @@ class _Reader:
         match = MatchConfig()
         if "match" in fields:
             match_fields = self.mapping(fields["match"][1], "match", _MATCH_KEYS)
-            if "source" in match_fields:
-                match = MatchConfig(source=self.networks(match_fields["source"][1], "source"))
+            source = self.networks(match_fields["source"][1], "source") if "source" in match_fields else ()
+            sni = self.sni_patterns(match_fields["sni"][1]) if "sni" in match_fields else ()
+            match = MatchConfig(sni=sni, source=source)
         upstream = self.route_target(fields["upstream"][1], defaults, upstreams, used)
         if upstream is None or name is _INVALID:
             return None

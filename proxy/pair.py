@@ -78,12 +78,13 @@ class PairSettings:
 
 
 class PreambleReader(Dispatcher):
-    """Reads what a client sends before it can be paired (a PROXY header), on the client socket.
+    """Reads what a client sends before it can be routed (a PROXY header, a ClientHello).
 
     `parse(data)` answers None while more is needed, (info, consumed) once complete, or raises
-    ValueError.
-    `on_done(info, rest)` then gets the bytes after the preamble, which belong to the payload.
-    At most `limit` bytes are read; the preamble must arrive within the listener's timeout.
+    ValueError. `on_done(info, rest)` then gets the bytes after the preamble, which belong to
+    the payload (a peek consumes nothing). At most `limit` bytes are read, within the listener's
+    `connect_timeout`; when that runs out, `on_timeout(data)` decides, or the pair ends.
+    `initial` is what an earlier preamble reader read past its own preamble.
     """
 
     def __init__(
@@ -93,6 +94,9 @@ class PreambleReader(Dispatcher):
         parse: Callable[[bytes], Any],
         limit: int,
         on_done: Callable[[Any, bytes], None],
+        *,
+        initial: bytes = b"",
+        on_timeout: Callable[[bytes], None] | None = None,
     ) -> None:
         super().__init__(pair.runtime.reactor, pair.client.socket)
         self.pair = pair
@@ -100,9 +104,13 @@ class PreambleReader(Dispatcher):
         self.parse = parse
         self.limit = limit
         self.on_done = on_done
-        self.data = bytearray()
+        self.on_timeout = on_timeout
+        self.data = bytearray(initial)
         self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
+        pair.preamble = self
         self.interest_changed()
+        if initial:
+            self._examine()
 
     def readable(self) -> bool:
         return True
@@ -121,6 +129,9 @@ class PreambleReader(Dispatcher):
             self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
             return
         self.data += chunk
+        self._examine()
+
+    def _examine(self) -> None:
         try:
             result = self.parse(bytes(self.data))
         except ValueError as exc:
@@ -136,7 +147,12 @@ class PreambleReader(Dispatcher):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.pair.finish("timeout", f"no complete {self.what} within connect_timeout")
+        if self.on_timeout is None:
+            self.pair.finish("timeout", f"no complete {self.what} within connect_timeout")
+            return
+        data = bytes(self.data)
+        self.stop()
+        self.on_timeout(data)
 
     def handle_error(self, exc: BaseException) -> None:
         self.pair.failed(self.pair.client, exc)
@@ -267,13 +283,16 @@ class Pair:
 
     # -- TLS toward the client -----------------------------------------------------------
 
-    def terminate_tls(self, context: ssl.SSLContext, on_ready: Callable[[Pair], None]) -> None:
+    def terminate_tls(self, context: ssl.SSLContext, on_ready: Callable[[Pair], None], initial: bytes = b"") -> None:
         """Run the server side of a TLS handshake with the client, then call `on_ready(pair)`.
 
-        The handshake must finish within the listener's `connect_timeout`.
+        The handshake must finish within the listener's `connect_timeout`. `initial` is
+        ciphertext a preamble reader already took from the socket.
         """
         plain = self.client
         session = TlsSession(context, server_side=True)
+        if initial:
+            session.receive(initial)
         self.client = TlsSide(
             self,
             plain.socket,
@@ -327,8 +346,12 @@ class Pair:
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise
-            self.peer_gone(side, exc)
-            return
+            if not side.eof:
+                self.peer_gone(side, exc)
+                return
+            # That peer had ended its own sending and then closed outright: nothing of ours
+            # was lost but a TLS close_notify it no longer wanted.
+            done = True
         if not done:
             side.shutdown_pending = True
             return
@@ -382,6 +405,9 @@ class Pair:
                 side.close()
         self.runtime.pairs.discard(self)
         upstream = self.upstream
+        tls_fields = {"sni": self.sni, **self.client.log_fields()}
+        if upstream is not None:
+            tls_fields.update(upstream.log_fields())
         self.runtime.log.info(
             "access",
             conn=self.conn,
@@ -394,9 +420,7 @@ class Pair:
             duration_ms=int((time.monotonic() - self.started) * 1000),
             result=result,
             reason=reason or self.note,
-            sni=self.sni,
-            **self.client.log_fields(),
-            **(upstream.log_fields() if upstream is not None else {}),
+            **tls_fields,
         )
         if self.tap is not None:
             if upstream is None:

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from proxy.config import IPNetwork, ListenerConfig, MatchConfig, RouteConfig
+from proxy.tls import name_matches
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -43,21 +44,11 @@ class AccessPolicy:
         return self.allow is None or _in_any(address, self.allow)
 
 
-def sni_matches(pattern: str, server_name: str) -> bool:
-    """Exact names, or `*.example.com` for exactly one more label; case-insensitive."""
-    pattern = pattern.lower().rstrip(".")
-    name = server_name.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, dot, rest = name.partition(".")
-        return bool(head) and bool(dot) and rest == pattern[2:]
-    return name == pattern
-
-
 def match_holds(match: MatchConfig, address: IPAddress, server_name: str | None) -> bool:
     if match.source and not _in_any(address, match.source):
         return False
     if match.sni:
-        return server_name is not None and any(sni_matches(p, server_name) for p in match.sni)
+        return server_name is not None and any(name_matches(p, server_name) for p in match.sni)
     return True
 
 

@@ -12,8 +12,11 @@ stays (open connections keep the pools and settings they started with).
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from proxy import proxyproto
@@ -25,13 +28,23 @@ from proxy.log import EventLog, HexdumpWriter
 from proxy.pair import Pair, PairSettings, PreambleReader, Runtime
 from proxy.reactor import Reactor
 from proxy.resolver import Resolver
-from proxy.routes import AccessPolicy, RouteTable, client_ip
+from proxy.routes import AccessPolicy, IPAddress, RouteTable, client_ip
+from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from proxy.tls import client_context, server_context
 from proxy.upstreams import Pool
+
+PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
 
 def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
     result = proxyproto.parse(data)
     return None if result is proxyproto.NEED_MORE else result
+
+
+def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
+    """A peek: the ClientHello stays in the data, to be forwarded as it is."""
+    hello = peek_server_name(data)
+    return None if hello is None else (hello, 0)
 
 
 class ListenerRuntime:
@@ -52,6 +65,10 @@ class ListenerRuntime:
         self.policy = AccessPolicy.of(config)
         self.table = RouteTable(config.routes)
         self.pools = self.server.pools
+        self.upstream_tls = self.server.upstream_tls
+        tls = config.tls
+        self.tls_context = None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca)
+        self.peek_sni = tls is None and self.table.needs_server_name
         self.settings = PairSettings(
             listener=self.name,
             connect_timeout=config.connect_timeout,
@@ -65,27 +82,62 @@ class ListenerRuntime:
         self.active += 1
         if self.active > self.config.max_connections:
             pair.finish("limit", f"max_connections {self.config.max_connections} reached")
-        elif self.config.accept_proxy_protocol:
-            pools = self.pools
-            pair.preamble = PreambleReader(
+            return
+        # What a client is routed by, fixed at accept: a reload affects only later clients.
+        route = functools.partial(self._route, pair, self.table, self.pools, self.upstream_tls)
+        if self.config.accept_proxy_protocol:
+            PreambleReader(
                 pair,
                 "PROXY header",
                 _parse_proxy_header,
                 proxyproto.MAX_HEADER,
-                lambda info, rest: self._route(pair, pools, info.source or peer, info.destination, rest),
+                lambda info, rest: self._admit(pair, route, info.source or peer, info.destination, rest),
             )
         else:
-            self._route(pair, self.pools, peer, None, b"")
+            self._admit(pair, route, peer, None, b"")
 
-    def _route(
-        self, pair: Pair, pools: dict[str, Pool], source: tuple, destination: tuple | None, payload: bytes
-    ) -> None:
-        address = client_ip(source[0])
+    def _admit(self, pair: Pair, route: Callable[..., None], source: tuple, destination: tuple | None, rest: bytes):
+        """Who the client is is known: apply allow/deny, then find out what it routes by."""
         pair.set_client_address(source)
+        address = client_ip(source[0])
         if not self.policy.permits(address):
             pair.finish("denied", f"source {address} is not allowed")
             return
-        selected = self.table.select(address)
+        route = functools.partial(route, address, source, destination)
+        if self.tls_context is not None:
+            pair.terminate_tls(self.tls_context, lambda done: route(b"", done.client.session.server_name), rest)
+        elif self.peek_sni:
+            PreambleReader(
+                pair,
+                "ClientHello",
+                _peek_client_hello,
+                PEEK_LIMIT,
+                lambda hello, data: self._peeked(pair, route, hello, data),
+                initial=rest,
+                on_timeout=lambda data: self._peeked(pair, route, Hello(None, "timeout"), data),
+            )
+        else:
+            route(rest, None)
+
+    @staticmethod
+    def _peeked(pair: Pair, route: Callable[..., None], hello: Hello, data: bytes) -> None:
+        pair.sni = hello.server_name
+        pair.note = hello.reason
+        route(data, hello.server_name)
+
+    def _route(
+        self,
+        pair: Pair,
+        table: RouteTable,
+        pools: dict[str, Pool],
+        upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]],
+        address: IPAddress,
+        source: tuple,
+        destination: tuple | None,
+        payload: bytes,
+        server_name: str | None,
+    ) -> None:
+        selected = table.select(address, server_name)
         if selected is None:
             pair.finish("no_route")
             return
@@ -95,7 +147,7 @@ class ListenerRuntime:
         if pool.config.proxy_protocol is not None:
             preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination or self.local_address)
         candidates = pool.candidates(str(address), self.server.reactor.now)
-        pair.connect(pool, candidates, preface=preface, payload=payload)
+        pair.connect(pool, candidates, preface=preface, payload=payload, upstream_tls=upstream_tls.get(route.upstream))
 
     def finished(self, _pair: Pair) -> None:
         self.active -= 1
@@ -121,6 +173,7 @@ class Server:
         self.force_hexdump = hexdump
         self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter())
         self.pools: dict[str, Pool] = {}
+        self.upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]] = {}
         self.health: list[HealthChecker] = []
         self.listeners: dict[str, ListenerRuntime] = {}
         self.draining = False
@@ -131,6 +184,14 @@ class Server:
         for checker in self.health:
             checker.stop()
         self.pools = {name: Pool(upstream) for name, upstream in config.upstreams.items()}
+        self.upstream_tls = {}
+        for name, upstream in config.upstreams.items():
+            tls = upstream.tls
+            if tls is None:
+                continue
+            self.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
+            if not tls.verify:
+                self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
         self.health = [
             HealthChecker(self.reactor, self.resolver, pool, self.log)
             for pool in self.pools.values()

@@ -37,7 +37,7 @@ class TlsState(enum.Enum):
 def describe(exc: ssl.SSLError) -> str:
     """A short reason: `certificate verify failed: hostname mismatch`, not the whole repr."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
+        return f"certificate verify failed: {exc.verify_message[0].lower()}{exc.verify_message[1:]}"
     reason = getattr(exc, "reason", None)
     return (reason or str(exc)).replace("_", " ").lower()
 
@@ -54,6 +54,11 @@ class TlsSession:
         self.state = TlsState.HANDSHAKING
         self.eof = False  # the peer's close_notify arrived
         self.write_closed = False  # our close_notify went out
+        # What was agreed, kept from the end of the handshake (the SSLObject forgets some of it
+        # once a close_notify has gone either way).
+        self.version: str | None = None
+        self.server_name: str | None = None  # on a server session: the SNI the client sent
+        self.peer_certificate_presented = False
 
     # -- ciphertext in and out -----------------------------------------------------------
 
@@ -82,6 +87,9 @@ class TlsSession:
             self.state = TlsState.CLOSED
             raise TlsError(describe(exc)) from None
         self.state = TlsState.OPEN
+        self.version = self._ssl.version()
+        self.server_name = getattr(self._ssl, "sni_name", None)
+        self.peer_certificate_presented = self._ssl.getpeercert(binary_form=True) is not None
         return True
 
     # -- plaintext -----------------------------------------------------------------------
@@ -122,21 +130,6 @@ class TlsSession:
             pass  # our close_notify is written; the peer's may come later
         except ssl.SSLError as exc:
             raise TlsError(describe(exc)) from None
-
-    # -- what was agreed -----------------------------------------------------------------
-
-    @property
-    def version(self) -> str | None:
-        return self._ssl.version()
-
-    @property
-    def server_name(self) -> str | None:
-        """On a server session: the SNI the client sent (set by the context's callback)."""
-        return getattr(self._ssl, "sni_name", None)
-
-    @property
-    def peer_certificate_presented(self) -> bool:
-        return self._ssl.getpeercert(binary_form=True) is not None
 
 
 @dataclass(frozen=True)
@@ -206,8 +199,43 @@ def client_context(
     return context
 
 
+def name_matches(pattern: str, server_name: str) -> bool:
+    """Exact names, or `*.example.com` for exactly one more label; case-insensitive."""
+    pattern = pattern.lower().rstrip(".")
+    name = server_name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, dot, rest = name.partition(".")
+        return bool(head) and bool(dot) and rest == pattern[2:]
+    return name == pattern
+
+
+def check_certificate(pair: CertificatePair) -> None:
+    """ValueError with a readable reason unless cert and key load and belong together."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(pair.cert, pair.key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ValueError("the certificate and the key do not belong together") from None
+        raise ValueError(f"cannot load the certificate and key: {describe(exc)}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot load the certificate and key: {exc.strerror or exc}") from None
+
+
+def check_ca_file(path: str) -> None:
+    """ValueError unless `path` holds at least one CA certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(path)
+    except ssl.SSLError as exc:
+        raise ValueError(f"not a PEM certificate file ({describe(exc)})") from None
+    if not context.cert_store_stats().get("x509_ca"):
+        raise ValueError("holds no CA certificate")
+
+
 def certificate_names(cert_path: str) -> list[str]:
     """The DNS names a PEM certificate is for (subjectAltName, else the common name)."""
+    # The standard library's only certificate decoder that needs no live connection.
     decoded = ssl._ssl._test_decode_cert(cert_path)
     names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
     if not names:

@@ -1,0 +1,333 @@
+"""End to end TLS: termination, origination with verification, mutual TLS, SNI passthrough.
+
+Every certificate comes from trustme, made fresh for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import textwrap
+import time
+
+import pytest
+import trustme
+
+from tests.support import WAIT, connect, echo_handler, pattern, recv_all, recv_exactly
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def pki(ca, tmp_path_factory):
+    """PEM files on disk: the CA, a proxy certificate, upstream certificates, client certificates."""
+    folder = tmp_path_factory.mktemp("pki")
+    files = {"ca": folder / "ca.pem"}
+    ca.cert_pem.write_to_path(files["ca"])
+    for name, identities in {
+        "proxy": ["proxy.test", "*.proxy.test"],
+        "other": ["other.test"],
+        "a": ["a.test"],
+        "b": ["b.test"],
+        "upstream": ["upstream.test"],
+        "client": ["client@example.test"],
+    }.items():
+        cert = ca.issue_cert(*identities)
+        files[f"{name}.pem"] = folder / f"{name}.pem"
+        files[f"{name}.key"] = folder / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(files[f"{name}.pem"])
+        cert.private_key_pem.write_to_path(files[f"{name}.key"])
+    other_ca = trustme.CA()
+    files["other-ca"] = folder / "other-ca.pem"
+    other_ca.cert_pem.write_to_path(files["other-ca"])
+    return {key: str(value) for key, value in files.items()}
+
+
+def client_context(pki, *, cert: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pki["ca"])
+    if cert:
+        context.load_cert_chain(pki[f"{cert}.pem"], pki[f"{cert}.key"])
+    return context
+
+
+def server_context(pki, name: str, *, client_ca: bool = False) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki[f"{name}.pem"], pki[f"{name}.key"])
+    if client_ca:
+        context.load_verify_locations(pki["ca"])
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def tls_upstream(context: ssl.SSLContext, tag: bytes = b""):
+    """A handler that completes a TLS handshake, sends `tag`, then echoes."""
+
+    def handler(conn: socket.socket) -> None:
+        try:
+            tls = context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        with tls:
+            tls.sendall(tag)
+            while data := tls.recv(65536):
+                tls.sendall(data)
+
+    return handler
+
+
+def tls_connect(address, context: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:
+    raw = connect(address)
+    return context.wrap_socket(raw, server_hostname=server_name)
+
+
+def echo_through(sock: socket.socket, data: bytes, step: int = 256 * 1024) -> bytes:
+    """Send `data` a step at a time, reading each echo back (an SSLSocket is not for two threads)."""
+    received = []
+    for start in range(0, len(data), step):
+        chunk = data[start : start + step]
+        sock.sendall(chunk)
+        received.append(recv_exactly(sock, len(chunk)))
+    return b"".join(received)
+
+
+def test_termination_moves_50_mib_intact(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    data = pattern(50 * MiB, seed=50)
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.settimeout(60)
+        received = echo_through(client, data)
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+    access = proxy.wait_access(1)[0]
+    assert access["sni"] == "proxy.test"
+    assert access["client_tls"] in ("TLSv1.3", "TLSv1.2")
+    assert access["client_cert"] == "no"
+    assert access["bytes_up"] == str(len(data))
+
+
+def test_termination_hexdump_shows_plaintext(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--hexdump",
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"],
+    )  # fmt: skip
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.sendall(b"secret words")
+        assert recv_exactly(client, 12) == b"secret words"
+    proxy.wait_access(1)
+    assert "|secret words|" in proxy.stdout()
+
+
+def test_termination_refuses_a_client_without_the_required_certificate(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address,
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"], "--tls-client-ca", pki["ca"],
+    )  # fmt: skip
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):  # noqa: SIM117
+        with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+            client.sendall(b"x")  # TLS 1.3 reports the server's alert only at the next read
+            client.recv(1)
+    refused = proxy.wait_access(1)[0]
+    assert refused["result"] == "tls_error"
+    with tls_connect(proxy.address, client_context(pki, cert="client"), "proxy.test") as client:
+        client.sendall(b"with cert")
+        assert recv_exactly(client, 9) == b"with cert"
+    accepted = proxy.wait_access(2)[1]
+    assert accepted["client_cert"] == "yes"
+    assert upstream.accepted == 1
+
+
+def _originate(start_proxy, upstream, *flags: str):
+    return start_proxy("forward", "127.0.0.1:0", upstream.address, "--upstream-tls", *flags)
+
+
+def test_origination_verifies_and_sends_the_server_name(pki, start_proxy, start_upstream):
+    seen_names = []
+    context = server_context(pki, "upstream")
+    context.sni_callback = lambda _sock, name, _ctx: seen_names.append(name)
+    upstream = start_upstream(tls_upstream(context, b"hello:"))
+    proxy = _originate(start_proxy, upstream, "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test")
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 6) == b"hello:"
+        client.sendall(b"plain in, TLS out")
+        assert recv_exactly(client, 17) == b"plain in, TLS out"
+    assert seen_names == ["upstream.test"]
+    assert proxy.wait_access(1)[0]["upstream_tls"] in ("TLSv1.3", "TLSv1.2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (("--upstream-server-name", "wrong.test"), "hostname mismatch"),
+        (("--upstream-server-name", "upstream.test", "--upstream-ca", "other-ca"), "unable to get local issuer"),
+    ],
+    ids=["wrong-name", "unknown-ca"],
+)
+def test_origination_refuses_a_server_that_fails_verification(pki, start_proxy, start_upstream, flags, reason):
+    upstream = start_upstream(tls_upstream(server_context(pki, "upstream"), b"hello:"))
+    flags = tuple(pki.get(flag, flag) for flag in flags)
+    if "--upstream-ca" not in flags:
+        flags += ("--upstream-ca", pki["ca"])
+    proxy = _originate(start_proxy, upstream, *flags)
+    with connect(proxy.address) as client:
+        assert client.recv(1) == b""
+    access = proxy.wait_access(1)[0]
+    assert access["result"] == "tls_error"
+    assert reason in access["reason"]
+
+
+def test_origination_insecure_accepts_any_certificate_and_warns(pki, start_proxy, start_upstream):
+    upstream = start_upstream(tls_upstream(server_context(pki, "upstream"), b"hi"))
+    proxy = _originate(start_proxy, upstream, "--upstream-insecure")
+    assert "tls_verify_off" in proxy.log_text()
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 2) == b"hi"
+
+
+def test_mutual_tls_on_both_legs(pki, start_proxy, start_upstream):
+    upstream = start_upstream(tls_upstream(server_context(pki, "upstream", client_ca=True), b"mtls:"))
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address,
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"], "--tls-client-ca", pki["ca"],
+        "--upstream-tls", "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test",
+        "--upstream-cert", pki["client.pem"], "--upstream-key", pki["client.key"],
+    )  # fmt: skip
+    with tls_connect(proxy.address, client_context(pki, cert="client"), "proxy.test") as client:
+        assert recv_exactly(client, 5) == b"mtls:"
+        client.sendall(b"both ways")
+        assert recv_exactly(client, 9) == b"both ways"
+    access = proxy.wait_access(1)[0]
+    assert (access["client_cert"], access["result"]) == ("yes", "closed")
+
+
+def test_origination_without_a_client_certificate_is_refused_by_an_mtls_server(pki, start_proxy, start_upstream):
+    upstream = start_upstream(tls_upstream(server_context(pki, "upstream", client_ca=True), b"mtls:"))
+    proxy = _originate(start_proxy, upstream, "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test")
+    with connect(proxy.address) as client:
+        try:
+            data = recv_all(client)
+        except ConnectionResetError:
+            data = b""
+    assert data == b""
+    assert proxy.wait_access(1)[0]["result"] in ("tls_error", "reset", "closed")
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "pairproxy.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_sni_passthrough_routes_to_the_upstream_that_owns_the_name(pki, tmp_path, start_proxy, start_upstream):
+    a = start_upstream(tls_upstream(server_context(pki, "a"), b"A"))
+    b = start_upstream(tls_upstream(server_context(pki, "b"), b"B"))
+    plain = start_upstream(lambda conn: (conn.sendall(b"plain"), recv_all(conn)))
+    path = _write(
+        tmp_path,
+        f"""\
+        listeners:
+          - listen: "127.0.0.1:0"
+            connect_timeout: 500ms
+            routes:
+              - {{match: {{sni: a.test}}, upstream: "{a.address}"}}
+              - {{match: {{sni: ["b.test", "*.b.test"]}}, upstream: "{b.address}"}}
+              - upstream: "{plain.address}"
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path))
+    for name, tag in (("a.test", b"A"), ("b.test", b"B")):
+        with tls_connect(proxy.address, client_context(pki), name) as client:
+            assert recv_exactly(client, 1) == tag  # the handshake verified the upstream's own name
+            client.sendall(b"end to end")
+            assert recv_exactly(client, 10) == b"end to end"
+    lines = proxy.wait_access(2)
+    assert [line["sni"] for line in lines] == ["a.test", "b.test"]
+    # Garbage is not TLS: the route without sni takes it, at once.
+    with connect(proxy.address) as client:
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert recv_exactly(client, 5) == b"plain"
+    assert proxy.wait_access(3)[2]["reason"] == "not_tls"
+    # Silence: after connect_timeout, the same fallback.
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 5) == b"plain"
+    assert proxy.wait_access(4)[3]["reason"] == "timeout"
+
+
+def test_sni_listener_without_fallback_closes_unknown_clients(pki, tmp_path, start_proxy, start_upstream):
+    a = start_upstream(tls_upstream(server_context(pki, "a"), b"A"))
+    path = _write(
+        tmp_path,
+        f"""\
+        listeners:
+          - listen: "127.0.0.1:0"
+            routes:
+              - {{match: {{sni: a.test}}, upstream: "{a.address}"}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path))
+    with connect(proxy.address) as client:
+        client.sendall(b"\x00garbage")
+        assert recv_all(client) == b""
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("no_route", "not_tls")
+    assert a.accepted == 0
+
+
+def test_termination_from_yaml_picks_the_certificate_and_route_by_sni(pki, tmp_path, start_proxy, start_upstream):
+    one, two = start_upstream(lambda c: c.sendall(b"one")), start_upstream(lambda c: c.sendall(b"two"))
+    path = _write(
+        tmp_path,
+        f"""\
+        listeners:
+          - listen: "127.0.0.1:0"
+            tls:
+              cert: {pki["proxy.pem"]}
+              key: {pki["proxy.key"]}
+              certificates:
+                - {{cert: {pki["other.pem"]}, key: {pki["other.key"]}}}
+            routes:
+              - {{match: {{sni: other.test}}, upstream: "{two.address}"}}
+              - upstream: "{one.address}"
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path))
+    for name, expected in (("proxy.test", b"one"), ("api.proxy.test", b"one"), ("other.test", b"two")):
+        with tls_connect(proxy.address, client_context(pki), name) as client:
+            assert recv_all(client) == expected
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_openssl_s_client_through_a_terminating_listener(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{proxy.port}", "-servername", "proxy.test",
+               "-CAfile", pki["ca"], "-verify_return_error", "-quiet"]  # fmt: skip
+    client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        client.stdin.write(b"hello from openssl\n")
+        client.stdin.flush()
+        deadline = time.monotonic() + WAIT
+        echoed = b""
+        while b"hello from openssl" not in echoed and time.monotonic() < deadline:
+            if select.select([client.stdout], [], [], 0.1)[0]:
+                echoed += os.read(client.stdout.fileno(), 4096)
+    finally:
+        client.kill()
+        client.communicate(timeout=WAIT)
+    assert b"hello from openssl" in echoed
+    assert proxy.wait_access(1)[0]["sni"] == "proxy.test"
