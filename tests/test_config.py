@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.units import Address
@@ -328,3 +329,90 @@ def test_every_shipped_example_loads_without_warnings(path):
     loaded = load_config(path)
     assert loaded.config.listeners
     assert loaded.warnings == ()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """trustme files in a folder: a CA, a server certificate for proxy.test, a second key."""
+    folder = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    server = ca.issue_cert("proxy.test", "*.apps.test")
+    server.cert_chain_pems[0].write_to_path(folder / "server.pem")
+    server.private_key_pem.write_to_path(folder / "server.key")
+    ca.issue_cert("other.test").private_key_pem.write_to_path(folder / "other.key")
+    return folder
+
+
+def test_tls_blocks_load_with_paths_relative_to_the_file(certs):
+    config = parse_config(
+        textwrap.dedent("""\
+            upstreams:
+              api:
+                servers: [9001]
+                tls: {ca: ca.pem, server_name: api.internal, cert: server.pem, key: server.key}
+            listeners:
+              - listen: 8443
+                tls: {cert: server.pem, key: server.key, client_ca: ca.pem}
+                routes:
+                  - {match: {sni: [proxy.test, "*.apps.test"]}, upstream: api}
+            """),
+        "t.yaml",
+        certs,
+    ).config
+    tls = config.listeners[0].tls
+    assert tls.certificate.cert == str(certs / "server.pem")
+    assert tls.client_ca == str(certs / "ca.pem")
+    upstream_tls = config.upstreams["api"].tls
+    assert (upstream_tls.server_name, upstream_tls.verify) == ("api.internal", True)
+    assert config.listeners[0].routes[0].match.sni == ("proxy.test", "*.apps.test")
+
+
+def test_tls_mistakes_are_located(certs):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            textwrap.dedent("""\
+                upstreams:
+                  api:
+                    servers: [9001]
+                    tls: {ca: server.pem, server_name: "bad name"}
+                listeners:
+                  - listen: 8443
+                    tls: {cert: server.pem, key: other.key}
+                    upstream: api
+                  - listen: 8444
+                    tls: {cert: missing.pem, key: server.key}
+                    routes:
+                      - {match: {sni: "a.*.test"}, upstream: api}
+                """),
+            "t.yaml",
+            certs,
+        )
+    assert caught.value.messages == [
+        "t.yaml:4:15: ca: holds no CA certificate",
+        "t.yaml:4:40: server_name: 'bad name' is not a valid server name",
+        "t.yaml:7:17: cert: the certificate and the key do not belong together",
+        "t.yaml:10:17: cert: cannot read 'missing.pem': no such file or directory",
+        "t.yaml:12:26: sni: 'a.*.test' is not a valid server name",
+    ]
+
+
+def test_tls_warnings(certs):
+    loaded = parse_config(
+        textwrap.dedent("""\
+            upstreams:
+              api: {servers: [9001], tls: {verify: false}}
+            listeners:
+              - listen: 8443
+                tls: {cert: server.pem, key: server.key}
+                routes:
+                  - {match: {sni: elsewhere.test}, upstream: api}
+                  - {match: {sni: x.apps.test}, upstream: api}
+            """),
+        "t.yaml",
+        certs,
+    )
+    assert loaded.warnings == (
+        "t.yaml:2:40: warning: verify: false accepts any server certificate",
+        "t.yaml:6:7: warning: sni 'elsewhere.test' is not covered by the listener's certificates",
+    )

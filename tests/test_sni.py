@@ -1,0 +1,117 @@
+"""The ClientHello peek: real hellos from Python's ssl, split and oversized ones, and junk."""
+
+from __future__ import annotations
+
+import ssl
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+
+
+def real_client_hello(server_name: str | None) -> bytes:
+    """The first flight of a real TLS client, as it would arrive on the wire."""
+    context = ssl.create_default_context()
+    if server_name is None:
+        context.check_hostname = False
+    outgoing = ssl.MemoryBIO()
+    client = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_name)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def extension(kind: int, body: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(body)) + body
+
+
+def synthetic_client_hello(server_name: str | None, padding: int = 0) -> bytes:
+    """A handshake message (not yet in records) with an optional SNI and a padding extension."""
+    extensions = b""
+    if server_name is not None:
+        name = server_name.encode()
+        entry = b"\x00" + struct.pack("!H", len(name)) + name
+        extensions += extension(0x0000, struct.pack("!H", len(entry)) + entry)
+    if padding:
+        extensions += extension(0x0015, b"\x00" * padding)
+    body = b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += struct.pack("!H", len(extensions)) + extensions
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def in_records(message: bytes, size: int) -> bytes:
+    return b"".join(
+        b"\x16\x03\x01" + struct.pack("!H", len(message[i : i + size])) + message[i : i + size]
+        for i in range(0, len(message), size)
+    )
+
+
+def test_a_real_client_hello_names_its_server():
+    assert peek_server_name(real_client_hello("API.Example.com")) == Hello("api.example.com")
+
+
+def test_a_real_client_hello_without_sni():
+    assert peek_server_name(real_client_hello(None)) == Hello(None, "no_sni")
+
+
+def test_every_strict_prefix_needs_more_and_byte_by_byte_arrival_works():
+    hello = real_client_hello("bytewise.test")
+    for end in range(len(hello)):
+        assert peek_server_name(hello[:end]) is None
+    assert peek_server_name(hello) == Hello("bytewise.test")
+
+
+def test_a_client_hello_split_over_many_records():
+    record = real_client_hello("records.test")
+    message = record[5:]
+    for size in (1, 7, 100, 4096):
+        assert peek_server_name(in_records(message, size)) == Hello("records.test")
+
+
+def test_a_12_kib_client_hello_over_records_and_segments():
+    message = synthetic_client_hello("big.test", padding=12 * 1024)
+    data = in_records(message, 4096)
+    assert len(message) > 12 * 1024
+    assert peek_server_name(data[:5000]) is None
+    assert peek_server_name(data) == Hello("big.test")
+
+
+def test_an_oversized_client_hello_is_refused_early():
+    message = synthetic_client_hello("huge.test", padding=MAX_CLIENT_HELLO)
+    assert peek_server_name(in_records(message, 16384)[:9]) == Hello(None, "clienthello_too_large")
+
+
+def test_garbage_is_not_tls_at_the_first_byte():
+    assert peek_server_name(b"G") == Hello(None, "not_tls")
+    assert peek_server_name(b"GET / HTTP/1.1\r\n") == Hello(None, "not_tls")
+    assert peek_server_name(b"\x16\x09") == Hello(None, "not_tls")  # no such TLS version
+    assert peek_server_name(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00") == Hello(None, "not_tls")  # ServerHello
+
+
+def test_truncated_inside_a_complete_record_is_not_tls():
+    message = synthetic_client_hello("cut.test")
+    body = message[4:30]  # the message claims more than its record holds, then the record ends
+    lying = b"\x01" + len(body).to_bytes(3, "big") + body
+    assert peek_server_name(in_records(lying, 4096)) == Hello(None, "not_tls")
+
+
+def test_the_empty_start_needs_more():
+    assert peek_server_name(b"") is None
+    assert peek_server_name(b"\x16\x03") is None
+
+
+@given(st.binary(max_size=600))
+def test_never_raises_and_always_decides_or_waits(data):
+    result = peek_server_name(data)
+    assert result is None or isinstance(result, Hello)
+    if isinstance(result, Hello) and result.server_name is None:
+        assert result.reason in ("not_tls", "no_sni", "clienthello_too_large")
+
+
+@given(st.from_regex(r"[a-z0-9]{1,20}(\.[a-z0-9]{1,20}){0,3}", fullmatch=True), st.integers(1, 300))
+def test_any_name_in_any_record_size(name, size):
+    assert peek_server_name(in_records(synthetic_client_hello(name), size)) == Hello(name)

@@ -1,0 +1,206 @@
+"""The sans-I/O TLS session back to back in memory, and the context and file checks."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trustme
+
+from proxy.tls import (
+    CertificatePair,
+    TlsError,
+    TlsSession,
+    TlsState,
+    certificate_names,
+    check_ca_file,
+    check_certificate,
+    client_context,
+    name_matches,
+    server_context,
+)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def files(ca, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    paths = {"ca": folder / "ca.pem"}
+    ca.cert_pem.write_to_path(paths["ca"])
+    for name, identities in {
+        "server": ["server.test"],
+        "alt": ["alt.test", "*.alt.test"],
+        "client": ["me@x.test"],
+    }.items():
+        cert = ca.issue_cert(*identities)
+        paths[name] = folder / f"{name}.pem"
+        paths[f"{name}.key"] = folder / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(paths[name])
+        cert.private_key_pem.write_to_path(paths[f"{name}.key"])
+    return {key: str(value) for key, value in paths.items()}
+
+
+def pair_of(files, name: str = "server") -> CertificatePair:
+    return CertificatePair(files[name], files[f"{name}.key"])
+
+
+def pump(a: TlsSession, b: TlsSession) -> None:
+    """Move ciphertext both ways until neither side has any to send."""
+    while True:
+        to_b, to_a = a.pending_ciphertext(), b.pending_ciphertext()
+        if not to_b and not to_a:
+            return
+        if to_b:
+            b.receive(to_b)
+        if to_a:
+            a.receive(to_a)
+
+
+def handshake(client: TlsSession, server: TlsSession) -> None:
+    for _ in range(10):
+        client_done = client.handshake()
+        pump(client, server)
+        server_done = server.handshake()
+        pump(client, server)
+        if client_done and server_done:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def sessions(files, server_name: str = "server.test", **server_kwargs) -> tuple[TlsSession, TlsSession]:
+    server = TlsSession(server_context(pair_of(files), **server_kwargs), server_side=True)
+    client = TlsSession(client_context(files["ca"]), server_side=False, server_hostname=server_name)
+    return client, server
+
+
+def test_handshake_then_data_both_ways(files):
+    client, server = sessions(files)
+    assert client.state is TlsState.HANDSHAKING
+    handshake(client, server)
+    assert client.state is server.state is TlsState.OPEN
+    assert server.server_name == "server.test"
+    assert client.version == server.version
+    client.write(b"ping" * 10000)
+    pump(client, server)
+    received = b""
+    while (chunk := server.read()) not in (None, b""):
+        received += chunk
+    assert received == b"ping" * 10000
+    server.write(b"pong")
+    pump(client, server)
+    assert client.read() == b"pong"
+    assert client.read() is None  # nothing more yet
+
+
+def test_close_notify_is_a_half_close(files):
+    client, server = sessions(files)
+    handshake(client, server)
+    client.write(b"last words")
+    client.close_write()
+    pump(client, server)
+    assert server.read() == b"last words"
+    assert server.read() == b""
+    assert server.eof
+    server.write(b"reply after the client's close_notify")
+    pump(client, server)
+    assert client.read() == b"reply after the client's close_notify"
+    server.close_write()
+    pump(client, server)
+    assert client.read() == b""
+
+
+def test_tcp_end_without_close_notify_reads_as_end_of_stream(files):
+    client, server = sessions(files)
+    handshake(client, server)
+    server.receive(b"")
+    assert server.read() == b""
+
+
+def test_wrong_name_fails_verification(files):
+    client, server = sessions(files, server_name="other.test")
+    with pytest.raises(TlsError, match="hostname mismatch"):
+        handshake(client, server)
+    assert client.state is TlsState.CLOSED
+
+
+def test_unknown_ca_fails_verification(files):
+    server = TlsSession(server_context(pair_of(files)), server_side=True)
+    client = TlsSession(client_context(None), server_side=False, server_hostname="server.test")
+    with pytest.raises(TlsError, match="certificate verify failed"):
+        handshake(client, server)
+
+
+def test_verify_off_accepts_any_certificate(files):
+    server = TlsSession(server_context(pair_of(files)), server_side=True)
+    client = TlsSession(client_context(None, verify=False), server_side=False, server_hostname="whatever")
+    handshake(client, server)
+    assert client.state is TlsState.OPEN
+
+
+def test_client_certificate_required(files):
+    client, server = sessions(files, client_ca=files["ca"])
+    with pytest.raises(TlsError):
+        handshake(client, server)
+    server = TlsSession(server_context(pair_of(files), client_ca=files["ca"]), server_side=True)
+    client = TlsSession(
+        client_context(files["ca"], client_cert=pair_of(files, "client")),
+        server_side=False,
+        server_hostname="server.test",
+    )
+    handshake(client, server)
+    assert server.peer_certificate_presented
+
+
+def test_sni_picks_among_several_certificates(files):
+    context = server_context(pair_of(files), others=(pair_of(files, "alt"),))
+    for name in ("alt.test", "www.alt.test", "server.test"):
+        server = TlsSession(context, server_side=True)
+        client = TlsSession(client_context(files["ca"]), server_side=False, server_hostname=name)
+        handshake(client, server)  # verification passes only with the certificate for `name`
+        assert server.server_name == name
+
+
+def test_an_incomplete_handshake_stays_handshaking(files):
+    """What a handshake timeout sees: a client that stopped after its first flight."""
+    client, server = sessions(files)
+    assert not client.handshake()
+    server.receive(client.pending_ciphertext()[:10])
+    assert not server.handshake()
+    assert server.state is TlsState.HANDSHAKING
+
+
+def test_garbage_is_a_tls_error(files):
+    _, server = sessions(files)
+    server.receive(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(TlsError):
+        server.handshake()
+
+
+def test_file_checks(files, tmp_path):
+    check_certificate(pair_of(files))
+    with pytest.raises(ValueError, match="do not belong together"):
+        check_certificate(CertificatePair(files["server"], files["alt.key"]))
+    check_ca_file(files["ca"])
+    with pytest.raises(ValueError, match="no CA certificate"):
+        check_ca_file(files["server"])
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ValueError):
+        check_ca_file(str(junk))
+    assert certificate_names(files["alt"]) == ["alt.test", "*.alt.test"]
+
+
+def test_name_matching():
+    assert name_matches("*.example.com", "a.example.com")
+    assert not name_matches("*.example.com", "a.b.example.com")
+    assert not name_matches("*.example.com", "example.com")
+    assert name_matches("Example.COM.", "example.com")
+
+
+def test_contexts_refuse_old_protocols(files):
+    assert server_context(pair_of(files)).minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert client_context(files["ca"]).minimum_version >= ssl.TLSVersion.TLSv1_2
