@@ -576,14 +576,17 @@ class _Reader:
         names = (self.sni_name(item, wildcard=True) for item in items)
         return tuple(name for name in names if name is not _INVALID)
 
-    def check_sni_coverage(self, listener: ListenerConfig, node: yaml.Node) -> None:
+    def check_sni_coverage(self, listener: ListenerConfig, routes_node: yaml.Node) -> None:
         tls = listener.tls
         names = [name.lower() for pair in (tls.certificate, *tls.others) for name in certificate_names(pair.cert)]
-        for route in listener.routes:
+        items = routes_node.value if isinstance(routes_node, yaml.SequenceNode) else []
+        if len(items) != len(listener.routes):
+            items = [routes_node] * len(listener.routes)
+        for route, item in zip(listener.routes, items, strict=True):
             for pattern in route.match.sni:
                 exact = not pattern.startswith("*.")
                 if not any(name == pattern or (exact and name_matches(name, pattern)) for name in names):
-                    self.warn(node, f"sni {pattern!r} is not covered by the listener's certificates")
+                    self.warn(item, f"sni {pattern!r} is not covered by the listener's certificates")
 
     def listener(
         self, node: yaml.Node, defaults: dict[str, Any], upstreams: dict[str, UpstreamConfig], used: set[str]

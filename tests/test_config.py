@@ -393,7 +393,7 @@ def test_tls_mistakes_are_located(certs):
         "t.yaml:4:40: server_name: 'bad name' is not a valid server name",
         "t.yaml:7:17: cert: the certificate and the key do not belong together",
         "t.yaml:10:17: cert: cannot read 'missing.pem': no such file or directory",
-        "t.yaml:12:26: sni: 'a.*.test' is not a valid server name",
+        "t.yaml:12:23: sni: 'a.*.test' is not a valid server name",
     ]
 
 
@@ -414,5 +414,5 @@ def test_tls_warnings(certs):
     )
     assert loaded.warnings == (
         "t.yaml:2:40: warning: verify: false accepts any server certificate",
-        "t.yaml:6:7: warning: sni 'elsewhere.test' is not covered by the listener's certificates",
+        "t.yaml:7:7: warning: sni 'elsewhere.test' is not covered by the listener's certificates",
     )
