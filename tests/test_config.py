@@ -414,5 +414,5 @@ def test_tls_warnings(certs):
     )
     assert loaded.warnings == (
         "t.yaml:2:40: warning: verify: false accepts any server certificate",
-        "t.yaml:7:7: warning: sni 'elsewhere.test' is not covered by the listener's certificates",
+        "t.yaml:7:9: warning: sni 'elsewhere.test' is not covered by the listener's certificates",
     )
