@@ -62,7 +62,13 @@ def encode_v1(source: Endpoint, destination: Endpoint) -> bytes:
     """`PROXY TCP4|TCP6 SRC DST SPORT DPORT\\r\\n`."""
     src, dst = _same_family(source, destination)
     family = "TCP4" if src.version == 4 else "TCP6"
-    return f"PROXY {family} {src} {dst} {source[1]} {destination[1]}\r\n".encode("ascii")
+    return f"PROXY {family} {_v1_text(src)} {_v1_text(dst)} {source[1]} {destination[1]}\r\n".encode("ascii")
+
+
+def _v1_text(address: ipaddress._BaseAddress) -> str:
+    """IPv4-mapped IPv6 keeps its dotted quad (`::ffff:10.0.0.1`), as people write it."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped is not None else str(address)
 
 
 def encode_v2(source: Endpoint, destination: Endpoint) -> bytes:
