@@ -331,3 +331,67 @@ def test_openssl_s_client_through_a_terminating_listener(pki, start_proxy, start
         client.communicate(timeout=WAIT)
     assert b"hello from openssl" in echoed
     assert proxy.wait_access(1)[0]["sni"] == "proxy.test"
+
+
+def test_a_client_that_never_finishes_the_handshake_times_out(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--connect-timeout", "300ms",
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"],
+    )  # fmt: skip
+    with connect(proxy.address) as client:
+        started = time.monotonic()
+        client.sendall(b"\x16\x03\x01")  # the start of a record, and then nothing
+        assert client.recv(1) == b""
+        assert 0.25 < time.monotonic() - started < 3
+    access = proxy.wait_access(1)[0]
+    assert access["result"] == "timeout"
+    assert "handshake" in access["reason"]
+    assert upstream.accepted == 0
+
+
+def test_tls_half_close_reaches_the_plaintext_upstream(pki, start_proxy, start_upstream):
+    """The client's close_notify arrives as a FIN, and the reply still comes back over TLS."""
+    from tests.support import sink_handler
+
+    upstream = start_upstream(sink_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    outgoing, incoming = ssl.MemoryBIO(), ssl.MemoryBIO()
+    session = client_context(pki).wrap_bio(incoming, outgoing, server_hostname="proxy.test")
+    with connect(proxy.address) as raw:
+
+        def exchange():
+            if outgoing.pending:
+                raw.sendall(outgoing.read())
+            data = raw.recv(65536)
+            incoming.write(data) if data else incoming.write_eof()
+            return data
+
+        while True:
+            try:
+                session.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                exchange()
+        session.write(b"question")
+        try:
+            session.unwrap()  # close_notify: our half-close
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(outgoing.read())
+        reply = b""
+        while True:
+            try:
+                chunk = session.read(4096)
+            except ssl.SSLWantReadError:
+                if not exchange():
+                    break
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if not chunk:
+                break
+            reply += chunk
+    assert reply == f"8 {hashlib.sha256(b'question').hexdigest()}\n".encode()
