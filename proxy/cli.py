@@ -30,6 +30,7 @@ from proxy.log import LEVELS, EventLog
 from proxy.server import Server
 from proxy.tls import CertificatePair, check_ca_file, check_certificate
 from proxy.units import parse_address, parse_duration, parse_size
+from proxy.workers import Supervisor
 
 
 def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -48,6 +49,15 @@ def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
 _address = _argument(parse_address, "address")
 _upstream_address = _argument(lambda text: parse_address(text, allow_port_zero=False), "address")
 _duration = _argument(parse_duration, "duration")
+
+
+def _parse_positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+_positive = _argument(_parse_positive, "count")
 _size = _argument(parse_size, "size")
 
 
@@ -95,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
     run.add_argument("--hexdump", action="store_true", help="dump every forwarded chunk of every listener")
+    run.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="serving processes sharing each port (default: 1)"
+    )
     _add_log_options(run)
 
     check = commands.add_parser(
@@ -182,6 +195,8 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 def _run(args: argparse.Namespace, log: EventLog) -> int:
     loaded = _load(args)
+    if args.workers > 1:
+        return Supervisor(loaded.config, Path(args.config), log, args.workers, hexdump=args.hexdump).run()
     server = Server(loaded.config, log, hexdump=args.hexdump, config_path=Path(args.config))
     server.bind()
     server.serve()

@@ -122,6 +122,11 @@ class Config:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
+def listener_key(listener: ListenerConfig) -> str:
+    """What makes a listener 'the same' across reloads: its address (or, on port 0, its name too)."""
+    return str(listener.listen) if listener.listen.port else f"{listener.name}@{listener.listen}"
+
+
 def forward_config(
     listen: Address,
     upstream: Address,

@@ -50,7 +50,14 @@ SCRATCH_SIZE = 256 * 1024
 class Runtime:
     """What every pair in one process shares: the loop, the resolver, the outputs."""
 
-    def __init__(self, reactor: Reactor, resolver: Resolver, log: EventLog, hexdump: HexdumpWriter | None) -> None:
+    def __init__(
+        self,
+        reactor: Reactor,
+        resolver: Resolver,
+        log: EventLog,
+        hexdump: HexdumpWriter | None,
+        worker: tuple[int, int] = (0, 1),
+    ) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.log = log
@@ -59,10 +66,12 @@ class Runtime:
         # forwarded (or copied into a SendBuffer) before the next one.
         self.scratch = memoryview(bytearray(SCRATCH_SIZE))
         self.pairs: set[Pair] = set()
-        self._next_conn = 0
+        # Under `--workers N`, worker i numbers its connections i+1, i+1+N, ...: unique across workers.
+        self._next_conn = worker[0] + 1 - worker[1]
+        self._conn_step = worker[1]
 
     def next_conn_id(self) -> int:
-        self._next_conn += 1
+        self._next_conn += self._conn_step
         return self._next_conn
 
 

@@ -17,10 +17,11 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from proxy import proxyproto
-from proxy.config import Config, ConfigError, ListenerConfig, load_config
+from proxy.config import Config, ConfigError, ListenerConfig, listener_key, load_config
 from proxy.errors import ProxyError
 from proxy.health import HealthChecker
 from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
@@ -154,24 +155,30 @@ class ListenerRuntime:
         self.server.pair_finished()
 
 
-def _listener_key(config: ListenerConfig) -> str:
-    """What makes a reloaded listener 'the same': its address (or, on port 0, its name)."""
-    return str(config.listen) if config.listen.port else f"{config.name}@{config.listen}"
-
-
 class Server:
     """Binds every listener of a config on one reactor and serves until told to stop."""
 
     def __init__(
-        self, config: Config, log: EventLog, *, hexdump: bool = False, config_path: Path | None = None
+        self,
+        config: Config,
+        log: EventLog,
+        *,
+        hexdump: bool = False,
+        config_path: Path | None = None,
+        worker: tuple[int, int] = (0, 1),
+        port_pins: dict[str, int] | None = None,
     ) -> None:
+        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners."""
+        self.worker = worker
+        self.port_pins = port_pins or {}
+        config = self._pinned(config)
         self.config = config
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
         self.resolver = Resolver(self.reactor)
         self.force_hexdump = hexdump
-        self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter())
+        self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter(), worker)
         self.pools: dict[str, Pool] = {}
         self.upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]] = {}
         self.health: list[HealthChecker] = []
@@ -207,10 +214,23 @@ class Server:
             self.close()
             raise
 
+    def _pinned(self, config: Config) -> Config:
+        """Port-0 listeners on the ports the supervisor reserved for every worker."""
+        if not self.port_pins:
+            return config
+        listeners = []
+        for listener in config.listeners:
+            port = self.port_pins.get(listener_key(listener))
+            if port is not None:
+                listen = replace(listener.listen, port=port)
+                listener = replace(listener, listen=listen, name=listener.name or str(listen))
+            listeners.append(listener)
+        return replace(config, listeners=tuple(listeners))
+
     def _start_listener(self, config: ListenerConfig) -> None:
-        sock = bind_listening_socket(config.listen)
+        sock = bind_listening_socket(config.listen, reuse_port=self.worker[1] > 1)
         listener = ListenerRuntime(self, config, sock)
-        self.listeners[_listener_key(config)] = listener
+        self.listeners[listener_key(config)] = listener
         self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
 
     def serve(self) -> None:
@@ -242,10 +262,10 @@ class Server:
             return
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
-        self._apply(loaded.config)
+        self._apply(self._pinned(loaded.config))
 
     def _apply(self, config: Config) -> None:
-        wanted = {_listener_key(listener): listener for listener in config.listeners}
+        wanted = {listener_key(listener): listener for listener in config.listeners}
         for key in [key for key in self.listeners if key not in wanted]:
             listener = self.listeners.pop(key)
             listener.dispatcher.close()
