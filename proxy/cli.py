@@ -7,6 +7,7 @@ traceback only at `--log-level debug`): 2 for usage and configuration, 1 at run 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,7 +136,7 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
     )
-    server = Server(config, log)
+    server = Server(config, log, splice=_splice_wanted())
     server.bind()
     server.serve()
     return 0
@@ -186,6 +187,11 @@ def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
     )
 
 
+def _splice_wanted() -> bool:
+    """PAIRPROXY_SPLICE=0 keeps every byte going through Python (for comparison or diagnosis)."""
+    return os.environ.get("PAIRPROXY_SPLICE", "1") != "0"
+
+
 def _load(args: argparse.Namespace) -> LoadedConfig:
     loaded = load_config(args.config)
     for warning in loaded.warnings:
@@ -195,9 +201,10 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 def _run(args: argparse.Namespace, log: EventLog) -> int:
     loaded = _load(args)
+    path, splice = Path(args.config), _splice_wanted()
     if args.workers > 1:
-        return Supervisor(loaded.config, Path(args.config), log, args.workers, hexdump=args.hexdump).run()
-    server = Server(loaded.config, log, hexdump=args.hexdump, config_path=Path(args.config))
+        return Supervisor(loaded.config, path, log, args.workers, hexdump=args.hexdump, splice=splice).run()
+    server = Server(loaded.config, log, hexdump=args.hexdump, config_path=path, splice=splice)
     server.bind()
     server.serve()
     return 0

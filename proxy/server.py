@@ -30,6 +30,7 @@ from proxy.pair import Pair, PairSettings, PreambleReader, Runtime
 from proxy.reactor import Reactor
 from proxy.resolver import Resolver
 from proxy.routes import AccessPolicy, IPAddress, RouteTable, client_ip
+from proxy.side import SPLICE_AVAILABLE
 from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
 from proxy.tls import client_context, server_context
 from proxy.upstreams import Pool
@@ -76,6 +77,7 @@ class ListenerRuntime:
             idle_timeout=config.idle_timeout,
             buffer_size=config.buffer_size,
             hexdump=config.hexdump or self.server.force_hexdump,
+            splice=self.server.splice,
         )
 
     def accept(self, sock: socket.socket, peer: tuple) -> None:
@@ -167,9 +169,14 @@ class Server:
         config_path: Path | None = None,
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
+        splice: bool = SPLICE_AVAILABLE,
     ) -> None:
-        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners."""
+        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
+
+        `splice` lets plain pairs move bytes with os.splice (where the platform has it).
+        """
         self.worker = worker
+        self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
         config = self._pinned(config)
         self.config = config

@@ -8,6 +8,8 @@ See pair.py for how two sides are joined.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -97,10 +99,14 @@ class Side(Dispatcher):
             outgoing.append(data[sent:].tobytes())
             self.interest_changed()
 
+    def flush(self) -> None:
+        """Send what `outgoing` holds until it is empty or the socket is full."""
+        self.outgoing.send_with(self.socket.send)
+
     def handle_write(self) -> None:
         outgoing = self.outgoing
         try:
-            outgoing.send_with(self.socket.send)
+            self.flush()
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise
@@ -271,3 +277,129 @@ class TlsSide(Side):
             fields["sni"] = session.server_name
             fields["client_cert"] = "yes" if session.peer_certificate_presented else "no"
         return fields
+
+
+# -- splicing: bytes that never enter Python ------------------------------------------------
+
+SPLICE_AVAILABLE = hasattr(os, "splice")
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+class PipeBuffer:
+    """Bytes on their way to a socket, held in a kernel pipe: the SendBuffer of a SpliceSide.
+
+    The pipe is sized to the listener's `buffer_size` where the system allows; `high` is the
+    size it really got. Making one can fail (OSError) when descriptors run out.
+    """
+
+    def __init__(self, wanted: int) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, wanted)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size: the default size still works
+        self.size = 0
+        self.high = fcntl.fcntl(self.write_fd, _F_GETPIPE_SZ)
+        self.low = self.high // 4
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.high
+
+    def room(self) -> int:
+        return self.high - self.size
+
+    def fill_from(self, fd: int, count: int) -> int:
+        """Move up to `count` bytes from socket `fd` into the pipe; 0 means end of stream."""
+        moved = os.splice(fd, self.write_fd, count, flags=_SPLICE_FLAGS)
+        self.size += moved
+        return moved
+
+    def append(self, data: bytes | memoryview) -> None:
+        """Bytes from Python (a PROXY header, bytes a preamble read); they fit, being few."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self.write_fd, view)
+            self.size += written
+            view = view[written:]
+
+    def splice_to(self, fd: int) -> None:
+        """Move what the pipe holds to socket `fd` until empty or the socket is full."""
+        try:
+            while self.size:
+                self.size -= os.splice(self.read_fd, fd, self.size, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+        self.size = 0
+
+
+class SpliceSide(Side):
+    """A plain side whose bytes go socket -> pipe -> socket with os.splice, never copied into Python.
+
+    Used when neither side is TLS and nothing looks at the bytes (no hex dump). The pipe is
+    made before the side is (`pipe`), so that a lack of descriptors can fall back to copying.
+    """
+
+    def __init__(
+        self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str, pipe: PipeBuffer
+    ) -> None:
+        super().__init__(pair, sock, name, address, direction)
+        self.outgoing = pipe
+
+    def handle_read(self) -> None:
+        peer = self.peer
+        pipe = peer.outgoing
+        room = pipe.room()
+        if room <= 0:
+            self.paused = True
+            self.interest_changed()
+            return
+        try:
+            count = pipe.fill_from(self.fd, min(room, self.read_size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if not count:
+            self.pair.end_of_stream(self)
+            return
+        self.pair.last_active = self.reactor.now
+        self.bytes_read += count
+        peer.send_pending()
+        if pipe.size >= pipe.high:
+            self.paused = True
+            self.interest_changed()
+
+    def send_pending(self) -> None:
+        """Push what the pipe holds now; ask for write interest for the rest."""
+        try:
+            self.outgoing.splice_to(self.fd)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if self.outgoing.size:
+            self.interest_changed()
+
+    def forward(self, data: memoryview) -> None:
+        self.outgoing.append(data)
+        self.send_pending()
+
+    def flush(self) -> None:
+        self.outgoing.splice_to(self.fd)
+
+    def close(self) -> None:
+        super().close()
+        self.outgoing.close()

@@ -45,13 +45,16 @@ def reserve_ports(config: Config) -> tuple[dict[str, int], list[socket.socket]]:
 class Supervisor:
     """Starts, watches and stops the worker processes."""
 
-    def __init__(self, config: Config, config_path: Path, log: EventLog, count: int, *, hexdump: bool) -> None:
+    def __init__(
+        self, config: Config, config_path: Path, log: EventLog, count: int, *, hexdump: bool, splice: bool
+    ) -> None:
         self.config = config
         self.pins, self._placeholders = reserve_ports(config)
         self.config_path = config_path
         self.log = log
         self.count = count
         self.hexdump = hexdump
+        self.splice = splice
         self.reactor = Reactor(log)
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
@@ -95,6 +98,7 @@ class Supervisor:
                 config_path=self.config_path,
                 worker=(index, self.count),
                 port_pins=self.pins,
+                splice=self.splice,
             )
             server.bind()
             server.serve()

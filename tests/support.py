@@ -30,6 +30,7 @@ class ProxyProcess:
         *,
         preexec_fn: Callable[[], None] | None = None,
         wait_listening: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.args = list(args)
         self.stdout_path = workdir / f"stdout-{id(self)}.txt"
@@ -41,6 +42,7 @@ class ProxyProcess:
             stderr=subprocess.PIPE,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -140,6 +142,10 @@ class ProxyProcess:
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def pipe_count(self) -> int:
+        fds = f"/proc/{self.pid}/fd"
+        return sum(os.readlink(f"{fds}/{fd}").startswith("pipe:") for fd in os.listdir(fds))
 
 
 def proc_status(pid: int, key: str) -> int:

@@ -29,6 +29,12 @@ from tests.support import (
 MiB = 1024 * 1024
 
 
+@pytest.fixture
+def proxy_env(data_path):
+    """Every test here runs with splicing on and with it off."""
+    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
+
+
 def _rst_close(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -327,6 +333,19 @@ def _parse_hexdump(text: str) -> dict[tuple[str, str], bytes]:
     for conn, seen in events.items():
         assert seen == ["open", "close"], f"conn={conn} events {seen}"
     return {key: bytes(value) for key, value in streams.items()}
+
+
+def test_plain_pairs_splice_unless_told_not_to(start_proxy, start_upstream, data_path):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
+    before = proxy.pipe_count()
+    with connect(proxy.address) as client:
+        client.sendall(b"through")
+        assert recv_exactly(client, 7) == b"through"
+        during = proxy.pipe_count()
+    proxy.wait_access(1)
+    assert during - before == (4 if data_path == "splice" else 0)  # two pipes, two ends each
+    assert wait_until(lambda: proxy.pipe_count() == before)
 
 
 def test_garbage_and_resets_leak_no_descriptors(start_proxy, start_upstream):
