@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.connector import Connector
-from proxy.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
+from proxy.dispatcher import PEER_GONE, Dispatcher
 from proxy.log import EventLog, HexdumpWriter
 from proxy.reactor import Reactor, Timer
 from proxy.resolver import Resolver
-from proxy.side import PipeBuffer, Side, SpliceSide, TlsSide
+from proxy.side import SPLICE_AFTER, Side, TlsSide
 from proxy.tls import TlsSession
 from proxy.units import Address, format_sockaddr
 from proxy.upstreams import Pool, ServerState
@@ -195,7 +195,7 @@ class Pair:
         self.conn = runtime.next_conn_id()
         self.on_finish = on_finish
         self.tap = runtime.hexdump if settings.hexdump else None
-        # Bytes can skip Python when nothing looks at them; TLS on either side turns this off.
+        # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
         self.splice = settings.splice and self.tap is None
         self.started = time.monotonic()
         self.last_active = reactor.now
@@ -261,13 +261,7 @@ class Pair:
             self._server_state = state
         address = format_sockaddr(sock.getpeername())
         if self._upstream_tls is None:
-            pipes = self._pipes() if self.splice else None
-            if pipes is not None:
-                client = self.client
-                self.client = SpliceSide(self, client.socket, "client", client.address, client.direction, pipes[0])
-                self.upstream = SpliceSide(self, sock, "upstream", address, "upstream->client", pipes[1])
-            else:
-                self.upstream = Side(self, sock, "upstream", address, "upstream->client")
+            self.upstream = Side(self, sock, "upstream", address, "upstream->client")
             self.upstream.outgoing.append(self._preface)
             self._open()
             return
@@ -281,20 +275,6 @@ class Pair:
         )
         upstream.start()
 
-    def _pipes(self) -> tuple[PipeBuffer, PipeBuffer] | None:
-        """Two pipes for splicing, or None (copy instead) when descriptors are short."""
-        made: list[PipeBuffer] = []
-        try:
-            for _ in range(2):
-                made.append(PipeBuffer(self.settings.buffer_size))
-        except OSError as exc:
-            if exc.errno not in OUT_OF_DESCRIPTORS:
-                raise
-            for pipe in made:
-                pipe.close()
-            return None
-        return made[0], made[1]
-
     def _upstream_ready(self, _side: TlsSide) -> None:
         self._open()
 
@@ -305,6 +285,8 @@ class Pair:
             self._handshake_timer = None
         client, upstream = self.client, self.upstream
         client.peer, upstream.peer = upstream, client
+        if self.splice and type(client) is Side and type(upstream) is Side:
+            client.splice_after = upstream.splice_after = SPLICE_AFTER
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
         if self._payload:
@@ -322,7 +304,6 @@ class Pair:
         ciphertext a preamble reader already took from the socket.
         """
         plain = self.client
-        self.splice = False
         session = TlsSession(context, server_side=True)
         if initial:
             session.receive(initial)
@@ -367,7 +348,7 @@ class Pair:
         side.eof = True
         side.interest_changed()
         other = side.peer
-        if other.outgoing.size:
+        if other.pending():
             other.shutdown_pending = True
         else:
             self.shut_write(other)

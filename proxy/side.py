@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy.buffer import SendBuffer
-from proxy.dispatcher import PEER_GONE, Dispatcher
+from proxy.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
 from proxy.tls import TlsError, TlsSession
 
 if TYPE_CHECKING:
@@ -43,14 +43,26 @@ class Side(Dispatcher):
         self.eof = False  # this socket's peer shut its writing half
         self.shutdown_pending = False  # shut our writing half once `outgoing` drains
         self.write_shut = False
+        # Splicing, per direction: once this side has read SPLICE_AFTER bytes (a bulk flow, not
+        # requests and answers), what it reads goes socket -> the peer's pipe -> the peer's socket.
+        self.splice_after = -1  # the pair sets it when both sides are plain and nothing taps the bytes
+        self.splicing = False
+        self.pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
 
     def readable(self) -> bool:
         return self.reading and not self.paused and not self.eof
 
+    def pending(self) -> int:
+        """Bytes waiting to be sent to this socket, in the buffer and in the pipe."""
+        return self.outgoing.size + (self.pipe.size if self.pipe is not None else 0)
+
     def writable(self) -> bool:
-        return self.outgoing.size > 0
+        return self.pending() > 0
 
     def handle_read(self) -> None:
+        if self.splicing:
+            self.splice_read()
+            return
         scratch = self.pair.runtime.scratch
         try:
             count = self.socket.recv_into(scratch, self.read_size)
@@ -65,6 +77,57 @@ class Side(Dispatcher):
             self.pair.end_of_stream(self)
             return
         self.deliver(scratch[:count])
+        if 0 <= self.splice_after <= self.bytes_read:
+            self.start_splicing()
+
+    def start_splicing(self) -> None:
+        """From the next read on, splice toward the peer (once its buffer has drained)."""
+        peer = self.peer
+        if peer.outgoing.size or self.closed:
+            return  # queued bytes go first; try again after the next read
+        self.splice_after = -1
+        try:
+            peer.pipe = PipeBuffer(self.pair.settings.buffer_size)
+        except OSError as exc:
+            if exc.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            return  # no descriptors to spare: this direction keeps copying
+        self.splicing = True
+
+    def splice_read(self) -> None:
+        peer = self.peer
+        pipe = peer.pipe
+        room = pipe.high - pipe.size
+        if room <= 0:
+            self.paused = True
+            self.interest_changed()
+            return
+        try:
+            count = pipe.fill_from(self.fd, min(room, self.read_size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(self, exc)
+            return
+        if not count:
+            self.pair.end_of_stream(self)
+            return
+        self.pair.last_active = self.reactor.now
+        self.bytes_read += count
+        try:
+            pipe.splice_to(peer.fd)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            self.pair.peer_gone(peer, exc)
+            return
+        if pipe.size:
+            peer.interest_changed()
+            if pipe.size >= pipe.high:
+                self.paused = True
+                self.interest_changed()
 
     def deliver(self, data: memoryview) -> None:
         """Count, dump and forward bytes this side received; pause if the peer is full."""
@@ -100,11 +163,13 @@ class Side(Dispatcher):
             self.interest_changed()
 
     def flush(self) -> None:
-        """Send what `outgoing` holds until it is empty or the socket is full."""
-        self.outgoing.send_with(self.socket.send)
+        """Send what is waiting, the buffer first, until all is sent or the socket is full."""
+        outgoing = self.outgoing
+        outgoing.send_with(self.socket.send)
+        if self.pipe is not None and not outgoing.size:
+            self.pipe.splice_to(self.fd)
 
     def handle_write(self) -> None:
-        outgoing = self.outgoing
         try:
             self.flush()
         except OSError as exc:
@@ -113,9 +178,10 @@ class Side(Dispatcher):
             self.pair.peer_gone(self, exc)
             return
         producer = self.peer
-        if producer.paused and outgoing.size <= outgoing.low:
+        waiting = self.pending()
+        if producer.paused and waiting <= (self.pipe or self.outgoing).low:
             producer.resume()
-        if not outgoing.size:
+        if not waiting:
             self.interest_changed()
             if self.shutdown_pending:
                 self.pair.shut_write(self)
@@ -141,6 +207,11 @@ class Side(Dispatcher):
 
     def handle_error(self, exc: BaseException) -> None:
         self.pair.failed(self, exc)
+
+    def close(self) -> None:
+        super().close()
+        if self.pipe is not None:
+            self.pipe.close()
 
     def abort(self) -> None:
         """Close so that the remote end sees a reset rather than an orderly end."""
@@ -183,6 +254,9 @@ class TlsSide(Side):
         self.interest_changed()
 
     def handle_read(self) -> None:
+        if self.splicing:
+            self.splice_read()
+            return
         scratch = self.pair.runtime.scratch
         try:
             count = self.socket.recv_into(scratch, self.read_size)
@@ -282,13 +356,14 @@ class TlsSide(Side):
 # -- splicing: bytes that never enter Python ------------------------------------------------
 
 SPLICE_AVAILABLE = hasattr(os, "splice")
+SPLICE_AFTER = 1024 * 1024  # bytes one direction carries by copying before it switches to splicing
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class PipeBuffer:
-    """Bytes on their way to a socket, held in a kernel pipe: the SendBuffer of a SpliceSide.
+    """Bytes on their way to a socket, held in a kernel pipe, for a direction that splices.
 
     The pipe is sized to the listener's `buffer_size` where the system allows; `high` is the
     size it really got. Making one can fail (OSError) when descriptors run out.
@@ -304,26 +379,11 @@ class PipeBuffer:
         self.high = fcntl.fcntl(self.write_fd, _F_GETPIPE_SZ)
         self.low = self.high // 4
 
-    @property
-    def full(self) -> bool:
-        return self.size >= self.high
-
-    def room(self) -> int:
-        return self.high - self.size
-
     def fill_from(self, fd: int, count: int) -> int:
         """Move up to `count` bytes from socket `fd` into the pipe; 0 means end of stream."""
         moved = os.splice(fd, self.write_fd, count, flags=_SPLICE_FLAGS)
         self.size += moved
         return moved
-
-    def append(self, data: bytes | memoryview) -> None:
-        """Bytes from Python (a PROXY header, bytes a preamble read); they fit, being few."""
-        view = memoryview(data)
-        while view:
-            written = os.write(self.write_fd, view)
-            self.size += written
-            view = view[written:]
 
     def splice_to(self, fd: int) -> None:
         """Move what the pipe holds to socket `fd` until empty or the socket is full."""
@@ -339,67 +399,3 @@ class PipeBuffer:
                 os.close(fd)
         self.read_fd = self.write_fd = -1
         self.size = 0
-
-
-class SpliceSide(Side):
-    """A plain side whose bytes go socket -> pipe -> socket with os.splice, never copied into Python.
-
-    Used when neither side is TLS and nothing looks at the bytes (no hex dump). The pipe is
-    made before the side is (`pipe`), so that a lack of descriptors can fall back to copying.
-    """
-
-    def __init__(
-        self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str, pipe: PipeBuffer
-    ) -> None:
-        super().__init__(pair, sock, name, address, direction)
-        self.outgoing = pipe
-
-    def handle_read(self) -> None:
-        peer = self.peer
-        pipe = peer.outgoing
-        room = pipe.room()
-        if room <= 0:
-            self.paused = True
-            self.interest_changed()
-            return
-        try:
-            count = pipe.fill_from(self.fd, min(room, self.read_size))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        if not count:
-            self.pair.end_of_stream(self)
-            return
-        self.pair.last_active = self.reactor.now
-        self.bytes_read += count
-        peer.send_pending()
-        if pipe.size >= pipe.high:
-            self.paused = True
-            self.interest_changed()
-
-    def send_pending(self) -> None:
-        """Push what the pipe holds now; ask for write interest for the rest."""
-        try:
-            self.outgoing.splice_to(self.fd)
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        if self.outgoing.size:
-            self.interest_changed()
-
-    def forward(self, data: memoryview) -> None:
-        self.outgoing.append(data)
-        self.send_pending()
-
-    def flush(self) -> None:
-        self.outgoing.splice_to(self.fd)
-
-    def close(self) -> None:
-        super().close()
-        self.outgoing.close()

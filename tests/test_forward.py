@@ -340,11 +340,16 @@ def test_plain_pairs_splice_unless_told_not_to(start_proxy, start_upstream, data
     proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
     before = proxy.pipe_count()
     with connect(proxy.address) as client:
-        client.sendall(b"through")
-        assert recv_exactly(client, 7) == b"through"
+        client.sendall(b"request")
+        assert recv_exactly(client, 7) == b"request"
+        assert proxy.pipe_count() == before, "small exchanges are copied: no pipe for them"
+        bulk = pattern(4 * MiB, seed=4)  # past the 1 MiB after which a direction splices
+        for start in range(0, len(bulk), MiB):
+            client.sendall(bulk[start : start + MiB])
+            assert recv_exactly(client, MiB) == bulk[start : start + MiB]
         during = proxy.pipe_count()
     proxy.wait_access(1)
-    assert during - before == (4 if data_path == "splice" else 0)  # two pipes, two ends each
+    assert during - before == (4 if data_path == "splice" else 0)  # a pipe per direction, two ends each
     assert wait_until(lambda: proxy.pipe_count() == before)
 
 
