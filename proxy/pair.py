@@ -356,7 +356,7 @@ class Pair:
     def shut_write(self, side: Side) -> None:
         side.shutdown_pending = False
         try:
-            done = side.shutdown_write()
+            done = side.shutdown_write(last=side.peer.write_shut)
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise

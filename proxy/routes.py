@@ -69,6 +69,11 @@ class RouteTable:
         return None
 
     @property
+    def needs_source(self) -> bool:
+        """True when some route matches on the client's address."""
+        return any(route.match.source for route in self.routes)
+
+    @property
     def needs_server_name(self) -> bool:
         """True when some route matches on SNI, so the ClientHello has to be read first."""
         return any(route.match.sni for route in self.routes)

@@ -66,6 +66,7 @@ class ListenerRuntime:
         self.dispatcher.name = self.name
         self.policy = AccessPolicy.of(config)
         self.table = RouteTable(config.routes)
+        self.uses_source = config.allow is not None or bool(config.deny) or self.table.needs_source
         self.pools = self.server.pools
         self.upstream_tls = self.server.upstream_tls
         tls = config.tls
@@ -102,8 +103,9 @@ class ListenerRuntime:
     def _admit(self, pair: Pair, route: Callable[..., None], source: tuple, destination: tuple | None, rest: bytes):
         """Who the client is is known: apply allow/deny, then find out what it routes by."""
         pair.set_client_address(source)
-        address = client_ip(source[0])
-        if not self.policy.permits(address):
+        # Parsing the address costs more than the rest of admission; only rules that look at it need it.
+        address = client_ip(source[0]) if self.uses_source else source[0]
+        if self.uses_source and not self.policy.permits(address):
             pair.finish("denied", f"source {address} is not allowed")
             return
         route = functools.partial(route, address, source, destination)
@@ -134,7 +136,7 @@ class ListenerRuntime:
         table: RouteTable,
         pools: dict[str, Pool],
         upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]],
-        address: IPAddress,
+        address: IPAddress | str,  # a str when no rule of this listener looks at the source
         source: tuple,
         destination: tuple | None,
         payload: bytes,

@@ -196,9 +196,14 @@ class Side(Dispatcher):
         self.reading = True
         self.interest_changed()
 
-    def shutdown_write(self) -> bool:
-        """Shut our writing half; False when that needs more sending first (try again then)."""
-        self.socket.shutdown(socket.SHUT_WR)
+    def shutdown_write(self, last: bool) -> bool:
+        """Shut our writing half; False when that needs more sending first (try again then).
+
+        `last`: the other direction is over too, so the pair is about to close this socket,
+        which sends the same FIN (the receive side is empty: its peer ended first).
+        """
+        if not last:
+            self.socket.shutdown(socket.SHUT_WR)
         return True
 
     def log_fields(self) -> dict[str, object]:
@@ -333,7 +338,7 @@ class TlsSide(Side):
         if ciphertext:
             Side.forward(self, memoryview(ciphertext))
 
-    def shutdown_write(self) -> bool:
+    def shutdown_write(self, last: bool) -> bool:
         if not self.session.write_closed:
             try:
                 self.session.close_write()
@@ -342,7 +347,7 @@ class TlsSide(Side):
             self._send_ciphertext()
             if self.outgoing.size:
                 return False
-        return super().shutdown_write()
+        return super().shutdown_write(last)
 
     def log_fields(self) -> dict[str, object]:
         session = self.session

@@ -6,6 +6,7 @@ Every parser raises ValueError with a message fit to show a person after a locat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class Address:
     def is_ipv6(self) -> bool:
         return ":" in self.host
 
-    @property
+    @functools.cached_property
     def is_literal(self) -> bool:
         """True when the host is an IP address, so no name resolution is needed."""
         try:
