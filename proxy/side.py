@@ -59,24 +59,30 @@ class Side(Dispatcher):
     def writable(self) -> bool:
         return self.pending() > 0
 
-    def handle_read(self) -> None:
-        if self.splicing:
-            self.splice_read()
-            return
-        scratch = self.pair.runtime.scratch
+    def receive(self) -> int | None:
+        """One recv into the scratch buffer: the byte count (0 at end of stream), or None
+        when there was nothing after all or the peer is gone (the pair is ending then)."""
         try:
-            count = self.socket.recv_into(scratch, self.read_size)
+            return self.socket.recv_into(self.pair.runtime.scratch, self.read_size)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError as exc:
             if exc.errno not in PEER_GONE:
                 raise
             self.pair.peer_gone(self, exc)
+            return None
+
+    def handle_read(self) -> None:
+        if self.splicing:
+            self.splice_read()
+            return
+        count = self.receive()
+        if count is None:
             return
         if not count:
             self.pair.end_of_stream(self)
             return
-        self.deliver(scratch[:count])
+        self.deliver(self.pair.runtime.scratch[:count])
         if 0 <= self.splice_after <= self.bytes_read:
             self.start_splicing()
 
@@ -259,20 +265,10 @@ class TlsSide(Side):
         self.interest_changed()
 
     def handle_read(self) -> None:
-        if self.splicing:
-            self.splice_read()
+        count = self.receive()
+        if count is None:
             return
-        scratch = self.pair.runtime.scratch
-        try:
-            count = self.socket.recv_into(scratch, self.read_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
-        self.session.receive(scratch[:count])
+        self.session.receive(self.pair.runtime.scratch[:count])
         if self.handshaking and not self._advance_handshake():
             if not count and not self.closed:
                 self.pair.finish("tls_error", f"{self.name}: connection closed during the handshake")

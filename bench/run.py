@@ -1,0 +1,453 @@
+#!/usr/bin/env python3
+"""pairproxy beside its peers: bulk throughput, request rate and latency, connection rate,
+redis, and memory per idle connection, in one run on one machine.
+
+Every proxy forwards a loopback port to the same upstream. The proxy under test is pinned to
+one CPU and the load generators and upstreams to the other; peers are interleaved
+(A B C A B C ...) and each figure is the median of the rounds, with min and max. Installs
+nothing: it uses the peers it finds and says which ones it skipped. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PROXY_CPU, LOAD_CPU = "1", "0"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
+
+
+def start(argv: list[str], cpu: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        pinned(cpu, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (workers, socat's forks)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of the tree, reaped children included."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(value) for value in fields[11:15])
+    return total / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE_KIB
+    return total
+
+
+# -- the peers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    name: str
+    needs: str | None  # the program it needs, or None
+
+    def available(self, tools: dict[str, str | None]) -> bool:
+        return self.needs is None or tools.get(self.needs) is not None
+
+    def launch(self, port: int, upstream: int, workdir: Path, tools: dict[str, str | None]) -> subprocess.Popen | None:
+        """Start forwarding 127.0.0.1:port to 127.0.0.1:upstream; None means a direct connection."""
+        name = self.name
+        if name == "direct":
+            return None
+        if name == "socat":
+            argv = [tools["socat"], f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
+                    f"TCP:127.0.0.1:{upstream},nodelay"]  # fmt: skip
+        elif name.startswith("haproxy"):
+            splice = "    option splice-auto\n" if name.endswith("splice") else ""
+            cfg = workdir / f"{name}-{port}.cfg"
+            cfg.write_text(
+                "global\n    nbthread 1\n    maxconn 7900\n"
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
+                f"{splice}"
+                f"frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n"
+                f"backend be\n    server s1 127.0.0.1:{upstream}\n"
+            )
+            argv = [tools["haproxy"], "-db", "-f", str(cfg)]
+        elif name == "nginx":
+            cfg = workdir / f"nginx-{port}.conf"
+            module = "/usr/lib/nginx/modules/ngx_stream_module.so"
+            load = f"load_module {module};\n" if Path(module).exists() else ""
+            cfg.write_text(
+                f"{load}worker_processes 1;\ndaemon off;\nmaster_process off;\npid {workdir}/nginx-{port}.pid;\n"
+                "error_log /dev/null crit;\nworker_rlimit_nofile 65536;\n"
+                "events { worker_connections 30000; }\n"
+                f"stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass 127.0.0.1:{upstream}; }} }}\n"
+            )
+            argv = [tools["nginx"], "-c", str(cfg), "-p", str(workdir)]
+        elif name == "twisted":
+            argv = [tools["twistd"], "-n", "--pidfile=", "portforward", f"--port=tcp:{port}:interface=127.0.0.1",
+                    "--host=127.0.0.1", f"--dest_port={upstream}"]  # fmt: skip
+        elif name.startswith("pairproxy"):
+            env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
+            if name == "pairproxy-w2":
+                cfg = workdir / f"pp-{port}.yaml"
+                cfg.write_text(f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}'}}\n")
+                argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--workers", "2"]
+                argv += ["--log-level", "warning"]
+                proc = start(argv, f"{PROXY_CPU},{LOAD_CPU}", env=env, cwd=ROOT)
+            else:
+                argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
+                        "--log-level", "warning"]  # fmt: skip
+                proc = start(argv, PROXY_CPU, env=env, cwd=ROOT)
+            wait_port(port)
+            return proc
+        else:
+            raise ValueError(name)
+        proc = start(argv, PROXY_CPU)
+        wait_port(port)
+        return proc
+
+
+PEERS = [
+    Peer("direct", None),
+    Peer("haproxy", "haproxy"),
+    Peer("haproxy-splice", "haproxy"),
+    Peer("nginx", "nginx"),
+    Peer("socat", "socat"),
+    Peer("twisted", "twistd"),
+    Peer("pairproxy", None),
+    Peer("pairproxy-copy", None),
+    Peer("pairproxy-w2", None),
+]
+
+
+# -- the upstreams -----------------------------------------------------------------------
+
+
+@dataclass
+class Upstreams:
+    workdir: Path
+    tools: dict[str, str | None]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> None:
+        if self.tools.get("iperf3"):
+            self.ports["iperf3"] = free_port()
+            self.procs.append(start([self.tools["iperf3"], "-s", "-p", str(self.ports["iperf3"])], LOAD_CPU))
+        if self.tools.get("nginx") and self.tools.get("wrk"):
+            port = self.ports["http"] = free_port()
+            www = self.workdir / "www"
+            www.mkdir(exist_ok=True)
+            (www / "small").write_bytes(b"x" * 512)
+            cfg = self.workdir / "http.conf"
+            cfg.write_text(
+                f"worker_processes 1;\ndaemon off;\nmaster_process off;\npid {self.workdir}/http.pid;\n"
+                "error_log /dev/null crit;\nworker_rlimit_nofile 65536;\nevents { worker_connections 20000; }\n"
+                f"http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port} backlog=4096;"
+                f" root {www}; }} }}\n"
+            )
+            self.procs.append(start([self.tools["nginx"], "-c", str(cfg), "-p", str(self.workdir)], LOAD_CPU))
+        if self.tools.get("redis-server") and self.tools.get("redis-benchmark"):
+            port = self.ports["redis"] = free_port()
+            argv = [self.tools["redis-server"], "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--bind", "127.0.0.1", "--maxclients", "20000"]  # fmt: skip
+            self.procs.append(start(argv, LOAD_CPU))
+        port = self.ports["hold"] = free_port()
+        self.procs.append(start([sys.executable, "-m", "proxy", "echo", f"127.0.0.1:{port}"], LOAD_CPU, cwd=ROOT))
+        for port in self.ports.values():
+            wait_port(port)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
+# -- the workloads -----------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    value: float  # the workload's figure (Gbit/s, requests/s, ...)
+    work: float  # units of work done, for CPU per unit
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def run_load(argv: list[str], timeout: float) -> str:
+    result = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+def iperf(port: int, seconds: float, reverse: bool, tools) -> Measure:
+    argv = [tools["iperf3"], "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
+    if reverse:
+        argv.append("-R")
+    report = json.loads(run_load(argv, seconds + 30))
+    received = report["end"]["sum_received"]
+    return Measure(received["bits_per_second"] / 1e9, received["bytes"] / 1e9)  # Gbit/s; per GB
+
+
+def _latency_ms(text: str, label: str) -> float:
+    match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not match:
+        return float("nan")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def wrk(port: int, seconds: float, keepalive: bool, tools) -> Measure:
+    argv = [tools["wrk"], "-t1", "-c50", f"-d{max(1, int(seconds))}s", "--latency", f"http://127.0.0.1:{port}/small"]
+    if not keepalive:
+        argv[1:1] = ["-H", "Connection: close"]
+    text = run_load(argv, seconds + 30)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = float(re.search(r"(\d+) requests in", text).group(1))
+    return Measure(rate, total, {"p50_ms": _latency_ms(text, "50"), "p99_ms": _latency_ms(text, "99")})
+
+
+def redis(port: int, requests: int, pipeline: int, tools) -> Measure:
+    argv = [tools["redis-benchmark"], "-p", str(port), "-t", "set,get", "-n", str(requests), "-q", "-P", str(pipeline)]
+    text = run_load(argv, 300)
+    rates = [float(value) for value in re.findall(r"([\d.]+) requests per second", text)]
+    return Measure(statistics.mean(rates), 2 * requests)
+
+
+def idle_memory(port: int, proxy_pid: int | None, connections: int) -> Measure:
+    """KiB of proxy RSS per idle connection pair, with `connections` held open at once."""
+    if proxy_pid is None:
+        return Measure(0.0, connections)
+    before = rss_kib(proxy_pid)
+    held = []
+    try:
+        for _ in range(connections):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(sock)
+        for sock in held[-10:]:  # round trips through the last ones: every pair is really open
+            sock.sendall(b"x")
+            sock.recv(1)
+        time.sleep(1.0)
+        after = rss_kib(proxy_pid)
+    finally:
+        for sock in held:
+            sock.close()
+    return Measure((after - before) / connections, connections, {"rss_before_kib": before, "rss_after_kib": after})
+
+
+WORKLOADS = {
+    # name: (upstream, unit, unit of work for CPU, runner)
+    "bulk_up": ("iperf3", "Gbit/s", "GB", lambda p, t, tools: iperf(p, t.seconds, False, tools)),
+    "bulk_down": ("iperf3", "Gbit/s", "GB", lambda p, t, tools: iperf(p, t.seconds, True, tools)),
+    "keepalive": ("http", "req/s", "req", lambda p, t, tools: wrk(p, t.seconds, True, tools)),
+    "conn_rate": ("http", "conn/s", "conn", lambda p, t, tools: wrk(p, t.seconds, False, tools)),
+    "redis": ("redis", "req/s", "req", lambda p, t, tools: redis(p, t.redis_requests, 1, tools)),
+    "redis_p16": ("redis", "req/s", "req", lambda p, t, tools: redis(p, t.redis_requests * 4, 16, tools)),
+    "idle_memory": ("hold", "KiB/conn", "conn", None),
+}
+
+
+@dataclass
+class Settings:
+    seconds: float
+    redis_requests: int
+    idle_connections: int
+    rounds: int
+
+
+def measure(peer: Peer, workload: str, ups: Upstreams, settings: Settings, workdir: Path, tools) -> dict:
+    upstream_name, _, _, runner = WORKLOADS[workload]
+    upstream = ups.ports[upstream_name]
+    port = upstream if peer.name == "direct" else free_port()
+    proc = peer.launch(port, upstream, workdir, tools)
+    try:
+        pid = proc.pid if proc else None
+        cpu_before = cpu_seconds(pid) if pid else 0.0
+        if workload == "idle_memory":
+            # socat forks a process per connection: a few hundred show its cost without exhausting memory.
+            count = min(settings.idle_connections, 500) if peer.name == "socat" else settings.idle_connections
+            result = idle_memory(port, pid, count)
+        else:
+            result = runner(port, settings, tools)
+        cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+    finally:
+        if proc:
+            stop(proc)
+    return {"value": result.value, "cpu_us_per_unit": 1e6 * cpu / result.work if result.work else 0, **result.extra}
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def summarize(samples: dict[str, dict[str, list[dict]]]) -> dict:
+    summary: dict[str, dict[str, dict]] = {}
+    for workload, by_peer in samples.items():
+        summary[workload] = {}
+        for peer, runs in by_peer.items():
+            values = [run["value"] for run in runs]
+            entry = {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(runs)}
+            for key in runs[0]:
+                if key != "value":
+                    entry[key] = statistics.median(run[key] for run in runs)
+            summary[workload][peer] = entry
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for workload, by_peer in summary.items():
+        _, unit, work_unit, _ = WORKLOADS[workload]
+        better = "lower is better" if workload == "idle_memory" else "higher is better"
+        lines += [f"### {workload} ({unit}; {better})"]
+        lines += ["", f"| peer | median | min-max | vs HAProxy | vs direct | proxy CPU µs/{work_unit} | extra |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+        haproxy = by_peer.get("haproxy", {}).get("median")
+        direct = by_peer.get("direct", {}).get("median")
+        for peer, entry in by_peer.items():
+            median = entry["median"]
+            vs_haproxy = f"{median / haproxy:.2f}x" if haproxy else "-"
+            vs_direct = f"{median / direct:.2f}x" if direct and workload != "idle_memory" else "-"
+            extra = ", ".join(
+                f"{key} {value:.2f}" for key, value in entry.items() if key.endswith("_ms") or key.endswith("_kib")
+            )
+            lines.append(
+                f"| {peer} | {median:,.2f} | {entry['min']:,.2f}-{entry['max']:,.2f} | {vs_haproxy} | {vs_direct} "
+                f"| {entry['cpu_us_per_unit']:,.1f} | {extra} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def find_tools(twistd: str | None) -> dict[str, str | None]:
+    names = ["socat", "haproxy", "nginx", "iperf3", "wrk", "redis-server", "redis-benchmark", "twistd"]
+    tools = {name: shutil.which(name) for name in names}
+    if twistd:
+        tools["twistd"] = twistd
+    return tools
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 s per measurement, one round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput/rate measurement")
+    parser.add_argument(
+        "--idle-connections", type=int, default=7500, help="held open at once (each costs the proxy two descriptors)"
+    )
+    parser.add_argument("--peers", default=",".join(p.name for p in PEERS))
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--twistd", help="path to twistd (Twisted's runner), if not on PATH")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    settings = Settings(args.seconds, 200_000, args.idle_connections, args.rounds)
+    if args.quick:
+        settings = Settings(1.0, 20_000, 1000, 1)
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tools = find_tools(args.twistd)
+    wanted = set(args.peers.split(","))
+    peers = [peer for peer in PEERS if peer.name in wanted and peer.available(tools)]
+    skipped = sorted(wanted - {peer.name for peer in peers})
+    workloads = [w for w in args.workloads.split(",") if w in WORKLOADS]
+    with tempfile.TemporaryDirectory(prefix="pairproxy-bench-") as tmp:
+        workdir = Path(tmp)
+        ups = Upstreams(workdir, tools)
+        ups.start()
+        workloads = [w for w in workloads if WORKLOADS[w][0] in ups.ports]
+        samples: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
+        try:
+            for round_number in range(settings.rounds):
+                for workload in workloads:
+                    for peer in peers:  # interleaved: A B C A B C ...
+                        try:
+                            sample = measure(peer, workload, ups, settings, workdir, tools)
+                        except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as exc:
+                            print(f"round {round_number + 1} {workload} {peer.name}: failed: {exc}", file=sys.stderr)
+                            continue
+                        samples[workload].setdefault(peer.name, []).append(sample)
+                        label = f"round {round_number + 1} {workload} {peer.name}"
+                        print(f"{label}: {sample['value']:.2f}", file=sys.stderr)
+        finally:
+            ups.stop()
+    summary = summarize({w: s for w, s in samples.items() if s})
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "uname": " ".join(os.uname())}
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    report = {"date": stamp, "command": command, "machine": machine, "settings": settings.__dict__,
+              "skipped_peers": skipped, "summary": summary}  # fmt: skip
+    table = markdown(summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stamp}.md").write_text(f"{command}\n\n{table}")
+    print(table)
+    if skipped:
+        print(f"skipped (not installed): {', '.join(skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
