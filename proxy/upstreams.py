@@ -1,40 +1,49 @@
 """Upstream pools: which servers a new connection tries, in which order, and server health.
 
-Pure: the time comes in as `now`, randomness from an injected `random.Random`.
+Pure: no sockets; the time comes in as `now`, randomness from an injected `random.Random`.
 
-Theory of operation: `candidates()` filters the servers that are available (not marked down by
-active checks, not in a passive back-off after a failed connect); backups are considered only
-when no primary is available. The balancing strategy orders them, and the first 1 + `retries`
-are returned for the connector to try in turn. A pool with nothing available still returns
-servers to try, in the same order, rather than refusing the client untried: the fastest way to
-notice that a server is back is a connect that works.
+`candidates()` takes the servers that are available (not marked down by active checks, not in
+a passive back-off after a failed connect); backups only when no primary is available. The
+balancing strategy orders them, its pick first, and the first 1 + `retries` go to the
+connector to try in turn. The retries follow the strategy too, so that when a server dies
+unnoticed its clients' retries spread over the others instead of all landing on one:
+
+- round_robin, least_conn: the rest by their standing in the rotation, so the first retry is
+  the server the next pick would choose (least_conn: least loaded first);
+- random: a weighted random order without repeats;
+- first: config order;
+- source_hash: the client's own fixed order over the servers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import math
 import random
-import zlib
+from collections.abc import Callable
 
-from proxy.config import ServerConfig, UpstreamConfig
+from proxy.config import HealthCheckConfig, ServerConfig, UpstreamConfig
 from proxy.units import Address
 
-PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after its first failed connect
+PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after the first failed connect in a row
 PASSIVE_DOWN_MAX = 30.0  # the back-off doubles per failure in a row, up to this
 
 
 class ServerState:
     """One server of a pool: its config, whether it is up, and its live connection count."""
 
-    __slots__ = ("active", "check_streak", "checked_up", "config", "current_weight", "down_until", "failures")
+    __slots__ = ("active", "backoff", "check_streak", "checked_up", "config", "current_weight", "down_until", "index")
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, index: int = 0) -> None:
         self.config = config
-        self.active = 0
-        self.failures = 0  # failed connects in a row (passive health)
+        self.index = index  # position in config order: the tie-breaker of every strategy
+        self.active = 0  # open connections through it (least_conn)
+        self.backoff = 0.0  # the current passive back-off; 0 while the last connect worked
         self.down_until = 0.0
         self.checked_up = True  # the verdict of active checks
         self.check_streak = 0  # consecutive check results that disagree with `checked_up`
-        self.current_weight = 0  # smooth weighted round robin state
+        self.current_weight = 0  # smooth weighted round robin
 
     @property
     def address(self) -> Address:
@@ -45,81 +54,98 @@ class ServerState:
         return self.config.weight
 
     def available(self, now: float) -> bool:
+        """Up by active checks and not in a passive back-off."""
         return self.checked_up and now >= self.down_until
 
     def __repr__(self) -> str:
         return f"ServerState({self.address}, active={self.active})"
 
 
+Strategy = Callable[[list[ServerState], str], list[ServerState]]
+
+
 class Pool:
-    """The servers of one upstream and the strategy that orders them."""
+    """The servers of one upstream, their health, and the strategy that orders them."""
 
     def __init__(self, config: UpstreamConfig, rng: random.Random | None = None) -> None:
         self.config = config
-        self.servers = [ServerState(server) for server in config.servers]
+        self.servers = [ServerState(server, index) for index, server in enumerate(config.servers)]
         self.rng = rng or random.Random()
-        self._order = {
+        self.health_check = config.health_check or HealthCheckConfig()
+        self._order: Strategy = {
             "round_robin": self._round_robin,
             "least_conn": self._least_conn,
             "random": self._random,
             "first": self._first,
             "source_hash": self._source_hash,
         }[config.balance]
+        # Hashing a server's address rather than its position keeps source_hash clients on
+        # their server when the server list is edited around it.
+        self._hash_keys = {id(server): b"\0" + str(server.address).encode() for server in self.servers}
 
     def candidates(self, client_ip: str, now: float) -> list[ServerState]:
-        """The servers to try for a new client, best first: at most 1 + retries of them."""
-        primaries = [s for s in self.servers if not s.config.backup and s.available(now)]
-        eligible = primaries or [s for s in self.servers if s.config.backup and s.available(now)]
-        if not eligible:
-            eligible = [s for s in self.servers if not s.config.backup] or list(self.servers)
-        return self._order(eligible, client_ip)[: 1 + self.config.retries]
+        """The servers to try for a new client, the balancer's pick first: at most 1 + retries.
 
-    # -- strategies: each returns every eligible server once, the pick first ---------------
+        Available primaries are used; backups only when no primary is available. When nothing
+        at all is available the servers are offered anyway (primaries, then backups, in the
+        strategy's order) rather than refusing the client without trying: a fully down pool
+        then recovers on the first connect that works.
+        """
+        limit = 1 + max(0, self.config.retries)
+        primaries = [s for s in self.servers if not s.config.backup and s.available(now)]
+        if primaries:
+            return self._order(primaries, client_ip)[:limit]
+        backups = [s for s in self.servers if s.config.backup and s.available(now)]
+        if backups:
+            return self._order(backups, client_ip)[:limit]
+        ordered: list[ServerState] = []
+        for backup in (False, True):
+            group = [s for s in self.servers if s.config.backup is backup]
+            if group and len(ordered) < limit:
+                ordered += self._order(group, client_ip)
+        return ordered[:limit]
+
+    # -- strategies: each returns every eligible server once, its pick first ---------------
 
     def _round_robin(self, eligible: list[ServerState], _client_ip: str) -> list[ServerState]:
-        """Smooth weighted round robin: spreads a heavy server's turns between the others'."""
-        total = 0
-        best = eligible[0]
-        for server in eligible:
-            server.current_weight += server.weight
-            total += server.weight
-            if server.current_weight > best.current_weight:
-                best = server
-        best.current_weight -= total
-        return [best, *(s for s in eligible if s is not best)]
+        """Smooth weighted round robin (nginx): a heavy server's turns spread between the others'."""
+        pick = _smooth_pick(eligible)
+        return [pick, *sorted((s for s in eligible if s is not pick), key=_rotation)]
 
     def _least_conn(self, eligible: list[ServerState], _client_ip: str) -> list[ServerState]:
-        """Fewest open connections per unit of weight; round robin among the tied."""
-        rotation = {id(s): i for i, s in enumerate(self._round_robin(eligible, ""))}
-        return sorted(eligible, key=lambda s: (s.active / s.weight, rotation[id(s)]))
+        """Fewest open connections per unit of weight; round robin among the tied so they alternate."""
+        least = min(_load(s) for s in eligible)
+        pick = _smooth_pick([s for s in eligible if _load(s) == least])
+        return [pick, *sorted((s for s in eligible if s is not pick), key=lambda s: (_load(s), _rotation(s)))]
 
     def _random(self, eligible: list[ServerState], _client_ip: str) -> list[ServerState]:
-        """Weighted random order without repeats."""
-        remaining = list(eligible)
-        ordered = []
-        while remaining:
-            pick = self.rng.choices(remaining, weights=[s.weight for s in remaining])[0]
-            remaining.remove(pick)
-            ordered.append(pick)
-        return ordered
+        """Weighted random order without repeats: each server's key is u ** (1 / weight).
+
+        (Efraimidis and Spirakis: the largest key belongs to each server with probability
+        weight / total, and one draw per server orders them all.)
+        """
+        keys = {id(s): self.rng.random() ** (1.0 / s.weight) for s in eligible}
+        return sorted(eligible, key=lambda s: (-keys[id(s)], s.index))
 
     @staticmethod
     def _first(eligible: list[ServerState], _client_ip: str) -> list[ServerState]:
         return list(eligible)
 
     def _source_hash(self, eligible: list[ServerState], client_ip: str) -> list[ServerState]:
-        """A fixed order per client address over all servers, weights repeated as slots.
+        """Weighted rendezvous hashing: each client has its own fixed order of the servers.
 
-        The order is computed over every server, up or not, and then filtered, so a client
-        keeps its server when some other server goes down.
+        A server's score for a client depends on those two alone, so a server going down moves
+        only its own clients, and they spread over the rest in proportion to weight. Scores use
+        blake2b, not the salted hash(), so every process and every reload agrees.
         """
-        slots = [server for server in self.servers for _ in range(server.weight)]
-        start = zlib.crc32(client_ip.encode()) % len(slots)
-        ordered: list[ServerState] = []
-        for server in slots[start:] + slots[:start]:
-            if server in eligible and server not in ordered:
-                ordered.append(server)
-        return ordered
+        client = _canonical_ip(client_ip).encode()
+
+        def score(server: ServerState) -> tuple[float, int]:
+            digest = hashlib.blake2b(client + self._hash_keys[id(server)], digest_size=8).digest()
+            unit = ((int.from_bytes(digest, "big") >> 12) + 0.5) / 2.0**52  # uniform in (0, 1)
+            return (server.weight / math.log(unit), server.index)  # -w/ln(u) negated: sort ascending
+
+        return sorted(eligible, key=score)
 
     # -- connections and health ------------------------------------------------------------
 
@@ -130,21 +156,32 @@ class Pool:
         server.active -= 1
 
     def connect_failed(self, server: ServerState, now: float) -> None:
-        """Passive health: skip the server for a back-off that doubles while it keeps failing."""
-        server.failures += 1
-        server.down_until = now + min(PASSIVE_DOWN_FIRST * 2 ** (server.failures - 1), PASSIVE_DOWN_MAX)
+        """Passive health: skip the server for a back-off that doubles while it keeps failing.
+
+        Only a failure after the back-off has run out doubles it. Failures meanwhile (connects
+        already under way, or a fully down pool being tried anyway) are the same outage seen
+        again: they restart the current interval, so a burst of them cannot jump to the maximum.
+        """
+        if now >= server.down_until:
+            server.backoff = min(server.backoff * 2, PASSIVE_DOWN_MAX) if server.backoff else PASSIVE_DOWN_FIRST
+        server.down_until = max(server.down_until, now + server.backoff)
 
     def connect_succeeded(self, server: ServerState) -> None:
-        server.failures = 0
+        """Ends the passive failure streak."""
+        server.backoff = 0.0
         server.down_until = 0.0
 
     def check_result(self, server: ServerState, ok: bool) -> bool:
-        """An active check's verdict; True when it changed the server's up/down state."""
+        """An active check's verdict; True when it changed the server's up/down state.
+
+        `fall` failures in a row mark an up server down, `rise` successes in a row mark a down
+        server up. Coming up also ends any passive back-off: the check just connected.
+        """
         if ok == server.checked_up:
             server.check_streak = 0
             return False
         server.check_streak += 1
-        needed = self.config.health_check.rise if ok else self.config.health_check.fall
+        needed = self.health_check.rise if ok else self.health_check.fall
         if server.check_streak < needed:
             return False
         server.checked_up = ok
@@ -152,3 +189,36 @@ class Pool:
         if ok:
             self.connect_succeeded(server)
         return True
+
+
+def _smooth_pick(servers: list[ServerState]) -> ServerState:
+    """One step of nginx's smooth weighted round robin over `servers`."""
+    total = 0
+    best = servers[0]
+    for server in servers:
+        server.current_weight += server.weight
+        total += server.weight
+        if server.current_weight > best.current_weight:
+            best = server
+    best.current_weight -= total
+    return best
+
+
+def _rotation(server: ServerState) -> tuple[int, int]:
+    """Sort key: who the next smooth round robin step would prefer (it adds weight, takes the max)."""
+    return (-(server.current_weight + server.weight), server.index)
+
+
+def _load(server: ServerState) -> float:
+    return server.active / server.weight
+
+
+def _canonical_ip(client_ip: str) -> str:
+    """One spelling per client: IPv4-mapped IPv6 as IPv4, no zone, so every listener agrees."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
