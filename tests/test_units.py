@@ -1,101 +1,329 @@
-"""Addresses, durations and sizes as users type them."""
+"""Addresses, durations and sizes, spelled the ways the contract lets users spell them."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from proxy.units import Address, parse_address, parse_duration, parse_size
+
+# -- addresses ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("example.org:80", Address("example.org", 80)),
         ("10.1.2.3:443", Address("10.1.2.3", 443)),
+        ("127.0.0.1:8080", Address("127.0.0.1", 8080)),
         ("[::1]:8080", Address("::1", 8080)),
-        ("[::]:0", Address("::", 0)),
+        ("[2001:db8::17]:53", Address("2001:db8::17", 53)),
+        ("[::ffff:10.0.0.1]:1", Address("::ffff:10.0.0.1", 1)),
         ("0.0.0.0:8080", Address("0.0.0.0", 8080)),
+        ("[::]:8080", Address("::", 8080)),
         ("8080", Address("127.0.0.1", 8080)),
         (":8080", Address("127.0.0.1", 8080)),
         (8080, Address("127.0.0.1", 8080)),
-        ("0", Address("127.0.0.1", 0)),
+        (" 8080 ", Address("127.0.0.1", 8080)),
+        ("65535", Address("127.0.0.1", 65535)),
+        ("example.org:80", Address("example.org", 80)),
+        ("localhost:6379", Address("localhost", 6379)),
         ("my-host_1.internal:5432", Address("my-host_1.internal", 5432)),
+        ("example.org.:53", Address("example.org.", 53)),
+        ("xn--bcher-kva.example:443", Address("xn--bcher-kva.example", 443)),
+        ("a" * 63 + ".example:1", Address("a" * 63 + ".example", 1)),
     ],
 )
 def test_address_forms(text, expected):
     assert parse_address(text) == expected
 
 
+@pytest.mark.parametrize("text", ["0", ":0", 0, "0.0.0.0:0", "[::]:0", "127.0.0.1:0", "localhost:0"])
+def test_port_zero_is_allowed_for_listeners(text):
+    assert parse_address(text).port == 0
+
+
+@pytest.mark.parametrize("text", ["0", ":0", 0, "0.0.0.0:0", "[::]:0", "example.org:0"])
+def test_port_zero_is_refused_where_a_real_port_is_needed(text):
+    with pytest.raises(ValueError) as info:
+        parse_address(text, allow_port_zero=False)
+    message = str(info.value)
+    assert "port 0" in message
+    assert str(text).strip() in message
+
+
+def test_a_nonzero_port_is_fine_where_a_real_port_is_needed():
+    assert parse_address("example.org:80", allow_port_zero=False) == Address("example.org", 80)
+    assert parse_address("9000", allow_port_zero=False) == Address("127.0.0.1", 9000)
+
+
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "reason"),
     [
-        ("", "empty"),
+        ("host:65536", "out of range"),
         ("host:99999", "out of range"),
+        (65536, "out of range"),
+        ("[::1]:70000", "out of range"),
         ("host:http", "not a number"),
+        ("host:", "not a number"),
+        (":", "not a number"),
+        ("host:+80", "not a number"),
+        ("host:-1", "not a number"),
+        (-1, "not a number"),
+        ("host:8 0", "not a number"),
+        ("localhost", "not a number"),
+        ("::1", "[IPv6]:PORT"),
         ("::1:80", "[IPv6]:PORT"),
+        ("2001:db8::1:443", "[IPv6]:PORT"),
         ("[::1]80", "[IPv6]:PORT"),
+        ("[::1", "[IPv6]:PORT"),
+        ("[::1]", "[IPv6]:PORT"),
         ("[1.2.3.4]:80", "not an IPv6 address"),
+        ("[example.org]:80", "not an IPv6 address"),
+        ("[]:80", "not an IPv6 address"),
         ("999.1.1.1:80", "not a valid IPv4"),
+        ("256.0.0.1:80", "not a valid IPv4"),
+        ("1.2.3:80", "not a valid IPv4"),
+        ("1.2.3.4.5:80", "not a valid IPv4"),
         ("bad host:80", "not a host name"),
         ("-bad:80", "not a host name"),
+        ("bad-:80", "not a host name"),
+        ("a..b:80", "not a host name"),
+        ("a" * 64 + ".example:80", "not a host name"),
+        (".".join(["abcdefghi"] * 26) + ":80", "not a host name"),  # 259 characters
+        ("caf\u00e9.example:80", "not a host name"),
+        ("host/path:80", "not a host name"),
     ],
 )
-def test_bad_addresses_say_what_is_wrong(text, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_bad_addresses_name_the_value_and_what_is_wrong(text, reason):
+    with pytest.raises(ValueError) as info:
+        parse_address(text)
+    message = str(info.value)
+    assert reason in message
+    assert repr(str(text).strip()) in message, "the message quotes what the user typed"
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_an_empty_address_is_refused(text):
+    with pytest.raises(ValueError, match="empty"):
         parse_address(text)
 
 
-def test_port_zero_only_for_listeners():
-    assert parse_address("127.0.0.1:0").port == 0
-    with pytest.raises(ValueError, match="port 0"):
-        parse_address("127.0.0.1:0", allow_port_zero=False)
-
-
-@pytest.mark.parametrize("value", [True, None, 1.5, ["a"]])
-def test_addresses_must_be_text_or_a_port(value):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("value", [True, False, None, 1.5, b"80", ["127.0.0.1:80"]])
+def test_addresses_must_be_text_or_a_port_number(value):
+    with pytest.raises(ValueError) as info:
         parse_address(value)
+    assert repr(value) in str(info.value)
 
 
-def test_literal_and_family():
-    assert Address("::1", 1).is_ipv6 and Address("::1", 1).is_literal
-    assert Address("10.0.0.1", 1).is_literal and not Address("10.0.0.1", 1).is_ipv6
-    assert not Address("localhost", 1).is_literal
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a port of non-ASCII digits such as '\u00b2' passes str.isdigit() and then int() fails "
+    "with Python's own message, which does not name the address",
+)
+def test_a_port_of_odd_unicode_digits_gets_the_usual_message():
+    with pytest.raises(ValueError, match=r"bad address '1\.2\.3\.4:\u00b2'"):
+        parse_address("1.2.3.4:\u00b2")
+
+
+@given(st.integers(min_value=65536, max_value=10**12))
+def test_ports_past_65535_are_always_refused(port):
+    with pytest.raises(ValueError, match="out of range"):
+        parse_address(f"example.org:{port}")
+
+
+@given(st.integers(0, 65535))
+def test_a_bare_port_means_loopback(port):
+    assert parse_address(port) == parse_address(str(port)) == parse_address(f":{port}") == Address("127.0.0.1", port)
+
+
+def test_str_writes_ipv6_in_brackets():
+    assert str(Address("::1", 80)) == "[::1]:80"
+    assert str(Address("10.0.0.1", 80)) == "10.0.0.1:80"
+    assert str(Address("example.org", 443)) == "example.org:443"
 
 
 @given(st.ip_addresses(), st.integers(0, 65535))
-def test_address_round_trip(ip, port):
+def test_any_ip_address_and_port_formats_and_parses_back(ip, port):
     address = Address(str(ip), port)
+    text = str(address)
+    assert parse_address(text) == address
+    assert address.is_literal
+    assert text.startswith("[") == (ip.version == 6)
+
+
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,20}[a-z0-9])?", fullmatch=True)
+
+
+@given(st.lists(_LABEL, min_size=1, max_size=5), st.integers(1, 65535))
+def test_host_names_format_and_parse_back(labels, port):
+    assume(not all(label.isdigit() for label in labels))
+    address = Address(".".join(labels), port)
     assert parse_address(str(address)) == address
+    assert not address.is_literal
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"),
-    [(5, 5.0), (0.25, 0.25), ("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1.5", 1.5), (" 3 s ", 3)],
+    ("host", "literal"),
+    [
+        ("10.0.0.1", True),
+        ("0.0.0.0", True),
+        ("::1", True),
+        ("::", True),
+        ("2001:db8::1", True),
+        ("fe80::1%eth0", True),
+        ("localhost", False),
+        ("example.org", False),
+        ("db-1.internal", False),
+    ],
 )
-def test_durations(text, seconds):
-    assert parse_duration(text) == seconds
+def test_is_literal(host, literal):
+    address = Address(host, 80)
+    assert address.is_literal is literal
+    assert address.is_literal is literal  # cached: asking again gives the same answer
+    # Caching the answer must not change what the address equals or where it hashes.
+    assert address == Address(host, 80)
+    assert address in {Address(host, 80)}
 
 
-@pytest.mark.parametrize("text", ["5 parsecs", "-1", "1d", "", True, None, float("inf"), -2])
-def test_bad_durations(text):
-    with pytest.raises(ValueError):
-        parse_duration(text)
+def test_parsed_addresses_know_whether_they_need_resolving():
+    assert parse_address("[::1]:1").is_literal
+    assert parse_address("8080").is_literal
+    assert not parse_address("example.org:80").is_literal
+
+
+# -- durations ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("text", "size"),
-    [(65536, 65536), ("64KiB", 65536), ("1MiB", 1048576), ("10KB", 10000), ("1MB", 1000000), ("2GiB", 2 << 30)],
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (5, 5.0),
+        (0.25, 0.25),
+        ("5", 5.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        ("250ms", 0.25),
+        ("1ms", 0.001),
+        ("5s", 5.0),
+        ("2m", 120.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        (" 3 s ", 3.0),
+    ],
 )
-def test_sizes(text, size):
-    assert parse_size(text) == size
+def test_durations(value, seconds):
+    result = parse_duration(value)
+    assert result == pytest.approx(seconds)
+    assert isinstance(result, float)
 
 
-@pytest.mark.parametrize("text", ["12 bananas", "-1", "KiB", True, None, 1.5])
-def test_bad_sizes(text):
+@pytest.mark.parametrize(
+    "value",
+    [
+        "5 parsecs",
+        "1d",
+        "5x",
+        "5S",
+        "ms",
+        "s5",
+        "",
+        "   ",
+        "-1",
+        "-5s",
+        "1e3",
+        -1,
+        -0.5,
+        float("nan"),
+        float("inf"),
+        True,
+        False,
+        None,
+        [5],
+    ],
+)
+def test_bad_durations_name_the_value(value):
+    with pytest.raises(ValueError) as info:
+        parse_duration(value)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="bug: an integer too large for a float (e.g. a 400-digit idle_timeout in YAML) raises "
+    "OverflowError instead of ValueError, so `pairproxy check` reports an internal error, not FILE:LINE:COLUMN",
+)
+def test_a_huge_integer_duration_is_a_value_error():
     with pytest.raises(ValueError):
-        parse_size(text)
+        parse_duration(10**400)
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (65536, 65536),
+        ("65536", 65536),
+        ("512B", 512),
+        ("64KiB", 64 * 1024),
+        ("256KiB", 256 * 1024),
+        ("1MiB", 1024 * 1024),
+        ("2GiB", 2 * 1024**3),
+        ("10KB", 10_000),
+        ("1MB", 1_000_000),
+        ("1GB", 1_000_000_000),
+        ("64kib", 64 * 1024),
+        ("1.5KiB", 1536),
+        (" 4 KiB ", 4096),
+    ],
+)
+def test_sizes(value, size):
+    result = parse_size(value)
+    assert result == size
+    assert isinstance(result, int)
+
+
+@pytest.mark.parametrize("value", ["12 bananas", "64KiBs", "1TiB", "64Ki"])
+def test_an_unknown_size_unit_is_named(value):
+    with pytest.raises(ValueError) as info:
+        parse_size(value)
+    message = str(info.value)
+    assert repr(value) in message
+    assert "unknown unit" in message
+
+
+@pytest.mark.parametrize("value", ["KiB", "", "-1", "-64KiB", -1, 1.5, True, False, None, [1]])
+def test_bad_sizes_name_the_value(value):
+    with pytest.raises(ValueError) as info:
+        parse_size(value)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="bug: a size string too large for a float (e.g. '999...9KiB') goes through float('inf') and "
+    "int() raises OverflowError instead of ValueError",
+)
+def test_a_huge_size_string_is_a_value_error():
+    with pytest.raises(ValueError):
+        parse_size("9" * 400 + "KiB")
+
+
+@given(st.integers(0, 10**6), st.sampled_from([("B", 1), ("KiB", 1024), ("MiB", 1024**2), ("KB", 1000), ("MB", 10**6)]))
+def test_whole_sizes_in_any_unit(number, unit):
+    suffix, factor = unit
+    assert parse_size(f"{number}{suffix}") == number * factor
+
+
+@given(st.integers(0, 10**6), st.sampled_from([("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]))
+def test_whole_durations_in_any_unit(number, unit):
+    suffix, factor = unit
+    assert parse_duration(f"{number}{suffix}") == pytest.approx(number * factor)
