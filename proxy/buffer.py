@@ -56,7 +56,7 @@ class SendBuffer:
 
     def consume(self, count: int) -> None:
         """Drop `count` bytes from the front (a send took them)."""
-        if count > self.size:
+        if not 0 <= count <= self.size:
             raise ValueError(f"cannot consume {count} bytes from a buffer of {self.size}")
         self.size -= count
         chunks = self._chunks

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+# The longest single wait: epoll refuses timeouts past the platform's time_t, and a timer may be
+# due centuries away (a huge idle_timeout); waking once an hour to look again costs nothing.
+MAX_WAIT = 3600.0
 
 
 class Timer:
@@ -182,7 +185,7 @@ class Reactor:
             self._cancelled_timers -= 1
         if not timers:
             return None
-        return max(0.0, timers[0].when - time.monotonic())
+        return min(max(0.0, timers[0].when - time.monotonic()), MAX_WAIT)
 
     def _run_due_timers(self) -> None:
         timers = self._timers

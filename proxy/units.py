@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -95,7 +96,7 @@ def _check_host(raw: str, host: str) -> None:
 
 
 def _parse_port(raw: str, port_text: str) -> int:
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"bad address {raw!r}: port {port_text!r} is not a number")
     port = int(port_text)
     if port > 65535:
@@ -104,24 +105,28 @@ def _parse_port(raw: str, port_text: str) -> int:
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
 
 
 def parse_duration(value: str | int | float) -> float:
     """Seconds from a number of seconds or a string such as `250ms`, `5s`, `2m`, `1h`."""
     if isinstance(value, bool):
         raise ValueError(f"duration must be a number of seconds or like '5s', got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-    else:
-        raise ValueError(f"bad duration {value!r}: use seconds or a unit, e.g. 250ms, 5s, 2m, 1h")
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        else:
+            raise ValueError(f"bad duration {value!r}: use seconds or a unit, e.g. 250ms, 5s, 2m, 1h")
+    except OverflowError:
+        seconds = float("inf")  # refused below, with the same message as any other infinity
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"bad duration {value!r}: must be a finite number >= 0")
     return seconds
 
 
+MAX_SIZE = 1024**4  # far past any sane buffer; keeps what follows in machine integers
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -132,7 +137,7 @@ _SIZE_UNITS = {
     "mb": 1000**2,
     "gb": 1000**3,
 }
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z", re.ASCII)
 
 
 def parse_size(value: str | int) -> int:
@@ -145,9 +150,11 @@ def parse_size(value: str | int) -> int:
         unit = match.group(2).lower()
         if unit not in _SIZE_UNITS:
             raise ValueError(f"bad size {value!r}: unknown unit {match.group(2)!r} (use KiB, MiB, KB, MB)")
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        size = int(Fraction(match.group(1)) * _SIZE_UNITS[unit])  # exact: no float rounding or overflow
     else:
         raise ValueError(f"bad size {value!r}: use bytes or a unit, e.g. 64KiB, 1MiB")
     if size < 0:
         raise ValueError(f"bad size {value!r}: must be >= 0")
+    if size > MAX_SIZE:
+        raise ValueError(f"bad size {value!r}: larger than 1TiB")
     return size

@@ -86,11 +86,6 @@ def test_consuming_more_than_held_raises_and_keeps_the_bytes(held):
     assert drain(buffer, 100) == held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: consume() checks only count > size, so a negative count grows `size` and replaces the "
-    "front chunk with its last byte instead of raising",
-)
 def test_a_negative_consume_is_refused():
     buffer = SendBuffer(high=10)
     buffer.append(b"abc")

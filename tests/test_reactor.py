@@ -498,3 +498,19 @@ def test_closing_the_reactor_closes_its_dispatchers(log_stream, socketpairs):
     assert reader.closed and left.fileno() == -1
     right.settimeout(5)
     assert right.recv(10) == b""
+
+
+def test_a_timer_centuries_away_does_not_break_the_wait(log_stream):
+    # A huge idle_timeout must not overflow epoll's timeout argument and end the loop.
+    reactor = Reactor(EventLog(stream=log_stream))
+    try:
+        reactor.call_later(1e300, lambda: None)
+        stopper = threading.Timer(0.1, reactor.call_soon_threadsafe, (reactor.stop,))
+        stopper.start()
+        try:
+            reactor.loop()
+        finally:
+            stopper.cancel()
+            stopper.join(timeout=5)
+    finally:
+        reactor.close()

@@ -116,12 +116,6 @@ def test_addresses_must_be_text_or_a_port_number(value):
     assert repr(value) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a port of non-ASCII digits such as '\u00b2' passes str.isdigit() and then int() fails "
-    "with Python's own message, which does not name the address",
-)
 def test_a_port_of_odd_unicode_digits_gets_the_usual_message():
     with pytest.raises(ValueError, match=r"bad address '1\.2\.3\.4:\u00b2'"):
         parse_address("1.2.3.4:\u00b2")
@@ -251,12 +245,6 @@ def test_bad_durations_name_the_value(value):
     assert repr(value) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: an integer too large for a float (e.g. a 400-digit idle_timeout in YAML) raises "
-    "OverflowError instead of ValueError, so `pairproxy check` reports an internal error, not FILE:LINE:COLUMN",
-)
 def test_a_huge_integer_duration_is_a_value_error():
     with pytest.raises(ValueError):
         parse_duration(10**400)
@@ -306,12 +294,6 @@ def test_bad_sizes_name_the_value(value):
     assert repr(value) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: a size string too large for a float (e.g. '999...9KiB') goes through float('inf') and "
-    "int() raises OverflowError instead of ValueError",
-)
 def test_a_huge_size_string_is_a_value_error():
     with pytest.raises(ValueError):
         parse_size("9" * 400 + "KiB")
