@@ -3,8 +3,10 @@
 A Connector walks the servers it is given (the route's pool decides their order and how many
 retries there are), resolves each off the loop, and tries each resolved address with a
 non-blocking connect bounded by `connect_timeout`. The outcome is reported to an observer:
-`connected` with the open socket, `attempt_failed` for each server that could not be reached
-(so health tracking can learn from it), and `unreachable` when the list is exhausted.
+`connected` with the attempt that worked, `attempt_failed` for each server that could not be
+reached (so health tracking can learn from it), and `unreachable` when the list is exhausted.
+The observer owns the connected attempt: it hands the socket to a dispatcher of its own
+(`hand_over`, which keeps the selector registration) or closes it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from proxy.units import Address
 
 
 class ConnectObserver(Protocol):
-    def connected(self, sock: socket.socket, server: Address) -> None: ...
+    def connected(self, attempt: ConnectAttempt, server: Address) -> None: ...
 
     def attempt_failed(self, server: Address, reason: str) -> None: ...
 
     def unreachable(self, reason: str) -> None: ...
+
+
+# Non-blocking from birth where the platform allows: one system call fewer on every connect.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 
 def _reason(code: int) -> str:
@@ -36,8 +43,9 @@ def _reason(code: int) -> str:
 class ConnectAttempt(Dispatcher):
     """One non-blocking connect; the first writability tells how it went (SO_ERROR)."""
 
-    def __init__(self, reactor: Reactor, sock: socket.socket, connector: Connector) -> None:
+    def __init__(self, reactor: Reactor, sock: socket.socket, sockaddr: tuple, connector: Connector) -> None:
         super().__init__(reactor, sock, State.CONNECTING)
+        self.sockaddr = sockaddr  # the address connected to, as resolved
         self.connector = connector
         self.interest_changed()
 
@@ -104,16 +112,17 @@ class Connector:
         while self._sockaddrs:
             family, sockaddr = self._sockaddrs.pop(0)
             try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = socket.socket(family, _NONBLOCKING_STREAM)
             except OSError as exc:
                 self.last_reason = _reason(exc.errno)
                 if exc.errno in OUT_OF_DESCRIPTORS:
                     break
                 continue
-            sock.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                sock.setblocking(False)
             code = sock.connect_ex(sockaddr)
             if code in (0, errno.EINPROGRESS):
-                self._attempt = ConnectAttempt(self.reactor, sock, self)
+                self._attempt = ConnectAttempt(self.reactor, sock, sockaddr, self)
                 self._timer = self.reactor.call_later(self.timeout, self._timed_out)
                 return
             sock.close()
@@ -126,9 +135,7 @@ class Connector:
         if code == 0:
             self._timer.cancel()
             self._attempt = self._timer = None
-            sock = attempt.detach()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.observer.connected(sock, self.server)
+            self.observer.connected(attempt, self.server)
             return
         self._end_attempt()
         self.last_reason = _reason(code)

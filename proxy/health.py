@@ -7,9 +7,7 @@ same non-blocking Connector as client traffic, so they never block the loop.
 
 from __future__ import annotations
 
-import socket
-
-from proxy.connector import Connector
+from proxy.connector import ConnectAttempt, Connector
 from proxy.log import EventLog
 from proxy.reactor import Reactor, Timer
 from proxy.resolver import Resolver
@@ -24,8 +22,8 @@ class _Probe:
         self.checker = checker
         self.server = server
 
-    def connected(self, sock: socket.socket, _address: Address) -> None:
-        sock.close()
+    def connected(self, attempt: ConnectAttempt, _address: Address) -> None:
+        attempt.close()
         self.checker.verdict(self, True, None)
 
     def attempt_failed(self, _address: Address, _reason: str) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.connector import Connector
+from proxy.connector import ConnectAttempt, Connector
 from proxy.dispatcher import PEER_GONE, Dispatcher
 from proxy.log import EventLog, HexdumpWriter
 from proxy.reactor import Reactor, Timer
@@ -61,6 +61,7 @@ class Runtime:
         self.reactor = reactor
         self.resolver = resolver
         self.log = log
+        self.log_access = log.enabled("info")  # when off (warning and up), no access record is built
         self.hexdump = hexdump
         # One read buffer for the whole process: the loop is single-threaded and every read is
         # forwarded (or copied into a SendBuffer) before the next one.
@@ -249,9 +250,13 @@ class Pair:
         self.client.address = format_sockaddr(sockaddr)
 
     def _state_of(self, server: Address) -> ServerState | None:
-        return next((state for state in self._candidates if state.address == server), None)
+        # The connector walks the candidates' own Address objects.
+        for state in self._candidates:
+            if state.address is server:
+                return state
+        return None
 
-    def connected(self, sock: socket.socket, server: Address) -> None:
+    def connected(self, attempt: ConnectAttempt, server: Address) -> None:
         self.connector = None
         self.server = server
         state = self._state_of(server)
@@ -259,9 +264,12 @@ class Pair:
             self.pool.connect_succeeded(state)
             self.pool.connection_started(state)
             self._server_state = state
-        address = format_sockaddr(sock.getpeername())
+        sock = attempt.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        address = format_sockaddr(attempt.sockaddr)
         if self._upstream_tls is None:
             self.upstream = Side(self, sock, "upstream", address, "upstream->client")
+            attempt.hand_over(self.upstream)
             self.upstream.outgoing.append(self._preface)
             self._open()
             return
@@ -269,6 +277,7 @@ class Pair:
         session = TlsSession(context, server_side=False, server_hostname=server_name or server.host)
         upstream = TlsSide(self, sock, "upstream", address, "upstream->client", session, self._upstream_ready)
         self.upstream = upstream
+        attempt.hand_over(upstream)
         upstream.outgoing.append(self._preface)  # a PROXY header goes before the ClientHello
         self._handshake_timer = self.runtime.reactor.call_later(
             self.pool.config.connect_timeout, self._handshake_timed_out, upstream
@@ -418,6 +427,16 @@ class Pair:
             else:
                 side.close()
         self.runtime.pairs.discard(self)
+        if self.runtime.log_access:
+            self._log_access(result, reason)
+        if self.tap is not None:
+            if self.upstream is None:
+                self.tap.opened(self.conn, self.client.address, self.settings.listener)
+            self.tap.closed(self.conn, result)
+        if self.on_finish is not None:
+            self.on_finish(self)
+
+    def _log_access(self, result: str, reason: str | None) -> None:
         upstream = self.upstream
         tls_fields = {"sni": self.sni, **self.client.log_fields()}
         if upstream is not None:
@@ -436,9 +455,3 @@ class Pair:
             reason=reason or self.note,
             **tls_fields,
         )
-        if self.tap is not None:
-            if upstream is None:
-                self.tap.opened(self.conn, self.client.address, self.settings.listener)
-            self.tap.closed(self.conn, result)
-        if self.on_finish is not None:
-            self.on_finish(self)

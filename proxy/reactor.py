@@ -47,18 +47,14 @@ MAX_WAIT = 3600.0
 class Timer:
     """A callback due at a monotonic time; `cancel()` makes it a no-op."""
 
-    __slots__ = ("args", "callback", "cancelled", "reactor", "seq", "when")
+    __slots__ = ("args", "callback", "cancelled", "reactor", "when")
 
-    def __init__(self, reactor: Reactor, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, reactor: Reactor, when: float, callback: Callable[..., Any], args: tuple) -> None:
         self.reactor = reactor
         self.when = when
-        self.seq = seq
         self.callback = callback
         self.args = args
         self.cancelled = False
-
-    def __lt__(self, other: Timer) -> bool:
-        return (self.when, self.seq) < (other.when, other.seq)
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -81,7 +77,8 @@ class Reactor:
         self.map: dict[int, Dispatcher] = {}
         self.now = time.monotonic()
         self._dirty: set[Dispatcher] = set()
-        self._timers: list[Timer] = []
+        # (when, seq, timer): tuples compare in C, and seq keeps equal times in scheduling order.
+        self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = 0
         self._cancelled_timers = 0
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
@@ -108,6 +105,16 @@ class Reactor:
         if self.map.get(dispatcher.fd) is dispatcher:
             del self.map[dispatcher.fd]
 
+    def transfer(self, old: Dispatcher, new: Dispatcher) -> None:
+        """`new` takes over `old`'s registration (same fd); its interest is re-read next pass."""
+        self._dirty.discard(old)
+        if old.mask:
+            # Same events, new data: the selector swaps its key without a system call.
+            self.selector.modify(old.fd, old.mask, new)
+            self.map[new.fd] = new
+            new.mask, old.mask = old.mask, 0
+        self.mark_dirty(new)
+
     def _apply_interest(self) -> None:
         dirty = self._dirty
         selector = self.selector
@@ -133,8 +140,9 @@ class Reactor:
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run `callback(*args)` on the loop after `delay` seconds; returns a cancellable Timer."""
         self._timer_seq += 1
-        timer = Timer(self, time.monotonic() + delay, self._timer_seq, callback, args)
-        heapq.heappush(self._timers, timer)
+        when = time.monotonic() + delay
+        timer = Timer(self, when, callback, args)
+        heapq.heappush(self._timers, (when, self._timer_seq, timer))
         return timer
 
     def timer_cancelled(self) -> None:
@@ -142,7 +150,7 @@ class Reactor:
         # connections would pile them up, so rebuild the heap once they are most of it.
         self._cancelled_timers += 1
         if self._cancelled_timers > 1024 and self._cancelled_timers * 2 > len(self._timers):
-            self._timers = [timer for timer in self._timers if not timer.cancelled]
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
             heapq.heapify(self._timers)
             self._cancelled_timers = 0
 
@@ -180,18 +188,18 @@ class Reactor:
         if self._ready or self._threadsafe:
             return 0
         timers = self._timers
-        while timers and timers[0].cancelled:
+        while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
             self._cancelled_timers -= 1
         if not timers:
             return None
-        return min(max(0.0, timers[0].when - time.monotonic()), MAX_WAIT)
+        return min(max(0.0, timers[0][0] - time.monotonic()), MAX_WAIT)
 
     def _run_due_timers(self) -> None:
         timers = self._timers
         now = self.now
-        while timers and timers[0].when <= now:
-            timer = heapq.heappop(timers)
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
             if timer.cancelled:
                 self._cancelled_timers -= 1
             else:

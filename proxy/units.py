@@ -38,14 +38,17 @@ class Address:
         return True
 
     def __str__(self) -> str:
-        if self.is_ipv6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """`127.0.0.1:80`, or `[::1]:80` for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format_sockaddr(sockaddr: tuple) -> str:
     """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family."""
-    return str(Address(sockaddr[0], sockaddr[1]))
+    return join_host_port(sockaddr[0], sockaddr[1])
 
 
 def parse_address(text: str | int, *, allow_port_zero: bool = True) -> Address:
