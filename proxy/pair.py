@@ -215,6 +215,7 @@ class Pair:
         self._handshake_timer: Timer | None = None
         self.sni: str | None = None  # the server name a passthrough peek found
         self.note: str | None = None  # why routing fell back, when it did (for `reason=`)
+        self._kernel_queued: tuple[int, ...] = ()  # send-queue sizes at the last idle check
         runtime.pairs.add(self)
         self._idle_timer: Timer | None = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
@@ -394,12 +395,27 @@ class Pair:
         self._idle_timer = None
         if self.result is not None:
             return
-        idle_for = self.runtime.reactor.now - self.last_active
-        remaining = self.settings.idle_timeout - idle_for
+        now = self.runtime.reactor.now
+        remaining = self.settings.idle_timeout - (now - self.last_active)
+        if remaining <= 0 and self._kernel_still_sending():
+            self.last_active = now
+            remaining = self.settings.idle_timeout
         if remaining > 0:
             self._idle_timer = self.runtime.reactor.call_later(remaining, self._check_idle)
         else:
             self.finish("timeout", "idle")
+
+    def _kernel_still_sending(self) -> bool:
+        """True when bytes we wrote are still leaving the kernel's send queues toward a peer.
+
+        The proxy may have handed everything to the kernel long ago while a slow peer is still
+        reading it: that is traffic, not idleness. Progress is a change in the queued amounts
+        since the last check, so a peer that stopped reading times out one interval later.
+        """
+        queued = tuple(side.unsent_in_kernel() for side in (self.client, self.upstream) if side is not None)
+        moving = any(queued) and queued != self._kernel_queued
+        self._kernel_queued = queued
+        return moving
 
     # -- the end -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 import struct
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from proxy.pair import Pair
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # the same request as SIOCOUTQ on a TCP socket (Linux)
+_INT = struct.Struct("i")
+_INT_ZERO = _INT.pack(0)
 
 
 class Side(Dispatcher):
@@ -176,6 +180,7 @@ class Side(Dispatcher):
             self.pipe.splice_to(self.fd)
 
     def handle_write(self) -> None:
+        self.pair.last_active = self.reactor.now  # a peer that is still taking bytes is not idle
         try:
             self.flush()
         except OSError as exc:
@@ -215,6 +220,15 @@ class Side(Dispatcher):
     def log_fields(self) -> dict[str, object]:
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
+
+    def unsent_in_kernel(self) -> int:
+        """Bytes sent to this socket that its peer has not acknowledged yet (0 if unknown)."""
+        if self.closed or _SIOCOUTQ is None:
+            return 0
+        try:
+            return _INT.unpack(fcntl.ioctl(self.fd, _SIOCOUTQ, _INT_ZERO))[0]
+        except OSError:
+            return 0
 
     def handle_error(self, exc: BaseException) -> None:
         self.pair.failed(self, exc)
