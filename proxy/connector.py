@@ -36,6 +36,10 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 
+# Out of descriptors or of local ports: our shortage, not the server's fault (no passive back-off).
+_LOCAL_SHORTAGE = OUT_OF_DESCRIPTORS | {errno.EADDRNOTAVAIL}
+
+
 def _reason(code: int) -> str:
     return os.strerror(code).lower()
 
@@ -114,9 +118,10 @@ class Connector:
             try:
                 sock = socket.socket(family, _NONBLOCKING_STREAM)
             except OSError as exc:
+                if exc.errno in _LOCAL_SHORTAGE:
+                    self._give_up(_reason(exc.errno))
+                    return
                 self.last_reason = _reason(exc.errno)
-                if exc.errno in OUT_OF_DESCRIPTORS:
-                    break
                 continue
             if not _SOCK_NONBLOCK:
                 sock.setblocking(False)
@@ -126,8 +131,16 @@ class Connector:
                 self._timer = self.reactor.call_later(self.timeout, self._timed_out)
                 return
             sock.close()
+            if code in _LOCAL_SHORTAGE:
+                self._give_up(_reason(code))
+                return
             self.last_reason = _reason(code)
         self._server_failed(self.last_reason)
+
+    def _give_up(self, reason: str) -> None:
+        """This process cannot connect anywhere now: no server is to blame, none is tried."""
+        self.last_reason = reason
+        self.observer.unreachable(reason)
 
     def attempt_finished(self, attempt: ConnectAttempt, code: int) -> None:
         if attempt is not self._attempt:
