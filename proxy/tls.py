@@ -7,12 +7,18 @@ the dispatcher feeds it the ciphertext it received (`receive`), asks it for plai
 gives it plaintext to protect (`write`), and sends whatever ciphertext it produced
 (`pending_ciphertext`). The handshake advances inside `receive`/`read` until it completes.
 
-States: HANDSHAKING -> OPEN -> CLOSED, with `write_closed` once our close_notify went out and
-`eof` once the peer's arrived. TLS 1.3 treats close_notify as the end of one direction only,
-so a half-close maps onto it: the proxy forwards a client's close_notify as a TCP half-close to
-the plaintext side, and answers a plaintext EOF with a close_notify while still reading. Peers
-that close the TCP connection right after their close_notify (common with TLS 1.2 stacks)
-simply end both directions.
+States (checked: any other move is a TlsStateError):
+
+    HANDSHAKING --handshake done--> OPEN --our close_notify, or the peer's--> CLOSING
+    CLOSING --the other one too--> CLOSED;  any state --TlsError--> CLOSED
+
+Two flags say which half ended, and the rest of the proxy reads them: `write_closed` once our
+close_notify went out, `eof` once the peer's arrived (or its TCP stream ended without one).
+CLOSING is exactly "one of the two", CLOSED after an orderly end is "both". TLS 1.3 treats
+close_notify as the end of one direction only, so a half-close maps onto it: the proxy forwards
+a client's close_notify as a TCP half-close to the plaintext side, and answers a plaintext EOF
+with a close_notify while still reading. Peers that close the TCP connection right after their
+close_notify (common with TLS 1.2 stacks) simply end both directions.
 """
 
 from __future__ import annotations
@@ -28,10 +34,26 @@ class TlsError(Exception):
     """The handshake or the record layer failed; the message says why, for the access log."""
 
 
+class TlsStateError(TlsError):
+    """A call the session's state does not allow (a bug in the caller, not the peer's doing).
+
+    A TlsError all the same, so a caller that ends the connection on TlsError does so here too.
+    """
+
+
 class TlsState(enum.Enum):
-    HANDSHAKING = "handshaking"
-    OPEN = "open"
-    CLOSED = "closed"
+    HANDSHAKING = "handshaking"  # no plaintext either way yet
+    OPEN = "open"  # plaintext both ways
+    CLOSING = "closing"  # one close_notify went either way (see `eof`, `write_closed`), not both
+    CLOSED = "closed"  # both went, or the session failed (see `error`)
+
+
+_MOVES: dict[TlsState, frozenset[TlsState]] = {
+    TlsState.HANDSHAKING: frozenset({TlsState.OPEN, TlsState.CLOSED}),
+    TlsState.OPEN: frozenset({TlsState.CLOSING, TlsState.CLOSED}),
+    TlsState.CLOSING: frozenset({TlsState.CLOSED}),
+    TlsState.CLOSED: frozenset(),
+}
 
 
 def describe(exc: ssl.SSLError) -> str:
@@ -43,7 +65,11 @@ def describe(exc: ssl.SSLError) -> str:
 
 
 class TlsSession:
-    """One TLS connection's protocol state; the socket is someone else's."""
+    """One TLS connection's protocol state; the socket is someone else's.
+
+    After a TlsError the session is CLOSED with the reason in `error`, and `handshake`, `read`
+    and `write` raise that same error again; `pending_ciphertext` still yields the alert.
+    """
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         self._incoming = ssl.MemoryBIO()
@@ -52,18 +78,43 @@ class TlsSession:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self.state = TlsState.HANDSHAKING
-        self.eof = False  # the peer's close_notify arrived
+        self.eof = False  # the peer's close_notify arrived (or its TCP stream ended without one)
         self.write_closed = False  # our close_notify went out
+        self.error: str | None = None  # why the session failed, once it has
+        self._bare_eof = False  # the peer's TCP stream ended without its close_notify
         # What was agreed, kept from the end of the handshake (the SSLObject forgets some of it
         # once a close_notify has gone either way).
         self.version: str | None = None
         self.server_name: str | None = None  # on a server session: the SNI the client sent
         self.peer_certificate_presented = False
 
+    # -- states --------------------------------------------------------------------------
+
+    def _move(self, new: TlsState) -> None:
+        if new not in _MOVES[self.state]:
+            raise TlsStateError(f"TLS session cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    def _fail(self, exc: ssl.SSLError) -> TlsError:
+        """The session is broken: CLOSED from whatever state, and the error to raise."""
+        self.error = describe(exc)
+        self.state = TlsState.CLOSED  # every state may fail
+        return TlsError(self.error)
+
+    def _half_closed(self) -> None:
+        """One more direction ended (`eof` or `write_closed` was just set)."""
+        self._move(TlsState.CLOSED if self.eof and self.write_closed else TlsState.CLOSING)
+
+    def _check_usable(self, operation: str) -> None:
+        if self.error is not None:
+            raise TlsError(self.error)
+        if self.state is TlsState.HANDSHAKING:
+            raise TlsStateError(f"cannot {operation} before the TLS handshake is complete")
+
     # -- ciphertext in and out -----------------------------------------------------------
 
     def receive(self, ciphertext: bytes | memoryview) -> None:
-        """Ciphertext from the socket; b"" means the TCP connection ended."""
+        """Ciphertext from the socket; b"" means the TCP connection ended. Any state."""
         if ciphertext:
             self._incoming.write(ciphertext)
         else:
@@ -76,7 +127,12 @@ class TlsSession:
     # -- the handshake -------------------------------------------------------------------
 
     def handshake(self) -> bool:
-        """Advance the handshake with what has been received; True once it is complete."""
+        """Advance the handshake with what has been received; True once it is complete.
+
+        True at once in any later state; TlsError if it failed (now or before).
+        """
+        if self.error is not None:
+            raise TlsError(self.error)
         if self.state is not TlsState.HANDSHAKING:
             return True
         try:
@@ -84,9 +140,8 @@ class TlsSession:
         except ssl.SSLWantReadError:
             return False
         except ssl.SSLError as exc:
-            self.state = TlsState.CLOSED
-            raise TlsError(describe(exc)) from None
-        self.state = TlsState.OPEN
+            raise self._fail(exc) from None
+        self._move(TlsState.OPEN)
         self.version = self._ssl.version()
         self.server_name = getattr(self._ssl, "sni_name", None)
         self.peer_certificate_presented = self._ssl.getpeercert(binary_form=True) is not None
@@ -95,41 +150,66 @@ class TlsSession:
     # -- plaintext -----------------------------------------------------------------------
 
     def read(self, size: int = READ_SIZE) -> bytes | None:
-        """Plaintext received: bytes, b"" at the peer's close_notify, None when more is needed."""
+        """Plaintext received: bytes, b"" at the peer's close_notify, None when more is needed.
+
+        Only once the handshake is complete. The first b"" ends the peer's direction (OPEN ->
+        CLOSING, or CLOSING -> CLOSED when ours had ended); every later read is b"" again.
+        """
         if self.eof:
             return b""
+        self._check_usable("read")
         try:
             data = self._ssl.read(size)
         except ssl.SSLWantReadError:
             return None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            data = b""  # close_notify, or the TCP connection ended without one
+        except ssl.SSLZeroReturnError:
+            data = b""  # close_notify (raised only when ours went first; otherwise read gives b"")
+        except ssl.SSLEOFError:
+            data = b""  # the TCP connection ended without a close_notify: an end of stream all the same
+            self._bare_eof = True
         except ssl.SSLError as exc:
-            self.state = TlsState.CLOSED
-            raise TlsError(describe(exc)) from None
+            raise self._fail(exc) from None
         if not data:
             self.eof = True
+            self._half_closed()
         return data
 
     def write(self, plaintext: bytes | memoryview) -> None:
-        """Protect `plaintext`; the records are then in `pending_ciphertext()`."""
+        """Protect `plaintext`; the records are then in `pending_ciphertext()`.
+
+        Only once the handshake is complete and before `close_write`; the peer's close_notify
+        does not stop it (that is the half-close).
+        """
+        self._check_usable("write")
+        if self.write_closed:
+            raise TlsStateError("cannot write after our close_notify")
         try:
             self._ssl.write(plaintext)
         except ssl.SSLError as exc:
-            self.state = TlsState.CLOSED
-            raise TlsError(describe(exc)) from None
+            raise self._fail(exc) from None
 
     def close_write(self) -> None:
-        """Send close_notify: no more plaintext from us, though the peer may go on sending."""
-        if self.write_closed or self.state is not TlsState.OPEN:
+        """Send close_notify: no more plaintext from us, though the peer may go on sending.
+
+        OPEN -> CLOSING, or CLOSING -> CLOSED when the peer's end had arrived. Does nothing a
+        second time, before the handshake is complete or after a failure: there is no
+        close_notify to send then, and the caller's TCP half-close ends the direction alone.
+        """
+        if self.write_closed or self.state not in (TlsState.OPEN, TlsState.CLOSING):
             return
         self.write_closed = True
+        if self._bare_eof:
+            # The peer's stream ended without a close_notify: OpenSSL counts that as a failure and
+            # will send nothing more. Our direction ends with the caller's TCP half-close.
+            self._half_closed()
+            return
         try:
             self._ssl.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass  # our close_notify is written; the peer's may come later
         except ssl.SSLError as exc:
-            raise TlsError(describe(exc)) from None
+            raise self._fail(exc) from None
+        self._half_closed()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from proxy.tls import (
     TlsError,
     TlsSession,
     TlsState,
+    TlsStateError,
     certificate_names,
     check_ca_file,
     check_certificate,
@@ -111,6 +112,138 @@ def test_close_notify_is_a_half_close(files):
     server.close_write()
     pump(client, server)
     assert client.read() == b""
+
+
+def read_all(session: TlsSession) -> bytes:
+    """The plaintext a session holds, up to the peer's end or what has arrived so far."""
+    received = b""
+    while chunk := session.read():
+        received += chunk
+    return received
+
+
+def flags(session: TlsSession) -> tuple[TlsState, bool, bool]:
+    return session.state, session.eof, session.write_closed
+
+
+OPEN, CLOSING, CLOSED = TlsState.OPEN, TlsState.CLOSING, TlsState.CLOSED
+TLS_VERSIONS = pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["1.2", "1.3"])
+
+
+def versioned_sessions(files, version: ssl.TLSVersion) -> tuple[TlsSession, TlsSession]:
+    context = server_context(pair_of(files))
+    context.maximum_version = version
+    server = TlsSession(context, server_side=True)
+    client = TlsSession(client_context(files["ca"]), server_side=False, server_hostname="server.test")
+    handshake(client, server)
+    assert client.version == server.version == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+    return client, server
+
+
+@TLS_VERSIONS
+def test_we_close_first_then_the_peer(files, version):
+    """open -> closing (our close_notify) -> closed (theirs); the peer writes in between."""
+    client, server = versioned_sessions(files, version)
+    assert flags(client) == flags(server) == (OPEN, False, False)
+    client.write(b"bye")
+    client.close_write()
+    assert flags(client) == (CLOSING, False, True)
+    client.close_write()  # a second time: nothing
+    assert flags(client) == (CLOSING, False, True)
+    pump(client, server)
+    assert server.state is OPEN  # nothing read yet: the close_notify is still in the records
+    assert read_all(server) == b"bye"
+    assert flags(server) == (CLOSING, True, False)
+    assert server.read() == b""  # and again, without touching the state
+    server.write(b"answer after your close_notify")
+    pump(client, server)
+    assert read_all(client) == b"answer after your close_notify"
+    assert flags(client) == (CLOSING, False, True)
+    server.close_write()
+    assert flags(server) == (CLOSED, True, True)
+    pump(client, server)
+    assert client.read() == b""
+    assert flags(client) == (CLOSED, True, True)
+
+
+@TLS_VERSIONS
+def test_the_peer_closes_first_then_we(files, version):
+    """open -> closing (their close_notify) -> closed (ours); we go on writing in between."""
+    client, server = versioned_sessions(files, version)
+    server.close_write()
+    pump(client, server)
+    assert client.read() == b""
+    assert flags(client) == (CLOSING, True, False)
+    client.write(b"still mine to say")
+    pump(client, server)
+    assert read_all(server) == b"still mine to say"
+    assert flags(server) == (CLOSING, False, True)
+    client.close_write()
+    assert flags(client) == (CLOSED, True, True)
+    pump(client, server)
+    assert server.read() == b""
+    assert flags(server) == (CLOSED, True, True)
+
+
+def test_a_bare_tcp_end_is_the_peers_end_and_ours_needs_no_close_notify(files):
+    client, server = sessions(files)
+    handshake(client, server)
+    server.receive(b"")
+    assert server.read() == b""
+    assert flags(server) == (CLOSING, True, False)
+    server.pending_ciphertext()  # TLS 1.3 session tickets, written at the first read
+    server.close_write()  # OpenSSL sends nothing after an unclean end; no error either
+    assert flags(server) == (CLOSED, True, True)
+    assert server.pending_ciphertext() == b""
+
+
+def test_calls_the_state_does_not_allow_are_refused(files):
+    client, server = sessions(files)
+    for call in (client.read, lambda: client.write(b"early")):
+        with pytest.raises(TlsStateError, match="before the TLS handshake is complete"):
+            call()
+    client.close_write()  # no close_notify before the handshake: nothing happens
+    assert flags(client) == (TlsState.HANDSHAKING, False, False)
+    handshake(client, server)
+    client.close_write()
+    with pytest.raises(TlsStateError, match="after our close_notify"):
+        client.write(b"late")
+    assert isinstance(TlsStateError("x"), TlsError)  # callers that end a connection on TlsError do here too
+
+
+def test_only_the_designed_moves_are_allowed(files):
+    client, _ = sessions(files)
+    allowed = {
+        (TlsState.HANDSHAKING, OPEN),
+        (TlsState.HANDSHAKING, CLOSED),
+        (OPEN, CLOSING),
+        (OPEN, CLOSED),
+        (CLOSING, CLOSED),
+    }
+    for before in TlsState:
+        for after in TlsState:
+            client.state = before
+            if (before, after) in allowed:
+                client._move(after)
+                assert client.state is after
+            else:
+                with pytest.raises(TlsStateError, match=f"from {before.value} to {after.value}"):
+                    client._move(after)
+                assert client.state is before
+
+
+def test_a_failed_session_is_closed_and_keeps_saying_why(files):
+    client, server = sessions(files, server_name="other.test")
+    with pytest.raises(TlsError, match="hostname mismatch") as caught:
+        handshake(client, server)
+    assert client.state is CLOSED
+    assert client.error == str(caught.value)
+    assert client.pending_ciphertext()  # the alert that tells the server why
+    for call in (client.handshake, client.read, lambda: client.write(b"x")):
+        with pytest.raises(TlsError, match="hostname mismatch"):
+            call()
+    client.close_write()  # nothing to send: the caller's TCP half-close ends it
+    assert flags(client) == (CLOSED, False, False)
 
 
 def test_tcp_end_without_close_notify_reads_as_end_of_stream(files):
