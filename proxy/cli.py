@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from proxy import __version__
 from proxy.config import (
@@ -62,15 +62,39 @@ _positive = _argument(_parse_positive, "count")
 _size = _argument(parse_size, "size")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the contract's errors: one line on stderr, `PROG: message`, exit status 2.
+
+    argparse's own error() prints the whole usage block first; --help still prints it in full.
+    Subparsers are made from this class too, so their errors name the subcommand (`prog` is
+    `pairproxy forward`), and stray arguments are reported by the subcommand they followed.
+    """
+
+    _commands: argparse._SubParsersAction | None = None
+
+    def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:
+        self._commands = super().add_subparsers(**kwargs)
+        return self._commands
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            owner = self._commands.choices.get(command, self) if self._commands and command else self
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {' '.join(message.splitlines())}\n")
+
+
 def _add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
     parser.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pairproxy", description="A forwarding TCP proxy with a YAML route table and a hex dump."
-    )
+    parser = _Parser(prog="pairproxy", description="A forwarding TCP proxy with a YAML route table and a hex dump.")
     parser.add_argument("--version", action="version", version=f"pairproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

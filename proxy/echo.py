@@ -71,15 +71,22 @@ class EchoConnection(Dispatcher):
 
 
 def serve_echo(address: Address, log: EventLog) -> None:
-    """Serve the echo protocol on `address` until SIGINT or SIGTERM."""
+    """Serve the echo protocol on `address` until SIGINT or SIGTERM; SIGHUP is logged and ignored.
+
+    The signal handlers are in place before `listening` is logged, so a signal sent by whoever
+    waited for that line is never met by the default action.
+    """
     raise_fd_limit()
     reactor = Reactor(log)
-    sock = bind_listening_socket(address)
-    listener = Listener(reactor, sock, "echo", lambda client, _peer: EchoConnection(reactor, client))
-    log.info("listening", listener="echo", address=listener.address)
-    reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
-    reactor.add_signal_handler(signal.SIGINT, reactor.stop)
     try:
+        reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+        reactor.add_signal_handler(signal.SIGINT, reactor.stop)
+        reactor.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("reload_ignored", reason="nothing to reload (echo)")
+        )
+        sock = bind_listening_socket(address)
+        listener = Listener(reactor, sock, "echo", lambda client, _peer: EchoConnection(reactor, client))
+        log.info("listening", listener="echo", address=listener.address)
         reactor.loop()
     finally:
         reactor.close()
