@@ -29,7 +29,6 @@ import functools
 import os
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -198,10 +197,9 @@ class Pair:
         self.tap = runtime.hexdump if settings.hexdump else None
         # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
         self.splice = settings.splice and self.tap is None
-        self.started = time.monotonic()
+        self.started = reactor.now
         self.last_active = reactor.now
         self.result: str | None = None
-        client_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = Side(self, client_sock, "client", format_sockaddr(client_address), "client->upstream")
         self.upstream: Side | None = None
         self.server: Address | None = None
@@ -466,7 +464,7 @@ class Pair:
             server=upstream.address if upstream is not None else self.server,
             bytes_up=self.client.bytes_read,
             bytes_down=upstream.bytes_read if upstream is not None else 0,
-            duration_ms=int((time.monotonic() - self.started) * 1000),
+            duration_ms=int((self.runtime.reactor.now - self.started) * 1000),
             result=result,
             reason=reason or self.note,
             **tls_fields,

@@ -215,7 +215,16 @@ class Server:
         ]
 
     def bind(self) -> None:
-        """Bind every listener, or none: a StartupError closes what was already bound."""
+        """Get ready to serve: take over the signals, then bind every listener, or none (a
+        StartupError closes what was already bound).
+
+        The handlers go in first: a signal sent as soon as `listening` is logged must already
+        find them (the default action of SIGHUP and SIGTERM would kill the process).
+        """
+        raise_fd_limit()
+        self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
+        self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
+        self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             for config in self.config.listeners:
                 self._start_listener(config)
@@ -243,11 +252,7 @@ class Server:
         self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
 
     def serve(self) -> None:
-        """Run the loop until a stop signal has drained the connections."""
-        raise_fd_limit()
-        self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
-        self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
-        self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
+        """Run the loop until a stop signal has drained the connections (after `bind`)."""
         try:
             self.reactor.loop()
         finally:

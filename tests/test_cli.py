@@ -275,3 +275,34 @@ def test_console_script_echo_serves_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(WAIT)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_right_after_listening_is_handled(tmp_path, signum):
+    # The handlers must be in place before `listening` is logged: a supervisor that signals as
+    # soon as it sees that line must not kill the process by the signal's default action.
+    config = tmp_path / "pairproxy.yaml"
+    config.write_text("listeners:\n  - {listen: '127.0.0.1:0', upstream: '127.0.0.1:9'}\n")
+    for _ in range(10):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for line in proc.stderr:
+                if " listening " in line:
+                    proc.send_signal(signum)
+                    break
+            if signum == signal.SIGHUP:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(0.3)  # SIGHUP must not have killed it
+                proc.send_signal(signal.SIGTERM)
+            assert proc.wait(WAIT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+            proc.stderr.close()
