@@ -294,7 +294,7 @@ class Pair:
         client, upstream = self.client, self.upstream
         client.peer, upstream.peer = upstream, client
         if self.splice and type(client) is Side and type(upstream) is Side:
-            client.splice_after = upstream.splice_after = SPLICE_AFTER
+            client.splice_budget = upstream.splice_budget = SPLICE_AFTER
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
         if self._payload:

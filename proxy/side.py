@@ -47,9 +47,12 @@ class Side(Dispatcher):
         self.eof = False  # this socket's peer shut its writing half
         self.shutdown_pending = False  # shut our writing half once `outgoing` drains
         self.write_shut = False
-        # Splicing, per direction: once this side has read SPLICE_AFTER bytes (a bulk flow, not
-        # requests and answers), what it reads goes socket -> the peer's pipe -> the peer's socket.
-        self.splice_after = -1  # the pair sets it when both sides are plain and nothing taps the bytes
+        # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
+        # flow, not requests and answers however many), what it reads goes socket -> the peer's
+        # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
+        # recv and a send do.
+        self.splice_budget = 0  # the pair sets it when both sides are plain and nothing taps the bytes
+        self.bulk_read = min(BULK_READ, self.read_size)
         self.splicing = False
         self.pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
 
@@ -87,15 +90,17 @@ class Side(Dispatcher):
             self.pair.end_of_stream(self)
             return
         self.deliver(self.pair.runtime.scratch[:count])
-        if 0 <= self.splice_after <= self.bytes_read:
-            self.start_splicing()
+        if count >= self.bulk_read and self.splice_budget:
+            self.splice_budget = max(1, self.splice_budget - count)  # 1: ready, as soon as it can
+            if self.splice_budget == 1:
+                self.start_splicing()
 
     def start_splicing(self) -> None:
         """From the next read on, splice toward the peer (once its buffer has drained)."""
         peer = self.peer
         if peer.outgoing.size or self.closed:
             return  # queued bytes go first; try again after the next read
-        self.splice_after = -1
+        self.splice_budget = 0
         try:
             peer.pipe = PipeBuffer(self.pair.settings.buffer_size)
         except OSError as exc:
@@ -371,7 +376,8 @@ class TlsSide(Side):
 # -- splicing: bytes that never enter Python ------------------------------------------------
 
 SPLICE_AVAILABLE = hasattr(os, "splice")
-SPLICE_AFTER = 1024 * 1024  # bytes one direction carries by copying before it switches to splicing
+SPLICE_AFTER = 1024 * 1024  # bytes in big reads one direction copies before it switches to splicing
+BULK_READ = 32 * 1024  # a read at least this big: the sender is ahead of us, a bulk flow
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support import WAIT, pattern, source_handler
+from tests.support import WAIT, connect, echo_handler, pattern, recv_exactly, source_handler
 
 
 @pytest.fixture
@@ -58,3 +58,18 @@ def test_a_reader_that_stopped_reading_times_out(start_proxy, start_upstream):
         assert access["result"] == "timeout"
         assert access["reason"] == "idle"
         assert time.monotonic() - started < 3.0
+
+
+def test_many_small_exchanges_never_splice(start_proxy, start_upstream, data_path):
+    # Request/response traffic stays copied however much of it there is: only big reads (a
+    # sender ahead of the proxy) make a direction switch to a pipe.
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
+    before = proxy.pipe_count()
+    message = pattern(2048, seed=9)
+    with connect(proxy.address) as client:
+        for _ in range(1024):  # 2 MiB each way, past the 1 MiB a bulk flow needs
+            client.sendall(message)
+            assert recv_exactly(client, len(message)) == message
+        assert proxy.pipe_count() == before
+    assert proxy.wait_access(1)[0]["bytes_up"] == str(2 * 1024 * 1024)
