@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from proxy.config import Config, listener_key
+from proxy.config import Config, ConfigError, listener_key, load_config
 from proxy.errors import ProxyError
 from proxy.log import EventLog
 from proxy.reactor import Reactor
@@ -66,7 +66,7 @@ class Supervisor:
             self._start(index)
         self.reactor.add_signal_handler(signal.SIGTERM, lambda: self._stop(signal.SIGTERM))
         self.reactor.add_signal_handler(signal.SIGINT, lambda: self._stop(signal.SIGINT))
-        self.reactor.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
+        self.reactor.add_signal_handler(signal.SIGHUP, self._reload)
         self.reactor.call_later(REAP_INTERVAL, self._reap)
         try:
             self.reactor.loop()
@@ -147,6 +147,15 @@ class Supervisor:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass  # it exited; the reaper will notice
+
+    def _reload(self) -> None:
+        """Workers reload themselves (and log what they found); a worker started later must
+        begin with the same table, so the supervisor keeps the newest valid one too."""
+        try:
+            self.config = load_config(self.config_path).config
+        except ConfigError:
+            pass  # every worker logs the errors and keeps its table; restarts keep the old one too
+        self._signal_all(signal.SIGHUP)
 
     def _stop(self, signum: int) -> None:
         """Pass the stop on; a second SIGINT reaches the workers as their own second one."""

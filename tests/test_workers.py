@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import textwrap
+from pathlib import Path
 
 from tests.support import WAIT, connect, echo_handler, recv_exactly, wait_until
 
@@ -66,3 +67,30 @@ def test_sighup_reaches_every_worker(tmp_path, start_proxy, start_upstream):
     _round_trips(proxy, 5)
     assert proxy.stop(signal.SIGINT) == 0
     assert proxy.proc.wait(WAIT) == 0
+
+
+def test_a_worker_restarted_after_a_reload_serves_the_new_table(tmp_path, start_proxy, start_upstream):
+    old = start_upstream(tagged_echo(b"old:"))
+    new = start_upstream(tagged_echo(b"new:"))
+    path = _config(tmp_path, old)
+    proxy = start_proxy("run", "-c", path, "--workers", "2", wait_listening=2)
+    Path(path).write_text(Path(path).read_text().replace(old.address, new.address))
+    proxy.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: proxy.log_text().count(" reloaded ") == 2)
+    os.kill(_worker_pids(proxy)[0], signal.SIGKILL)
+    assert wait_until(lambda: proxy.log_text().count(" listening ") == 3)
+    replies = set()
+    for _ in range(20):  # the kernel spreads these over both workers, the restarted one included
+        with connect(proxy.address) as client:
+            client.sendall(b"x")
+            replies.add(recv_exactly(client, 5))
+    assert replies == {b"new:x"}
+    assert proxy.stop() == 0
+
+
+def tagged_echo(tag: bytes):
+    def handler(conn) -> None:
+        conn.sendall(tag)
+        echo_handler(conn)
+
+    return handler
