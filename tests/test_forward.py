@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.support import (
     WAIT,
     connect,
     echo_handler,
+    logfmt,
     pattern,
     recv_all,
     recv_digest,
@@ -177,8 +179,10 @@ def test_slow_reader_keeps_proxy_memory_bounded(start_proxy, start_upstream):
 
 
 def test_refused_upstream_closes_the_client_within_a_second(start_proxy):
-    proxy = start_proxy("forward", "127.0.0.1:0", f"127.0.0.1:{_closed_port()}")
+    refused = f"127.0.0.1:{_closed_port()}"
+    proxy = start_proxy("forward", "127.0.0.1:0", refused)
     with connect(proxy.address) as client:
+        client_address = "{}:{}".format(*client.getsockname())
         started = time.monotonic()
         try:
             assert client.recv(1) == b""
@@ -188,7 +192,11 @@ def test_refused_upstream_closes_the_client_within_a_second(start_proxy):
     access = proxy.wait_access(1)[0]
     assert access["result"] == "upstream_unreachable"
     assert "refused" in access["reason"]
-    assert "server" not in access or access["server"].endswith(str(access.get("server", "")))
+    assert access["client"] == client_address
+    assert (access["bytes_up"], access["bytes_down"]) == ("0", "0")
+    assert access.get("server", refused) == refused  # no server was used; if one is named, it is that one
+    failed = logfmt(proxy.wait_for("connect_failed"))
+    assert (failed["conn"], failed["server"], failed["reason"]) == (access["conn"], refused, "connection refused")
 
 
 def test_connect_timeout_gives_up_on_a_silent_server(start_proxy):
@@ -304,6 +312,61 @@ def test_hexdump_shows_exactly_the_bytes_sent(start_proxy, start_upstream):
     sent = b"".join(chunks)
     assert dumped[("1", "client->upstream")] == sent
     assert dumped[("1", "upstream->client")] == sent
+
+
+_STAMP = r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00)"
+_OPEN = re.compile(_STAMP + r" conn=(\d+) open (\S+) -> (\S+)")
+_HEADER = re.compile(_STAMP + r" conn=(\d+) (client->upstream|upstream->client) offset=(\d+) len=(\d+) (\S+) -> (\S+)")
+_CLOSE = re.compile(_STAMP + r" conn=(\d+) close result=(\w+)")
+
+
+def test_hexdump_header_and_event_lines_name_the_real_endpoints(start_proxy, start_upstream):
+    """Every line the dump writes, matched whole: events, headers with the real addresses, dumps."""
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address, "--hexdump")
+    started = datetime.now(UTC)
+    with connect(proxy.address) as client:
+        client_address = "{}:{}".format(*client.getsockname())
+        for chunk in (b"first", b"second chunk, longer than sixteen bytes"):
+            client.sendall(chunk)
+            assert recv_exactly(client, len(chunk)) == chunk
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(1) == b""
+    (access,) = proxy.wait_access(1)
+    conn, server = access["conn"], access["server"]
+    assert server == upstream.address
+    assert wait_until(lambda: " close result=closed" in proxy.stdout())
+    ended = datetime.now(UTC)
+    lines = proxy.stdout().splitlines()
+    stamps = []
+    opened = _OPEN.fullmatch(lines[0])
+    assert opened, lines[0]
+    assert opened.groups()[1:] == (conn, client_address, server)
+    stamps.append(opened.group(1))
+    closed = _CLOSE.fullmatch(lines[-1])
+    assert closed, lines[-1]
+    assert closed.groups()[1:] == (conn, "closed")
+    offsets = {"client->upstream": 0, "upstream->client": 0}
+    ends = {"client->upstream": (client_address, server), "upstream->client": (server, client_address)}
+    headers = 0
+    for line in lines[1:-1]:
+        if re.fullmatch(r"[0-9a-f]{8}  .*\|", line):
+            continue
+        header = _HEADER.fullmatch(line)
+        assert header, f"neither a header nor a dump line: {line!r}"
+        stamp, header_conn, direction, offset, length, source, destination = header.groups()
+        assert header_conn == conn
+        assert int(offset) == offsets[direction]
+        offsets[direction] += int(length)
+        assert (source, destination) == ends[direction]
+        stamps.append(stamp)
+        headers += 1
+    stamps.append(closed.group(1))
+    assert headers >= 4
+    assert offsets == {"client->upstream": 44, "upstream->client": 44}
+    times = [datetime.fromisoformat(stamp) for stamp in stamps]
+    assert times == sorted(times)
+    assert started - timedelta(seconds=1) <= times[0] and times[-1] <= ended + timedelta(seconds=1)
 
 
 def _parse_hexdump(text: str) -> dict[tuple[str, str], bytes]:

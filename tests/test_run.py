@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -442,6 +443,72 @@ def test_sighup_stops_removed_listeners_and_starts_new_ones(tmp_path, start_prox
             socket.create_connection(("127.0.0.1", removed_port), timeout=WAIT).close()
         open_before.sendall(b"open")
         assert recv_exactly(open_before, 4) == b"open"
+
+
+def _listening_inode(pid: int, port: int) -> int:
+    """The inode of the socket listening on 127.0.0.1:`port`, checked to be one of `pid`'s fds."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = [
+        int(fields[9])
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == wanted and fields[3] == "0A"  # 0A: LISTEN
+    ]
+    assert len(inodes) == 1, f"listening sockets on {wanted}: {inodes}"
+    fds = Path(f"/proc/{pid}/fd")
+    held = {fd.readlink().as_posix() for fd in fds.iterdir()}
+    assert f"socket:[{inodes[0]}]" in held, "the listening socket is not the proxy's"
+    return inodes[0]
+
+
+def test_sighup_keeps_an_unchanged_listeners_socket_while_clients_keep_connecting(
+    tmp_path, start_proxy, start_upstream
+):
+    """Reloads under a stream of connections: none is refused, and the listening socket is the same one."""
+    upstream = start_upstream(echo_handler)
+    kept_port, other_port = closed_port(), closed_port()
+    kept = f'  - {{name: kept, listen: "127.0.0.1:{kept_port}", upstream: "{upstream.address}"}}\n'
+    other = '  - {{name: other, listen: "127.0.0.1:{port}", upstream: "{upstream}"}}\n'
+    path = write(tmp_path, "listeners:\n" + kept)
+    proxy = start_proxy("run", "-c", str(path))
+    before = _listening_inode(proxy.pid, kept_port)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        deadline = time.monotonic() + 4 * WAIT
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                outcomes.append("ok" if ask(("127.0.0.1", kept_port), b"ping") == b"ping" else "bad")
+            except ConnectionRefusedError:
+                outcomes.append("refused")
+            except OSError as exc:
+                outcomes.append(f"error: {exc}")
+
+    def twenty_more() -> bool:
+        target = len(outcomes) + 20
+        return wait_until(lambda: len(outcomes) >= target)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        for round_ in range(6):
+            assert twenty_more()
+            # Another listener comes and goes with each reload; the kept one stays as it was.
+            text = "listeners:\n" + kept
+            if round_ % 2 == 0:
+                text += other.format(port=other_port, upstream=upstream.address)
+            path.write_text(text)
+            proxy.send_signal(signal.SIGHUP)
+            assert wait_until(lambda round_=round_: proxy.log_text().count(" reloaded ") > round_)
+        assert twenty_more()
+    finally:
+        stop.set()
+        thread.join(5 * WAIT)
+    assert not thread.is_alive()
+    assert proxy.log_text().count("kept=1") == 6
+    assert outcomes.count("ok") == len(outcomes), [outcome for outcome in outcomes if outcome != "ok"][:5]
+    assert len(outcomes) >= 140
+    assert _listening_inode(proxy.pid, kept_port) == before
 
 
 def test_sigterm_drains_run_with_an_open_connection(tmp_path, start_proxy, start_upstream):

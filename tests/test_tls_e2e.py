@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import trustme
@@ -229,6 +230,69 @@ def _write(tmp_path, text: str):
     path = tmp_path / "pairproxy.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def test_origination_with_mutual_tls_from_yaml(pki, tmp_path, start_proxy, start_upstream):
+    """`run -c`: upstream `tls: {ca, server_name, cert, key}` with paths relative to the file."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in ("ca", "client.pem", "client.key"):
+        shutil.copy(pki[name], certs / Path(pki[name]).name)
+    presented = []
+
+    def mtls_echo(conn: socket.socket) -> None:
+        try:
+            tls = server_context(pki, "upstream", client_ca=True).wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        with tls:
+            presented.append(dict(tls.getpeercert()["subjectAltName"]))
+            tls.sendall(b"mtls:")
+            while data := tls.recv(65536):
+                tls.sendall(data)
+
+    upstream = start_upstream(mtls_echo)
+    path = _write(
+        tmp_path,
+        f"""\
+        upstreams:
+          secure:
+            servers: ["{upstream.address}"]
+            tls: {{ca: certs/ca.pem, server_name: upstream.test, cert: certs/client.pem, key: certs/client.key}}
+          misnamed:
+            servers: ["{upstream.address}"]
+            tls: {{ca: certs/ca.pem, server_name: wrong.test, cert: certs/client.pem, key: certs/client.key}}
+        listeners:
+          - {{name: good, listen: "127.0.0.1:0", upstream: secure}}
+          - {{name: bad, listen: "127.0.0.1:0", upstream: misnamed}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), wait_listening=2)
+    good, bad = (("127.0.0.1", int(address.rsplit(":", 1)[1])) for address in proxy.addresses)
+    data = pattern(MiB, seed=3)
+    with connect(good) as client:
+        assert recv_exactly(client, 5) == b"mtls:"
+        assert echo_through(client, data, step=64 * 1024) == data
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b""
+    assert presented == [{"email": "client@example.test"}]  # the upstream saw the proxy's client certificate
+    (access,) = proxy.wait_access(1)
+    assert access["listener"] == "good"
+    assert (access["result"], access["server"], access["bytes_up"]) == ("closed", upstream.address, str(MiB))
+    assert access["bytes_down"] == str(MiB + 5)
+    assert access["upstream_tls"] in ("TLSv1.3", "TLSv1.2")
+
+    with connect(bad) as client:
+        try:
+            assert client.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    access = proxy.wait_access(2)[1]
+    assert access["listener"] == "bad"
+    assert access["result"] == "tls_error"
+    assert access["reason"].startswith("upstream: certificate verify failed: hostname mismatch")
+    assert "wrong.test" in access["reason"]
+    assert presented == [{"email": "client@example.test"}]  # no second handshake got through
 
 
 def test_sni_passthrough_routes_to_the_upstream_that_owns_the_name(pki, tmp_path, start_proxy, start_upstream):
