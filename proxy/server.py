@@ -13,6 +13,7 @@ stays (open connections keep the pools and settings they started with).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import signal
 import socket
 import ssl
@@ -56,6 +57,8 @@ class ListenerRuntime:
         self.server = server
         self.dispatcher = Listener(server.reactor, sock, config.name or "", self.accept)
         self.local_address = sock.getsockname()[:2]
+        # On 0.0.0.0 or [::] the address a client reached is only known per connection.
+        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
         self.active = 0
         self.apply(config)
 
@@ -150,7 +153,9 @@ class ListenerRuntime:
         pool = pools[route.upstream]
         preface = b""
         if pool.config.proxy_protocol is not None:
-            preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination or self.local_address)
+            if destination is None:
+                destination = pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
+            preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination)
         candidates = pool.candidates(str(address), self.server.reactor.now)
         pair.connect(pool, candidates, preface=preface, payload=payload, upstream_tls=upstream_tls.get(route.upstream))
 

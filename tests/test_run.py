@@ -226,8 +226,9 @@ def _header_recorder(seen: list):
     return handler
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_proxy_protocol_header_reaches_the_upstream(tmp_path, start_proxy, start_upstream, version):
+def test_proxy_protocol_header_reaches_the_upstream(tmp_path, start_proxy, start_upstream, version, listen):
     seen = []
     upstream = start_upstream(_header_recorder(seen))
     path = write(
@@ -236,17 +237,18 @@ def test_proxy_protocol_header_reaches_the_upstream(tmp_path, start_proxy, start
         upstreams:
           app: {{servers: ["{upstream.address}"], proxy_protocol: {version}}}
         listeners:
-          - {{listen: "127.0.0.1:0", upstream: app}}
+          - {{listen: "{listen}:0", upstream: app}}
         """,
     )
     proxy = start_proxy("run", "-c", str(path))
-    with _from("127.0.0.5", proxy.address) as client:
+    reached = ("127.0.0.1", proxy.address[1])  # on 0.0.0.0 the header names the address the client reached
+    with _from("127.0.0.5", reached) as client:
         client.sendall(b"payload")
         assert recv_exactly(client, 2 + 7) == b"okpayload"
         client_port = client.getsockname()[1]
     (info,) = seen
     assert info.source == ("127.0.0.5", client_port)
-    assert info.destination == proxy.address
+    assert info.destination == reached
     assert proxy.wait_access(1)[0]["bytes_up"] == "7"
 
 
