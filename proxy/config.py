@@ -247,7 +247,7 @@ class _Reader:
         self._errors: list[tuple[int, int, str]] = []
         self._warnings: list[tuple[int, int, str]] = []
         self.declared: set[str] = set()  # upstream names in the file, valid or not
-        self.bound: list[tuple[yaml.Node, str, Address]] = []  # each listener's name and address
+        self.bound: list[tuple[yaml.Node, str | None, Address]] = []  # each listener's own name and address
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting -----------------------------------------------------------------------
@@ -400,7 +400,10 @@ class _Reader:
             return None
         used: set[str] = set()
         listeners = []
-        for item in self.sequence(top["listeners"][1], "listeners"):
+        listeners_node = top["listeners"][1]
+        if isinstance(listeners_node, yaml.SequenceNode) and not listeners_node.value:
+            self.error(listeners_node, "listeners is empty: nothing would be served")
+        for item in self.sequence(listeners_node, "listeners"):
             listener = self.listener(item, defaults, upstreams, used)
             if listener is not None:
                 listeners.append((item, listener))
@@ -484,13 +487,12 @@ class _Reader:
         values: dict[str, Any] = {}
         for key, (_, value_node) in fields.items():
             if key in ("interval", "timeout"):
-                value = self.duration(value_node, key)
+                values[key] = self.duration(value_node, key)
             else:
-                value = self.integer(value_node, key, 1)
-            if value is _INVALID:
-                return _INVALID
-            values[key] = value
-        return HealthCheckConfig(**values) if isinstance(node, yaml.MappingNode) else _INVALID
+                values[key] = self.integer(value_node, key, 1)
+        if not isinstance(node, yaml.MappingNode) or _INVALID in values.values():
+            return _INVALID
+        return HealthCheckConfig(**values)
 
     def path(self, node: yaml.Node, what: str) -> Any:
         """A readable file, relative to the configuration file's folder."""
@@ -508,12 +510,11 @@ class _Reader:
 
     def certificate(self, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> Any:
         """cert + key from a mapping, checked to load and to belong together."""
-        for key in ("cert", "key"):
-            if key not in fields:
-                self.error(node, f"TLS needs both 'cert:' and 'key:' (missing {key!r})")
-                return _INVALID
-        cert = self.path(fields["cert"][1], "cert")
-        key = self.path(fields["key"][1], "key")
+        missing = [key for key in ("cert", "key") if key not in fields]
+        for key in missing:
+            self.error(node, f"TLS needs both 'cert:' and 'key:' (missing {key!r})")
+        cert = self.path(fields["cert"][1], "cert") if "cert" in fields else _INVALID
+        key = self.path(fields["key"][1], "key") if "key" in fields else _INVALID
         if _INVALID in (cert, key):
             return _INVALID
         pair = CertificatePair(cert, key)
@@ -630,7 +631,7 @@ class _Reader:
         routes = self.listener_routes(node, fields, defaults, upstreams, used)
         if listen is _INVALID:
             return None
-        self.bound.append((node, options.get("name") or str(listen), listen))
+        self.bound.append((node, options.get("name"), listen))
         if routes is None:
             return None
         listener = ListenerConfig(name=options.pop("name", None), listen=listen, routes=routes, **options)
@@ -727,17 +728,29 @@ class _Reader:
         return None
 
     def check_listeners(self) -> None:
+        """Names must be unique; no two listeners may want the same port on the same address."""
         names: dict[str, yaml.Node] = {}
-        addresses: dict[Address, yaml.Node] = {}
-        for node, name, listen in self.bound:
-            if name in names:
+        addresses: list[tuple[yaml.Node, Address]] = []
+        for node, given_name, listen in self.bound:
+            name = given_name or str(listen)
+            if name not in names:
+                names[name] = node
+            elif given_name is None and listen.port == 0:
+                self.error(
+                    node,
+                    f"two listeners on {listen} without a 'name:': give listeners on port 0 distinct names"
+                    f" (first at {self.where(names[name])})",
+                )
+            else:
                 self.error(node, f"listener name {name!r} is used twice (first at {self.where(names[name])})")
-            names.setdefault(name, node)
             if listen.port == 0:
                 continue
-            if listen in addresses:
-                self.error(node, f"two listeners on {listen} (first at {self.where(addresses[listen])})")
-            addresses.setdefault(listen, node)
+            for first_node, first in addresses:
+                clash = _clash(first, listen)
+                if clash is not None:
+                    self.error(node, f"{clash} (first at {self.where(first_node)})")
+                    break
+            addresses.append((node, listen))
 
 
 class _AnyKey(tuple):
@@ -773,9 +786,45 @@ def _leaves_any_source(allow: tuple[IPNetwork, ...], deny: tuple[IPNetwork, ...]
     return any(not _network_within(network, deny) for network in allow)
 
 
+def _clash(first: Address, later: Address) -> str | None:
+    """Why two listeners cannot both bind, or None when they can (or cannot be told without DNS).
+
+    A wildcard takes the port on every address of its family, and `[::]` is dual-stack (Linux's
+    default, which the server keeps), so it takes every IPv4 address too.
+    """
+    if first.port != later.port:
+        return None
+    if first == later:
+        return f"two listeners on {later}"
+    first_ip, later_ip = _ip(first.host), _ip(later.host)
+    if first_ip is None or later_ip is None:
+        return None  # a host name: it could only be compared by resolving it
+    for wildcard, wild, other, ip in ((first, first_ip, later, later_ip), (later, later_ip, first, first_ip)):
+        if wild.is_unspecified and (wild.version == 6 or ip.version == 4):
+            scope = "IPv6 and IPv4" if wild.version == 6 else "IPv4"
+            return f"two listeners on port {later.port}: {wildcard} listens on every {scope} address, {other} included"
+    return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a listener host is, an IPv4-mapped IPv6 one as IPv4; None for a host name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
+
+
+def _sni_covers(earlier: str, later: str) -> bool:
+    """True when every name the `later` pattern matches, the `earlier` one matches too."""
+    if later.startswith("*."):
+        return earlier == later
+    return name_matches(earlier, later)
+
+
 def _covers(earlier: MatchConfig, later: MatchConfig) -> bool:
     """True when every client that `later` matches is taken by `earlier` first."""
-    if earlier.sni and set(earlier.sni) != set(later.sni):
+    if earlier.sni and not (later.sni and all(any(_sni_covers(e, n) for e in earlier.sni) for n in later.sni)):
         return False
     if not earlier.source:
         return True

@@ -152,7 +152,7 @@ def parse_size(value: str | int) -> int:
     elif isinstance(value, str) and (match := _SIZE.match(value)):
         unit = match.group(2).lower()
         if unit not in _SIZE_UNITS:
-            raise ValueError(f"bad size {value!r}: unknown unit {match.group(2)!r} (use KiB, MiB, KB, MB)")
+            raise ValueError(f"bad size {value!r}: unknown unit {match.group(2)!r} (use KiB, MiB, GiB, KB, MB, GB)")
         size = int(Fraction(match.group(1)) * _SIZE_UNITS[unit])  # exact: no float rounding or overflow
     else:
         raise ValueError(f"bad size {value!r}: use bytes or a unit, e.g. 64KiB, 1MiB")

@@ -145,7 +145,7 @@ def test_routes_with_source_match_and_names():
                 upstream: 9000
                 buffer_size: 1 bushel
             """,
-            "t.yaml:4:18: buffer_size: bad size '1 bushel': unknown unit 'bushel' (use KiB, MiB, KB, MB)",
+            "t.yaml:4:18: buffer_size: bad size '1 bushel': unknown unit 'bushel' (use KiB, MiB, GiB, KB, MB, GB)",
         ),
         (
             """\
@@ -257,6 +257,21 @@ def test_routes_with_source_match_and_names():
         (
             """\
             listeners:
+              - {listen: "127.0.0.1:0", upstream: 9000}
+              - {listen: "127.0.0.1:0", upstream: 9001}
+            """,
+            "t.yaml:3:5: two listeners on 127.0.0.1:0 without a 'name:': give listeners on port 0 distinct names "
+            "(first at t.yaml:2:5)",
+        ),
+        (
+            """\
+            listeners: []
+            """,
+            "t.yaml:1:12: listeners is empty: nothing would be served",
+        ),
+        (
+            """\
+            listeners:
               - listen: 8080
                 upstream: 9000
                bad: indent
@@ -272,6 +287,65 @@ def test_routes_with_source_match_and_names():
 )
 def test_each_mistake_is_located(text, expected):
     assert expected in errors_of(text)
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "expected"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080", "0.0.0.0:8080 listens on every IPv4 address, 127.0.0.1:8080 included"),
+        ("127.0.0.1:8080", "0.0.0.0:8080", "0.0.0.0:8080 listens on every IPv4 address, 127.0.0.1:8080 included"),
+        ("[::]:8080", "127.0.0.1:8080", "[::]:8080 listens on every IPv6 and IPv4 address, 127.0.0.1:8080 included"),
+        ("[::1]:8080", "[::]:8080", "[::]:8080 listens on every IPv6 and IPv4 address, [::1]:8080 included"),
+        ("0.0.0.0:8080", "[::]:8080", "[::]:8080 listens on every IPv6 and IPv4 address, 0.0.0.0:8080 included"),
+        ("0.0.0.0:8080", "0.0.0.0:8080", "two listeners on 0.0.0.0:8080"),
+    ],
+)
+def test_a_wildcard_listener_clashes_with_any_other_on_its_port(first, later, expected):
+    messages = errors_of(f"""\
+        listeners:
+          - {{name: a, listen: "{first}", upstream: 9000}}
+          - {{name: b, listen: "{later}", upstream: 9000}}
+        """)
+    if expected.startswith("two"):
+        assert messages == [f"t.yaml:3:5: {expected} (first at t.yaml:2:5)"]
+    else:
+        assert messages == [f"t.yaml:3:5: two listeners on port 8080: {expected} (first at t.yaml:2:5)"]
+
+
+@pytest.mark.parametrize(
+    ("first", "later"),
+    [
+        ("0.0.0.0:8080", "[::1]:8080"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("0.0.0.0:8080", "localhost:8080"),
+        ("[::]:8080", "localhost:8080"),
+        ("0.0.0.0:8080", "0.0.0.0:8081"),
+        ("0.0.0.0:0", "127.0.0.1:0"),
+    ],
+)
+def test_listeners_that_do_not_clash(first, later):
+    config = load(f"""\
+        listeners:
+          - {{name: a, listen: "{first}", upstream: 9000}}
+          - {{name: b, listen: "{later}", upstream: 9000}}
+        """).config
+    assert len(config.listeners) == 2
+
+
+def test_every_bad_health_check_value_is_reported():
+    messages = errors_of("""\
+        upstreams:
+          api:
+            servers: [9001]
+            health_check: {interval: x, timeout: y, rise: 0}
+        listeners:
+          - {listen: 8080, upstream: api}
+        """)
+    assert messages == [
+        "t.yaml:4:30: interval: bad duration 'x': use seconds or a unit, e.g. 250ms, 5s, 2m, 1h",
+        "t.yaml:4:42: timeout: bad duration 'y': use seconds or a unit, e.g. 250ms, 5s, 2m, 1h",
+        "t.yaml:4:51: rise: value must be at least 1, got 0",
+    ]
 
 
 def test_all_errors_are_reported_in_file_order():
@@ -395,6 +469,67 @@ def test_tls_mistakes_are_located(certs):
         "t.yaml:10:17: cert: cannot read 'missing.pem': no such file or directory",
         "t.yaml:12:23: sni: 'a.*.test' is not a valid server name",
     ]
+
+
+def test_a_missing_key_does_not_hide_an_unreadable_cert(certs):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            textwrap.dedent("""\
+                listeners:
+                  - listen: 8443
+                    tls: {cert: missing.pem}
+                    upstream: 9000
+                """),
+            "t.yaml",
+            certs,
+        )
+    assert caught.value.messages == [
+        "t.yaml:3:10: TLS needs both 'cert:' and 'key:' (missing 'key')",
+        "t.yaml:3:17: cert: cannot read 'missing.pem': no such file or directory",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later", "never"),
+    [
+        ('"*.example.com"', "api.example.com", True),
+        ("[a.com, b.com]", "a.com", True),
+        ("[a.com, b.com]", "[b.com, a.com]", True),
+        ('[a.com, "*.b.com"]', "[x.b.com, a.com]", True),
+        ('"*.example.com"', '"*.example.com"', True),
+        ('"*.example.com"', "example.com", False),
+        ('"*.example.com"', "a.b.example.com", False),
+        ('"*.example.com"', '"*.api.example.com"', False),
+        ("api.example.com", '"*.example.com"', False),
+        ("a.com", "[a.com, b.com]", False),
+        ("a.com", None, False),
+    ],
+)
+def test_a_route_covered_by_an_earlier_sni_route_is_never_matched(earlier, later, never):
+    later_match = "" if later is None else f"match: {{sni: {later}}}, "
+    loaded = load(f"""\
+        listeners:
+          - listen: 8443
+            routes:
+              - {{match: {{sni: {earlier}}}, upstream: 9000}}
+              - {{{later_match}upstream: 9001}}
+        """)
+    expected = ("t.yaml:5:9: warning: this route can never match: route #1 before it matches all it does",)
+    assert loaded.warnings == (expected if never else ())
+
+
+def test_an_earlier_sni_route_covers_only_within_its_source():
+    loaded = load("""\
+        listeners:
+          - listen: 8443
+            routes:
+              - {match: {sni: "*.example.com", source: 10.0.0.0/8}, upstream: 9000}
+              - {match: {sni: api.example.com}, upstream: 9001}
+              - {match: {sni: api.example.com, source: 10.1.0.0/16}, upstream: 9001}
+        """)
+    assert loaded.warnings == (
+        "t.yaml:6:9: warning: this route can never match: route #1 before it matches all it does",
+    )
 
 
 def test_tls_warnings(certs):

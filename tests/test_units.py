@@ -287,6 +287,12 @@ def test_an_unknown_size_unit_is_named(value):
     assert "unknown unit" in message
 
 
+def test_the_unknown_unit_message_lists_every_unit():
+    with pytest.raises(ValueError) as info:
+        parse_size("1TiB")
+    assert str(info.value) == "bad size '1TiB': unknown unit 'TiB' (use KiB, MiB, GiB, KB, MB, GB)"
+
+
 @pytest.mark.parametrize("value", ["KiB", "", "-1", "-64KiB", -1, 1.5, True, False, None, [1]])
 def test_bad_sizes_name_the_value(value):
     with pytest.raises(ValueError) as info:
