@@ -128,8 +128,9 @@ class Peer:
         elif name.startswith("haproxy"):
             splice = "    option splice-auto\n" if name.endswith("splice") else ""
             cfg = workdir / f"{name}-{port}.cfg"
+            # HAProxy refuses to start when 2 * maxconn + 14 descriptors exceed the hard limit.
             cfg.write_text(
-                "global\n    nbthread 1\n    maxconn 7900\n"
+                "global\n    nbthread 1\n    maxconn 9990\n"
                 "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
                 f"{splice}"
                 f"frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n"
@@ -395,7 +396,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput/rate measurement")
     parser.add_argument(
-        "--idle-connections", type=int, default=7500, help="held open at once (each costs the proxy two descriptors)"
+        "--idle-connections",
+        type=int,
+        default=9900,
+        help="held open at once; each costs the proxy two descriptors, so a hard limit of 20000 allows 9900",
     )
     parser.add_argument("--peers", default=",".join(p.name for p in PEERS))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
