@@ -128,9 +128,10 @@ class Peer:
         elif name.startswith("haproxy"):
             splice = "    option splice-auto\n" if name.endswith("splice") else ""
             cfg = workdir / f"{name}-{port}.cfg"
-            # HAProxy refuses to start when 2 * maxconn + 14 descriptors exceed the hard limit.
+            # HAProxy refuses to start when the descriptors it may need (two per connection, two
+            # per pipe, a few more) exceed the hard limit: 20,000 here fits 9,950 and 16 pipes.
             cfg.write_text(
-                "global\n    nbthread 1\n    maxconn 9990\n"
+                "global\n    nbthread 1\n    maxconn 9950\n    maxpipes 16\n"
                 "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
                 f"{splice}"
                 f"frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n"
