@@ -449,6 +449,15 @@ class Pair:
             self.tap.closed(self.conn, result)
         if self.on_finish is not None:
             self.on_finish(self)
+        self.runtime.reactor.call_soon(self._release)
+
+    def _release(self) -> None:
+        """Break the sides' references back to the pair and to each other, after the pass in
+        which the pair finished (frames of that pass may still use them): reference counting
+        then frees the connection at once, instead of the cycle collector later."""
+        for side in (self.client, self.upstream):
+            if side is not None:
+                side.release()
 
     def _log_access(self, result: str, reason: str | None) -> None:
         upstream = self.upstream

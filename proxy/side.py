@@ -226,6 +226,10 @@ class Side(Dispatcher):
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
 
+    def release(self) -> None:
+        """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
+        self.pair = self.peer = None
+
     def unsent_in_kernel(self) -> int:
         """Bytes sent to this socket that its peer has not acknowledged yet (0 if unknown)."""
         if self.closed or _SIOCOUTQ is None:
@@ -363,6 +367,10 @@ class TlsSide(Side):
             if self.outgoing.size:
                 return False
         return super().shutdown_write(last)
+
+    def release(self) -> None:
+        super().release()
+        self.on_handshake = None  # a callback bound to the pair
 
     def log_fields(self) -> dict[str, object]:
         session = self.session
