@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import yaml
 
 from proxy.errors import UsageError
 from proxy.tls import CertificatePair, certificate_names, check_ca_file, check_certificate, name_matches
-from proxy.units import Address, parse_address, parse_duration, parse_size
+from proxy.units import Address, IPNetwork, parse_address, parse_duration, parse_size
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 15 * 60.0
@@ -28,7 +29,17 @@ DEFAULT_MAX_CONNECTIONS = 10000
 DEFAULT_BUFFER_SIZE = 256 * 1024
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+def _default_max_buffered() -> int:
+    """A quarter of physical memory, at least 64 MiB: what all connections together may hold."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 4 * 1024**3
+    return max(memory // 4, 64 * 1024**2)
+
+
+DEFAULT_MAX_BUFFERED = _default_max_buffered()
 
 
 BALANCE_STRATEGIES = ("round_robin", "least_conn", "random", "first", "source_hash")
@@ -112,6 +123,8 @@ class ListenerConfig:
     allow: tuple[IPNetwork, ...] | None = None  # None: every source may connect
     deny: tuple[IPNetwork, ...] = ()
     accept_proxy_protocol: bool = False
+    # With accept_proxy_protocol: the peers whose PROXY header is believed; None trusts every peer.
+    proxy_trusted: tuple[IPNetwork, ...] | None = None
     tls: ListenerTlsConfig | None = None
 
 
@@ -120,6 +133,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
 
 
 def listener_key(listener: ListenerConfig) -> str:

@@ -14,6 +14,9 @@ from fractions import Fraction
 
 DEFAULT_HOST = "127.0.0.1"
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 
@@ -161,3 +164,35 @@ def parse_size(value: str | int) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"bad size {value!r}: larger than 1TiB")
     return size
+
+
+# -- IP addresses and networks, one spelling each ---------------------------------------------
+#
+# IPv4 and IPv4-mapped IPv6 (`::ffff:10.0.0.5`) are the same addresses everywhere: a dual-stack
+# listener sees IPv4 clients in the mapped form, and people write rules either way. Everything
+# that compares client addresses (allow, deny, match.source, source_hash) goes through these two.
+
+_MAPPED_PREFIX = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def canonical_ip(host: str) -> IPAddress:
+    """The address `host` names, IPv4-mapped IPv6 as plain IPv4; ValueError if it is none.
+
+    A zone id (`fe80::1%eth0`) is dropped: rules cannot name zones.
+    """
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def canonical_network(text: str) -> IPNetwork:
+    """A CIDR block (or one address), an IPv4-mapped IPv6 block as the IPv4 block it covers.
+
+    `::ffff:10.0.0.0/104` is `10.0.0.0/8`. A block wider than the mapped range (`::/0`) stays
+    IPv6 and so matches no IPv4 client; `check` can warn about that. ValueError if not a network.
+    """
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(_MAPPED_PREFIX):
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
