@@ -12,7 +12,8 @@ Each pass of `loop()`:
 3. Dispatch each ready fd to its dispatcher (stored as the selector key's data): a read event
    calls `handle_read_event`, a write event `handle_write_event`. An exception escaping a
    dispatcher goes to that dispatcher's `handle_error`, never out of the loop.
-4. Run due timers, then callbacks queued with `call_soon`.
+4. Run due timers, then callbacks queued with `call_soon`. An exception escaping one goes to
+   the `handle_error` of the object the callback is a bound method of, when it has one.
 
 Signals and other threads wake the loop through a socketpair: `signal.set_wakeup_fd` writes to
 it, and `call_soon_threadsafe` queues a callback and writes one byte to it.
@@ -216,9 +217,20 @@ class Reactor:
         try:
             callback(*args)
         except Exception as exc:
-            # A callback belongs to one connection or one timer; its failure must not end
-            # the loop that serves all the others.
-            self.log.failure("callback_failed", exc, callback=getattr(callback, "__qualname__", "?"))
+            self.callback_failed(callback, exc)
+
+    def callback_failed(self, callback: Callable[..., Any], exc: Exception) -> None:
+        """`callback` raised: end exactly the work it belongs to, never the loop that serves all
+        the others. A bound method's object that has `handle_error` (a pair, a connector) gets
+        the exception and ends its own connection; anything else is logged as `callback_failed`."""
+        handle_error = getattr(getattr(callback, "__self__", None), "handle_error", None)
+        if handle_error is not None:
+            try:
+                handle_error(exc)
+                return
+            except Exception as second:
+                exc = second
+        self.log.failure("callback_failed", exc, callback=getattr(callback, "__qualname__", "?"))
 
     # -- signals -------------------------------------------------------------------------
 

@@ -206,6 +206,40 @@ def test_a_failing_timer_is_logged_and_the_loop_goes_on(reactor, log_stream):
     assert "timer trouble" in log_stream.getvalue()
 
 
+class Owner:
+    """Something that owns its callbacks and ends its own work when one of them raises."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def broken(self) -> None:
+        raise ValueError("owner's trouble")
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+
+
+def test_a_failing_timer_goes_to_its_owners_handle_error(reactor, log_stream):
+    owner = Owner()
+    reactor.call_later(0.01, owner.broken)
+    reactor.call_soon(owner.broken)
+    reactor.call_later(0.05, reactor.stop)
+    reactor.loop()
+    assert [str(exc) for exc in owner.errors] == ["owner's trouble", "owner's trouble"]
+    assert "callback_failed" not in log_stream.getvalue()
+
+
+def test_an_owner_whose_handle_error_raises_too_is_logged(reactor, log_stream):
+    class Hopeless(Owner):
+        def handle_error(self, exc):
+            raise RuntimeError("and worse")
+
+    reactor.call_soon(Hopeless().broken)
+    run_one_pass(reactor)
+    assert "callback_failed" in log_stream.getvalue()
+    assert "and worse" in log_stream.getvalue()
+
+
 # -- callbacks ---------------------------------------------------------------------------
 
 
