@@ -1,12 +1,17 @@
 """Connecting to an upstream: non-blocking connect, one server after another.
 
 A Connector walks the servers it is given (the route's pool decides their order and how many
-retries there are), resolves each off the loop, and tries each resolved address with a
-non-blocking connect bounded by `connect_timeout`. The outcome is reported to an observer:
-`connected` with the attempt that worked, `attempt_failed` for each server that could not be
-reached (so health tracking can learn from it), and `unreachable` when the list is exhausted.
-The observer owns the connected attempt: it hands the socket to a dispatcher of its own
-(`hand_over`, which keeps the selector registration) or closes it.
+retries there are), resolves each off the loop, and tries each resolved address in turn with a
+non-blocking connect. `connect_timeout` bounds the whole attempt on one server, its name lookup
+and all its addresses together: one timer per server, started before resolution.
+
+The outcome is reported to an observer: `connected` with the attempt that worked,
+`attempt_failed` for each server that could not be reached (so health tracking can learn from
+it), and `unreachable` when the list is exhausted, or at once with `local=True` when this process
+itself is short of descriptors or ports (no server is to blame). The observer owns the connected
+attempt: it hands the socket to a dispatcher of its own (`hand_over`, which keeps the selector
+registration) or closes it. Whatever the observer raises goes to its `handle_error`, once the
+connector has stopped and closed any socket it still held.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher, State
 from proxy.reactor import Reactor, Timer
-from proxy.resolver import Resolution, Resolver
+from proxy.resolver import Lane, Lookup, Resolution, TooManyLookups
 from proxy.units import Address
 
 
@@ -28,7 +33,9 @@ class ConnectObserver(Protocol):
 
     def attempt_failed(self, server: Address, reason: str) -> None: ...
 
-    def unreachable(self, reason: str) -> None: ...
+    def unreachable(self, reason: str, *, local: bool = False) -> None: ...
+
+    def handle_error(self, exc: Exception) -> None: ...
 
 
 # Non-blocking from birth where the platform allows: one system call fewer on every connect.
@@ -60,8 +67,11 @@ class ConnectAttempt(Dispatcher):
         self.connector.attempt_finished(self, self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
     def handle_error(self, exc: BaseException) -> None:
-        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
-        self.connector.attempt_finished(self, code)
+        if isinstance(exc, OSError):
+            self.connector.attempt_finished(self, exc.errno or errno.EIO)
+            return
+        self.close()
+        self.connector.handle_error(exc)
 
 
 class Connector:
@@ -70,7 +80,7 @@ class Connector:
     def __init__(
         self,
         reactor: Reactor,
-        resolver: Resolver,
+        resolver: Lane,
         servers: Iterator[Address],
         timeout: float,
         observer: ConnectObserver,
@@ -83,8 +93,10 @@ class Connector:
         self.server: Address | None = None
         self.last_reason = "no server to try"
         self._sockaddrs: list[tuple[int, tuple]] = []
-        self._attempt: ConnectAttempt | None = None
+        # The work on the current server: its deadline, then its lookup or one connect.
         self._timer: Timer | None = None
+        self._lookup: Lookup | None = None
+        self._attempt: ConnectAttempt | None = None
         self._cancelled = False
 
     def start(self) -> None:
@@ -93,20 +105,41 @@ class Connector:
     def cancel(self) -> None:
         """Stop trying; no observer call follows."""
         self._cancelled = True
-        self._end_attempt()
+        self._end_server()
+
+    def handle_error(self, exc: Exception) -> None:
+        """Something raised while connecting (the observer, or this connector): stop, and let
+        the observer end its connection."""
+        self.cancel()
+        self.observer.handle_error(exc)
+
+    def _tell(self, report: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            report(*args, **kwargs)
+        except Exception as exc:
+            self.handle_error(exc)
 
     def _next_server(self) -> None:
         server = next(self.servers, None)
         if server is None:
-            self.observer.unreachable(self.last_reason)
+            self._tell(self.observer.unreachable, self.last_reason)
             return
         self.server = server
-        self.resolver.resolve(server, self._resolved)
+        self._sockaddrs = []
+        self._timer = self.reactor.call_later(self.timeout, self._timed_out)
+        lookup = self.resolver.resolve(server, self._resolved)
+        if not lookup.done:  # else the answer came at once, and we may be on a later server already
+            self._lookup = lookup
 
     def _resolved(self, result: Resolution) -> None:
-        if self._cancelled:
-            return
+        self._lookup = None
         if isinstance(result, OSError):
+            if isinstance(result, TooManyLookups):
+                self._give_up(f"cannot resolve {self.server.host}: {result}")
+                return
+            if result.errno in _LOCAL_SHORTAGE:  # getaddrinfo could not get a socket
+                self._give_up(_reason(result.errno))
+                return
             self._server_failed(f"cannot resolve {self.server.host}: {result.strerror or result}")
             return
         self._sockaddrs = list(result)
@@ -128,7 +161,6 @@ class Connector:
             code = sock.connect_ex(sockaddr)
             if code in (0, errno.EINPROGRESS):
                 self._attempt = ConnectAttempt(self.reactor, sock, sockaddr, self)
-                self._timer = self.reactor.call_later(self.timeout, self._timed_out)
                 return
             sock.close()
             if code in _LOCAL_SHORTAGE:
@@ -139,37 +171,45 @@ class Connector:
 
     def _give_up(self, reason: str) -> None:
         """This process cannot connect anywhere now: no server is to blame, none is tried."""
+        self._end_server()
         self.last_reason = reason
-        self.observer.unreachable(reason)
+        self._tell(self.observer.unreachable, reason, local=True)
 
     def attempt_finished(self, attempt: ConnectAttempt, code: int) -> None:
         if attempt is not self._attempt:
             return
-        if code == 0:
-            self._timer.cancel()
-            self._attempt = self._timer = None
-            self.observer.connected(attempt, self.server)
+        self._attempt = None
+        if code:
+            attempt.close()
+            self.last_reason = _reason(code)
+            self._next_sockaddr()
             return
-        self._end_attempt()
-        self.last_reason = _reason(code)
-        self._next_sockaddr()
+        self._end_server()
+        try:
+            self.observer.connected(attempt, self.server)
+        except Exception as exc:
+            attempt.close()  # unless it was handed over already: then it is closed, its socket not
+            self.handle_error(exc)
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._end_attempt()
-        self.last_reason = "connect timed out"
-        self._next_sockaddr()
+        self._server_failed("name resolution timed out" if self._lookup is not None else "connect timed out")
 
     def _server_failed(self, reason: str) -> None:
+        self._end_server()
         self.last_reason = reason
-        self.observer.attempt_failed(self.server, reason)
+        self._tell(self.observer.attempt_failed, self.server, reason)
         if not self._cancelled:
             self._next_server()
 
-    def _end_attempt(self) -> None:
+    def _end_server(self) -> None:
+        """Stop the work on the current server: its timer, its lookup, its connect."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._lookup is not None:
+            self._lookup.cancel()
+            self._lookup = None
         if self._attempt is not None:
             self._attempt.close()
             self._attempt = None

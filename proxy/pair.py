@@ -346,9 +346,15 @@ class Pair:
             self.pool.connect_failed(state, self.runtime.reactor.now)
         self.runtime.log.warning("connect_failed", conn=self.conn, server=server, reason=reason)
 
-    def unreachable(self, reason: str) -> None:
+    def unreachable(self, reason: str, *, local: bool = False) -> None:
+        # Out of descriptors here (`local`) or no server reachable: the client's answer is the same.
         self.connector = None
         self.finish("upstream_unreachable", reason)
+
+    def handle_error(self, exc: Exception) -> None:
+        """An exception escaped work done for this pair (a timer, the connector): end this pair only."""
+        self.runtime.log.failure("connection_error", exc, conn=self.conn)
+        self.finish("error", f"{type(exc).__name__}: {exc}", abort=True)
 
     # -- events from the sides -----------------------------------------------------------
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+
+import pytest
+
+from proxy.connector import Connector
+from proxy.log import EventLog
+from proxy.reactor import Reactor
+from proxy.resolver import Resolver
+from proxy.units import Address
+
+SAFETY = 5.0
 
 # Run in a child: it lowers its own descriptor limit, which must not touch the test process.
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
@@ -31,8 +45,8 @@ _OUT_OF_DESCRIPTORS = textwrap.dedent(
         def attempt_failed(self, address, reason):
             seen.append("attempt_failed")
 
-        def unreachable(self, reason):
-            seen.append("unreachable: " + reason)
+        def unreachable(self, reason, local=False):
+            seen.append(f"unreachable: {reason} local={local}")
             reactor.stop()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -57,4 +71,214 @@ def test_running_out_of_descriptors_blames_no_server():
     # and the other servers are not tried (they would fail the same way).
     child = subprocess.run([sys.executable, "-c", _OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=30)
     assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "['unreachable: too many open files']"
+    assert child.stdout.strip() == "['unreachable: too many open files local=True']"
+
+
+@pytest.fixture
+def reactor():
+    reactor = Reactor(EventLog(stream=io.StringIO()))
+    yield reactor
+    reactor.close()
+
+
+@pytest.fixture
+def black_hole():
+    """A port on 127.0.0.1 that drops SYNs: a listen(0) socket never accepted, its queue full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=SAFETY)
+    yield listener.getsockname()[1]
+    filler.close()
+    listener.close()
+
+
+@pytest.fixture
+def listening():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+class Recorder:
+    """A ConnectObserver that writes down what it is told, with the time since `started`."""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
+        self.started = time.monotonic()
+        self.events: list[tuple[str, str, float]] = []
+
+    def _note(self, what: str, detail: str) -> None:
+        self.events.append((what, detail, time.monotonic() - self.started))
+
+    def connected(self, attempt, server):
+        self._note("connected", str(server))
+        attempt.close()
+        self.reactor.stop()
+
+    def attempt_failed(self, server, reason):
+        self._note("attempt_failed", reason)
+
+    def unreachable(self, reason, local=False):
+        self._note("unreachable", reason)
+        self.reactor.stop()
+
+    def handle_error(self, exc):
+        self._note("handle_error", str(exc))
+
+
+def run(reactor: Reactor, connector: Connector) -> None:
+    safety = reactor.call_later(SAFETY, reactor.stop)
+    connector.start()
+    reactor.loop()
+    safety.cancel()
+
+
+class Addresses:
+    """A lookup function (getaddrinfo's shape) that answers every name with `count` copies of
+    127.0.0.1, or stalls until `release()` for the names in `stalled`."""
+
+    def __init__(self, count: int = 1, stalled: tuple[str, ...] = ()) -> None:
+        self.count = count
+        self.stalled = stalled
+        self.calls: list[str] = []
+        self.released = threading.Event()
+
+    def __call__(self, host, port, *, type=0):
+        self.calls.append(host)
+        if host in self.stalled:
+            self.released.wait(SAFETY)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0))] * self.count
+
+
+def test_connect_timeout_bounds_all_addresses_of_a_server_together(reactor, black_hole):
+    # A name with four addresses that all black-hole fails after one connect_timeout, not four.
+    resolver = Resolver(reactor, lookup=Addresses(count=4))
+    recorder = Recorder(reactor)
+    run(reactor, Connector(reactor, resolver, iter([Address("many.example", black_hole)]), 0.4, recorder))
+    resolver.close()
+    assert [event[:2] for event in recorder.events] == [
+        ("attempt_failed", "connect timed out"),
+        ("unreachable", "connect timed out"),
+    ]
+    assert 0.3 < recorder.events[-1][2] < 1.2
+
+
+def test_after_a_server_times_out_the_next_one_is_tried(reactor, black_hole, listening):
+    resolver = Resolver(reactor, lookup=Addresses(count=4))
+    recorder = Recorder(reactor)
+    servers = iter([Address("many.example", black_hole), Address("127.0.0.1", listening)])
+    run(reactor, Connector(reactor, resolver, servers, 0.4, recorder))
+    resolver.close()
+    assert [event[:2] for event in recorder.events] == [
+        ("attempt_failed", "connect timed out"),
+        ("connected", f"127.0.0.1:{listening}"),
+    ]
+    assert recorder.events[-1][2] < 1.2
+
+
+def test_connect_timeout_covers_a_stalled_name_lookup(reactor, listening):
+    # The lookup stalls (a dead DNS server): the server has failed after connect_timeout, its
+    # queued lookup is dropped, and the next server is tried.
+    lookup = Addresses(stalled=("stalled.example",))
+    resolver = Resolver(reactor, threads=1, lookup=lookup)
+    resolver.resolve(Address("stalled.example", 80), lambda result: None)  # takes the only thread
+    recorder = Recorder(reactor)
+    servers = iter([Address("queued.example", listening), Address("127.0.0.1", listening)])
+    run(reactor, Connector(reactor, resolver, servers, 0.3, recorder))
+    lookup.released.set()
+    reactor.call_later(0.1, reactor.stop)
+    reactor.loop()
+    resolver.close()
+    assert [event[:2] for event in recorder.events] == [
+        ("attempt_failed", "name resolution timed out"),
+        ("connected", f"127.0.0.1:{listening}"),
+    ]
+    assert 0.2 < recorder.events[0][2] < 1.0
+    assert lookup.calls == ["stalled.example"]  # queued.example was dropped before it ran
+
+
+def test_cancelling_drops_the_queued_lookup(reactor):
+    lookup = Addresses(stalled=("stalled.example",))
+    resolver = Resolver(reactor, threads=1, lookup=lookup)
+    resolver.resolve(Address("stalled.example", 80), lambda result: None)
+    recorder = Recorder(reactor)
+    connector = Connector(reactor, resolver, iter([Address("queued.example", 80)]), 5.0, recorder)
+    connector.start()
+    connector.cancel()
+    lookup.released.set()
+    reactor.call_later(0.2, reactor.stop)
+    reactor.loop()
+    resolver.close()
+    assert recorder.events == []
+    assert lookup.calls == ["stalled.example"]
+
+
+class Raising(Recorder):
+    def connected(self, attempt, server):
+        self._note("connected", str(server))
+        raise RuntimeError("bug in connected")
+
+
+def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(reactor, listening):
+    # The attempt's socket must not stay registered for writing: the loop would spin on it.
+    resolver = Resolver(reactor)
+    recorder = Raising(reactor)
+    registered = len(reactor.map)
+    connector = Connector(reactor, resolver, iter([Address("127.0.0.1", listening)]), 2.0, recorder)
+    events = []
+    select = reactor.selector.select
+
+    def counting_select(timeout=None):
+        ready = select(timeout)
+        events.extend(ready)
+        return ready
+
+    reactor.selector.select = counting_select
+    reactor.call_later(0.3, reactor.stop)
+    connector.start()
+    reactor.loop()
+    resolver.close()
+    assert len(events) < 20
+    assert len(reactor.map) == registered
+    assert [event[:2] for event in recorder.events] == [
+        ("connected", f"127.0.0.1:{listening}"),
+        ("handle_error", "bug in connected"),
+    ]
+
+
+def test_a_pair_whose_connect_code_raises_ends_alone_with_result_error(reactor, listening):
+    # A bug in the code that runs once the upstream connects ends that connection, logged once,
+    # with nothing of it left registered; the loop goes on.
+    from proxy.config import ServerConfig, UpstreamConfig
+    from proxy.pair import Pair, PairSettings, Runtime
+    from proxy.upstreams import Pool
+
+    class BrokenPair(Pair):
+        def connected(self, attempt, server):
+            super().connected(attempt, server)
+            raise RuntimeError("bug after the hand-over")
+
+    stream = io.StringIO()
+    resolver = Resolver(reactor)
+    runtime = Runtime(reactor, resolver, EventLog(stream=stream), None)
+    settings = PairSettings(listener="edge", connect_timeout=1.0, idle_timeout=5.0, buffer_size=65536, hexdump=False)
+    client, proxy_end = socket.socketpair()
+    registered = len(reactor.map)
+    pool = Pool(UpstreamConfig("up", (ServerConfig(Address("127.0.0.1", listening)),)))
+    pair = BrokenPair(runtime, settings, proxy_end, ("127.0.0.1", 1234), on_finish=lambda pair: reactor.stop())
+    pair.connect(pool, pool.servers)
+    safety = reactor.call_later(SAFETY, reactor.stop)
+    reactor.loop()
+    safety.cancel()
+    client.settimeout(SAFETY)
+    with client:
+        assert client.recv(1) == b""
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[2] for line in lines] == ["connection_error", "access"]
+    assert "result=error" in lines[1]
+    assert 'reason="RuntimeError: bug after the hand-over"' in lines[1]
+    assert len(reactor.map) == registered
+    assert pool.servers[0].active == 0
