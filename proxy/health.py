@@ -2,7 +2,10 @@
 
 The verdicts go to the pool (`Pool.check_result`), which applies `rise`/`fall`; a change of
 state is logged as `server_up` or `server_down`. Checks run on the reactor's timers and use the
-same non-blocking Connector as client traffic, so they never block the loop.
+same non-blocking Connector as client traffic, so they never block the loop, with a name-lookup
+lane of their own (`Resolver.health`), so that client lookups stuck on a dead DNS server do not
+stop them. A check this process could not make (out of descriptors or local ports) is no
+verdict: only failures of the server count.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ class _Probe:
     def attempt_failed(self, _address: Address, _reason: str) -> None:
         pass
 
-    def unreachable(self, reason: str) -> None:
-        self.checker.verdict(self, False, reason)
+    def unreachable(self, reason: str, *, local: bool = False) -> None:
+        if local:
+            self.checker.no_verdict(self, reason)
+        else:
+            self.checker.verdict(self, False, reason)
+
+    def handle_error(self, exc: Exception) -> None:
+        self.checker.failed(self, exc)
 
 
 class HealthChecker:
@@ -51,7 +60,7 @@ class HealthChecker:
             if any(probe.server is server for probe in self._probes):
                 continue  # the last check of this server has not finished yet
             probe = _Probe(self, server)
-            connector = Connector(self.reactor, self.resolver, iter([server.address]), self.check.timeout, probe)
+            connector = Connector(self.reactor, self.resolver.health, iter([server.address]), self.check.timeout, probe)
             self._probes[probe] = connector
             connector.start()
 
@@ -61,6 +70,19 @@ class HealthChecker:
         if self.pool.check_result(probe.server, ok):
             event = "server_up" if ok else "server_down"
             self.log.warning(event, upstream=self.pool.config.name, server=probe.server.address, reason=reason)
+
+    def no_verdict(self, probe: _Probe, reason: str) -> None:
+        """The check could not be made (the proxy is out of descriptors or ports): the server is
+        not to blame, its state stays as it is."""
+        if self._probes.pop(probe, None) is not None:
+            self.log.debug(
+                "health_check_skipped", upstream=self.pool.config.name, server=probe.server.address, reason=reason
+            )
+
+    def failed(self, probe: _Probe, exc: Exception) -> None:
+        """An exception escaped the check: a bug, reported; the server's state stays as it is."""
+        if self._probes.pop(probe, None) is not None:
+            self.log.failure("callback_failed", exc, upstream=self.pool.config.name, server=probe.server.address)
 
     def stop(self) -> None:
         if self._timer is not None:
