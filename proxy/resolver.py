@@ -181,7 +181,9 @@ class Lane:
             if lookup.done:
                 continue  # cancelled by an earlier waiter's callback
             lookup.done = True
-            answer = result if isinstance(result, OSError) else [(f, (a[0], lookup.port)) for f, a in result]
+            answer = result
+            if not isinstance(result, OSError):  # the query was made without a port: each waiter's own
+                answer = [(family, (sockaddr[0], lookup.port)) for family, sockaddr in result]
             try:
                 lookup.callback(answer)
             except Exception as exc:

@@ -173,3 +173,15 @@ def test_health_lookups_go_on_while_client_lookups_stall(reactor):
     lookup.release()
     resolver.close()
     assert health == [[(socket.AF_INET, ("127.0.0.1", 80))]]
+
+
+def test_a_name_the_system_cannot_even_encode_fails_like_any_other(reactor):
+    # getaddrinfo raises UnicodeError, not OSError, for a label over 63 characters: the caller
+    # still gets an answer instead of a lookup that never ends.
+    resolver = Resolver(reactor)
+    results = []
+    resolver.resolve(Address("a" * 64 + ".example", 80), results.append)
+    run_until(reactor, lambda: results)
+    resolver.close()
+    assert isinstance(results[0], OSError)
+    assert str(results[0]).startswith("invalid name:")
