@@ -294,7 +294,7 @@ class TlsSide(Side):
         self.session.receive(self.pair.runtime.scratch[:count])
         if self.handshaking and not self._advance_handshake():
             if not count and not self.closed:
-                self.pair.finish("tls_error", f"{self.name}: connection closed during the handshake")
+                self.pair.handshake_failed(self, "tls_error", "connection closed during the handshake")
             return
         if self.reading:
             self.drain_plaintext()
@@ -304,7 +304,7 @@ class TlsSide(Side):
             done = self.session.handshake()
         except TlsError as exc:
             self._send_ciphertext()  # the alert tells the peer why
-            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            self.pair.handshake_failed(self, "tls_error", str(exc))
             return False
         self._send_ciphertext()
         if done:
