@@ -493,6 +493,9 @@ class Pair:
 
     def _log_access(self, result: str, reason: str | None) -> None:
         upstream = self.upstream
+        if reason is None:
+            truncated = (side.name for side in (self.client, upstream) if side is not None and side.truncated())
+            reason = next((f"{name}: no close_notify" for name in truncated), self.note)
         tls_fields = {"sni": self.sni, **self.client.log_fields()}
         if upstream is not None:
             tls_fields.update(upstream.log_fields())
@@ -507,6 +510,6 @@ class Pair:
             bytes_down=upstream.bytes_read if upstream is not None else 0,
             duration_ms=int((self.runtime.reactor.now - self.started) * 1000),
             result=result,
-            reason=reason or self.note,
+            reason=reason,
             **tls_fields,
         )

@@ -226,6 +226,10 @@ class Side(Dispatcher):
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
 
+    def truncated(self) -> bool:
+        """The peer's stream ended without the end its protocol requires (a TLS close_notify)."""
+        return False
+
     def release(self) -> None:
         """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
         self.pair = self.peer = None
@@ -371,6 +375,9 @@ class TlsSide(Side):
     def release(self) -> None:
         super().release()
         self.on_handshake = None  # a callback bound to the pair
+
+    def truncated(self) -> bool:
+        return self.session.truncated
 
     def log_fields(self) -> dict[str, object]:
         session = self.session

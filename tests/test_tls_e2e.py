@@ -528,3 +528,54 @@ def test_a_server_that_never_answers_the_handshake_is_a_failed_connect(pki, tmp_
     assert (failed["server"], failed["reason"]) == (silent.address, "TLS handshake not complete in time")
     client_access = proxy.wait_access(1)[0]
     assert (client_access["result"], client_access["server"]) == ("closed", good.address)
+
+
+def _close_without_close_notify(tls: ssl.SSLSocket) -> None:
+    """End the TCP connection under a TLS session without its close_notify (a truncation)."""
+    with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+        raw.shutdown(socket.SHUT_RDWR)  # the kernel's FIN, no TLS record
+    tls.close()
+
+
+def test_a_client_that_closes_without_close_notify_is_logged_as_truncated(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+        _close_without_close_notify(client)
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("closed", "client: no close_notify")
+    assert access["bytes_up"] == access["bytes_down"] == "4"
+
+
+def test_a_clean_tls_close_is_not_called_truncated(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+        raw = client.unwrap()  # close_notify both ways
+        raw.close()
+    access = proxy.wait_access(1)[0]
+    assert access["result"] == "closed"
+    assert "reason" not in access or "close_notify" not in access["reason"]
+
+
+def test_an_upstream_that_closes_without_close_notify_is_logged_as_truncated(pki, start_proxy, start_upstream):
+    def truncating(conn: socket.socket) -> None:
+        tls = server_context(pki, "upstream").wrap_socket(conn, server_side=True)
+        tls.sendall(b"bye")
+        _close_without_close_notify(tls)
+
+    upstream = start_upstream(truncating)
+    proxy = _originate(start_proxy, upstream, "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test")
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 3) == b"bye"
+        assert client.recv(1) == b""
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("closed", "upstream: no close_notify")
