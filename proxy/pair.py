@@ -18,6 +18,9 @@ goes on with the candidates not tried yet.
 Backpressure: when a side's SendBuffer reaches its high watermark (`buffer_size`), the side
 feeding it stops reading; when `handle_write` drains it to the low watermark, reading resumes.
 One read is at most `buffer_size` bytes, so each direction holds at most twice `buffer_size`.
+The same holds for the process as a whole: every buffer counts against one Budget
+(`max_buffered`), and past it a side whose bytes had to be queued stops reading until the total
+has drained to three quarters; bytes a socket takes at once are never counted.
 
 Half-close: a read of 0 bytes marks that side's EOF; the other side shuts its writing half once
 its buffer has drained. When both writing halves are shut, the pair is finished (`closed`).
@@ -39,6 +42,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.buffer import Budget
+from proxy.config import DEFAULT_MAX_BUFFERED
 from proxy.connector import ConnectAttempt, Connector
 from proxy.dispatcher import PEER_GONE, Dispatcher
 from proxy.log import EventLog, HexdumpWriter
@@ -62,6 +67,8 @@ class Runtime:
         log: EventLog,
         hexdump: HexdumpWriter | None,
         worker: tuple[int, int] = (0, 1),
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
@@ -71,6 +78,8 @@ class Runtime:
         # One read buffer for the whole process: the loop is single-threaded and every read is
         # forwarded (or copied into a SendBuffer) before the next one.
         self.scratch = memoryview(bytearray(SCRATCH_SIZE))
+        # What every SendBuffer and pipe of the process holds, against `max_buffered`.
+        self.budget = Budget(max_buffered)
         self.pairs: set[Pair] = set()
         # Under `--workers N`, worker i numbers its connections i+1, i+1+N, ...: unique across workers.
         self._next_conn = worker[0] + 1 - worker[1]
