@@ -10,9 +10,17 @@ just that, bounded in size and time, and the bytes after it are the first payloa
 `forward`, which sends what the socket takes at once and copies only the rest into its
 SendBuffer (then asks for write interest).
 
+Connecting: a Connector walks the pool's candidates until one accepts TCP. Toward a TLS
+upstream, the server counts as reached only once its handshake is done: a failed or timed-out
+handshake is a failed connect like a refusal (logged, backed off from), and a fresh Connector
+goes on with the candidates not tried yet.
+
 Backpressure: when a side's SendBuffer reaches its high watermark (`buffer_size`), the side
 feeding it stops reading; when `handle_write` drains it to the low watermark, reading resumes.
 One read is at most `buffer_size` bytes, so each direction holds at most twice `buffer_size`.
+The same holds for the process as a whole: every buffer counts against one Budget
+(`max_buffered`), and past it a side whose bytes had to be queued stops reading until the total
+has drained to three quarters; bytes a socket takes at once are never counted.
 
 Half-close: a read of 0 bytes marks that side's EOF; the other side shuts its writing half once
 its buffer has drained. When both writing halves are shut, the pair is finished (`closed`).
@@ -26,13 +34,16 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.buffer import Budget
+from proxy.config import DEFAULT_MAX_BUFFERED
 from proxy.connector import ConnectAttempt, Connector
 from proxy.dispatcher import PEER_GONE, Dispatcher
 from proxy.log import EventLog, HexdumpWriter
@@ -56,6 +67,8 @@ class Runtime:
         log: EventLog,
         hexdump: HexdumpWriter | None,
         worker: tuple[int, int] = (0, 1),
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
@@ -65,6 +78,8 @@ class Runtime:
         # One read buffer for the whole process: the loop is single-threaded and every read is
         # forwarded (or copied into a SendBuffer) before the next one.
         self.scratch = memoryview(bytearray(SCRATCH_SIZE))
+        # What every SendBuffer and pipe of the process holds, against `max_buffered`.
+        self.budget = Budget(max_buffered)
         self.pairs: set[Pair] = set()
         # Under `--workers N`, worker i numbers its connections i+1, i+1+N, ...: unique across workers.
         self._next_conn = worker[0] + 1 - worker[1]
@@ -206,6 +221,7 @@ class Pair:
         self.preamble: PreambleReader | None = None
         self.pool: Pool | None = None
         self._candidates: list[ServerState] = []
+        self._untried: Iterator[Address] = iter(())  # candidates the connector has not reached yet
         self._server_state: ServerState | None = None
         self._preface = b""
         self._payload = b""
@@ -239,9 +255,12 @@ class Pair:
         self._candidates = candidates
         self._preface, self._payload = preface, payload
         self._upstream_tls = upstream_tls
+        self._untried = iter([candidate.address for candidate in candidates])
+        self._connect_next(self._untried)
+
+    def _connect_next(self, servers: Iterator[Address]) -> None:
         runtime = self.runtime
-        addresses = iter([candidate.address for candidate in candidates])
-        self.connector = Connector(runtime.reactor, runtime.resolver, addresses, pool.config.connect_timeout, self)
+        self.connector = Connector(runtime.reactor, runtime.resolver, servers, self.pool.config.connect_timeout, self)
         self.connector.start()
 
     def set_client_address(self, sockaddr: tuple) -> None:
@@ -260,7 +279,6 @@ class Pair:
         self.server = server
         state = self._state_of(server)
         if state is not None:
-            self.pool.connect_succeeded(state)
             self.pool.connection_started(state)
             self._server_state = state
         sock = attempt.socket
@@ -291,6 +309,8 @@ class Pair:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        if self._server_state is not None:
+            self.pool.connect_succeeded(self._server_state)  # for TLS, only once its handshake worked
         client, upstream = self.client, self.upstream
         client.peer, upstream.peer = upstream, client
         if self.splice and type(client) is Side and type(upstream) is Side:
@@ -338,7 +358,28 @@ class Pair:
 
     def _handshake_timed_out(self, side: Side) -> None:
         self._handshake_timer = None
-        self.finish("timeout", f"{side.name}: TLS handshake not complete in time")
+        self.handshake_failed(side, "timeout", "TLS handshake not complete in time")
+
+    def handshake_failed(self, side: Side, result: str, reason: str) -> None:
+        """A TLS handshake failed. With the upstream, that is a failed connect: the server is
+        backed off from and the next candidate is tried; the client ends only when none is left."""
+        if side is not self.upstream:
+            self.finish(result, f"{side.name}: {reason}")
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.upstream = None
+        side.close()
+        if self._server_state is not None:
+            self.pool.connection_ended(self._server_state)
+            self._server_state = None
+        self.attempt_failed(self.server, reason)
+        server = next(self._untried, None)
+        if server is None:
+            self.finish(result, f"{side.name}: {reason}")  # the access line still names self.server
+            return
+        self._connect_next(itertools.chain((server,), self._untried))
 
     def attempt_failed(self, server: Address, reason: str) -> None:
         state = self._state_of(server)
@@ -467,6 +508,9 @@ class Pair:
 
     def _log_access(self, result: str, reason: str | None) -> None:
         upstream = self.upstream
+        if reason is None:
+            truncated = (side.name for side in (self.client, upstream) if side is not None and side.truncated())
+            reason = next((f"{name}: no close_notify" for name in truncated), self.note)
         tls_fields = {"sni": self.sni, **self.client.log_fields()}
         if upstream is not None:
             tls_fields.update(upstream.log_fields())
@@ -481,6 +525,6 @@ class Pair:
             bytes_down=upstream.bytes_read if upstream is not None else 0,
             duration_ms=int((self.runtime.reactor.now - self.started) * 1000),
             result=result,
-            reason=reason or self.note,
+            reason=reason,
             **tls_fields,
         )

@@ -192,7 +192,9 @@ class Server:
         self.reactor = Reactor(log)
         self.resolver = Resolver(self.reactor)
         self.force_hexdump = hexdump
-        self.runtime = Runtime(self.reactor, self.resolver, log, HexdumpWriter(), worker)
+        self.runtime = Runtime(
+            self.reactor, self.resolver, log, HexdumpWriter(), worker, max_buffered=config.max_buffered
+        )
         self.pools: dict[str, Pool] = {}
         self.upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]] = {}
         self.health: list[HealthChecker] = []

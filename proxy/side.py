@@ -16,7 +16,7 @@ import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.buffer import SendBuffer
+from proxy.buffer import Budget, SendBuffer
 from proxy.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
 from proxy.tls import TlsError, TlsSession
 
@@ -39,7 +39,7 @@ class Side(Dispatcher):
         self.address = address
         self.direction = direction  # of the bytes read from this socket, for the hex dump
         self.peer: Side = self
-        self.outgoing = SendBuffer(pair.settings.buffer_size)
+        self.outgoing = SendBuffer(pair.settings.buffer_size, budget=pair.runtime.budget)
         self.read_size = min(pair.settings.buffer_size, len(pair.runtime.scratch))
         self.bytes_read = 0
         self.reading = False  # switched on once both sides exist
@@ -102,7 +102,7 @@ class Side(Dispatcher):
             return  # queued bytes go first; try again after the next read
         self.splice_budget = 0
         try:
-            peer.pipe = PipeBuffer(self.pair.settings.buffer_size)
+            peer.pipe = PipeBuffer(self.pair.settings.buffer_size, peer.outgoing.budget)
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
@@ -112,7 +112,8 @@ class Side(Dispatcher):
     def splice_read(self) -> None:
         peer = self.peer
         pipe = peer.pipe
-        room = pipe.high - pipe.size
+        lingering = pipe.size
+        room = pipe.high - lingering
         if room <= 0:
             self.paused = True
             self.interest_changed()
@@ -138,11 +139,15 @@ class Side(Dispatcher):
                 raise
             self.pair.peer_gone(peer, exc)
             return
-        if pipe.size:
-            peer.interest_changed()
-            if pipe.size >= pipe.high:
-                self.paused = True
-                self.interest_changed()
+        if pipe.size or lingering:  # bytes wait in the pipe, or waited and are gone: count them
+            budget = pipe.settle()
+            if pipe.size:
+                peer.interest_changed()
+                if budget.over:
+                    self.hold_for_budget()
+                elif pipe.size >= pipe.high:
+                    self.paused = True
+                    self.interest_changed()
 
     def deliver(self, data: memoryview) -> None:
         """Count, dump and forward bytes this side received; pause if the peer is full."""
@@ -162,7 +167,7 @@ class Side(Dispatcher):
         """Send `data` (a view the caller will reuse) now, buffering what the socket refuses."""
         outgoing = self.outgoing
         if outgoing.size:
-            outgoing.append(data.tobytes())  # order: queued bytes go first
+            self._queue(data.tobytes())  # order: queued bytes go first
             return
         try:
             sent = self.socket.send(data)
@@ -174,8 +179,16 @@ class Side(Dispatcher):
             self.pair.peer_gone(self, exc)
             return
         if sent < len(data):
-            outgoing.append(data[sent:].tobytes())
+            self._queue(data[sent:].tobytes())
             self.interest_changed()
+
+    def _queue(self, chunk: bytes) -> None:
+        """Keep what the socket did not take. Past the process's budget, the producer of these
+        bytes stops reading (not a side still in its handshake: it has no producer yet)."""
+        outgoing = self.outgoing
+        outgoing.append(chunk)
+        if outgoing.budget.over and self.peer is not self:
+            self.peer.hold_for_budget()
 
     def flush(self) -> None:
         """Send what is waiting, the buffer first, until all is sent or the socket is full."""
@@ -183,6 +196,7 @@ class Side(Dispatcher):
         outgoing.send_with(self.socket.send)
         if self.pipe is not None and not outgoing.size:
             self.pipe.splice_to(self.fd)
+            self.pipe.settle()
 
     def handle_write(self) -> None:
         self.pair.last_active = self.reactor.now  # a peer that is still taking bytes is not idle
@@ -203,9 +217,28 @@ class Side(Dispatcher):
                 self.pair.shut_write(self)
 
     def resume(self) -> None:
-        """The peer's buffer drained: read again."""
+        """The peer's buffer drained: read again. While the process's budget is spent, only once
+        the peer has sent everything: the next read then adds one read at most, and a connection
+        whose client keeps reading keeps moving while those that stopped are held."""
+        budget = self.outgoing.budget
+        if budget.over and self.peer.pending():
+            budget.hold(self)
+            return
         self.paused = False
         self.interest_changed()
+
+    def hold_for_budget(self) -> None:
+        """The process holds more than `max_buffered`: stop reading until the budget drains."""
+        self.paused = True
+        self.interest_changed()
+        self.outgoing.budget.hold(self)
+
+    def budget_released(self) -> None:
+        if self.closed:
+            return
+        peer = self.peer
+        if peer.pending() <= (peer.pipe or peer.outgoing).low:  # else the peer's drain resumes us
+            self.resume()
 
     def start_reading(self) -> None:
         """The pair is open: from now on, what this side receives goes to its peer."""
@@ -226,6 +259,10 @@ class Side(Dispatcher):
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
 
+    def truncated(self) -> bool:
+        """The peer's stream ended without the end its protocol requires (a TLS close_notify)."""
+        return False
+
     def release(self) -> None:
         """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
         self.pair = self.peer = None
@@ -244,6 +281,8 @@ class Side(Dispatcher):
 
     def close(self) -> None:
         super().close()
+        self.outgoing.budget.forget(self)
+        self.outgoing.clear()  # what it held no longer counts against the budget
         if self.pipe is not None:
             self.pipe.close()
 
@@ -294,7 +333,7 @@ class TlsSide(Side):
         self.session.receive(self.pair.runtime.scratch[:count])
         if self.handshaking and not self._advance_handshake():
             if not count and not self.closed:
-                self.pair.finish("tls_error", f"{self.name}: connection closed during the handshake")
+                self.pair.handshake_failed(self, "tls_error", "connection closed during the handshake")
             return
         if self.reading:
             self.drain_plaintext()
@@ -304,7 +343,7 @@ class TlsSide(Side):
             done = self.session.handshake()
         except TlsError as exc:
             self._send_ciphertext()  # the alert tells the peer why
-            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            self.pair.handshake_failed(self, "tls_error", str(exc))
             return False
         self._send_ciphertext()
         if done:
@@ -372,6 +411,9 @@ class TlsSide(Side):
         super().release()
         self.on_handshake = None  # a callback bound to the pair
 
+    def truncated(self) -> bool:
+        return self.session.truncated
+
     def log_fields(self) -> dict[str, object]:
         session = self.session
         fields: dict[str, object] = {f"{self.name}_tls": session.version}
@@ -395,15 +437,18 @@ class PipeBuffer:
     """Bytes on their way to a socket, held in a kernel pipe, for a direction that splices.
 
     The pipe is sized to the listener's `buffer_size` where the system allows; `high` is the
-    size it really got. Making one can fail (OSError) when descriptors run out.
+    size it really got. Making one can fail (OSError) when descriptors run out. Bytes that wait
+    in it count against `budget`, but only when the caller `settle`s (not per splice).
     """
 
-    def __init__(self, wanted: int) -> None:
+    def __init__(self, wanted: int, budget: Budget) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, wanted)
         except OSError:
             pass  # over /proc/sys/fs/pipe-max-size: the default size still works
+        self.budget = budget
+        self.counted = 0  # of `size`, what the budget knows about
         self.size = 0
         self.high = fcntl.fcntl(self.write_fd, _F_GETPIPE_SZ)
         self.low = self.high // 4
@@ -422,9 +467,20 @@ class PipeBuffer:
         except (BlockingIOError, InterruptedError):
             pass
 
+    def settle(self) -> Budget:
+        """Bring the budget up to date with what the pipe holds now; returns the budget."""
+        budget, change = self.budget, self.size - self.counted
+        self.counted = self.size
+        if change > 0:
+            budget.add(change)
+        elif change < 0:
+            budget.remove(-change)
+        return budget
+
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
             if fd >= 0:
                 os.close(fd)
         self.read_fd = self.write_fd = -1
         self.size = 0
+        self.settle()

@@ -13,7 +13,8 @@ States (checked: any other move is a TlsStateError):
     CLOSING --the other one too--> CLOSED;  any state --TlsError--> CLOSED
 
 Two flags say which half ended, and the rest of the proxy reads them: `write_closed` once our
-close_notify went out, `eof` once the peer's arrived (or its TCP stream ended without one).
+close_notify went out, `eof` once the peer's arrived (or its TCP stream ended without one, which
+`truncated` tells apart: an attacker may cut a stream short, so the access log says so).
 CLOSING is exactly "one of the two", CLOSED after an orderly end is "both". TLS 1.3 treats
 close_notify as the end of one direction only, so a half-close maps onto it: the proxy forwards
 a client's close_notify as a TCP half-close to the plaintext side, and answers a plaintext EOF
@@ -81,7 +82,7 @@ class TlsSession:
         self.eof = False  # the peer's close_notify arrived (or its TCP stream ended without one)
         self.write_closed = False  # our close_notify went out
         self.error: str | None = None  # why the session failed, once it has
-        self._bare_eof = False  # the peer's TCP stream ended without its close_notify
+        self.truncated = False  # the peer's TCP stream ended without its close_notify
         # What was agreed, kept from the end of the handshake (the SSLObject forgets some of it
         # once a close_notify has gone either way).
         self.version: str | None = None
@@ -166,7 +167,7 @@ class TlsSession:
             data = b""  # close_notify (raised only when ours went first; otherwise read gives b"")
         except ssl.SSLEOFError:
             data = b""  # the TCP connection ended without a close_notify: an end of stream all the same
-            self._bare_eof = True
+            self.truncated = True
         except ssl.SSLError as exc:
             raise self._fail(exc) from None
         if not data:
@@ -198,7 +199,7 @@ class TlsSession:
         if self.write_closed or self.state not in (TlsState.OPEN, TlsState.CLOSING):
             return
         self.write_closed = True
-        if self._bare_eof:
+        if self.truncated:
             # The peer's stream ended without a close_notify: OpenSSL counts that as a failure and
             # will send nothing more. Our direction ends with the caller's TCP half-close.
             self._half_closed()

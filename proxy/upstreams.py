@@ -86,21 +86,22 @@ class Pool:
     def candidates(self, client_ip: str, now: float) -> list[ServerState]:
         """The servers to try for a new client, the balancer's pick first: at most 1 + retries.
 
-        Available primaries are used; backups only when no primary is available. When nothing
-        at all is available the servers are offered anyway (primaries, then backups, in the
-        strategy's order) rather than refusing the client without trying: a fully down pool
-        then recovers on the first connect that works.
+        The available primaries in the strategy's order, then the available backups in theirs:
+        a retry after a failed connect reaches a backup when no primary is left to try, even
+        before passive health has marked the primaries down. When nothing at all is available
+        the servers are offered anyway (primaries, then backups) rather than refusing the client
+        without trying: a fully down pool then recovers on the first connect that works.
         """
         limit = 1 + max(0, self.config.retries)
-        primaries = [s for s in self.servers if not s.config.backup and s.available(now)]
-        if primaries:
-            return self._order(primaries, client_ip)[:limit]
-        backups = [s for s in self.servers if s.config.backup and s.available(now)]
-        if backups:
-            return self._order(backups, client_ip)[:limit]
+        ordered = self._ordered_groups(client_ip, limit, lambda server: server.available(now))
+        return ordered or self._ordered_groups(client_ip, limit, lambda _server: True)
+
+    def _ordered_groups(self, client_ip: str, limit: int, eligible: Callable[[ServerState], bool]) -> list[ServerState]:
+        """Eligible primaries, then eligible backups, each group in the strategy's order, cut to
+        `limit`; a group that cannot make the cut is not ordered (ordering moves round robin on)."""
         ordered: list[ServerState] = []
         for backup in (False, True):
-            group = [s for s in self.servers if s.config.backup is backup]
+            group = [s for s in self.servers if s.config.backup == backup and eligible(s)]
             if group and len(ordered) < limit:
                 ordered += self._order(group, client_ip)
         return ordered[:limit]

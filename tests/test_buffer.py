@@ -1,4 +1,5 @@
-"""The send buffer: order, partial consumption, watermarks, and a model it must agree with."""
+"""The send buffer: order, partial consumption, watermarks, and a model it must agree with; the
+process-wide budget the buffers count against."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.buffer import SendBuffer
+from proxy.buffer import Budget, SendBuffer
 
 
 def take(buffer: SendBuffer, count: int) -> bytes:
@@ -193,7 +194,8 @@ _OPS = st.lists(
 @settings(max_examples=200)
 @given(_OPS, st.integers(1, 200), st.integers(1, 20))
 def test_behaves_like_a_bytearray(ops, high, step):
-    buffer = SendBuffer(high=high)
+    budget = Budget(1 << 30)
+    buffer = SendBuffer(high=high, budget=budget)
     model = bytearray()
     for op, arg in ops:
         if op == "append":
@@ -215,5 +217,46 @@ def test_behaves_like_a_bytearray(ops, high, step):
         assert bool(buffer) == bool(model)
         assert buffer.full == (len(model) >= high)
         assert buffer.drained == (len(model) <= high // 4)
+        assert budget.held == len(model)
     assert drain(buffer, step) == bytes(model)
-    assert not buffer
+    assert not buffer and budget.held == 0
+
+
+# -- the budget ----------------------------------------------------------------------------
+
+
+class Reader:
+    def __init__(self, name: str, released: list[str]) -> None:
+        self.name, self.released = name, released
+
+    def budget_released(self) -> None:
+        self.released.append(self.name)
+
+
+def test_buffers_count_against_a_shared_budget_with_hysteresis():
+    budget = Budget(100)
+    assert budget.low == 75
+    one, two = SendBuffer(1000, budget=budget), SendBuffer(1000, budget=budget)
+    one.append(b"x" * 60)
+    two.append(b"y" * 40)
+    assert budget.held == 100 and not budget.over  # at the limit is not past it
+    two.append(b"y")
+    assert budget.over
+    released: list[str] = []
+    first, second, gone = Reader("first", released), Reader("second", released), Reader("gone", released)
+    for reader in (first, second, gone, first):
+        budget.hold(reader)
+    budget.forget(gone)
+    one.consume(20)
+    assert budget.held == 81 and budget.over and released == []  # still above the low mark
+    two.clear()
+    assert budget.held == 40 and not budget.over
+    assert released == ["first", "second"]  # each once, in the order they were held
+    one.consume(40)
+    assert budget.held == 0 and released == ["first", "second"]
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_budget_must_be_positive(limit):
+    with pytest.raises(ValueError):
+        Budget(limit)

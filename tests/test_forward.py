@@ -199,6 +199,29 @@ def test_refused_upstream_closes_the_client_within_a_second(start_proxy):
     assert (failed["conn"], failed["server"], failed["reason"]) == (access["conn"], refused, "connection refused")
 
 
+def test_the_first_client_after_the_primary_goes_away_reaches_the_backup(tmp_path, start_proxy, start_upstream):
+    backup = start_upstream(source_handler(5))
+    primary = f"127.0.0.1:{_closed_port()}"
+    path = tmp_path / "backup.yaml"
+    path.write_text(
+        f"""\
+upstreams:
+  pool:
+    servers: ["{primary}", {{address: "{backup.address}", backup: true}}]
+    retries: 2
+listeners:
+  - {{listen: "127.0.0.1:0", upstream: pool}}
+"""
+    )
+    proxy = start_proxy("run", "-c", str(path))
+    with connect(proxy.address) as client:
+        assert recv_all(client) == pattern(5)
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["server"]) == ("closed", backup.address)
+    failed = logfmt(proxy.wait_for("connect_failed"))
+    assert (failed["conn"], failed["server"]) == (access["conn"], primary)
+
+
 def test_connect_timeout_gives_up_on_a_silent_server(start_proxy):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

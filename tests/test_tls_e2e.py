@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support import WAIT, connect, echo_handler, pattern, recv_all, recv_exactly
+from tests.support import WAIT, connect, echo_handler, logfmt, pattern, recv_all, recv_exactly
 
 MiB = 1024 * 1024
 
@@ -459,3 +459,123 @@ def test_tls_half_close_reaches_the_plaintext_upstream(pki, start_proxy, start_u
                 break
             reply += chunk
     assert reply == f"8 {hashlib.sha256(b'question').hexdigest()}\n".encode()
+
+
+def _two_server_upstream(tmp_path, pki, servers, balance: str, connect_timeout: str = "5s"):
+    addresses = ", ".join(f'"{server.address}"' for server in servers)
+    return _write(
+        tmp_path,
+        f"""\
+        upstreams:
+          pool:
+            servers: [{addresses}]
+            balance: {balance}
+            retries: 1
+            connect_timeout: {connect_timeout}
+            tls: {{ca: "{pki["ca"]}", server_name: upstream.test}}
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: pool}}
+        """,
+    )
+
+
+@pytest.mark.parametrize("balance", ["first", "round_robin"])
+def test_a_server_failing_tls_verification_is_a_failed_connect(pki, tmp_path, start_proxy, start_upstream, balance):
+    """Every client gets through the good server; the bad one is reported, and backed off from."""
+    bad = start_upstream(tls_upstream(server_context(pki, "other"), b"bad:"))  # a certificate for other.test
+    good = start_upstream(tls_upstream(server_context(pki, "upstream"), b"good:"))
+    proxy = start_proxy("run", "-c", str(_two_server_upstream(tmp_path, pki, [bad, good], balance)))
+    clients = 4  # well within the first passive back-off (1 s)
+    for _ in range(clients):
+        with connect(proxy.address) as client:
+            assert recv_exactly(client, 5) == b"good:"
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+    accesses = proxy.wait_access(clients)
+    assert [(a["result"], a["server"]) for a in accesses] == [("closed", good.address)] * clients
+    failed = [logfmt(line) for line in proxy.lines if " connect_failed " in line]
+    assert failed, proxy.log_text()
+    assert {f["server"] for f in failed} == {bad.address}
+    assert all("hostname mismatch" in f["reason"] for f in failed)
+    assert failed[0]["conn"] == accesses[0]["conn"]
+    assert bad.accepted == 1  # after its first failure, the bad server is skipped by every strategy
+
+
+def test_when_every_server_fails_tls_the_client_gets_the_last_tls_reason(pki, tmp_path, start_proxy, start_upstream):
+    servers = [start_upstream(tls_upstream(server_context(pki, "other"))) for _ in range(2)]
+    proxy = start_proxy("run", "-c", str(_two_server_upstream(tmp_path, pki, servers, "first")))
+    with connect(proxy.address) as client:
+        try:
+            assert client.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    access = proxy.wait_access(1)[0]
+    assert access["result"] == "tls_error"
+    assert access["reason"].startswith("upstream: certificate verify failed: hostname mismatch")
+    assert access["server"] == servers[1].address
+    assert [server.accepted for server in servers] == [1, 1]
+    assert len([line for line in proxy.lines if " connect_failed " in line]) == 2
+
+
+def test_a_server_that_never_answers_the_handshake_is_a_failed_connect(pki, tmp_path, start_proxy, start_upstream):
+    silent = start_upstream(lambda conn: conn.recv(65536) and conn.recv(1))  # takes the ClientHello, says nothing
+    good = start_upstream(tls_upstream(server_context(pki, "upstream"), b"good:"))
+    path = _two_server_upstream(tmp_path, pki, [silent, good], "first", connect_timeout="300ms")
+    proxy = start_proxy("run", "-c", str(path))
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 5) == b"good:"
+    failed = logfmt(proxy.wait_for("connect_failed"))
+    assert (failed["server"], failed["reason"]) == (silent.address, "TLS handshake not complete in time")
+    client_access = proxy.wait_access(1)[0]
+    assert (client_access["result"], client_access["server"]) == ("closed", good.address)
+
+
+def _close_without_close_notify(tls: ssl.SSLSocket) -> None:
+    """End the TCP connection under a TLS session without its close_notify (a truncation)."""
+    with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+        raw.shutdown(socket.SHUT_RDWR)  # the kernel's FIN, no TLS record
+    tls.close()
+
+
+def test_a_client_that_closes_without_close_notify_is_logged_as_truncated(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+        _close_without_close_notify(client)
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("closed", "client: no close_notify")
+    assert access["bytes_up"] == access["bytes_down"] == "4"
+
+
+def test_a_clean_tls_close_is_not_called_truncated(pki, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address, "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"]
+    )
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+        raw = client.unwrap()  # close_notify both ways
+        raw.close()
+    access = proxy.wait_access(1)[0]
+    assert access["result"] == "closed"
+    assert "reason" not in access or "close_notify" not in access["reason"]
+
+
+def test_an_upstream_that_closes_without_close_notify_is_logged_as_truncated(pki, start_proxy, start_upstream):
+    def truncating(conn: socket.socket) -> None:
+        tls = server_context(pki, "upstream").wrap_socket(conn, server_side=True)
+        tls.sendall(b"bye")
+        _close_without_close_notify(tls)
+
+    upstream = start_upstream(truncating)
+    proxy = _originate(start_proxy, upstream, "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test")
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 3) == b"bye"
+        assert client.recv(1) == b""
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("closed", "upstream: no close_notify")

@@ -179,6 +179,23 @@ def test_backup_when_active_checks_mark_primaries_down():
     assert pick(p) == 1
 
 
+def test_retries_reach_the_backups_after_the_available_primaries():
+    # The primary is not known to be down yet: a failed connect to it must still find the backup.
+    p = pool(1, (9, 1, True), retries=2)
+    assert ports(p.candidates("c", 0)) == [1, 9]
+    p = pool(1, 2, (8, 1, True), (9, 1, True), retries=2, balance="first")
+    assert ports(p.candidates("c", 0)) == [1, 2, 8]
+    p.connect_failed(p.servers[0], now=0)
+    assert ports(p.candidates("c", 0.1)) == [2, 8, 9]
+    assert ports(pool(1, 2, (9, 1, True), retries=1).candidates("c", 0)) in ([1, 2], [2, 1])
+
+
+def test_backups_rotate_among_themselves_in_the_strategy_order():
+    p = pool(1, (8, 1, True), (9, 1, True), retries=1)
+    p.connect_failed(p.servers[0], now=0)
+    assert [ports(p.candidates("c", 0.1)) for _ in range(3)] == [[8, 9], [9, 8], [8, 9]]
+
+
 def test_candidates_hold_the_pick_then_retries():
     p = pool(1, 2, 3, 4, retries=2)
     candidates = p.candidates("c", 0)
@@ -304,10 +321,13 @@ def test_candidates_are_distinct_and_bounded(servers, events, balance, retries, 
         assert 1 <= len(candidates) <= min(1 + retries, len(servers))
         assert len(set(map(id, candidates))) == len(candidates)
         available = [s for s in p.servers if s.available(0.5)]
-        if any(not s.config.backup for s in available):
-            assert not any(s.config.backup for s in candidates)
+        backups = [s.config.backup for s in candidates]
+        assert backups == sorted(backups)  # every primary offered comes before any backup
         if available:
             assert all(s.available(0.5) for s in candidates)
+            assert len(candidates) == min(1 + retries, len(available))
+            primaries = [s for s in available if not s.config.backup]
+            assert set(map(id, candidates[: len(primaries)])) <= set(map(id, primaries))
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=6))
