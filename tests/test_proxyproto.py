@@ -78,6 +78,8 @@ def test_every_strict_prefix_needs_more(header):
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n", "bad v1 port"),
         (b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n", "bad v1 address"),
         (b"PROXY TCP4 ::1 ::2 1 2\r\n", "is not IPv4"),
+        (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "bad v1 address 'fe80::1%eth0'"),
+        (b"PROXY TCP6 ::1 fe80::2%1 1 2\r\n", "bad v1 address 'fe80::2%1'"),
         (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "bad v1 header"),
         (b"PROXY " + b"1" * 200, "longer than 107"),
         (SIGNATURE + bytes.fromhex("11 11 000c") + bytes(12), "unsupported v2 version"),
