@@ -6,8 +6,10 @@ import signal
 import socket
 import time
 
+from proxy.upstreams import PASSIVE_DOWN_FIRST
 from tests.support import connect, echo_handler, recv_exactly, wait_until
 from tests.test_run import ask, closed_port, tagged, write
+from tests.test_upstreams import pool
 
 
 def reload(proxy, count: int) -> None:
@@ -129,3 +131,28 @@ def test_a_connection_waiting_for_its_proxy_header_keeps_the_table_it_was_accept
     assert access["result"] == "closed", proxy.log_text()
     assert access["route"] == "0"
     assert access["client"] == "10.1.2.3:5000"
+
+
+def test_a_reloaded_pool_takes_over_the_state_of_servers_at_unchanged_addresses():
+    old = pool(9001, 9002, (9003, 2), balance="least_conn")
+    kept, gone, reweighted = old.servers
+    old.connect_failed(kept, now=0.0)
+    old.connect_failed(kept, now=2.0)  # a second failure in a row: the back-off has doubled
+    old.check_result(reweighted, False)  # one failed check of the `fall` needed
+    old.connection_started(reweighted)
+    old.candidates("10.0.0.1", now=10.0)  # moves the smooth round robin weights
+    weights = (kept.current_weight, reweighted.current_weight)
+
+    new = pool((9003, 5), 9001, 9004, balance="least_conn")
+    new.take_over(old)
+    assert [server.address.port for server in new.servers] == [9003, 9001, 9004]
+    assert new.servers[1] is kept and new.servers[0] is reweighted
+    assert (kept.backoff, kept.down_until) == (2 * PASSIVE_DOWN_FIRST, 2.0 + 2 * PASSIVE_DOWN_FIRST)
+    assert (reweighted.check_streak, reweighted.active, reweighted.weight) == (1, 1, 5)
+    assert (kept.current_weight, reweighted.current_weight) == weights
+    assert (kept.index, reweighted.index) == (1, 0)
+    assert new.servers[2].active == 0 and new.servers[2] not in old.servers
+    # A connection opened before the reload ends on the counter the new pool balances by.
+    old.connection_ended(reweighted)
+    assert new.servers[0].active == 0
+    assert gone not in new.servers
