@@ -59,13 +59,12 @@ def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
     return None if hello is None else (hello, 0)
 
 
-def _reason(exc: BaseException) -> str:
-    """A one-line reason for a failure to build a TLS context."""
+def _tls_failure(exc: ssl.SSLError | OSError) -> str:
+    """Why a TLS context could not be built, in one line (the files were fine when checked)."""
     if isinstance(exc, ssl.SSLError):
         return describe(exc)
-    if isinstance(exc, OSError) and exc.errno:
-        return f"{os.strerror(exc.errno).lower()}: {exc.filename}" if exc.filename else os.strerror(exc.errno).lower()
-    return str(exc)
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +84,19 @@ class Table:
 
     @classmethod
     def build(
-        cls, config: ListenerConfig, name: str, pools: Mapping[str, Pool], upstream_tls: UpstreamTls, server: Server
+        cls,
+        config: ListenerConfig,
+        name: str,
+        pools: Mapping[str, Pool],
+        upstream_tls: UpstreamTls,
+        *,
+        hexdump: bool,
+        splice: bool,
     ) -> Table:
-        """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded."""
+        """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
+
+        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice.
+        """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
         tls = config.tls
@@ -99,8 +108,8 @@ class Table:
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
                 buffer_size=config.buffer_size,
-                hexdump=config.hexdump or server.force_hexdump,
-                splice=server.splice,
+                hexdump=config.hexdump or hexdump,
+                splice=splice,
             ),
             policy=policy,
             routes=routes,
@@ -359,7 +368,7 @@ class Server:
             try:
                 build.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
             except (ssl.SSLError, OSError) as exc:
-                build.problems.append(f"upstream {name}: cannot set up TLS: {_reason(exc)}")
+                build.problems.append(f"upstream {name}: cannot set up TLS: {_tls_failure(exc)}")
         for listener in config.listeners:
             key = listener_key(listener)
             running = self.listeners.get(key)
@@ -375,9 +384,11 @@ class Server:
                 continue
             name = listener.name or format_sockaddr(sock.getsockname())
             try:
-                build.tables[key] = Table.build(listener, name, build.pools, build.upstream_tls, self)
+                build.tables[key] = Table.build(
+                    listener, name, build.pools, build.upstream_tls, hexdump=self.force_hexdump, splice=self.splice
+                )
             except (ssl.SSLError, OSError) as exc:
-                build.problems.append(f"listener {name}: cannot set up TLS: {_reason(exc)}")
+                build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
         return build
 
     def _swap(self, build: _Build) -> tuple[int, int]:
