@@ -117,18 +117,20 @@ def test_a_trusted_peers_header_decides_who_the_client_is(tmp_path, start_upstre
 def test_trusted_proxy_peers_from_the_file(tmp_path, start_proxy, start_upstream):
     """Needs the `accept_proxy_protocol: {trusted: [...]}` syntax of the configuration file."""
     upstream = start_upstream(tagged(b"up:"))
+    outside, inside = ("127.0.0.1", closed_port()), ("127.0.0.1", closed_port())
     path = write(
         tmp_path,
         f"""\
         listeners:
-          - {{name: outside, listen: "127.0.0.1:0", accept_proxy_protocol: {{trusted: [10.0.0.0/8]}},
+          - {{name: outside, listen: "127.0.0.1:{outside[1]}", accept_proxy_protocol: {{trusted: [10.0.0.0/8]}},
               upstream: "{upstream.address}"}}
-          - {{name: inside, listen: "127.0.0.1:0", accept_proxy_protocol: {{trusted: ["::ffff:127.0.0.1"]}},
+          - {{name: inside, listen: "127.0.0.1:{inside[1]}", accept_proxy_protocol: {{trusted: ["::ffff:127.0.0.1"]}},
               upstream: "{upstream.address}"}}
         """,
     )
-    proxy = start_proxy("run", "-c", str(path), wait_listening=2)
-    outside, inside = (("127.0.0.1", int(address.rsplit(":", 1)[1])) for address in proxy.addresses)
+    proxy = start_proxy("run", "-c", str(path), wait_listening=0)  # the fixture stops it even if it never listens
+    wait_until(lambda: proxy.log_text().count(" listening ") == 2 or proxy.proc.poll() is not None)
+    assert proxy.log_text().count(" listening ") == 2, proxy.log_text()
     assert answer(outside, HEADER + b"x") == b""
     assert answer(inside, HEADER + b"x") == b"up:x"
     denied, allowed = sorted(proxy.wait_access(2), key=lambda access: access["listener"] != "outside")
