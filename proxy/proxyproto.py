@@ -135,10 +135,13 @@ def _parse_v1(data: bytes) -> tuple[ProxyInfo, int] | NeedMore:
 
 
 def _v1_address(text: str, version: int) -> str:
+    # ip_address takes a zone id (`fe80::1%eth0`); the specification's addresses have none.
     try:
-        address = ipaddress.ip_address(text)
+        address = None if "%" in text else ipaddress.ip_address(text)
     except ValueError:
-        raise ProxyProtocolError(f"bad v1 address {text!r}") from None
+        address = None
+    if address is None:
+        raise ProxyProtocolError(f"bad v1 address {text!r}")
     if address.version != version:
         raise ProxyProtocolError(f"v1 address {text!r} is not IPv{version}")
     return str(address)

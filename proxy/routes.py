@@ -2,25 +2,27 @@
 
 Pure: client addresses and server names in, decisions out. The first route whose every
 condition holds wins; a route without conditions is a default and matches everything.
+
+Addresses and networks are compared in one canonical form: an IPv4-mapped IPv6 address or
+network (`::ffff:10.0.0.5`, `::ffff:10.0.0.0/104`) is the IPv4 one, however it was stored, so a
+dual-stack listener's clients and rules written either way agree.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.config import IPNetwork, ListenerConfig, MatchConfig, RouteConfig
 from proxy.tls import name_matches
+from proxy.units import canonical_network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def client_ip(host: str) -> IPAddress:
-    """The client's address as an ip_address; IPv4-mapped IPv6 counts as the IPv4 address."""
-    address = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def canonical_networks(networks: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    """`networks` with every IPv4-mapped block as the IPv4 block it covers."""
+    return tuple(canonical_network(str(network)) for network in networks)
 
 
 def _in_any(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
@@ -36,7 +38,8 @@ class AccessPolicy:
 
     @classmethod
     def of(cls, listener: ListenerConfig) -> AccessPolicy:
-        return cls(listener.allow, listener.deny)
+        allow = None if listener.allow is None else canonical_networks(listener.allow)
+        return cls(allow, canonical_networks(listener.deny))
 
     def permits(self, address: IPAddress) -> bool:
         if _in_any(address, self.deny):
@@ -56,7 +59,12 @@ class RouteTable:
     """A listener's routes in order; `select` gives the first that matches, with its label."""
 
     def __init__(self, routes: tuple[RouteConfig, ...]) -> None:
-        self.routes = routes
+        self.routes = tuple(
+            replace(route, match=replace(route.match, source=canonical_networks(route.match.source)))
+            if route.match.source
+            else route
+            for route in routes
+        )
 
     def select(self, address: IPAddress, server_name: str | None = None) -> tuple[str | int, RouteConfig] | None:
         """(label, route) of the first matching route, or None (the client gets `no_route`).

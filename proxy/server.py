@@ -1,42 +1,51 @@
-"""Serving a configuration: listeners, routing decisions, upstream pools, signals and reload.
+"""Serving a configuration: listeners, admission of each client, upstream pools, signals and reload.
 
-`Server` turns a `Config` into bound listeners on one reactor. Each accepted client becomes a
-Pair; its listener checks the limit, reads a PROXY header if the listener trusts one, applies
-allow/deny, picks the route and asks the route's pool which servers to try.
+`Server` turns a `Config` into bound listeners on one reactor. Each (re)load builds, per
+listener, one immutable `Table`: its policy, routes, pools, TLS contexts and pair settings.
+Each accepted client becomes a Pair and an `Admission` that carries the Table the client was
+accepted under through every step: the trusted-peer check, the PROXY header, allow/deny, TLS
+or the SNI peek, routing and the connect. A reload therefore never changes a client's rules
+halfway, and an unexpected exception in any step ends only that client (`result=error`).
 
 SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
-closed with `result=shutdown`. SIGHUP reloads the file: an invalid file is logged and ignored;
-a valid one applies to new connections, and listeners keep their socket when their address
-stays (open connections keep the pools and settings they started with).
+closed with `result=shutdown`. SIGHUP reloads the file, all or nothing: every new listener is
+bound and every TLS context built before anything changes; on any failure what was built is
+closed and the old table keeps serving (`reload_failed`, one line per problem). Listeners keep
+their socket when their address stays, and servers whose upstream and address stay keep their
+health, back-off, balancing state and open-connection counts.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from proxy import proxyproto
-from proxy.config import Config, ConfigError, ListenerConfig, listener_key, load_config
-from proxy.errors import ProxyError
+from proxy.config import Config, ConfigError, IPNetwork, ListenerConfig, listener_key, load_config
+from proxy.errors import ProxyError, StartupError
 from proxy.health import HealthChecker
 from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.log import EventLog, HexdumpWriter
 from proxy.pair import Pair, PairSettings, PreambleReader, Runtime
 from proxy.reactor import Reactor
 from proxy.resolver import Resolver
-from proxy.routes import AccessPolicy, IPAddress, RouteTable, client_ip
+from proxy.routes import AccessPolicy, RouteTable, canonical_networks
 from proxy.side import SPLICE_AVAILABLE
 from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
-from proxy.tls import client_context, server_context
+from proxy.tls import client_context, describe, server_context
+from proxy.units import canonical_ip, format_sockaddr
 from proxy.upstreams import Pool
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
+
+UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
 
 
 def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
@@ -50,118 +59,226 @@ def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
     return None if hello is None else (hello, 0)
 
 
-class ListenerRuntime:
-    """One configured listener at work: its socket, its policy and routes, its open connections."""
+def _tls_failure(exc: ssl.SSLError | OSError) -> str:
+    """Why a TLS context could not be built, in one line (the files were fine when checked)."""
+    if isinstance(exc, ssl.SSLError):
+        return describe(exc)
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
-    def __init__(self, server: Server, config: ListenerConfig, sock: socket.socket) -> None:
-        self.server = server
-        self.dispatcher = Listener(server.reactor, sock, config.name or "", self.accept)
-        self.local_address = sock.getsockname()[:2]
-        # On 0.0.0.0 or [::] the address a client reached is only known per connection.
-        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
-        self.active = 0
-        self.apply(config)
 
-    def apply(self, config: ListenerConfig) -> None:
-        """Take a (new) configuration; the socket and the open connections stay as they are."""
-        self.config = config
-        self.name = config.name or self.dispatcher.address
-        self.dispatcher.name = self.name
-        self.policy = AccessPolicy.of(config)
-        self.table = RouteTable(config.routes)
-        self.uses_source = config.allow is not None or bool(config.deny) or self.table.needs_source
-        self.pools = self.server.pools
-        self.upstream_tls = self.server.upstream_tls
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One listener's rules as one (re)load built them: all a connection needs from accept to connect."""
+
+    config: ListenerConfig
+    settings: PairSettings
+    policy: AccessPolicy
+    routes: RouteTable
+    pools: Mapping[str, Pool]
+    upstream_tls: UpstreamTls
+    tls_context: ssl.SSLContext | None
+    trusted: tuple[IPNetwork, ...] | None  # the PROXY peers believed, canonical; None: every peer
+    uses_source: bool  # some rule looks at the client's address
+    peek_sni: bool  # a passthrough route matches on SNI: read the ClientHello first
+
+    @classmethod
+    def build(
+        cls,
+        config: ListenerConfig,
+        name: str,
+        pools: Mapping[str, Pool],
+        upstream_tls: UpstreamTls,
+        *,
+        hexdump: bool,
+        splice: bool,
+    ) -> Table:
+        """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
+
+        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice.
+        """
+        policy = AccessPolicy.of(config)
+        routes = RouteTable(config.routes)
         tls = config.tls
-        self.tls_context = None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca)
-        self.peek_sni = tls is None and self.table.needs_server_name
-        self.settings = PairSettings(
-            listener=self.name,
-            connect_timeout=config.connect_timeout,
-            idle_timeout=config.idle_timeout,
-            buffer_size=config.buffer_size,
-            hexdump=config.hexdump or self.server.force_hexdump,
-            splice=self.server.splice,
+        trusted = config.proxy_trusted
+        return cls(
+            config=config,
+            settings=PairSettings(
+                listener=name,
+                connect_timeout=config.connect_timeout,
+                idle_timeout=config.idle_timeout,
+                buffer_size=config.buffer_size,
+                hexdump=config.hexdump or hexdump,
+                splice=splice,
+            ),
+            policy=policy,
+            routes=routes,
+            pools=pools,
+            upstream_tls=upstream_tls,
+            tls_context=None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca),
+            trusted=None if trusted is None else canonical_networks(trusted),
+            uses_source=config.allow is not None or bool(config.deny) or routes.needs_source,
+            peek_sni=tls is None and routes.needs_server_name,
         )
 
-    def accept(self, sock: socket.socket, peer: tuple) -> None:
-        pair = Pair(self.server.runtime, self.settings, sock, peer, self.finished)
-        self.active += 1
-        if self.active > self.config.max_connections:
-            pair.finish("limit", f"max_connections {self.config.max_connections} reached")
-            return
-        # What a client is routed by, fixed at accept: a reload affects only later clients.
-        route = functools.partial(self._route, pair, self.table, self.pools, self.upstream_tls)
-        if self.config.accept_proxy_protocol:
-            PreambleReader(
-                pair,
-                "PROXY header",
-                _parse_proxy_header,
-                proxyproto.MAX_HEADER,
-                lambda info, rest: self._admit(pair, route, info.source or peer, info.destination, rest),
-            )
-        else:
-            self._admit(pair, route, peer, None, b"")
+    def trusts(self, peer: tuple) -> bool:
+        """Whether a PROXY header from the TCP peer `peer` is to be believed."""
+        if self.trusted is None:
+            return True
+        address = canonical_ip(peer[0])
+        return any(address in network for network in self.trusted)
 
-    def _admit(self, pair: Pair, route: Callable[..., None], source: tuple, destination: tuple | None, rest: bytes):
-        """Who the client is is known: apply allow/deny, then find out what it routes by."""
-        pair.set_client_address(source)
-        # Parsing the address costs more than the rest of admission; only rules that look at it need it.
-        address = client_ip(source[0]) if self.uses_source else source[0]
-        if self.uses_source and not self.policy.permits(address):
-            pair.finish("denied", f"source {address} is not allowed")
+
+class Admission:
+    """One accepted client on its way to an upstream, under the Table it was accepted with.
+
+    Each step runs through `run`: an unexpected exception ends this client alone, through the
+    pair's failure path (`connection_error`, then `result=error`), never the listener.
+    """
+
+    __slots__ = ("address", "destination", "listener", "pair", "source", "table")
+
+    def __init__(self, listener: ListenerRuntime, table: Table, pair: Pair, peer: tuple) -> None:
+        self.listener = listener
+        self.table = table
+        self.pair = pair
+        self.source = peer
+        self.destination: tuple | None = None  # what a PROXY header says the client reached
+        self.address: Any = None  # what allow/deny and routes see: an ip_address, or the host text when none look
+
+    def run(self, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # a bug in one client's admission must not reach the listener
+            self.pair.failed(self.pair.client, exc)
+
+    def start(self) -> None:
+        table = self.table
+        if not table.config.accept_proxy_protocol:
+            self.admit(b"")
             return
-        route = functools.partial(route, address, source, destination)
-        if self.tls_context is not None:
-            pair.terminate_tls(self.tls_context, lambda done: route(b"", done.client.session.server_name), rest)
-        elif self.peek_sni:
+        if not table.trusts(self.source):
+            self.pair.finish("denied", "untrusted proxy")
+            return
+        PreambleReader(
+            self.pair,
+            "PROXY header",
+            _parse_proxy_header,
+            proxyproto.MAX_HEADER,
+            lambda info, rest: self.run(self.proxy_header_read, info, rest),
+        )
+
+    def proxy_header_read(self, info: proxyproto.ProxyInfo, rest: bytes) -> None:
+        if info.source is not None:  # a LOCAL or UNKNOWN header names nobody: the peer it is
+            self.source, self.destination = info.source, info.destination
+            self.pair.set_client_address(info.source)
+        self.admit(rest)
+
+    def admit(self, rest: bytes) -> None:
+        """Who the client is is known: apply allow/deny, then find out what it routes by."""
+        table, pair = self.table, self.pair
+        # Parsing the address costs more than the rest of admission; only rules that look at it need it.
+        host = self.source[0]
+        self.address = canonical_ip(host) if table.uses_source else host
+        if table.uses_source and not table.policy.permits(self.address):
+            pair.finish("denied", f"source {self.address} is not allowed")
+            return
+        if table.tls_context is not None:
+            pair.terminate_tls(table.tls_context, self.tls_done, rest)
+        elif table.peek_sni:
             PreambleReader(
                 pair,
                 "ClientHello",
                 _peek_client_hello,
                 PEEK_LIMIT,
-                lambda hello, data: self._peeked(pair, route, hello, data),
+                lambda hello, data: self.run(self.peeked, hello, data),
                 initial=rest,
-                on_timeout=lambda data: self._peeked(pair, route, Hello(None, "timeout"), data),
+                on_timeout=lambda data: self.run(self.peeked, Hello(None, "timeout"), data),
             )
         else:
-            route(rest, None)
+            self.route(rest, None)
 
-    @staticmethod
-    def _peeked(pair: Pair, route: Callable[..., None], hello: Hello, data: bytes) -> None:
-        pair.sni = hello.server_name
-        pair.note = hello.reason
-        route(data, hello.server_name)
+    def tls_done(self, pair: Pair) -> None:
+        self.run(self.route, b"", pair.client.session.server_name)
 
-    def _route(
-        self,
-        pair: Pair,
-        table: RouteTable,
-        pools: dict[str, Pool],
-        upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]],
-        address: IPAddress | str,  # a str when no rule of this listener looks at the source
-        source: tuple,
-        destination: tuple | None,
-        payload: bytes,
-        server_name: str | None,
-    ) -> None:
-        selected = table.select(address, server_name)
+    def peeked(self, hello: Hello, data: bytes) -> None:
+        self.pair.sni = hello.server_name
+        self.pair.note = hello.reason
+        self.route(data, hello.server_name)
+
+    def route(self, payload: bytes, server_name: str | None) -> None:
+        table, pair = self.table, self.pair
+        selected = table.routes.select(self.address, server_name)
         if selected is None:
             pair.finish("no_route")
             return
         pair.route, route = selected
-        pool = pools[route.upstream]
+        pool = table.pools[route.upstream]
         preface = b""
         if pool.config.proxy_protocol is not None:
-            if destination is None:
-                destination = pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
-            preface = proxyproto.encode(pool.config.proxy_protocol, source[:2], destination)
-        candidates = pool.candidates(str(address), self.server.reactor.now)
-        pair.connect(pool, candidates, preface=preface, payload=payload, upstream_tls=upstream_tls.get(route.upstream))
+            destination = self.destination or self.listener.destination_of(pair)
+            preface = proxyproto.encode(pool.config.proxy_protocol, self.source[:2], destination)
+        candidates = pool.candidates(str(self.address), self.listener.server.reactor.now)
+        pair.connect(
+            pool, candidates, preface=preface, payload=payload, upstream_tls=table.upstream_tls.get(route.upstream)
+        )
+
+
+class ListenerRuntime:
+    """One configured listener at work: its socket, its current Table, its open connections."""
+
+    def __init__(self, server: Server, sock: socket.socket, table: Table) -> None:
+        self.server = server
+        self.dispatcher = Listener(server.reactor, sock, table.settings.listener, self.accept)
+        self.local_address = sock.getsockname()[:2]
+        # On 0.0.0.0 or [::] the address a client reached is only known per connection.
+        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
+        self.active = 0
+        self.apply(table)
+
+    @property
+    def name(self) -> str:
+        return self.table.settings.listener
+
+    def apply(self, table: Table) -> None:
+        """Take a (new) table for new clients; the socket and the open connections stay as they are."""
+        self.table = table
+        self.dispatcher.name = table.settings.listener
+
+    def accept(self, sock: socket.socket, peer: tuple) -> None:
+        table = self.table
+        pair = Pair(self.server.runtime, table.settings, sock, peer, self.finished)
+        self.active += 1
+        if self.active > table.config.max_connections:
+            pair.finish("limit", f"max_connections {table.config.max_connections} reached")
+            return
+        admission = Admission(self, table, pair, peer)
+        admission.run(admission.start)
+
+    def destination_of(self, pair: Pair) -> tuple:
+        """The address the client reached, for a PROXY header to the upstream."""
+        return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
     def finished(self, _pair: Pair) -> None:
         self.active -= 1
         self.server.pair_finished()
+
+
+@dataclass
+class _Build:
+    """What one (re)load builds before anything changes: pools, TLS contexts, new sockets, tables."""
+
+    config: Config
+    pools: dict[str, Pool]
+    upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]]
+    new_sockets: dict[str, socket.socket]
+    tables: dict[str, Table]
+    problems: list[str]
+
+    def discard(self) -> None:
+        for sock in self.new_sockets.values():
+            sock.close()
+        self.new_sockets.clear()
 
 
 class Server:
@@ -185,8 +302,7 @@ class Server:
         self.worker = worker
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
-        config = self._pinned(config)
-        self.config = config
+        self.config = self._pinned(config)
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
@@ -196,48 +312,30 @@ class Server:
             self.reactor, self.resolver, log, HexdumpWriter(), worker, max_buffered=config.max_buffered
         )
         self.pools: dict[str, Pool] = {}
-        self.upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]] = {}
         self.health: list[HealthChecker] = []
         self.listeners: dict[str, ListenerRuntime] = {}
         self.draining = False
         self._interrupts = 0
-        self._start_pools(config)
 
-    def _start_pools(self, config: Config) -> None:
-        for checker in self.health:
-            checker.stop()
-        self.pools = {name: Pool(upstream) for name, upstream in config.upstreams.items()}
-        self.upstream_tls = {}
-        for name, upstream in config.upstreams.items():
-            tls = upstream.tls
-            if tls is None:
-                continue
-            self.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
-            if not tls.verify:
-                self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
-        self.health = [
-            HealthChecker(self.reactor, self.resolver, pool, self.log)
-            for pool in self.pools.values()
-            if pool.config.health_check is not None
-        ]
-
-    def bind(self) -> None:
+    def bind(self, *, signals: bool = True) -> None:
         """Get ready to serve: take over the signals, then bind every listener, or none (a
-        StartupError closes what was already bound).
+        StartupError names the first problem and nothing stays bound).
 
         The handlers go in first: a signal sent as soon as `listening` is logged must already
-        find them (the default action of SIGHUP and SIGTERM would kill the process).
+        find them (the default action of SIGHUP and SIGTERM would kill the process). `signals`
+        False leaves them alone, for a Server run on a thread of another program.
         """
         raise_fd_limit()
-        self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
-        self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
-        self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
-        try:
-            for config in self.config.listeners:
-                self._start_listener(config)
-        except BaseException:
+        if signals:
+            self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
+            self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
+            self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
+        build = self._build(self.config)
+        if build.problems:
+            build.discard()
             self.close()
-            raise
+            raise StartupError(build.problems[0])
+        self._swap(build)
 
     def _pinned(self, config: Config) -> Config:
         """Port-0 listeners on the ports the supervisor reserved for every worker."""
@@ -252,12 +350,6 @@ class Server:
             listeners.append(listener)
         return replace(config, listeners=tuple(listeners))
 
-    def _start_listener(self, config: ListenerConfig) -> None:
-        sock = bind_listening_socket(config.listen, reuse_port=self.worker[1] > 1)
-        listener = ListenerRuntime(self, config, sock)
-        self.listeners[listener_key(config)] = listener
-        self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
-
     def serve(self) -> None:
         """Run the loop until a stop signal has drained the connections (after `bind`)."""
         try:
@@ -265,10 +357,76 @@ class Server:
         finally:
             self.close()
 
-    # -- reload --------------------------------------------------------------------------
+    # -- (re)loading: build everything, then swap ----------------------------------------
+
+    def _build(self, config: Config) -> _Build:
+        """Everything `config` needs, with nothing running yet; `problems` says what failed."""
+        build = _Build(config, {}, {}, {}, {}, [])
+        for name, upstream in config.upstreams.items():
+            build.pools[name] = Pool(upstream)
+            tls = upstream.tls
+            if tls is None:
+                continue
+            try:
+                build.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
+            except (ssl.SSLError, OSError) as exc:
+                build.problems.append(f"upstream {name}: cannot set up TLS: {_tls_failure(exc)}")
+        for listener in config.listeners:
+            key = listener_key(listener)
+            running = self.listeners.get(key)
+            try:
+                if running is not None:
+                    sock = running.dispatcher.socket
+                else:
+                    sock = build.new_sockets[key] = bind_listening_socket(
+                        listener.listen, reuse_port=self.worker[1] > 1
+                    )
+            except ProxyError as exc:
+                build.problems.append(str(exc))
+                continue
+            name = listener.name or format_sockaddr(sock.getsockname())
+            try:
+                build.tables[key] = Table.build(
+                    listener, name, build.pools, build.upstream_tls, hexdump=self.force_hexdump, splice=self.splice
+                )
+            except (ssl.SSLError, OSError) as exc:
+                build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
+        return build
+
+    def _swap(self, build: _Build) -> tuple[int, int]:
+        """Put a complete build in force; (listeners kept, listeners started)."""
+        config = build.config
+        for key in [key for key in self.listeners if key not in build.tables]:
+            listener = self.listeners.pop(key)
+            listener.dispatcher.close()
+            self.log.info("listener_stopped", listener=listener.name)
+        for checker in self.health:
+            checker.stop()
+        for name, pool in build.pools.items():
+            previous = self.pools.get(name)
+            if previous is not None:
+                pool.take_over(previous)
+        self.config, self.pools = config, build.pools
+        self.health = [
+            HealthChecker(self.reactor, self.resolver, pool, self.log)
+            for pool in self.pools.values()
+            if pool.config.health_check is not None
+        ]
+        for name, upstream in config.upstreams.items():
+            if upstream.tls is not None and not upstream.tls.verify:
+                self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
+        kept = 0
+        for key, table in build.tables.items():
+            if key in self.listeners:
+                self.listeners[key].apply(table)
+                kept += 1
+                continue
+            listener = self.listeners[key] = ListenerRuntime(self, build.new_sockets.pop(key), table)
+            self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
+        return kept, len(build.tables) - kept
 
     def reload(self) -> None:
-        """Re-read the file; keep serving the old table if the new one is not valid."""
+        """Re-read the file and put it in force whole, or keep serving the old table."""
         if self.config_path is None:
             self.log.warning("reload_ignored", reason="no configuration file (forward mode)")
             return
@@ -283,27 +441,14 @@ class Server:
             return
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
-        self._apply(self._pinned(loaded.config))
-
-    def _apply(self, config: Config) -> None:
-        wanted = {listener_key(listener): listener for listener in config.listeners}
-        for key in [key for key in self.listeners if key not in wanted]:
-            listener = self.listeners.pop(key)
-            listener.dispatcher.close()
-            self.log.info("listener_stopped", listener=listener.name)
-        self.config = config
-        self._start_pools(config)
-        started = kept = 0
-        for key, listener_config in wanted.items():
-            if key in self.listeners:
-                self.listeners[key].apply(listener_config)
-                kept += 1
-                continue
-            try:
-                self._start_listener(listener_config)
-                started += 1
-            except ProxyError as exc:  # a new address that cannot be bound must not stop the rest
-                self.log.error("listener_failed", listener=listener_config.name, error=str(exc))
+        build = self._build(self._pinned(loaded.config))
+        if build.problems:
+            build.discard()
+            for problem in build.problems:
+                self.log.error("reload_failed", error=problem)
+            self.log.error("reload_rejected", file=self.config_path, errors=len(build.problems))
+            return
+        kept, started = self._swap(build)
         self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
 
     # -- stopping ------------------------------------------------------------------------

@@ -18,13 +18,12 @@ unnoticed its clients' retries spread over the others instead of all landing on 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 import random
 from collections.abc import Callable
 
 from proxy.config import HealthCheckConfig, ServerConfig, UpstreamConfig
-from proxy.units import Address
+from proxy.units import Address, canonical_ip
 
 PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after the first failed connect in a row
 PASSIVE_DOWN_MAX = 30.0  # the back-off doubles per failure in a row, up to this
@@ -79,9 +78,27 @@ class Pool:
             "first": self._first,
             "source_hash": self._source_hash,
         }[config.balance]
+        self._index_servers()
+
+    def _index_servers(self) -> None:
         # Hashing a server's address rather than its position keeps source_hash clients on
         # their server when the server list is edited around it.
         self._hash_keys = {id(server): b"\0" + str(server.address).encode() for server in self.servers}
+
+    def take_over(self, previous: Pool) -> None:
+        """After a reload: servers that `previous` (the same upstream) had at the same address
+        keep their state object, and with it their health, back-off, balancing state and open
+        connections, which then end on the very counter they started on."""
+        states: dict[Address, list[ServerState]] = {}
+        for state in previous.servers:
+            states.setdefault(state.address, []).append(state)
+        for index, server in enumerate(self.servers):
+            same = states.get(server.address)
+            if same:
+                state = same.pop(0)
+                state.config, state.index = server.config, index
+                self.servers[index] = state
+        self._index_servers()
 
     def candidates(self, client_ip: str, now: float) -> list[ServerState]:
         """The servers to try for a new client, the balancer's pick first: at most 1 + retries.
@@ -139,7 +156,7 @@ class Pool:
         only its own clients, and they spread over the rest in proportion to weight. Scores use
         blake2b, not the salted hash(), so every process and every reload agrees.
         """
-        client = _canonical_ip(client_ip).encode()
+        client = _hash_client(client_ip)
 
         def score(server: ServerState) -> tuple[float, int]:
             digest = hashlib.blake2b(client + self._hash_keys[id(server)], digest_size=8).digest()
@@ -214,12 +231,9 @@ def _load(server: ServerState) -> float:
     return server.active / server.weight
 
 
-def _canonical_ip(client_ip: str) -> str:
-    """One spelling per client: IPv4-mapped IPv6 as IPv4, no zone, so every listener agrees."""
+def _hash_client(client_ip: str) -> bytes:
+    """One spelling per client (IPv4-mapped IPv6 as IPv4, no zone), so every listener agrees."""
     try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        return str(canonical_ip(client_ip)).encode()
     except ValueError:
-        return client_ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+        return client_ip.encode()

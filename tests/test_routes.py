@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.config import MatchConfig, RouteConfig
-from proxy.routes import AccessPolicy, RouteTable, client_ip
+from proxy.config import ListenerConfig, MatchConfig, RouteConfig
+from proxy.routes import AccessPolicy, RouteTable
 from proxy.tls import name_matches
+from proxy.units import Address, canonical_ip
 
 
 def nets(*texts: str) -> tuple:
@@ -74,13 +75,25 @@ def test_deny_is_checked_before_allow():
     assert not AccessPolicy(allow=None, deny=nets("::/0")).permits(ip("::1"))
 
 
-def test_ipv4_mapped_clients_match_ipv4_rules():
-    assert client_ip("::ffff:10.1.2.3") == ip("10.1.2.3")
-    assert client_ip("fe80::1%eth0") == ip("fe80::1")
+def listener(**rules) -> ListenerConfig:
+    return ListenerConfig(name=None, listen=Address("127.0.0.1", 0), routes=(), **rules)
+
+
+def test_ipv4_mapped_networks_match_ipv4_clients():
+    """Rules stored as IPv4-mapped IPv6 blocks cover the IPv4 clients they name."""
+    client = canonical_ip("::ffff:10.0.0.5")
+    assert client == ip("10.0.0.5")
+    assert not AccessPolicy.of(listener(deny=nets("::ffff:10.0.0.0/104"))).permits(client)
+    assert AccessPolicy.of(listener(allow=nets("::ffff:10.0.0.0/104"))).permits(client)
+    assert not AccessPolicy.of(listener(allow=nets("::ffff:10.0.0.0/104"))).permits(ip("11.0.0.1"))
+    table = RouteTable((RouteConfig("mapped", MatchConfig(source=nets("::ffff:10.0.0.5/128"))), RouteConfig("other")))
+    assert table.select(client)[1].upstream == "mapped"
+    assert table.select(ip("10.0.0.6"))[1].upstream == "other"
 
 
 @given(st.ip_addresses(), st.integers(min_value=1, max_value=32))
 def test_a_source_route_matches_exactly_its_network(address, prefix):
+    assume(address.version == 4 or address.ipv4_mapped is None)  # clients are canonical: never mapped
     if address.version == 6:
         prefix *= 4
     network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)

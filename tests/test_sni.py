@@ -5,9 +5,6 @@ from __future__ import annotations
 import ssl
 import struct
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
 
 
@@ -102,16 +99,3 @@ def test_truncated_inside_a_complete_record_is_not_tls():
 def test_the_empty_start_needs_more():
     assert peek_server_name(b"") is None
     assert peek_server_name(b"\x16\x03") is None
-
-
-@given(st.binary(max_size=600))
-def test_never_raises_and_always_decides_or_waits(data):
-    result = peek_server_name(data)
-    assert result is None or isinstance(result, Hello)
-    if isinstance(result, Hello) and result.server_name is None:
-        assert result.reason in ("not_tls", "no_sni", "clienthello_too_large")
-
-
-@given(st.from_regex(r"[a-z0-9]{1,20}(\.[a-z0-9]{1,20}){0,3}", fullmatch=True), st.integers(1, 300))
-def test_any_name_in_any_record_size(name, size):
-    assert peek_server_name(in_records(synthetic_client_hello(name), size)) == Hello(name)
