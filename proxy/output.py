@@ -113,7 +113,12 @@ class Output:
         except OSError:
             return  # not open: every write fails and is counted
         if stat.S_ISSOCK(mode):
-            self._socket = socket.socket(fileno=os.dup(fd))
+            duplicate = os.dup(fd)
+            try:
+                self._socket = socket.socket(fileno=duplicate)
+            except OSError:
+                os.close(duplicate)
+                return  # a socket Python cannot wrap: written directly as before
             self.fd = self._socket.fileno()
             self._send = self._send_socket
             self.pollable = True

@@ -181,8 +181,10 @@ def test_an_unread_stdout_never_stalls_the_hexdump(launch, outputs, start_upstre
     round_trips(("127.0.0.1", port), 150, size=8192)  # about 80 KB of dump each: far past the queue
     text = stdout.read_until(b"dump_dropped").decode()
     assert int(DUMP_DROPPED.search(text).group(1)) > 0
-    round_trips(("127.0.0.1", port), 1, size=16)  # and the dump is back
-    assert stdout.read_until(b"00000000  30 30 30 30 30 30 30 30").count(b" dump_dropped ") == 1
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:  # and the dump is back
+        client.sendall(b"after the stall!")
+        assert recv_exactly(client, 16) == b"after the stall!"
+    assert stdout.read_until(b"|after the stall!|").count(b" dump_dropped ") == 1
     assert exits_on(proc, signal.SIGTERM) == 0
 
 
