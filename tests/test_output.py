@@ -128,7 +128,7 @@ def started(stderr: Stalled, listening: int = 1) -> tuple[str, int]:
 def _read_available(fd: int) -> bytes:
     try:
         return os.read(fd, 1 << 16)
-    except (BlockingIOError, OSError):
+    except OSError:  # nothing yet (EAGAIN), or a terminal whose other side is gone (EIO)
         return b""
 
 
