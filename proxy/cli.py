@@ -273,3 +273,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pairproxy: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        log.output.flush()  # what a stalled stderr still holds, for at most FLUSH_TIMEOUT

@@ -78,6 +78,7 @@ def serve_echo(address: Address, log: EventLog) -> None:
     """
     raise_fd_limit()
     reactor = Reactor(log)
+    log.output.attach(reactor)
     try:
         reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
         reactor.add_signal_handler(signal.SIGINT, reactor.stop)
@@ -89,4 +90,5 @@ def serve_echo(address: Address, log: EventLog) -> None:
         log.info("listening", listener="echo", address=listener.address)
         reactor.loop()
     finally:
+        log.output.detach()
         reactor.close()

@@ -1,6 +1,12 @@
 """Output for people: the event log (logfmt or JSON on stderr) and the hex dump (stdout).
 
-Both writers are plain objects handed to whoever needs them; nothing here is global.
+Both writers are plain objects handed to whoever needs them; nothing here is global. Both write
+through an `Output` (proxy/output.py), so a reader that does not keep up never stalls the loop.
+
+No text a client chose reaches a screen raw: logfmt quotes every value holding a character that
+is not printable (C0 and C1 controls, DEL, U+2028/U+2029, ...) and escapes it the way a Python
+string literal would (`\\x1b`, `\\u2028`, `\\U000e0001`; `\\n`, `\\r`, `\\t` for the usual three),
+and JSON lines are pure ASCII with every such character as `\\u001b`. One event is one line.
 """
 
 from __future__ import annotations
@@ -12,34 +18,62 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from proxy.hexdump import dump_lines
+from proxy.output import DUMP_QUEUE_LIMIT, LOG_QUEUE_LIMIT, Output, StreamOutput, output_for
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
 
 
-def _needs_quotes(text: str) -> bool:
-    return not text or any(c in text for c in ' "=\\\n\t')
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def escape_text(text: str) -> str:
+    """`text` with backslashes, quotes and every character that is not printable escaped."""
+    if text.isprintable():
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join([_escape_char(char) for char in text])
 
 
 def logfmt_value(value: Any) -> str:
     """A value as logfmt writes it: bare when safe, else double-quoted with escapes."""
     text = value if isinstance(value, str) else str(value)
-    if not _needs_quotes(text):
+    # isprintable() is False for every control character (and for "\n", "\t"), True for " ".
+    if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text and "\\" not in text:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return f'"{escaped}"'
+    return f'"{escape_text(text)}"'
+
+
+def _printable_lines(text: str) -> str:
+    """Multi-line text (a traceback) with everything but its newlines escaped."""
+    return "".join([char if char.isprintable() or char == "\n" else _escape_char(char) for char in text])
 
 
 class EventLog:
     """Writes one line per event: `TIME LEVEL event key=value ...`, or one JSON object.
 
     `None` values are left out. With level `debug`, `failure` also writes the traceback.
+    Lines go to `stream` (stderr by default) through `self.output`, a bounded queue of
+    LOG_QUEUE_LIMIT bytes; lines it had to drop are counted in one `log_dropped` warning.
     """
 
     def __init__(self, level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
         self.threshold = LEVELS[level]
         self.json = fmt == "json"
         self.stream = stream if stream is not None else sys.stderr
+        self.output: Output | StreamOutput = output_for(self.stream, LOG_QUEUE_LIMIT)
+        self.output.on_recovered = lambda lines, _size: self.line("warning", "log_dropped", {"lines": lines})
 
     @property
     def debugging(self) -> bool:
@@ -48,23 +82,21 @@ class EventLog:
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self.threshold
 
-    def write(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        number = LEVELS[level]
-        if number < self.threshold:
-            return
+    def line(self, level: str, event: str, fields: dict[str, Any]) -> bytes:
+        """One event as the bytes of its line."""
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
         if self.json:
-            record = {"time": stamp, "level": _LEVEL_NAMES[number], "event": event}
+            record = {"time": stamp, "level": _LEVEL_NAMES[LEVELS[level]], "event": event}
             record.update((k, v) for k, v in fields.items() if v is not None)
-            line = json.dumps(record, default=str)
+            text = json.dumps(record, default=str)  # ensure_ascii: every control character is \u-escaped
         else:
             pairs = " ".join(f"{k}={logfmt_value(v)}" for k, v in fields.items() if v is not None)
-            line = f"{stamp} {_LEVEL_NAMES[number]} {event} {pairs}".rstrip()
-        try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass  # stderr went away; serving traffic matters more than reporting it
+            text = f"{stamp} {_LEVEL_NAMES[LEVELS[level]]} {event} {pairs}".rstrip()
+        return (text + "\n").encode("utf-8", "backslashreplace")
+
+    def write(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if LEVELS[level] >= self.threshold:
+            self.output.write(self.line(level, event, fields))
 
     def debug(self, event: str, **fields: Any) -> None:
         self.write("debug", event, fields)
@@ -82,35 +114,46 @@ class EventLog:
         """An unexpected exception: one error line, plus the traceback when debugging."""
         self.write("error", event, {**fields, "error": f"{type(exc).__name__}: {exc}"})
         if self.debugging:
-            try:
-                traceback.print_exception(exc, file=self.stream)
-            except (OSError, ValueError):
-                pass
+            text = "".join(traceback.format_exception(exc))
+            self.output.write(_printable_lines(text).encode("utf-8", "backslashreplace"))
 
 
 def timestamp_us() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _event_text(text: str) -> str:
+    """Text on a dump event line (a listener name): never a control character."""
+    return text if text.isprintable() else escape_text(text)
+
+
 class HexdumpWriter:
-    """Writes the contract's hex dump: event lines and, per chunk, a header and dump lines."""
+    """Writes the contract's hex dump: event lines and, per chunk, a header and dump lines.
+
+    Records go to `stream` (stdout by default) through `self.output`, a bounded queue of
+    DUMP_QUEUE_LIMIT bytes; a record that does not fit is dropped whole, and once the queue has
+    drained one `dump_dropped` line says how many bytes of dump were lost (with the `conn` of the
+    last record dropped). Header and event lines hold endpoints, codes and numbers only.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        self.output: Output | StreamOutput = output_for(stream if stream is not None else sys.stdout, DUMP_QUEUE_LIMIT)
+        self.output.on_recovered = self._dropped_line
+        self._dropped_conn = 0
 
-    def _emit(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed stdout must not take connections down with it
+    def _dropped_line(self, _lines: int, size: int) -> bytes:
+        return f"{timestamp_us()} conn={self._dropped_conn} dump_dropped bytes={size}\n".encode()
+
+    def _emit(self, conn: int, text: str) -> None:
+        if not self.output.write(text.encode()):
+            self._dropped_conn = conn
 
     def opened(self, conn: int, source: str, destination: str) -> None:
-        self._emit(f"{timestamp_us()} conn={conn} open {source} -> {destination}\n")
+        self._emit(conn, f"{timestamp_us()} conn={conn} open {_event_text(source)} -> {_event_text(destination)}\n")
 
     def closed(self, conn: int, result: str) -> None:
-        self._emit(f"{timestamp_us()} conn={conn} close result={result}\n")
+        self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")
 
     def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
         header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={len(data)} {source} -> {destination}\n"
-        self._emit(header + "\n".join(dump_lines(data)) + "\n")
+        self._emit(conn, header + "\n".join(dump_lines(data)) + "\n")

@@ -306,11 +306,12 @@ class Server:
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
+        log.output.attach(self.reactor)
         self.resolver = Resolver(self.reactor)
         self.force_hexdump = hexdump
-        self.runtime = Runtime(
-            self.reactor, self.resolver, log, HexdumpWriter(), worker, max_buffered=config.max_buffered
-        )
+        self.hexdump = HexdumpWriter()
+        self.hexdump.output.attach(self.reactor)
+        self.runtime = Runtime(self.reactor, self.resolver, log, self.hexdump, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
         self.listeners: dict[str, ListenerRuntime] = {}
@@ -492,4 +493,8 @@ class Server:
         for listener in self.listeners.values():
             listener.dispatcher.close()
         self.resolver.close()
+        # The log is flushed by whoever exits (cli.py, a worker): it outlives this server.
+        self.log.output.detach()
+        self.hexdump.output.flush()
+        self.hexdump.output.close()
         self.reactor.close()

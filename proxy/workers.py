@@ -56,6 +56,7 @@ class Supervisor:
         self.hexdump = hexdump
         self.splice = splice
         self.reactor = Reactor(log)
+        log.output.attach(self.reactor)
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
         self._delays = [RESTART_DELAY_FIRST] * count
@@ -79,7 +80,10 @@ class Supervisor:
     def _start(self, index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            os._exit(self._serve(index))
+            self.log.output.after_fork()
+            status = self._serve(index)
+            self.log.output.flush()
+            os._exit(status)
         self.workers[pid] = index
         self._started_at[index] = time.monotonic()
         self.log.info("worker_started", worker=index, pid=pid)
