@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.units import Address, parse_address, parse_duration, parse_size
+from proxy.units import Address, parse_address, parse_duration, parse_positive_duration, parse_size
 
 # -- addresses ---------------------------------------------------------------------------
 
@@ -243,6 +243,23 @@ def test_bad_durations_name_the_value(value):
     with pytest.raises(ValueError) as info:
         parse_duration(value)
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, "0", "0s", "0ms", " 0.0 h "])
+def test_a_timeout_of_zero_is_refused(value):
+    with pytest.raises(ValueError) as info:
+        parse_positive_duration(value)
+    assert str(info.value) == f"must be above 0, got {value!r}"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1ms", 0.001), (0.0001, 0.0001), ("5s", 5.0)])
+def test_a_timeout_above_zero_is_a_duration(value, seconds):
+    assert parse_positive_duration(value) == pytest.approx(seconds)
+
+
+def test_a_timeout_that_is_no_duration_gets_the_duration_message():
+    with pytest.raises(ValueError, match="bad duration '5x'"):
+        parse_positive_duration("5x")
 
 
 def test_a_huge_integer_duration_is_a_value_error():
