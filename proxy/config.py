@@ -849,18 +849,9 @@ class _Reader:
                 routes.append((item, route))
         if isinstance(fields["routes"][1], yaml.SequenceNode) and not fields["routes"][1].value:
             self.error(fields["routes"][1], "routes is empty: every client would be refused")
-        # A route the same as an earlier one is covered by whatever covered that one, or else by it,
-        # so only the first route of each match is compared with those before it.
-        firsts: dict[MatchConfig, str] = {}  # each match so far -> the label of its first route
-        covered_by: dict[MatchConfig, str | None] = {}
+        coverage = _Coverage()
         for index, (item, route) in enumerate(routes):
-            if route.match not in firsts:
-                earlier = (label for match, label in firsts.items() if _covers(match, route.match))
-                covered_by[route.match] = next(earlier, None)
-                firsts[route.match] = route.name or f"#{index + 1}"
-                cover = covered_by[route.match]
-            else:
-                cover = covered_by[route.match] or firsts[route.match]
+            cover = coverage.add(route.match, route.name or f"#{index + 1}")
             if cover is not None:
                 self.warn(item, f"this route can never match: route {cover} before it matches all it does")
         return tuple(route for _, route in routes) if routes else None
@@ -920,7 +911,7 @@ class _Reader:
     def check_listeners(self) -> None:
         """Names must be unique; no two listeners may want the same port on the same address."""
         names: dict[str, yaml.Node] = {}
-        addresses: list[tuple[yaml.Node, Address]] = []
+        by_port: dict[int, list[tuple[yaml.Node, Address]]] = {}
         for node, given_name, listen in self.bound:
             name = given_name or str(listen)
             if name not in names:
@@ -935,12 +926,13 @@ class _Reader:
                 self.error(node, f"listener name {name!r} is used twice (first at {self.where(names[name])})")
             if listen.port == 0:
                 continue
-            for first_node, first in addresses:
+            same_port = by_port.setdefault(listen.port, [])  # only listeners on one port can clash
+            for first_node, first in same_port:
                 clash = _clash(first, listen)
                 if clash is not None:
                     self.error(node, f"{clash} (first at {self.where(first_node)})")
                     break
-            addresses.append((node, listen))
+            same_port.append((node, listen))
 
 
 class _Names(tuple):
@@ -1069,6 +1061,43 @@ def _sni_covered(name: str, patterns: frozenset[str]) -> bool:
         return True
     head, dot, parent = name.partition(".")
     return head not in ("", "*") and bool(dot) and f"*.{parent}" in patterns
+
+
+class _Coverage:
+    """Which earlier route of a listener matches every client a later one does.
+
+    Without comparing every pair: a route the same as an earlier one is covered by whatever
+    covered that one, or else by it; and a route with server names covers a later one only if it
+    has the later's first name or the wildcard one level above it, so only those are compared
+    (with the routes without names).
+    """
+
+    def __init__(self) -> None:
+        self.labels: dict[MatchConfig, str] = {}  # each match so far, in order -> its first route's label
+        self.covered_by: dict[MatchConfig, str | None] = {}
+        self.order: dict[MatchConfig, int] = {}
+        self.with_pattern: dict[str, list[MatchConfig]] = {}
+        self.without_sni: list[MatchConfig] = []
+
+    def add(self, match: MatchConfig, label: str) -> str | None:
+        """The label of the first route before this one that covers it, if any."""
+        if match in self.labels:
+            return self.covered_by[match] or self.labels[match]
+        candidates = list(self.without_sni)
+        if match.sni:
+            name = match.sni[0]
+            candidates += self.with_pattern.get(name, [])
+            candidates += self.with_pattern.get(f"*.{name.partition('.')[2]}", [])
+        covers = [earlier for earlier in candidates if _covers(earlier, match)]
+        cover = min(covers, key=self.order.__getitem__, default=None)
+        self.covered_by[match] = None if cover is None else self.labels[cover]
+        self.labels[match] = label
+        self.order[match] = len(self.order)
+        for pattern in match.sni:
+            self.with_pattern.setdefault(pattern, []).append(match)
+        if not match.sni:
+            self.without_sni.append(match)
+        return self.covered_by[match]
 
 
 def _covers(earlier: MatchConfig, later: MatchConfig) -> bool:
