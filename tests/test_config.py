@@ -14,7 +14,7 @@ import trustme
 
 from proxy.config import DEFAULT_MAX_BUFFERED, ConfigError, load_config, parse_config
 from proxy.units import Address
-from tests.support import connect, echo_handler, recv_exactly, run_cli
+from tests.support import connect, echo_handler, recv_exactly, run_cli, wait_until
 
 
 def errors_of(text: str) -> list[str]:
@@ -1003,6 +1003,23 @@ def test_sighup_with_a_yaml_tag_is_rejected_and_the_old_table_serves_on(tmp_path
     with connect(proxy.address) as client:
         client.sendall(b"ping")
         assert recv_exactly(client, 4) == b"ping"
+
+
+def test_sighup_with_a_yaml_tag_reaches_every_worker(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = tmp_path / "p.yaml"
+    path.write_text(f'listeners:\n  - {{name: a, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}\n')
+    proxy = start_proxy("run", "-c", str(path), "--workers", "2", wait_listening=2)
+    try:
+        path.write_text("listeners:\n  - listen: 8080\n    upstream: !foo x\n")
+        proxy.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: proxy.log_text().count("reload_rejected") == 2), proxy.log_text()
+        assert "callback_failed" not in proxy.log_text()
+        with connect(proxy.address) as client:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+    finally:
+        assert proxy.stop() == 0  # the supervisor stops its workers; a kill would leave them running
 
 
 def test_a_connection_on_an_idle_timeout_zero_listener_stays_open(tmp_path, start_proxy, start_upstream):
