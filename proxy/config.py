@@ -3,6 +3,9 @@
 There is one schema: `pairproxy forward` builds the same objects a route table file does.
 The loader walks PyYAML's node tree (not plain dicts) so that every error carries the
 FILE:LINE:COLUMN of the node at fault, and it reports all errors of a file in one pass.
+Whatever the file holds, the outcome is a table or a ConfigError: nothing of PyYAML's
+constructors runs but the plain scalar ones, nesting and alias expansion are bounded while the
+tree is composed (so the work grows with the file's size), and merge keys are applied here.
 This is the only module that imports yaml.
 """
 
