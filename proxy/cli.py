@@ -30,7 +30,7 @@ from proxy.errors import ProxyError, UsageError
 from proxy.log import LEVELS, EventLog
 from proxy.server import Server
 from proxy.tls import CertificatePair, check_ca_file, check_certificate
-from proxy.units import parse_address, parse_duration, parse_size
+from proxy.units import parse_address, parse_duration, parse_positive_duration, parse_size
 from proxy.workers import Supervisor
 
 
@@ -50,6 +50,7 @@ def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
 _address = _argument(parse_address, "address")
 _upstream_address = _argument(lambda text: parse_address(text, allow_port_zero=False), "address")
 _duration = _argument(parse_duration, "duration")
+_timeout = _argument(parse_positive_duration, "duration")
 
 
 def _parse_positive(text: str) -> int:
@@ -105,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("upstream", type=_upstream_address, metavar="UPSTREAM", help="HOST:PORT")
     forward.add_argument("--hexdump", action="store_true", help="dump every forwarded chunk to stdout")
     forward.add_argument(
-        "--connect-timeout", type=_duration, default=DEFAULT_CONNECT_TIMEOUT, metavar="DURATION", help="default: 5s"
+        "--connect-timeout", type=_timeout, default=DEFAULT_CONNECT_TIMEOUT, metavar="DURATION", help="default: 5s"
     )
     forward.add_argument(
-        "--idle-timeout", type=_duration, default=DEFAULT_IDLE_TIMEOUT, metavar="DURATION", help="default: 15m"
+        "--idle-timeout", type=_duration, default=DEFAULT_IDLE_TIMEOUT, metavar="DURATION", help="default: 15m; 0: none"
     )
     forward.add_argument(
         "--buffer-size", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="SIZE", help="per direction; default: 256KiB"

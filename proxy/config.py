@@ -3,6 +3,9 @@
 There is one schema: `pairproxy forward` builds the same objects a route table file does.
 The loader walks PyYAML's node tree (not plain dicts) so that every error carries the
 FILE:LINE:COLUMN of the node at fault, and it reports all errors of a file in one pass.
+Whatever the file holds, the outcome is a table or a ConfigError: nothing of PyYAML's
+constructors runs but the plain scalar ones, nesting and alias expansion are bounded while the
+tree is composed (so the work grows with the file's size), and merge keys are applied here.
 This is the only module that imports yaml.
 """
 
@@ -12,7 +15,8 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+import stat
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,15 @@ import yaml
 
 from proxy.errors import UsageError
 from proxy.tls import CertificatePair, certificate_names, check_ca_file, check_certificate, name_matches
-from proxy.units import Address, IPNetwork, parse_address, parse_duration, parse_size
+from proxy.units import (
+    Address,
+    IPNetwork,
+    canonical_network,
+    parse_address,
+    parse_duration,
+    parse_positive_duration,
+    parse_size,
+)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 15 * 60.0
@@ -40,6 +52,7 @@ def _default_max_buffered() -> int:
 
 
 DEFAULT_MAX_BUFFERED = _default_max_buffered()
+MIN_MAX_BUFFERED = 1024**2  # below this a few connections would starve all the others
 
 
 BALANCE_STRATEGIES = ("round_robin", "least_conn", "random", "first", "source_hash")
@@ -193,58 +206,158 @@ class LoadedConfig:
 
 
 def load_config(path: str | Path) -> LoadedConfig:
-    """Read and validate a route table file; ConfigError lists every mistake found."""
+    """Read and validate a route table file; ConfigError lists every mistake found.
+
+    ConfigError is the only exception this raises, whatever the file holds: a reload relies on it.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {(exc.strerror or str(exc)).lower()}"]) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigError([f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})"]) from None
     return parse_config(text, str(path), path.parent)
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
     """Validate route table text; `source` names it in messages, `base_dir` anchors relative paths."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: YAML error: {exc}"]) from None
+    root = _compose(text, source)
     reader = _Reader(source, base_dir or Path.cwd())
     config = reader.config(root)
     if reader.errors or config is None:
-        raise ConfigError(reader.errors or [f"{source}: no configuration"])
+        raise ConfigError(reader.errors or [f"{source}:1:1: no configuration"])
     return LoadedConfig(config, tuple(reader.warnings))
 
 
-_DEFAULT_KEYS = ("connect_timeout", "idle_timeout", "max_connections", "buffer_size", "shutdown_grace", "hexdump")
-_UPSTREAM_KEYS = ("servers", "balance", "connect_timeout", "retries", "proxy_protocol", "health_check", "tls")
+# The schema needs seven levels; a limit keeps PyYAML's recursive composer far from Python's.
+MAX_NESTING = 64
+# What the tree may hold counting every alias in full: a fixed allowance plus a multiple of the
+# text, so that the work of reading a file grows with its size, not with how its aliases nest.
+EXPANSION_ALLOWANCE = 20_000
+EXPANSION_PER_CHARACTER = 8
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that is valid but that the loader will not take (too deep, too large, a loop)."""
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's SafeLoader composing nodes, with the limits above and no alias inside its anchor.
+
+    Aliases share nodes, so composing is linear; walking the tree afterwards is not, since a
+    shared node is walked once per use. So each anchored node's size when expanded is kept,
+    every alias adds its target's size to the total, and the total is bounded.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._expanded = 0
+        self._characters = len(text)
+        self._budget = EXPANSION_ALLOWANCE + EXPANSION_PER_CHARACTER * len(text)
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> its size expanded, once complete
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                size = self._sizes.get(id(node))
+                if size is None:
+                    problem = f"YAML alias *{event.anchor} refers to a node that contains it"
+                    raise _Refused(problem=problem, problem_mark=event.start_mark)
+                self._count(size, event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            raise _Refused(problem=f"YAML nested deeper than {MAX_NESTING} levels", problem_mark=event.start_mark)
+        self._depth += 1
+        before = self._expanded
+        self._count(1, event.start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if event.anchor is not None:
+            self._sizes[id(node)] = self._expanded - before
+        return node
+
+    def _count(self, nodes: int, mark: yaml.Mark) -> None:
+        self._expanded += nodes
+        if self._expanded > self._budget:
+            raise _Refused(
+                problem=f"YAML aliases expand to too much: more than {self._budget} nodes from"
+                f" {self._characters} characters",
+                problem_mark=mark,
+            )
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    """The document's node tree, or ConfigError located at what PyYAML could not take."""
+    try:
+        composer = _Composer(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids, found before any parsing
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
+        message = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        raise ConfigError([f"{source}:{line}:{column}: YAML syntax error: {message}"]) from None
+    try:
+        return composer.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else f"{source}:1:1"
+        kind = "" if isinstance(exc, _Refused) else "YAML syntax error: "
+        raise ConfigError([f"{where}: {kind}{exc.problem or exc.context}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}:1:1: YAML error: {' '.join(str(exc).split())}"]) from None
+    finally:
+        composer.dispose()
+
+
 _UPSTREAM_TLS_KEYS = ("ca", "server_name", "verify", "cert", "key")
 _LISTENER_TLS_KEYS = ("cert", "key", "client_ca", "certificates")
 _SERVER_KEYS = ("address", "weight", "backup")
-_HEALTH_KEYS = ("interval", "timeout", "rise", "fall")
-_LISTENER_KEYS = (
-    "name",
-    "listen",
-    "upstream",
-    "routes",
-    "allow",
-    "deny",
-    "accept_proxy_protocol",
-    "tls",
-    "idle_timeout",
-    "connect_timeout",
-    "max_connections",
-    "buffer_size",
-    "hexdump",
-)
 _ROUTE_KEYS = ("name", "match", "upstream")
 _MATCH_KEYS = ("sni", "source")
 _SNI_PATTERN = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+
+
+_YAML_TAG = "tag:yaml.org,2002:"
+_MERGE_TAG = f"{_YAML_TAG}merge"
+# The tags plain YAML gives values, and so the only ones the schema can take; a scalar tagged
+# `!!merge` or `!!value` is a `<<` or `=` written where a value goes, and means that text.
+_SCALAR_CONSTRUCTORS = {
+    f"{_YAML_TAG}{name}": getattr(yaml.constructor.SafeConstructor, f"construct_yaml_{name}")
+    for name in ("str", "int", "float", "bool", "null", "timestamp")
+}
+_PLAIN_TAGS = {
+    yaml.ScalarNode: {*_SCALAR_CONSTRUCTORS, _MERGE_TAG, f"{_YAML_TAG}value"},
+    yaml.SequenceNode: {f"{_YAML_TAG}seq"},
+    yaml.MappingNode: {f"{_YAML_TAG}map"},
+}
+
+
+def _short_tag(tag: str) -> str:
+    """A tag as it is written in YAML: `!!int`, `!local`."""
+    return f"!!{tag.removeprefix(_YAML_TAG)}" if tag.startswith(_YAML_TAG) else tag
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _key_of(node: yaml.Node) -> object:
+    """What makes two mapping keys the same key: the name, or for a key that is no name, the node."""
+    return node.value if isinstance(node, yaml.ScalarNode) else id(node)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"))
+    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -280,22 +393,23 @@ class _Reader:
 
     @property
     def errors(self) -> list[str]:
-        """Every error, in the order of the file."""
-        return [message for *_, message in sorted(self._errors)]
+        """Every error once (a node used through several aliases is read as often), in the order of the file."""
+        return [message for *_, message in sorted(set(self._errors))]
 
     @property
     def warnings(self) -> list[str]:
-        return [message for *_, message in sorted(self._warnings)]
+        return [message for *_, message in sorted(set(self._warnings))]
 
     # -- shapes --------------------------------------------------------------------------
 
-    def mapping(self, node: yaml.Node, what: str, keys: Sequence[str]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """{key: (key node, value node)} of a mapping, reporting unknown and repeated keys."""
+    def mapping(self, node: yaml.Node, what: str, keys: Collection[str]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """{key: (key node, value node)} of a mapping, merge keys applied, reporting unknown and repeated keys."""
+        self.check_tag(node, what)
         if not isinstance(node, yaml.MappingNode):
             self.error(node, f"{what} must be a mapping of keys, got {self._kind(node)}")
             return {}
         found: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
+        for key_node, value_node in self.merged(node, 0):
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.error(key_node, f"{what} keys must be names")
@@ -307,17 +421,73 @@ class _Reader:
                 self.error(key_node, f"unknown key {key!r} in {what}{_did_you_mean(key, keys)}")
         return found
 
+    def merged(self, node: yaml.MappingNode, depth: int) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The pairs of a mapping with its merge keys (`<<: *a`, `<<: [*a, *b]`) replaced by what they merge.
+
+        A key given in the mapping itself wins over a merged one, and of merged mappings the first
+        wins; a key repeated within one mapping stays repeated, to be reported.
+        """
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: list[yaml.MappingNode] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG and isinstance(key_node, yaml.ScalarNode):
+                sources.extend(self.merge_sources(value_node))
+            else:
+                pairs.append((key_node, value_node))
+        if sources and depth >= MAX_NESTING:
+            self.error(node, f"merge keys nested deeper than {MAX_NESTING} levels")
+            return pairs
+        taken = {_key_of(key_node) for key_node, _ in pairs}
+        for source in sources:
+            added = [pair for pair in self.merged(source, depth + 1) if _key_of(pair[0]) not in taken]
+            pairs.extend(added)
+            taken.update(_key_of(key_node) for key_node, _ in added)
+        return pairs
+
+    def merge_sources(self, node: yaml.Node) -> list[yaml.MappingNode]:
+        if isinstance(node, yaml.SequenceNode):
+            self.check_tag(node, "<<")
+        sources = []
+        for item in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+            if isinstance(item, yaml.MappingNode):
+                self.check_tag(item, "<<")
+                sources.append(item)
+            else:
+                self.error(item, f"'<<' merges a mapping or a list of mappings, got {self._kind(item)}")
+        return sources
+
     def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        self.check_tag(node, what)
         if isinstance(node, yaml.SequenceNode):
             return list(node.value)
         self.error(node, f"{what} must be a list, got {self._kind(node)}")
         return []
 
+    def items(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        """The items of a list, or a single value as a list of one."""
+        return self.sequence(node, what) if isinstance(node, yaml.SequenceNode) else [node]
+
     def scalar(self, node: yaml.Node, what: str) -> Any:
+        if not self.check_tag(node, what):
+            return _INVALID
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, f"{what} must be a single value, got {self._kind(node)}")
             return _INVALID
-        return self._constructor.construct_object(node)
+        construct = _SCALAR_CONSTRUCTORS.get(node.tag)
+        if construct is None:  # `<<` or `=` where a value is expected: the text itself
+            return node.value
+        try:
+            return construct(self._constructor, node)
+        except (ValueError, KeyError, IndexError, AttributeError, OverflowError):
+            self.error(node, f"{what}: {_shortened(node.value)!r} is not a valid {_short_tag(node.tag)}")
+            return _INVALID
+
+    def check_tag(self, node: yaml.Node, what: str) -> bool:
+        """False (and an error) for a YAML tag that would give a value no key here takes."""
+        if node.tag in _PLAIN_TAGS[type(node)]:
+            return True
+        self.error(node, f"{what}: unsupported YAML tag {_short_tag(node.tag)!r}")
+        return False
 
     @staticmethod
     def _kind(node: yaml.Node) -> str:
@@ -325,7 +495,7 @@ class _Reader:
             return "a mapping"
         if isinstance(node, yaml.SequenceNode):
             return "a list"
-        return repr(node.value)
+        return repr(_shortened(node.value))
 
     # -- values --------------------------------------------------------------------------
 
@@ -342,8 +512,18 @@ class _Reader:
     def duration(self, node: yaml.Node, what: str) -> Any:
         return self.parsed(node, what, parse_duration)
 
-    def size(self, node: yaml.Node, what: str) -> Any:
-        return self.parsed(node, what, lambda value: _at_least(parse_size(value), 1, "size"))
+    def timeout(self, node: yaml.Node, what: str) -> Any:
+        """A duration above 0: a timer that fires at once would end every attempt."""
+        return self.parsed(node, what, parse_positive_duration)
+
+    def idle_timeout(self, node: yaml.Node, what: str) -> Any:
+        seconds = self.duration(node, what)
+        if seconds == 0:
+            self.warn(node, f"{what}: 0 means no idle timeout: idle connections stay open for ever")
+        return seconds
+
+    def size(self, node: yaml.Node, what: str, minimum: int = 1) -> Any:
+        return self.parsed(node, what, lambda value: _at_least(parse_size(value), minimum, "size"))
 
     def integer(self, node: yaml.Node, what: str, minimum: int) -> Any:
         def parse(value: Any) -> int:
@@ -381,13 +561,9 @@ class _Reader:
         return self.parsed(node, what, lambda value: parse_address(value, allow_port_zero=listener))
 
     def networks(self, node: yaml.Node, what: str) -> tuple[IPNetwork, ...]:
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        found = []
-        for item in items:
-            network = self.parsed(item, what, _network)
-            if network is not _INVALID:
-                found.append(network)
-        return tuple(found)
+        """Addresses and CIDR blocks, IPv4-mapped ones as IPv4, each once."""
+        found = (self.parsed(item, what, _network) for item in self.items(node, what))
+        return tuple(dict.fromkeys(network for network in found if network is not _INVALID))
 
     # -- the document --------------------------------------------------------------------
 
@@ -395,13 +571,13 @@ class _Reader:
         if root is None:
             self._errors.append((0, 0, f"{self.source}:1:1: the file is empty; it needs at least 'listeners:'"))
             return None
-        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners"))
+        top = self.mapping(root, "the file", _TOP_KEYS)
         defaults = self.defaults(top["defaults"][1]) if "defaults" in top else {}
         upstreams: dict[str, UpstreamConfig] = {}
         upstream_nodes: dict[str, yaml.Node] = {}
         if "upstreams" in top:
             upstreams_node = top["upstreams"][1]
-            for key_node, value_node in self.mapping(upstreams_node, "upstreams", _AnyKey()).values():
+            for key_node, value_node in self.mapping(upstreams_node, "upstreams", _Names((), "")).values():
                 name = key_node.value
                 self.declared.add(name)
                 upstream = self.upstream(name, value_node, defaults)
@@ -429,47 +605,29 @@ class _Reader:
             listeners=tuple(listener for _, listener in listeners),
             upstreams=upstreams,
             shutdown_grace=defaults.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE),
+            max_buffered=defaults.get("max_buffered", DEFAULT_MAX_BUFFERED),
         )
 
     def defaults(self, node: yaml.Node) -> dict[str, Any]:
-        fields = self.mapping(node, "defaults", _DEFAULT_KEYS)
-        values: dict[str, Any] = {}
+        return self.options(self.mapping(node, "defaults", _DEFAULT_PARSERS), _DEFAULT_PARSERS)
+
+    def options(self, fields: dict[str, tuple[yaml.Node, yaml.Node]], parsers: dict[str, _Parser]) -> dict[str, Any]:
+        """The valid values of the keys that `parsers` reads, each parsed by its own parser."""
+        values = {}
         for key, (_, value_node) in fields.items():
-            if key in ("connect_timeout", "idle_timeout", "shutdown_grace"):
-                value = self.duration(value_node, key)
-            elif key == "max_connections":
-                value = self.integer(value_node, key, 1)
-            elif key == "buffer_size":
-                value = self.size(value_node, key)
-            else:
-                value = self.boolean(value_node, key)
+            parse = parsers.get(key)
+            value = _INVALID if parse is None else parse(self, value_node, key)
             if value is not _INVALID:
                 values[key] = value
         return values
 
     def upstream(self, name: str, node: yaml.Node, defaults: dict[str, Any]) -> UpstreamConfig | None:
         what = f"upstream {name!r}"
-        fields = self.mapping(node, what, _UPSTREAM_KEYS)
+        fields = self.mapping(node, what, (*_UPSTREAM_PARSERS, "servers"))
         if not isinstance(node, yaml.MappingNode):
             return None
         options: dict[str, Any] = {"connect_timeout": defaults.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)}
-        for key, (_, value_node) in fields.items():
-            if key == "servers":
-                continue
-            if key == "balance":
-                value = self.choice(value_node, "balance", BALANCE_STRATEGIES)
-            elif key == "connect_timeout":
-                value = self.duration(value_node, key)
-            elif key == "retries":
-                value = self.integer(value_node, key, 0)
-            elif key == "proxy_protocol":
-                value = self.choice(value_node, key, PROXY_PROTOCOL_VERSIONS)
-            elif key == "tls":
-                value = self.upstream_tls(value_node)
-            else:
-                value = self.health_check(value_node)
-            if value is not _INVALID:
-                options[key] = value
+        options.update(self.options(fields, _UPSTREAM_PARSERS))
         if "servers" not in fields:
             self.error(node, f"{what} has no 'servers:' list")
             return None
@@ -496,31 +654,36 @@ class _Reader:
             return None
         return ServerConfig(address, weight, backup)
 
-    def health_check(self, node: yaml.Node) -> Any:
-        fields = self.mapping(node, "health_check", _HEALTH_KEYS)
-        values: dict[str, Any] = {}
-        for key, (_, value_node) in fields.items():
-            if key in ("interval", "timeout"):
-                values[key] = self.duration(value_node, key)
-            else:
-                values[key] = self.integer(value_node, key, 1)
-        if not isinstance(node, yaml.MappingNode) or _INVALID in values.values():
+    def health_check(self, node: yaml.Node, what: str) -> Any:
+        fields = self.mapping(node, what, _HEALTH_PARSERS)
+        values = self.options(fields, _HEALTH_PARSERS)
+        if not isinstance(node, yaml.MappingNode) or len(values) < len(fields):
             return _INVALID
         return HealthCheckConfig(**values)
 
     def path(self, node: yaml.Node, what: str) -> Any:
-        """A readable file, relative to the configuration file's folder."""
+        """A readable regular file, relative to the configuration file's folder.
+
+        Looked at before it is opened: opening a FIFO waits for a writer, and a device may do
+        something on open.
+        """
         text = self.text(node, what)
         if text is _INVALID:
             return _INVALID
-        path = (self.base_dir / text).resolve()
+        if "\0" in text:
+            self.error(node, f"{what}: cannot read {text!r}: the path holds a NUL character")
+            return _INVALID
+        path = os.path.realpath(self.base_dir / text)
         try:
-            with open(path, "rb"):
-                pass
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                self.error(node, f"{what}: cannot read {text!r}: not a regular file ({_file_kind(mode)})")
+                return _INVALID
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # readable by us, and never waits
         except OSError as exc:
             self.error(node, f"{what}: cannot read {text!r}: {(exc.strerror or str(exc)).lower()}")
             return _INVALID
-        return str(path)
+        return path
 
     def certificate(self, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> Any:
         """cert + key from a mapping, checked to load and to belong together."""
@@ -592,9 +755,8 @@ class _Reader:
         return self.parsed(node, "sni" if wildcard else "server_name", parse)
 
     def sni_patterns(self, node: yaml.Node) -> tuple[str, ...]:
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        names = (self.sni_name(item, wildcard=True) for item in items)
-        return tuple(name for name in names if name is not _INVALID)
+        names = (self.sni_name(item, wildcard=True) for item in self.items(node, "sni"))
+        return tuple(dict.fromkeys(name for name in names if name is not _INVALID))
 
     def check_sni_coverage(self, listener: ListenerConfig, routes_node: yaml.Node) -> None:
         tls = listener.tls
@@ -617,31 +779,11 @@ class _Reader:
         if "listen" not in fields:
             self.error(node, "listener needs a 'listen:' address")
             return None
-        options: dict[str, Any] = {
-            key: defaults[key]
-            for key in ("idle_timeout", "connect_timeout", "max_connections", "buffer_size", "hexdump")
-            if key in defaults
-        }
+        options: dict[str, Any] = {key: defaults[key] for key in _LISTENER_PARSERS if key in defaults}
         listen = self.address(fields["listen"][1], "listen", listener=True)
-        for key, (_, value_node) in fields.items():
-            if key in ("listen", "upstream", "routes"):
-                continue
-            if key == "name":
-                value = self.text(value_node, key)
-            elif key in ("idle_timeout", "connect_timeout"):
-                value = self.duration(value_node, key)
-            elif key == "max_connections":
-                value = self.integer(value_node, key, 1)
-            elif key == "buffer_size":
-                value = self.size(value_node, key)
-            elif key in ("hexdump", "accept_proxy_protocol"):
-                value = self.boolean(value_node, key)
-            elif key == "tls":
-                value = self.listener_tls(value_node)
-            else:
-                value = self.networks(value_node, key)
-            if value is not _INVALID:
-                options[key] = value
+        options.update(self.options(fields, _LISTENER_PARSERS))
+        if "accept_proxy_protocol" in options:
+            options["accept_proxy_protocol"], options["proxy_trusted"] = options["accept_proxy_protocol"]
         routes = self.listener_routes(node, fields, defaults, upstreams, used)
         if listen is _INVALID:
             return None
@@ -655,7 +797,36 @@ class _Reader:
             self.warn(
                 fields.get("allow", fields.get("deny", (node, node)))[1], "allow and deny leave no source allowed"
             )
+        if listener.accept_proxy_protocol and listener.proxy_trusted is None and _looks_at_source(listener):
+            self.warn(
+                fields["accept_proxy_protocol"][0],
+                "accept_proxy_protocol: true trusts every peer, so any client can claim any source address"
+                " (name the proxies in front with {trusted: [...]})",
+            )
         return listener
+
+    def proxy_protocol(self, node: yaml.Node, what: str) -> Any:
+        """(accepted, trusted peers or None) from `true`, `false` or `{trusted: [CIDR, ...]}`."""
+        if isinstance(node, yaml.MappingNode):
+            fields = self.mapping(node, what, ("trusted",))
+            if "trusted" not in fields:
+                self.error(node, f"{what} needs 'trusted:', the addresses of the proxies in front")
+                return _INVALID
+            trusted_node = fields["trusted"][1]
+            if isinstance(trusted_node, yaml.SequenceNode) and not trusted_node.value:
+                self.error(trusted_node, "trusted is empty: no client could connect")
+                return _INVALID
+            return True, self.networks(trusted_node, "trusted")
+        forms = "must be true, false or {trusted: [...]}"
+        if isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what}: {forms}, got a list")
+            return _INVALID
+        value = self.scalar(node, what)
+        if isinstance(value, bool):
+            return value, None
+        if value is not _INVALID:
+            self.error(node, f"{what}: {forms}, got {value!r}")
+        return _INVALID
 
     def listener_routes(
         self,
@@ -681,12 +852,11 @@ class _Reader:
                 routes.append((item, route))
         if isinstance(fields["routes"][1], yaml.SequenceNode) and not fields["routes"][1].value:
             self.error(fields["routes"][1], "routes is empty: every client would be refused")
+        coverage = _Coverage()
         for index, (item, route) in enumerate(routes):
-            for earlier_index, (_, earlier) in enumerate(routes[:index]):
-                if _covers(earlier.match, route.match):
-                    label = earlier.name or f"#{earlier_index + 1}"
-                    self.warn(item, f"this route can never match: route {label} before it matches all it does")
-                    break
+            cover = coverage.add(route.match, route.name or f"#{index + 1}")
+            if cover is not None:
+                self.warn(item, f"this route can never match: route {cover} before it matches all it does")
         return tuple(route for _, route in routes) if routes else None
 
     def route(
@@ -744,7 +914,7 @@ class _Reader:
     def check_listeners(self) -> None:
         """Names must be unique; no two listeners may want the same port on the same address."""
         names: dict[str, yaml.Node] = {}
-        addresses: list[tuple[yaml.Node, Address]] = []
+        by_port: dict[int, list[tuple[yaml.Node, Address]]] = {}
         for node, given_name, listen in self.bound:
             name = given_name or str(listen)
             if name not in names:
@@ -759,20 +929,75 @@ class _Reader:
                 self.error(node, f"listener name {name!r} is used twice (first at {self.where(names[name])})")
             if listen.port == 0:
                 continue
-            for first_node, first in addresses:
+            same_port = by_port.setdefault(listen.port, [])  # only listeners on one port can clash
+            for first_node, first in same_port:
                 clash = _clash(first, listen)
                 if clash is not None:
                     self.error(node, f"{clash} (first at {self.where(first_node)})")
                     break
-            addresses.append((node, listen))
+            same_port.append((node, listen))
 
 
-class _AnyKey(tuple):
-    """The key set that admits every name (upstream names are the user's own)."""
+class _Names(tuple):
+    """Key names, and besides them every name that starts with `prefix` ("": every name at all)."""
+
+    prefix: str
+
+    def __new__(cls, names: Iterable[str], prefix: str) -> _Names:
+        self = super().__new__(cls, names)
+        self.prefix = prefix
+        return self
 
     def __contains__(self, key: object) -> bool:
-        return True
+        return super().__contains__(key) or (isinstance(key, str) and key.startswith(self.prefix))
 
+
+# `x-` keys at the top are the user's own, a place for anchors that listeners merge (as in Compose files).
+_TOP_KEYS = _Names(("defaults", "upstreams", "listeners"), "x-")
+
+_Parser = Callable[[_Reader, yaml.Node, str], Any]
+
+
+def _at_least_one(reader: _Reader, node: yaml.Node, key: str) -> Any:
+    return reader.integer(node, key, 1)
+
+
+_DEFAULT_PARSERS: dict[str, _Parser] = {
+    "connect_timeout": _Reader.timeout,
+    "idle_timeout": _Reader.idle_timeout,
+    "max_connections": _at_least_one,
+    "buffer_size": _Reader.size,
+    "max_buffered": lambda reader, node, key: reader.size(node, key, MIN_MAX_BUFFERED),
+    "shutdown_grace": _Reader.duration,
+    "hexdump": _Reader.boolean,
+}
+_UPSTREAM_PARSERS: dict[str, _Parser] = {
+    "balance": lambda reader, node, key: reader.choice(node, key, BALANCE_STRATEGIES),
+    "connect_timeout": _Reader.timeout,
+    "retries": lambda reader, node, key: reader.integer(node, key, 0),
+    "proxy_protocol": lambda reader, node, key: reader.choice(node, key, PROXY_PROTOCOL_VERSIONS),
+    "health_check": _Reader.health_check,
+    "tls": lambda reader, node, _key: reader.upstream_tls(node),
+}
+_HEALTH_PARSERS: dict[str, _Parser] = {
+    "interval": _Reader.timeout,
+    "timeout": _Reader.timeout,
+    "rise": _at_least_one,
+    "fall": _at_least_one,
+}
+_LISTENER_PARSERS: dict[str, _Parser] = {
+    "name": _Reader.text,
+    "allow": _Reader.networks,
+    "deny": _Reader.networks,
+    "accept_proxy_protocol": _Reader.proxy_protocol,
+    "tls": lambda reader, node, _key: reader.listener_tls(node),
+    "idle_timeout": _Reader.idle_timeout,
+    "connect_timeout": _Reader.timeout,
+    "max_connections": _at_least_one,
+    "buffer_size": _Reader.size,
+    "hexdump": _Reader.boolean,
+}
+_LISTENER_KEYS = (*_LISTENER_PARSERS, "listen", "upstream", "routes")
 
 _INVALID = object()  # a value already reported as an error
 
@@ -787,7 +1012,7 @@ def _network(value: Any) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError(f"expected an address or CIDR block such as 10.0.0.0/8, got {value!r}")
     try:
-        return ipaddress.ip_network(value.strip(), strict=False)
+        return canonical_network(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or CIDR block") from None
 
@@ -798,6 +1023,10 @@ def _network_within(inner: IPNetwork, outers: Iterable[IPNetwork]) -> bool:
 
 def _leaves_any_source(allow: tuple[IPNetwork, ...], deny: tuple[IPNetwork, ...]) -> bool:
     return any(not _network_within(network, deny) for network in allow)
+
+
+def _looks_at_source(listener: ListenerConfig) -> bool:
+    return listener.allow is not None or bool(listener.deny) or any(route.match.source for route in listener.routes)
 
 
 def _clash(first: Address, later: Address) -> str | None:
@@ -829,17 +1058,57 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
 
 
-def _sni_covers(earlier: str, later: str) -> bool:
-    """True when every name the `later` pattern matches, the `earlier` one matches too."""
-    if later.startswith("*."):
-        return earlier == later
-    return name_matches(earlier, later)
+def _sni_covered(name: str, patterns: frozenset[str]) -> bool:
+    """True when every server name the pattern `name` matches, one of `patterns` matches too."""
+    if name in patterns:
+        return True
+    head, dot, parent = name.partition(".")
+    return head not in ("", "*") and bool(dot) and f"*.{parent}" in patterns
+
+
+class _Coverage:
+    """Which earlier route of a listener matches every client a later one does.
+
+    Without comparing every pair: a route the same as an earlier one is covered by whatever
+    covered that one, or else by it; and a route with server names covers a later one only if it
+    has the later's first name or the wildcard one level above it, so only those are compared
+    (with the routes without names).
+    """
+
+    def __init__(self) -> None:
+        self.labels: dict[MatchConfig, str] = {}  # each match so far, in order -> its first route's label
+        self.covered_by: dict[MatchConfig, str | None] = {}
+        self.order: dict[MatchConfig, int] = {}
+        self.with_pattern: dict[str, list[MatchConfig]] = {}
+        self.without_sni: list[MatchConfig] = []
+
+    def add(self, match: MatchConfig, label: str) -> str | None:
+        """The label of the first route before this one that covers it, if any."""
+        if match in self.labels:
+            return self.covered_by[match] or self.labels[match]
+        candidates = list(self.without_sni)
+        if match.sni:
+            name = match.sni[0]
+            candidates += self.with_pattern.get(name, [])
+            candidates += self.with_pattern.get(f"*.{name.partition('.')[2]}", [])
+        covers = [earlier for earlier in candidates if _covers(earlier, match)]
+        cover = min(covers, key=self.order.__getitem__, default=None)
+        self.covered_by[match] = None if cover is None else self.labels[cover]
+        self.labels[match] = label
+        self.order[match] = len(self.order)
+        for pattern in match.sni:
+            self.with_pattern.setdefault(pattern, []).append(match)
+        if not match.sni:
+            self.without_sni.append(match)
+        return self.covered_by[match]
 
 
 def _covers(earlier: MatchConfig, later: MatchConfig) -> bool:
     """True when every client that `later` matches is taken by `earlier` first."""
-    if earlier.sni and not (later.sni and all(any(_sni_covers(e, n) for e in earlier.sni) for n in later.sni)):
-        return False
+    if earlier.sni:
+        patterns = frozenset(earlier.sni)
+        if not (later.sni and all(_sni_covered(name, patterns) for name in later.sni)):
+            return False
     if not earlier.source:
         return True
     return bool(later.source) and all(_network_within(network, earlier.source) for network in later.source)

@@ -231,7 +231,9 @@ class Pair:
         self.note: str | None = None  # why routing fell back, when it did (for `reason=`)
         self._kernel_queued: tuple[int, ...] = ()  # send-queue sizes at the last idle check
         runtime.pairs.add(self)
-        self._idle_timer: Timer | None = reactor.call_later(settings.idle_timeout, self._check_idle)
+        self._idle_timer: Timer | None = None  # an idle_timeout of 0 means none
+        if settings.idle_timeout:
+            self._idle_timer = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
 
     # -- connecting (the ConnectObserver protocol) ---------------------------------------

@@ -132,6 +132,14 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
+def parse_positive_duration(value: str | int | float) -> float:
+    """A duration above 0, for timeouts: one of 0 would end every attempt before it began."""
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError(f"must be above 0, got {value!r}")
+    return seconds
+
+
 MAX_SIZE = 1024**4  # far past any sane buffer; keeps what follows in machine integers
 _SIZE_UNITS = {
     "": 1,

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.units import Address, parse_address, parse_duration, parse_size
+from proxy.units import (
+    Address,
+    canonical_ip,
+    canonical_network,
+    parse_address,
+    parse_duration,
+    parse_positive_duration,
+    parse_size,
+)
 
 # -- addresses ---------------------------------------------------------------------------
 
@@ -245,6 +255,23 @@ def test_bad_durations_name_the_value(value):
     assert repr(value) in str(info.value)
 
 
+@pytest.mark.parametrize("value", [0, 0.0, "0", "0s", "0ms", " 0.0 h "])
+def test_a_timeout_of_zero_is_refused(value):
+    with pytest.raises(ValueError) as info:
+        parse_positive_duration(value)
+    assert str(info.value) == f"must be above 0, got {value!r}"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1ms", 0.001), (0.0001, 0.0001), ("5s", 5.0)])
+def test_a_timeout_above_zero_is_a_duration(value, seconds):
+    assert parse_positive_duration(value) == pytest.approx(seconds)
+
+
+def test_a_timeout_that_is_no_duration_gets_the_duration_message():
+    with pytest.raises(ValueError, match="bad duration '5x'"):
+        parse_positive_duration("5x")
+
+
 def test_a_huge_integer_duration_is_a_value_error():
     with pytest.raises(ValueError):
         parse_duration(10**400)
@@ -315,3 +342,35 @@ def test_whole_sizes_in_any_unit(number, unit):
 def test_whole_durations_in_any_unit(number, unit):
     suffix, factor = unit
     assert parse_duration(f"{number}{suffix}") == pytest.approx(number * factor)
+
+
+# -- IP addresses and networks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3", "10.1.2.3/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        (" 10.1.2.3/8 ", "10.0.0.0/8"),
+        ("::/0", "::/0"),
+        ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ("2001:db8::/32", "2001:db8::/32"),
+    ],
+)
+def test_networks_have_one_canonical_form(text, expected):
+    assert canonical_network(text) == ipaddress.ip_network(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("::ffff:10.1.2.3", "10.1.2.3"), ("10.1.2.3", "10.1.2.3"), ("fe80::1%eth0", "fe80::1")]
+)
+def test_addresses_have_one_canonical_form(text, expected):
+    assert canonical_ip(text) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize("text", ["10.0.0.300", "example.com", "10.0.0.0/33", ""])
+def test_what_is_no_network_is_a_value_error(text):
+    with pytest.raises(ValueError):
+        canonical_network(text)
