@@ -172,9 +172,16 @@ class Script(Outcomes):
     def __init__(self) -> None:
         super().__init__()
         self._tokens = itertools.count()
+        self._released: dict[str, threading.Event] = {}
 
     def token(self) -> str:
-        return f"t{next(self._tokens)}"
+        token = f"t{next(self._tokens)}"
+        self._released[token] = threading.Event()
+        return token
+
+    def release(self, token: str) -> None:
+        """Let a stalled connection (`stall`) go on."""
+        self._released[token].set()
 
     def __call__(self, conn: socket.socket) -> None:
         line = bytearray()
@@ -185,7 +192,7 @@ class Script(Outcomes):
             line += byte
         verb, token, *args = line.decode().split()
         try:
-            outcome = getattr(self, f"do_{verb}")(conn, *map(int, args))
+            outcome = getattr(self, f"do_{verb}")(conn, token, *map(int, args))
         except (ConnectionResetError, BrokenPipeError):
             outcome = "reset"
         self.note(token, outcome)
@@ -196,13 +203,13 @@ class Script(Outcomes):
             pass
         return "eof"
 
-    def do_source(self, conn: socket.socket, size: int) -> str:
+    def do_source(self, conn: socket.socket, _token: str, size: int) -> str:
         for piece in stream(size):
             conn.sendall(piece)
         conn.shutdown(socket.SHUT_WR)
         return self._until_eof(conn)
 
-    def do_trickle(self, conn: socket.socket, size: int, delay_ms: int) -> str:
+    def do_trickle(self, conn: socket.socket, _token: str, size: int, delay_ms: int) -> str:
         for byte in stream(size):
             for index in range(len(byte)):
                 conn.sendall(byte[index : index + 1])
@@ -210,7 +217,7 @@ class Script(Outcomes):
         conn.shutdown(socket.SHUT_WR)
         return self._until_eof(conn)
 
-    def do_sink(self, conn: socket.socket, bytewise: int) -> str:
+    def do_sink(self, conn: socket.socket, _token: str, bytewise: int) -> str:
         """Read to EOF (the first `bytewise` bytes one at a time), then answer `LENGTH SHA256`."""
         digest, total = hashlib.sha256(), 0
         while total < bytewise and (byte := conn.recv(1)):
@@ -222,21 +229,25 @@ class Script(Outcomes):
         conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
         return "eof"
 
-    def do_stall(self, conn: socket.socket, seconds: int) -> str:
-        """Neither read nor write for up to `seconds`, or until the proxy closes or resets
-        (which a peer only learns this way when no bytes of ours are stuck in the proxy's
-        socket: the FIN goes after them), then read to the end."""
-        hangup = wait_hangup(conn, seconds)
+    def do_stall(self, conn: socket.socket, token: str) -> str:
+        """Neither read nor write until the proxy closes or resets (which a peer only learns
+        this way when no bytes for it are stuck in the proxy's socket: the FIN goes after them)
+        or the test releases it; then read to the end."""
+        deadline = time.monotonic() + 2 * WAIT
+        while not self._released[token].is_set() and time.monotonic() < deadline:
+            if wait_hangup(conn, 0.05):
+                self._until_eof(conn)
+                return "closed"
         self._until_eof(conn)
-        return "closed" if hangup else "stalled, then eof"
+        return "stalled, then eof"
 
-    def do_reset_after_send(self, conn: socket.socket, size: int) -> str:
+    def do_reset_after_send(self, conn: socket.socket, _token: str, size: int) -> str:
         for piece in stream(size):
             conn.sendall(piece)
         rst_close(conn)
         return "sent, then reset"
 
-    def do_reset_after_receive(self, conn: socket.socket, size: int) -> str:
+    def do_reset_after_receive(self, conn: socket.socket, _token: str, size: int) -> str:
         recv_exactly(conn, size)
         rst_close(conn)
         return "received, then reset"
@@ -247,19 +258,25 @@ class Recorder(Outcomes):
     (`eof` or `reset`), by the client's HOST:PORT the header names."""
 
     def __call__(self, conn: socket.socket) -> None:
-        header = bytearray()
-        while not header.endswith(b"\r\n"):
-            byte = conn.recv(1)
-            if not byte:
-                return
-            header += byte
-        _, _, source, _, port, _ = header.decode().split()
+        client = read_proxy_header(conn)
         try:
             echo_handler(conn)
             outcome = "eof"
         except (ConnectionResetError, BrokenPipeError):
             outcome = "reset"
-        self.note(f"{source}:{port}", outcome)
+        self.note(client, outcome)
+
+
+def read_proxy_header(conn: socket.socket) -> str:
+    """The client's HOST:PORT from the PROXY v1 header the proxy sends first."""
+    header = bytearray()
+    while not header.endswith(b"\r\n"):
+        byte = conn.recv(1)
+        if not byte:
+            raise ConnectionResetError("closed inside the PROXY header")
+        header += byte
+    _, _, source, _, port, _ = header.decode().split()
+    return f"{source}:{port}"
 
 
 def tagged(conn: socket.socket) -> None:
@@ -273,8 +290,9 @@ def reset_on_accept(conn: socket.socket) -> None:
 
 
 def reset_before_a_byte(conn: socket.socket) -> None:
-    """Resets a moment after accepting: after the proxy has seen its connect succeed."""
-    time.sleep(0.1)
+    """Resets once the proxy has handled its connect (its PROXY header proves it), before any
+    payload byte either way."""
+    read_proxy_header(conn)
     rst_close(conn)
 
 
@@ -328,13 +346,14 @@ class Env:
         self.addresses = {name: proxy.listener_address(name) for name in LISTENERS}
         self._parsed = 0
         self._access: dict[str, list[tuple[int, dict[str, str]]]] = {}  # who: (line index, fields)
-        self._connected_at: dict[str, int] = {}  # who: the number of log lines when it connected
+        self._connected_at: dict[str, int] = {}  # who: the number of log lines before it connected
         self._lock = threading.Lock()
         self.warm_up()
         self.baseline = proxy.fd_count()
 
-    def connect(self, listener: str, timeout: float = WAIT, rcvbuf: int | None = None) -> Client:
-        """A client of `listener`; `rcvbuf` sets its receive buffer before the handshake."""
+    def client(self, listener: str, timeout: float = WAIT, rcvbuf: int | None = None) -> Client:
+        """A client socket for `listener`, bound (so that `who` knows it) but not connected yet;
+        `rcvbuf` sets its receive buffer before the handshake."""
         mark = len(self.proxy.lines)
         sock = Client()
         sock.listener = listener
@@ -342,12 +361,22 @@ class Env:
             if rcvbuf is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.settimeout(timeout)
-            sock.connect(self.addresses[listener])
+            sock.bind(("127.0.0.1", 0))
         except BaseException:
             sock.close()
             raise
         with self._lock:
             self._connected_at[who(sock)] = mark
+        return sock
+
+    def connect(self, listener: str, timeout: float = WAIT, rcvbuf: int | None = None) -> Client:
+        """A client connected to `listener`."""
+        sock = self.client(listener, timeout, rcvbuf)
+        try:
+            sock.connect(self.addresses[listener])
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def access_for(self, client: str, timeout: float = WAIT) -> dict[str, str]:
@@ -424,12 +453,15 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
           recorder:
             servers: ["{at("recorder")}"]
             proxy_protocol: v1
+          reset-before-bytes:
+            servers: ["{at("reset")}"]
+            proxy_protocol: v1
         listeners:
           - {{name: echo, listen: "127.0.0.1:0", upstream: "{at("echo")}", idle_timeout: 10s}}
           - {{name: recorded, listen: "127.0.0.1:0", upstream: recorder}}
           - {{name: script, listen: "127.0.0.1:0", upstream: "{at("script")}"}}
           - {{name: slow, listen: "127.0.0.1:0", upstream: "{at("script")}", idle_timeout: {SLOW_IDLE}}}
-          - {{name: reset-before-bytes, listen: "127.0.0.1:0", upstream: "{at("reset")}"}}
+          - {{name: reset-before-bytes, listen: "127.0.0.1:0", upstream: reset-before-bytes}}
           - {{name: reset-on-accept, listen: "127.0.0.1:0", upstream: "{at("reset-on-accept")}"}}
           - name: proxied
             listen: "127.0.0.1:0"
@@ -621,12 +653,13 @@ def stalled_upstream(env: Env, size: int = 64 * MiB) -> Expect:
     started = time.monotonic()  # the proxy may accept later, never sooner
     with env.connect("script") as client:
         name = who(client)
-        client.sendall(f"stall {token} {int(3 * IDLE)}\n".encode())
+        client.sendall(f"stall {token}\n".encode())
         with pytest.raises((ConnectionResetError, BrokenPipeError)):
             for piece in stream(size):
                 client.sendall(piece)  # fills the buffers, then the proxy gives up: a reset
         assert 0.8 * IDLE < time.monotonic() - started < 8 * IDLE
     # Bytes for it are stuck in the proxy's socket: it learns of the end once it reads again.
+    env.script.release(token)
     assert env.script.wait(token)[0] == "stalled, then eof"
     return Expect(name, "timeout", "idle")
 
@@ -648,7 +681,7 @@ def unanswering_upstream(env: Env) -> Expect:
     started = time.monotonic()  # the proxy may accept later, never sooner
     with env.connect("script") as client:
         name = who(client)
-        client.sendall(f"stall {token} {int(4 * IDLE)}\nGET / HTTP/1.0\r\n\r\n".encode())
+        client.sendall(f"stall {token}\nGET / HTTP/1.0\r\n\r\n".encode())
         assert read_end(client) == ("eof", b"")
         assert 0.8 * IDLE < time.monotonic() - started < 4 * IDLE
     assert env.script.wait(token)[0] == "closed"
@@ -759,10 +792,15 @@ def client_reset_before_a_byte(env: Env) -> Expect:
 
 
 def upstream_reset_before_a_byte(env: Env, listener: str = "reset-before-bytes") -> Expect:
-    with env.connect(listener) as client:
+    with env.client(listener) as client:
         name = who(client)
         started = time.monotonic()
-        assert read_end(client) == ("reset", b"")
+        try:
+            client.connect(env.addresses[listener])
+        except ConnectionResetError:
+            pass  # the reset came before this thread got back from connect()
+        else:
+            assert read_end(client) == ("reset", b"")
         assert time.monotonic() - started < PROMPT
     return Expect(name, "reset", "upstream:")
 
