@@ -698,6 +698,36 @@ def stalled_in_proxy_header(env: Env) -> Expect:
     return Expect(name, "timeout", "no complete PROXY header")
 
 
+def slow_proxy_header(env: Env) -> Expect:
+    """A PROXY header a byte at a time, slower than connect_timeout allows: the bound is on the
+    whole header, not on each byte."""
+    header = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n"
+    started = time.monotonic()  # the proxy may accept later, never sooner
+    with env.connect("proxied") as client:
+        name = who(client)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in header:  # 4 s at this pace
+                client.sendall(bytes([byte]))
+                time.sleep(IDLE / 10)
+        assert read_end(client)[0] in ("eof", "reset")
+        assert 0.8 * IDLE < time.monotonic() - started < 4 * IDLE
+    return Expect(name, "timeout", "no complete PROXY header")
+
+
+def client_ends_inside_client_hello(env: Env, listener: str = "sni") -> Expect:
+    """Part of a ClientHello, then the client's half-close: no ClientHello will ever be
+    parsable, so it takes the default route at once (with its bytes), or is closed if none."""
+    part = client_hello("a.test")[:20]
+    with env.connect(listener) as client:
+        name = who(client)
+        send_and_end(client, part)
+        end, data = read_end(client)
+    if listener == "sni-strict":
+        return Expect(name, "no_route")
+    assert (end, data) == ("eof", b"plain" + part)
+    return Expect(name, "closed")
+
+
 def stalled_in_client_hello(env: Env, listener: str = "sni") -> Expect:
     """Half a ClientHello, then nothing: after connect_timeout the default route takes the
     client with what it sent, or it is closed when there is none."""
@@ -716,6 +746,20 @@ def stalled_in_client_hello(env: Env, listener: str = "sni") -> Expect:
         client.shutdown(socket.SHUT_WR)
         assert read_end(client) == ("eof", b"")
     return Expect(name, "closed", "timeout")
+
+
+PREAMBLES = {"proxied": b"PROXY TCP4 ", "sni": client_hello("a.test")[:20], "tls": client_hello("proxy.test")[:20]}
+
+
+def client_reset_in_preamble(env: Env, listener: str = "proxied") -> Expect:
+    """A reset while the proxy still reads what it routes by: a PROXY header, a ClientHello
+    it peeks at, or one it answers (TLS termination)."""
+    client = env.connect(listener)
+    name = who(client)
+    client.sendall(PREAMBLES[listener])
+    time.sleep(0.05)  # so that the proxy is inside the preamble, not before it
+    rst_close(client)
+    return Expect(name, "reset", "client:")
 
 
 def client_reset_downloading(env: Env) -> Expect:
@@ -923,12 +967,33 @@ def test_a_client_stalled_inside_a_proxy_header_times_out(env):
     run(env, stalled_in_proxy_header)
 
 
+def test_a_proxy_header_sent_a_byte_at_a_time_is_bounded_by_connect_timeout(env):
+    run(env, slow_proxy_header)
+
+
 @pytest.mark.parametrize("listener", ["sni", "sni-strict"])
 def test_a_client_stalled_inside_a_client_hello_takes_the_default_route(env, listener):
     run(env, lambda e: stalled_in_client_hello(e, listener))
 
 
 # -- resetting peers -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a client that half-closes before a complete ClientHello on a passthrough listener ends with "
+    "protocol_error, instead of taking the default route (or no_route when there is none)",
+)
+@pytest.mark.parametrize("listener", ["sni", "sni-strict"])
+def test_a_client_that_ends_inside_a_client_hello_takes_the_default_route(env, listener):
+    run(env, lambda e: client_ends_inside_client_hello(e, listener))
+
+
+@pytest.mark.parametrize("listener", ["proxied", "sni", "tls"])
+def test_a_reset_inside_the_preamble_is_a_reset(env, listener):
+    with env.recovers():
+        for _ in range(20):
+            env.check(client_reset_in_preamble(env, listener))
 
 
 @pytest.mark.parametrize("data_path", ["splice", "copy"])
@@ -1013,6 +1078,7 @@ STORM: list[Scenario] = [
     silent_pair,
     unanswering_upstream,
     stalled_in_proxy_header,
+    slow_proxy_header,
     stalled_in_client_hello,
     lambda e: stalled_in_client_hello(e, "sni-strict"),
     client_reset_downloading,
@@ -1022,6 +1088,9 @@ STORM: list[Scenario] = [
     upstream_reset_uploading,
     client_reset_before_a_byte,
     upstream_reset_before_a_byte,
+    client_reset_in_preamble,
+    lambda e: client_reset_in_preamble(e, "sni"),
+    lambda e: client_reset_in_preamble(e, "tls"),
     garbage_for_proxy_header,
     garbage_for_client_hello,
     garbage_to_passthrough,
