@@ -476,6 +476,7 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
           - name: tls
             listen: "127.0.0.1:0"
             tls: {{cert: "{pki["proxy.pem"]}", key: "{pki["proxy.key"]}"}}
+            idle_timeout: 10s
             upstream: "{at("echo")}"
           - name: tls-slow
             listen: "127.0.0.1:0"
@@ -712,6 +713,18 @@ def slow_proxy_header(env: Env) -> Expect:
         assert read_end(client)[0] in ("eof", "reset")
         assert 0.8 * IDLE < time.monotonic() - started < 4 * IDLE
     return Expect(name, "timeout", "no complete PROXY header")
+
+
+def stalled_in_tls_handshake(env: Env) -> Expect:
+    """Half a ClientHello to a TLS-terminating listener, then nothing."""
+    hello = client_hello("proxy.test")
+    started = time.monotonic()  # the proxy may accept later, never sooner
+    with env.connect("tls") as client:
+        name = who(client)
+        client.sendall(hello[: len(hello) // 2])
+        assert read_end(client)[0] in ("eof", "reset")
+        assert 0.8 * IDLE < time.monotonic() - started < 4 * IDLE
+    return Expect(name, "timeout", "client: TLS handshake not complete in time")
 
 
 def client_ends_inside_client_hello(env: Env, listener: str = "sni") -> Expect:
@@ -976,6 +989,10 @@ def test_a_client_stalled_inside_a_client_hello_takes_the_default_route(env, lis
     run(env, lambda e: stalled_in_client_hello(e, listener))
 
 
+def test_a_client_stalled_inside_a_tls_handshake_times_out(env):
+    run(env, stalled_in_tls_handshake)
+
+
 # -- resetting peers -------------------------------------------------------------------------
 
 
@@ -1081,6 +1098,7 @@ STORM: list[Scenario] = [
     slow_proxy_header,
     stalled_in_client_hello,
     lambda e: stalled_in_client_hello(e, "sni-strict"),
+    stalled_in_tls_handshake,
     client_reset_downloading,
     client_reset_tls_downloading,
     client_reset_uploading,
