@@ -822,8 +822,10 @@ def upstream_reset_downloading(env: Env) -> Expect:
         name = who(client)
         client.sendall(f"reset_after_send {token} {4 * MiB}\n".encode())
         end, data = read_end(client)
+        seen = time.monotonic()
         assert end == "reset" and len(data) <= 4 * MiB
         assert data == b"".join(stream(len(data)))
+    assert seen - env.script.wait(token)[1] < PROMPT
     return Expect(name, "reset", "upstream:")
 
 
@@ -834,7 +836,9 @@ def upstream_reset_uploading(env: Env) -> Expect:
         client.sendall(f"reset_after_receive {token} {MiB}\n".encode())
         with pytest.raises((ConnectionResetError, BrokenPipeError)):
             for piece in itertools.cycle(stream(MiB)):
-                client.sendall(piece)  # up to WAIT: the reset must come long before
+                client.sendall(piece)
+        seen = time.monotonic()
+    assert seen - env.script.wait(token)[1] < PROMPT
     return Expect(name, "reset", "upstream:")
 
 
