@@ -103,6 +103,15 @@ class ProxyProcess:
             time.sleep(0.02)
         raise AssertionError(f"expected {count} access lines; stderr was:\n" + self.log_text())
 
+    def listener_address(self, name: str) -> tuple[str, int]:
+        """The address the listener called `name` is bound to, from its `listening` line."""
+        for line in self._listening():
+            fields = logfmt(line)
+            if fields.get("listener") == name:
+                host, _, port = fields["address"].rpartition(":")
+                return host.strip("[]"), int(port)
+        raise KeyError(f"no listener {name!r} in:\n" + self.log_text())
+
     def log_text(self) -> str:
         with self._cond:
             return "\n".join(self.lines)
@@ -146,6 +155,38 @@ class ProxyProcess:
     def pipe_count(self) -> int:
         fds = f"/proc/{self.pid}/fd"
         return sum(os.readlink(f"{fds}/{fd}").startswith("pipe:") for fd in os.listdir(fds))
+
+
+class PeakRss:
+    """The highest RSS (KiB) a process reaches while the block runs, sampled every 20 ms.
+
+    `start` is the RSS when the block began; `growth` the peak above it.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, proc_status(self.pid, "VmRSS"))
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = proc_status(self.pid, "VmRSS")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+        self.peak = max(self.peak, proc_status(self.pid, "VmRSS"))
 
 
 def proc_status(pid: int, key: str) -> int:
