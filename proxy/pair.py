@@ -108,7 +108,9 @@ class PreambleReader(Dispatcher):
     `parse(data)` answers None while more is needed, (info, consumed) once complete, or raises
     ValueError. `on_done(info, rest)` then gets the bytes after the preamble, which belong to
     the payload (a peek consumes nothing). At most `limit` bytes are read, within the listener's
-    `connect_timeout`; when that runs out, `on_timeout(data)` decides, or the pair ends.
+    `connect_timeout`. When no complete preamble will come, because that time ran out or the
+    client half-closed first, `on_incomplete(data, why)` decides (`why` is "timeout" or "eof";
+    the client's EOF is still ahead of the pair, to be forwarded), or the pair ends.
     `initial` is what an earlier preamble reader read past its own preamble.
     """
 
@@ -121,7 +123,7 @@ class PreambleReader(Dispatcher):
         on_done: Callable[[Any, bytes], None],
         *,
         initial: bytes = b"",
-        on_timeout: Callable[[bytes], None] | None = None,
+        on_incomplete: Callable[[bytes, str], None] | None = None,
     ) -> None:
         super().__init__(pair.runtime.reactor, pair.client.socket)
         self.pair = pair
@@ -129,7 +131,7 @@ class PreambleReader(Dispatcher):
         self.parse = parse
         self.limit = limit
         self.on_done = on_done
-        self.on_timeout = on_timeout
+        self.on_incomplete = on_incomplete
         self.data = bytearray(initial)
         self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
         pair.preamble = self
@@ -151,7 +153,10 @@ class PreambleReader(Dispatcher):
             self.pair.peer_gone(self.pair.client, exc)
             return
         if not chunk:
-            self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
+            if self.on_incomplete is None:
+                self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
+                return
+            self._give_up("eof")
             return
         self.data += chunk
         self._examine()
@@ -172,12 +177,15 @@ class PreambleReader(Dispatcher):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self.on_timeout is None:
+        if self.on_incomplete is None:
             self.pair.finish("timeout", f"no complete {self.what} within connect_timeout")
             return
+        self._give_up("timeout")
+
+    def _give_up(self, why: str) -> None:
         data = bytes(self.data)
         self.stop()
-        self.on_timeout(data)
+        self.on_incomplete(data, why)
 
     def handle_error(self, exc: BaseException) -> None:
         self.pair.failed(self.pair.client, exc)
@@ -190,6 +198,7 @@ class PreambleReader(Dispatcher):
         if not self.closed:
             self.detach()
         self.pair.preamble = None
+        self.pair.last_active = self.reactor.now  # the idle clock did not run while we read
 
 
 class Pair:
@@ -304,6 +313,7 @@ class Pair:
         upstream.start()
 
     def _upstream_ready(self, _side: TlsSide) -> None:
+        self.last_active = self.runtime.reactor.now  # the idle clock did not run during the handshake
         self._open()
 
     def _open(self) -> None:
@@ -354,6 +364,7 @@ class Pair:
     def _client_ready(self, on_ready: Callable[[Pair], None], _side: TlsSide) -> None:
         self._handshake_timer.cancel()
         self._handshake_timer = None
+        self.last_active = self.runtime.reactor.now  # the idle clock did not run during the handshake
         self.client.reading = False  # no plaintext until the upstream is there to take it
         self.client.interest_changed()
         on_ready(self)
@@ -443,6 +454,11 @@ class Pair:
         if self.result is not None:
             return
         now = self.runtime.reactor.now
+        if self.preamble is not None or self._handshake_timer is not None:
+            # Still being admitted: that step's own timeout bounds it, and its reason is the one
+            # to log. The idle clock starts over when it is done.
+            self._idle_timer = self.runtime.reactor.call_later(self.settings.idle_timeout, self._check_idle)
+            return
         remaining = self.settings.idle_timeout - (now - self.last_active)
         if remaining <= 0 and self._kernel_still_sending():
             self.last_active = now

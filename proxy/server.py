@@ -193,7 +193,7 @@ class Admission:
                 PEEK_LIMIT,
                 lambda hello, data: self.run(self.peeked, hello, data),
                 initial=rest,
-                on_timeout=lambda data: self.run(self.peeked, Hello(None, "timeout"), data),
+                on_incomplete=lambda data, why: self.run(self.peeked, Hello(None, why), data),
             )
         else:
             self.route(rest, None)

@@ -63,6 +63,9 @@ LISTENERS = [
     "sni",
     "sni-strict",
     "tls-out",
+    "proxied-equal",
+    "sni-equal",
+    "tls-equal",
 ]
 
 
@@ -495,6 +498,17 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
             routes:
               - {{match: {{sni: a.test}}, upstream: "{at("echo")}"}}
           - {{name: tls-out, listen: "127.0.0.1:0", upstream: garbage}}
+          # idle_timeout as long as connect_timeout: a stall in the preamble must still say so
+          - {{name: proxied-equal, listen: "127.0.0.1:0", accept_proxy_protocol: true, upstream: "{at("echo")}"}}
+          - name: sni-equal
+            listen: "127.0.0.1:0"
+            routes:
+              - {{match: {{sni: a.test}}, upstream: "{at("echo")}"}}
+              - upstream: "{at("tagged")}"
+          - name: tls-equal
+            listen: "127.0.0.1:0"
+            tls: {{cert: "{pki["proxy.pem"]}", key: "{pki["proxy.key"]}"}}
+            upstream: "{at("echo")}"
         """
     )
 
@@ -689,9 +703,9 @@ def unanswering_upstream(env: Env) -> Expect:
     return Expect(name, "timeout", "idle")
 
 
-def stalled_in_proxy_header(env: Env) -> Expect:
+def stalled_in_proxy_header(env: Env, listener: str = "proxied") -> Expect:
     started = time.monotonic()  # the proxy may accept later, never sooner
-    with env.connect("proxied") as client:
+    with env.connect(listener) as client:
         name = who(client)
         client.sendall(b"PROXY TCP4 192.0.2.1 ")
         assert read_end(client) == ("eof", b"")
@@ -715,11 +729,11 @@ def slow_proxy_header(env: Env) -> Expect:
     return Expect(name, "timeout", "no complete PROXY header")
 
 
-def stalled_in_tls_handshake(env: Env) -> Expect:
+def stalled_in_tls_handshake(env: Env, listener: str = "tls") -> Expect:
     """Half a ClientHello to a TLS-terminating listener, then nothing."""
     hello = client_hello("proxy.test")
     started = time.monotonic()  # the proxy may accept later, never sooner
-    with env.connect("tls") as client:
+    with env.connect(listener) as client:
         name = who(client)
         client.sendall(hello[: len(hello) // 2])
         assert read_end(client)[0] in ("eof", "reset")
@@ -727,18 +741,32 @@ def stalled_in_tls_handshake(env: Env) -> Expect:
     return Expect(name, "timeout", "client: TLS handshake not complete in time")
 
 
-def client_ends_inside_client_hello(env: Env, listener: str = "sni") -> Expect:
-    """Part of a ClientHello, then the client's half-close: no ClientHello will ever be
-    parsable, so it takes the default route at once (with its bytes), or is closed if none."""
-    part = client_hello("a.test")[:20]
+def client_ends_inside_client_hello(env: Env, listener: str = "sni", size: int = 20) -> Expect:
+    """The first `size` bytes of a ClientHello, then the client's half-close: no ClientHello
+    will ever be parsable, so it takes the default route at once, which gets its bytes and then
+    its EOF (and answers), or it is closed if there is none."""
+    part = client_hello("a.test")[:size]
     with env.connect(listener) as client:
         name = who(client)
+        started = time.monotonic()
         send_and_end(client, part)
         end, data = read_end(client)
+        assert time.monotonic() - started < PROMPT  # at once, not after connect_timeout
     if listener == "sni-strict":
-        return Expect(name, "no_route")
+        assert (end, data) == ("eof", b"")
+        return Expect(name, "no_route", "eof", bytes_up=0)
     assert (end, data) == ("eof", b"plain" + part)
-    return Expect(name, "closed")
+    return Expect(name, "closed", "eof", bytes_up=size, bytes_down=5 + size)
+
+
+def client_ends_inside_proxy_header(env: Env) -> Expect:
+    """Part of a PROXY header, then the client's half-close: without the header the client
+    cannot be told apart from its load balancer, so it is refused."""
+    with env.connect("proxied") as client:
+        name = who(client)
+        send_and_end(client, PREAMBLES["proxied"])
+        assert read_end(client) == ("eof", b"")
+    return Expect(name, "protocol_error", "the client closed before sending a complete PROXY header")
 
 
 def stalled_in_client_hello(env: Env, listener: str = "sni") -> Expect:
@@ -997,14 +1025,29 @@ def test_a_client_stalled_inside_a_tls_handshake_times_out(env):
     run(env, stalled_in_tls_handshake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that half-closes before a complete ClientHello on a passthrough listener ends with "
-    "protocol_error, instead of taking the default route (or no_route when there is none)",
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        lambda e: stalled_in_proxy_header(e, "proxied-equal"),
+        lambda e: stalled_in_client_hello(e, "sni-equal"),
+        lambda e: stalled_in_tls_handshake(e, "tls-equal"),
+    ],
+    ids=["proxy-header", "client-hello", "tls-handshake"],
 )
+def test_a_stall_in_the_preamble_gives_its_own_reason_when_idle_timeout_is_as_short(env, scenario):
+    """idle_timeout equal to connect_timeout: the idle clock does not run during admission, so
+    the access line says what the client failed to send (or, passthrough, how it was routed)."""
+    run(env, scenario)
+
+
+@pytest.mark.parametrize("size", [20, 0], ids=["part", "nothing"])
 @pytest.mark.parametrize("listener", ["sni", "sni-strict"])
-def test_a_client_that_ends_inside_a_client_hello_takes_the_default_route(env, listener):
-    run(env, lambda e: client_ends_inside_client_hello(e, listener))
+def test_a_client_that_ends_inside_a_client_hello_takes_the_default_route(env, listener, size):
+    run(env, lambda e: client_ends_inside_client_hello(e, listener, size))
+
+
+def test_a_client_that_ends_inside_a_proxy_header_is_a_protocol_error(env):
+    run(env, client_ends_inside_proxy_header)
 
 
 # -- resetting peers -------------------------------------------------------------------------
@@ -1103,6 +1146,9 @@ STORM: list[Scenario] = [
     stalled_in_client_hello,
     lambda e: stalled_in_client_hello(e, "sni-strict"),
     stalled_in_tls_handshake,
+    client_ends_inside_client_hello,
+    lambda e: client_ends_inside_client_hello(e, "sni-strict"),
+    client_ends_inside_proxy_header,
     client_reset_downloading,
     client_reset_tls_downloading,
     client_reset_uploading,
