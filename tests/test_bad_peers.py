@@ -66,6 +66,7 @@ LISTENERS = [
     "proxied-equal",
     "sni-equal",
     "tls-equal",
+    "reset-or-good",
 ]
 
 
@@ -341,8 +342,11 @@ class Expect:
 class Env:
     """One running proxy, its upstreams, and how to find the access line of a client."""
 
-    def __init__(self, proxy: ProxyProcess, script: Script, recorder: Recorder, ca: str) -> None:
+    def __init__(
+        self, proxy: ProxyProcess, script: Script, recorder: Recorder, ca: str, servers: dict[str, str]
+    ) -> None:
         self.proxy = proxy
+        self.servers = servers  # the upstream servers' addresses, by handler name
         self.client_tls = ssl.create_default_context(cafile=ca)
         self.script = script
         self.recorder = recorder
@@ -459,6 +463,9 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
           reset-before-bytes:
             servers: ["{at("reset")}"]
             proxy_protocol: v1
+          reset-then-good:
+            servers: ["{at("reset-on-accept")}", "{at("echo")}"]
+            balance: first
         listeners:
           - {{name: echo, listen: "127.0.0.1:0", upstream: "{at("echo")}", idle_timeout: 10s}}
           - {{name: recorded, listen: "127.0.0.1:0", upstream: recorder}}
@@ -466,6 +473,7 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
           - {{name: slow, listen: "127.0.0.1:0", upstream: "{at("script")}", idle_timeout: {SLOW_IDLE}}}
           - {{name: reset-before-bytes, listen: "127.0.0.1:0", upstream: reset-before-bytes}}
           - {{name: reset-on-accept, listen: "127.0.0.1:0", upstream: "{at("reset-on-accept")}"}}
+          - {{name: reset-or-good, listen: "127.0.0.1:0", upstream: reset-then-good}}
           - name: proxied
             listen: "127.0.0.1:0"
             accept_proxy_protocol: true
@@ -549,7 +557,8 @@ def envs(pki, tmp_path_factory):
             env = {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
             proxy = ProxyProcess(["run", "-c", str(path)], folder, wait_listening=len(LISTENERS), env=env)
             proxies.append(proxy)
-            result[data_path] = Env(proxy, script, recorder, pki["ca"])
+            servers = {name: upstream.address for name, upstream in upstreams.items()}
+            result[data_path] = Env(proxy, script, recorder, pki["ca"], servers)
         yield result
     finally:
         for proxy in proxies:
@@ -880,18 +889,67 @@ def client_reset_before_a_byte(env: Env) -> Expect:
     return Expect(name, "reset", "client:")
 
 
-def upstream_reset_before_a_byte(env: Env, listener: str = "reset-before-bytes") -> Expect:
-    with env.client(listener) as client:
+def upstream_reset_before_a_byte(env: Env) -> Expect:
+    with env.client("reset-before-bytes") as client:
         name = who(client)
         started = time.monotonic()
         try:
-            client.connect(env.addresses[listener])
+            client.connect(env.addresses["reset-before-bytes"])
         except ConnectionResetError:
             pass  # the reset came before this thread got back from connect()
         else:
             assert read_end(client) == ("reset", b"")
         assert time.monotonic() - started < PROMPT
     return Expect(name, "reset", "upstream:")
+
+
+def server_resets_as_it_accepts(env: Env) -> Expect:
+    """A server that resets the moment it accepts, and nothing else to try. The proxy learns of
+    it one of two ways, whichever its loop sees first: the connect completed (the pair is open,
+    and the reset is passed on: `reset`), or the reset is there already (SO_ERROR is ECONNRESET:
+    a failed connect like a refusal, backed off from; with no other server the client is closed
+    in order: `upstream_unreachable`). Nothing else."""
+    with env.client("reset-on-accept") as client:
+        name = who(client)
+        started = time.monotonic()
+        try:
+            client.connect(env.addresses["reset-on-accept"])
+        except ConnectionResetError:
+            seen = "reset"  # the reset came before this thread got back from connect()
+        else:
+            seen, data = read_end(client)
+            assert data == b""
+        assert time.monotonic() - started < PROMPT
+    line = env.access_for(name)
+    if line["result"] == "reset":
+        assert seen == "reset" and line["reason"].startswith("upstream:"), line
+    else:
+        assert (line["result"], line.get("reason"), seen) == ("upstream_unreachable", "connection reset by peer", "eof")
+    return Expect(name, line["result"])
+
+
+def first_server_resets_as_it_accepts(env: Env) -> Expect:
+    """The pool's first server resets the moment it accepts, its second is good. A reset seen
+    as a failed connect is retried on the good server: the client gets through. A reset seen
+    after the connect completed ends an open pair: the client gets a reset, although no byte
+    had passed either way (the proxy does not replay a client's bytes to another server)."""
+    with env.client("reset-or-good") as client:
+        name = who(client)
+        try:
+            client.connect(env.addresses["reset-or-good"])
+        except ConnectionResetError:
+            seen = ("reset", b"")  # the reset came before this thread got back from connect()
+        else:
+            send_and_end(client, b"hello")
+            seen = read_end(client)
+    line = env.access_for(name)
+    if line["result"] == "reset":
+        assert seen[0] == "reset" and line["server"] == env.servers["reset-on-accept"], line
+        assert line["reason"].startswith("upstream:") and line["bytes_down"] == "0", line
+    else:
+        assert seen == ("eof", b"hello")
+        assert (line["result"], line["server"]) == ("closed", env.servers["echo"]), line
+    return Expect(name, line["result"])
 
 
 def garbage_for_proxy_header(env: Env, seed: int = 0) -> Expect:
@@ -1084,15 +1142,16 @@ def test_fifty_resets_before_any_byte_leak_nothing(env):
             env.check(upstream_reset_before_a_byte(env))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reset that reaches the proxy before it has handled its connect's completion is taken for a "
-    "failed connect: upstream_unreachable, and the client gets an orderly close instead of a reset",
-)
-def test_a_server_that_resets_as_it_accepts_is_a_reset_not_an_unreachable_server(env):
+def test_a_server_that_resets_as_it_accepts_is_a_reset_or_a_failed_connect(env):
     with env.recovers():
         for _ in range(50):
-            env.check(upstream_reset_before_a_byte(env, "reset-on-accept"))
+            env.check(server_resets_as_it_accepts(env))
+
+
+def test_a_server_that_resets_as_it_accepts_is_retried_unless_the_pair_was_open(env):
+    with env.recovers():
+        for _ in range(50):
+            env.check(first_server_resets_as_it_accepts(env))
 
 
 # -- garbage-sending peers -------------------------------------------------------------------
@@ -1156,6 +1215,7 @@ STORM: list[Scenario] = [
     upstream_reset_uploading,
     client_reset_before_a_byte,
     upstream_reset_before_a_byte,
+    server_resets_as_it_accepts,
     client_reset_in_preamble,
     lambda e: client_reset_in_preamble(e, "sni"),
     lambda e: client_reset_in_preamble(e, "tls"),
