@@ -7,9 +7,9 @@ import fcntl
 import hashlib
 import os
 import socket
-import subprocess
 import sys
 import termios
+import textwrap
 import time
 
 import pytest
@@ -18,51 +18,33 @@ from tests.support import WAIT, connect, pattern, proc_status, recv_digest, sour
 
 MiB = 1024 * 1024
 
-# The proxy as `pairproxy forward 127.0.0.1:0 UPSTREAM --buffer-size SIZE` would run it, with a
-# budget (`max_buffered` has no command-line flag; in a file it is a key of `defaults:`).
-SERVE = """
-import dataclasses, sys
-from proxy.config import forward_config
-from proxy.log import EventLog
-from proxy.server import Server
-from proxy.units import Address
 
-port, buffer_size, max_buffered, splice = map(int, sys.argv[1:])
-config = forward_config(Address("127.0.0.1", 0), Address("127.0.0.1", port), buffer_size=buffer_size)
-server = Server(dataclasses.replace(config, max_buffered=max_buffered), EventLog(), splice=bool(splice))
-server.bind()
-server.serve()
-"""
+@pytest.fixture
+def proxy_env(data_path):
+    """Both data paths: splicing on and off."""
+    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
 
 
 @pytest.fixture
-def budget_proxy(tmp_path, data_path):
-    """start(upstream_port, buffer_size, max_buffered) -> (pid, (host, port)); killed at teardown."""
-    started: list[subprocess.Popen] = []
-    splice = "1" if data_path == "splice" else "0"
+def budget_proxy(tmp_path, start_proxy):
+    """start(upstream, buffer_size, max_buffered) -> the `pairproxy run -c FILE` process."""
 
-    def start(upstream_port: int, buffer_size: int, max_buffered: int):
-        stderr = tmp_path / f"stderr-{len(started)}.txt"
-        with open(stderr, "wb") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", SERVE, str(upstream_port), str(buffer_size), str(max_buffered), splice],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
+    def start(upstream: str, buffer_size: str, max_buffered: str):
+        path = tmp_path / "pairproxy.yaml"
+        path.write_text(
+            textwrap.dedent(
+                f"""\
+                defaults:
+                  buffer_size: {buffer_size}
+                  max_buffered: {max_buffered}
+                listeners:
+                  - {{listen: "127.0.0.1:0", upstream: "{upstream}"}}
+                """
             )
-        started.append(proc)
-        assert wait_until(lambda: " listening " in stderr.read_text() or proc.poll() is not None), stderr.read_text()
-        text = stderr.read_text()
-        assert " listening " in text, text
-        address = text.split(" address=", 1)[1].split()[0]
-        host, _, port = address.rpartition(":")
-        return proc.pid, (host, int(port))
+        )
+        return start_proxy("run", "-c", str(path))
 
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT)
+    return start
 
 
 def _pipe_bytes(pid: int) -> int:
@@ -109,7 +91,8 @@ def _settled_held(pid: int, ceiling: float, timeout: float = 20.0) -> float:
 def test_connections_that_never_read_hold_no_more_than_the_budget(budget_proxy, start_upstream):
     size, connections, budget = 6 * MiB, 40, 4 * MiB
     upstream = start_upstream(source_handler(size))
-    pid, address = budget_proxy(upstream.port, 1 * MiB, budget)
+    proxy = budget_proxy(upstream.address, buffer_size="1MiB", max_buffered=f"{budget // MiB}MiB")
+    pid, address = proxy.pid, proxy.address
     with connect(address) as warm_up:  # the first connection's imports and allocations are not buffers
         warm_up.recv(1)
     before = _held_mib(pid)
