@@ -155,8 +155,8 @@ class PreambleReader(Dispatcher):
         if not chunk:
             if self.on_incomplete is None:
                 self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
-                return
-            self._give_up("eof")
+            else:
+                self._give_up("eof")
             return
         self.data += chunk
         self._examine()
