@@ -30,6 +30,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.config import Config, ConfigError, ListenerConfig, listener_key, load_config
 from proxy.dispatcher import Dispatcher
@@ -38,6 +39,9 @@ from proxy.listener import bind_reuseport_group, discard_handed, hand_over
 from proxy.log import EventLog
 from proxy.reactor import Reactor
 from proxy.units import Address
+
+if TYPE_CHECKING:
+    from proxy.server import Server
 
 RESTART_DELAY_FIRST = 0.1
 RESTART_DELAY_MAX = 5.0
@@ -89,7 +93,7 @@ def _take_handed_records(link: socket.socket, until: bytes) -> bool:
 class SupervisorLink(Dispatcher):
     """A worker's end of its link: reloads come over it, and end of file means the supervisor died."""
 
-    def __init__(self, server, link: socket.socket) -> None:
+    def __init__(self, server: Server, link: socket.socket) -> None:
         super().__init__(server.reactor, link)
         self.server = server
         self.interest_changed()

@@ -1,4 +1,5 @@
-"""`run --workers N`: processes sharing a port, restarted when they die, stopped and reloaded together."""
+"""`run --workers N`: processes sharing a port, restarted when they die, stopped and reloaded together;
+no restarts when they cannot start, no workers left behind by their supervisor, signals safe from the start."""
 
 from __future__ import annotations
 
