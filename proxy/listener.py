@@ -2,6 +2,11 @@
 
 Each accepted client is made non-blocking and handed to the `on_accept` callback; what happens
 to it then (limits, routing, the pair) is the server's business, not the listener's.
+
+Under `run --workers` a worker binds nothing itself: the supervisor binds a SO_REUSEPORT group
+per address (`bind_reuseport_group`) and hands each worker its socket (`hand_over`), which
+`bind_listening_socket` then returns. A worker binding on its own could join another instance's
+group unnoticed, since the kernel lets any socket of the same user with SO_REUSEPORT in.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import resource
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher
 from proxy.errors import StartupError
@@ -28,7 +34,38 @@ AcceptCallback = Callable[[socket.socket, tuple], None]
 
 
 def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking socket listening on `address`; StartupError with the reason if not."""
+    """A non-blocking socket listening on `address`; StartupError with the reason if not.
+
+    `reuse_port` is a worker of several: its socket is the one the supervisor handed over.
+    """
+    if reuse_port:
+        return _take_handed(address)
+    return _listen(address, reuse_port=False)
+
+
+def bind_reuseport_group(address: Address, count: int, *, join: bool = False) -> list[socket.socket]:
+    """`count` sockets listening on `address` with SO_REUSEPORT, each with its own accept queue.
+
+    Unless it `join`s a group this process already has there, the first socket binds without
+    SO_REUSEPORT: that bind fails if anyone listens on the address, another pairproxy with
+    workers included. It gets the option only once it listens, so that the address is never
+    free between that check and the group. A port 0 becomes one port for the whole group.
+    """
+    first = _listen(address, reuse_port=join)
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    group = [first]
+    bound = replace(address, port=first.getsockname()[1])
+    try:
+        for _ in range(count - 1):
+            group.append(_listen(bound, reuse_port=True))
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
+def _listen(address: Address, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
     try:
         infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -50,6 +87,36 @@ def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> sock
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise StartupError(f"cannot listen on {address}: {reason}") from None
     return sock
+
+
+# What the supervisor handed this worker, by address text: a listening socket, or why there is none.
+_handed: dict[str, socket.socket | str] = {}
+
+
+def hand_over(address: str, sock_or_error: socket.socket | str) -> None:
+    """Keep a socket (or the error binding it gave) for the next `bind_listening_socket` of `address`."""
+    stale = _handed.pop(address, None)
+    if isinstance(stale, socket.socket):
+        stale.close()
+    _handed[address] = sock_or_error
+
+
+def discard_handed() -> None:
+    """Close what was handed over but not taken (the worker's table no longer has that address)."""
+    for handed in _handed.values():
+        if isinstance(handed, socket.socket):
+            handed.close()
+    _handed.clear()
+
+
+def _take_handed(address: Address) -> socket.socket:
+    handed = _handed.pop(str(address), None)
+    if handed is None:
+        raise StartupError(f"cannot listen on {address}: the supervisor bound no socket for it (send it SIGHUP)")
+    if isinstance(handed, str):
+        raise StartupError(handed)
+    handed.setblocking(False)
+    return handed
 
 
 def raise_fd_limit() -> int:

@@ -1,12 +1,25 @@
 """`run --workers N`: N serving processes sharing each listening port, and their supervisor.
 
-Each worker is a whole Server (its own reactor) that binds every listener with SO_REUSEPORT, so
-the kernel spreads new connections over the workers. The supervisor serves no traffic: it
-forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker that dies unexpectedly (with a
-growing delay if it keeps dying), and exits once every worker has exited after a stop signal.
+The supervisor binds every listening socket itself, before it forks: per address a SO_REUSEPORT
+group of N sockets, one per worker, so the kernel still spreads new connections over the
+workers' own accept queues. The group's first socket binds without SO_REUSEPORT and gets it only
+once it listens: that bind is the check that nobody (another pairproxy with workers included)
+serves the address, and leaves no moment in which the address is free between the check and the
+group. A worker binding for itself could not tell its siblings' group from a stranger's, hence
+the hand-over; it costs a socketpair per worker. A port 0 becomes one port for every worker and
+restart.
 
-A listener on port 0 gets its port chosen once by the supervisor (a bound, non-listening
-placeholder socket keeps it reserved), so that every worker and every restart use the same one.
+Each worker gets its sockets over its link, an AF_UNIX socketpair whose other end only the
+supervisor holds: the worker reports `ready` (bound) or why it failed on it, takes reloads from
+it (the sockets of new addresses, or why they could not be bound, then `reload`), and drains
+like on SIGTERM when it reads end of file: a worker never outlives its supervisor.
+
+The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
+around each fork, back to their defaults in the child until the worker's server installs its
+own) and passes stops on. A worker that fails (exits non-zero, not killed by a signal) before its
+place has ever served stops the whole start with exit status 1; one that dies later is
+restarted (with a growing delay if it keeps dying). The supervisor exits once every worker has
+exited after a stop signal.
 """
 
 from __future__ import annotations
@@ -15,41 +28,98 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from proxy.config import Config, ConfigError, listener_key, load_config
-from proxy.errors import ProxyError
+from proxy.config import Config, ConfigError, ListenerConfig, listener_key, load_config
+from proxy.dispatcher import Dispatcher
+from proxy.errors import ProxyError, StartupError
+from proxy.listener import bind_reuseport_group, discard_handed, hand_over
 from proxy.log import EventLog
 from proxy.reactor import Reactor
+from proxy.units import Address
+
+if TYPE_CHECKING:
+    from proxy.server import Server
 
 RESTART_DELAY_FIRST = 0.1
 RESTART_DELAY_MAX = 5.0
 REAP_INTERVAL = 0.2
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+RECORD_MAX = 4096
+
+# Records on a link. Supervisor to worker: a socket, or why an address has none; then `serve`
+# (start) or `reload`. Worker to supervisor: `ready` once bound, or `failed` with the reason.
+LISTEN, REFUSE, SERVE, RELOAD, READY, FAILED = b"listen", b"refuse", b"serve", b"reload", b"ready", b"failed"
 
 
-def reserve_ports(config: Config) -> tuple[dict[str, int], list[socket.socket]]:
-    """A concrete port for every port-0 listener (by listener key), held by a placeholder socket."""
-    pins: dict[str, int] = {}
-    placeholders = []
-    for listener in config.listeners:
-        if listener.listen.port == 0:
-            family = socket.AF_INET6 if listener.listen.is_ipv6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((listener.listen.host, 0))
-            placeholders.append(sock)
-            pins[listener_key(listener)] = sock.getsockname()[1]
-    return pins, placeholders
+def _send(link: socket.socket, kind: bytes, text: str = "", sock: socket.socket | None = None) -> None:
+    record = kind + b" " + text.encode()
+    if sock is None:
+        link.send(record)
+    else:
+        socket.send_fds(link, [record], [sock.fileno()])
+
+
+def _receive(link: socket.socket) -> tuple[bytes, str, socket.socket | None] | None:
+    """The next record (kind, text, socket), or None once the other end is closed."""
+    try:
+        record, fds, _flags, _address = socket.recv_fds(link, RECORD_MAX, 1)
+    except ConnectionResetError:  # closed with our records unread
+        return None
+    if not record:
+        return None
+    kind, _, text = record.partition(b" ")
+    return kind, text.decode(), socket.socket(fileno=fds[0]) if fds else None
+
+
+def _take_handed_records(link: socket.socket, until: bytes) -> bool:
+    """Keep the sockets and refusals the supervisor sent, up to the record `until`; False at end of file."""
+    while True:
+        received = _receive(link)
+        if received is None:
+            return False
+        kind, text, sock = received
+        if kind == until:
+            return True
+        if kind == LISTEN and sock is not None:
+            hand_over(text, sock)
+        elif kind == REFUSE:
+            address, _, error = text.partition(" ")
+            hand_over(address, error)
+
+
+class SupervisorLink(Dispatcher):
+    """A worker's end of its link: reloads come over it, and end of file means the supervisor died."""
+
+    def __init__(self, server: Server, link: socket.socket) -> None:
+        super().__init__(server.reactor, link)
+        self.server = server
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return True
+
+    def handle_read(self) -> None:
+        # A reload's records are sent at once, so the rest follows the first without waiting.
+        if _take_handed_records(self.socket, RELOAD):
+            self.server.reload()
+            discard_handed()
+            return
+        self.close()
+        self.server.log.warning("supervisor_gone", pid=os.getpid())
+        self.server.drain()
 
 
 class Supervisor:
-    """Starts, watches and stops the worker processes."""
+    """Binds the listeners, starts, watches and stops the worker processes."""
 
     def __init__(
         self, config: Config, config_path: Path, log: EventLog, count: int, *, hexdump: bool, splice: bool
     ) -> None:
         self.config = config
-        self.pins, self._placeholders = reserve_ports(config)
+        self.pins: dict[str, int] = {}
         self.config_path = config_path
         self.log = log
         self.count = count
@@ -58,43 +128,89 @@ class Supervisor:
         self.reactor = Reactor(log)
         log.output.attach(self.reactor)
         self.workers: dict[int, int] = {}  # pid -> worker index
+        self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
         self.stopping = False
+        self.failure: str | None = None
+        self._groups: dict[str, list[socket.socket]] = {}  # listener key -> the first start's sockets
+        self._served: set[str] = set()  # listener keys the workers have sockets for
+        self._ever_ready = [False] * count
         self._delays = [RESTART_DELAY_FIRST] * count
         self._started_at = [0.0] * count
 
     def run(self) -> int:
-        for index in range(self.count):
-            self._start(index)
+        # Handlers before the first fork: a signal from now on is passed on, never fatal.
         self.reactor.add_signal_handler(signal.SIGTERM, lambda: self._stop(signal.SIGTERM))
         self.reactor.add_signal_handler(signal.SIGINT, lambda: self._stop(signal.SIGINT))
         self.reactor.add_signal_handler(signal.SIGHUP, self._reload)
-        self.reactor.call_later(REAP_INTERVAL, self._reap)
         try:
+            for listener in self.config.listeners:
+                group = bind_reuseport_group(listener.listen, self.count)
+                self._groups[listener_key(listener)] = group
+                if listener.listen.port == 0:
+                    self.pins[listener_key(listener)] = group[0].getsockname()[1]
+            self._served = set(self._groups)
+            for index in range(self.count):
+                self._start(index)
+            self._groups.clear()  # all handed over: a restart binds its own socket
+            self.reactor.call_later(REAP_INTERVAL, self._reap)
             self.reactor.loop()
         finally:
             self.reactor.close()
-            for sock in self._placeholders:
+            for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
                 sock.close()
+        if self.failure is not None:
+            raise StartupError(self.failure)
         return 0
 
+    def _address(self, listener: ListenerConfig) -> Address:
+        port = self.pins.get(listener_key(listener))
+        return listener.listen if port is None else replace(listener.listen, port=port)
+
     def _start(self, index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            self.log.output.after_fork()
-            status = self._serve(index)
-            self.log.output.flush()
-            os._exit(status)
+        link, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for listener in self.config.listeners:
+            address = self._address(listener)
+            group = self._groups.get(listener_key(listener))
+            try:
+                # A restart joins its siblings' group; alone, it checks the address is still free.
+                sock = group[index] if group else bind_reuseport_group(address, 1, join=bool(self.workers))[0]
+            except ProxyError as exc:
+                _send(link, REFUSE, f"{address} {exc}")
+                continue
+            _send(link, LISTEN, str(address), sock)
+            sock.close()
+        _send(link, SERVE)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                link.close()
+                self.log.output.after_fork()
+                status = self._serve(index, worker_end)
+                self.log.output.flush()
+                os._exit(status)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        worker_end.close()
+        link.setblocking(False)
+        self.links[index] = link
         self.workers[pid] = index
         self._started_at[index] = time.monotonic()
         self.log.info("worker_started", worker=index, pid=pid)
 
-    def _serve(self, index: int) -> int:
+    def _serve(self, index: int, link: socket.socket) -> int:
         from proxy.server import Server  # the worker's own reactor and threads start after the fork
 
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        # Only the supervisor may hold the other ends of the links, and only their workers their sockets.
+        for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
+            sock.close()
+        ready = False
         try:
+            if not _take_handed_records(link, SERVE):
+                return 1
             server = Server(
                 self.config,
                 self.log,
@@ -105,14 +221,38 @@ class Supervisor:
                 splice=self.splice,
             )
             server.bind()
+            discard_handed()
+            SupervisorLink(server, link)
+            _send(link, READY)
+            ready = True
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             server.serve()
         except ProxyError as exc:
-            self.log.error("worker_failed", worker=index, error=str(exc))
+            if ready:
+                self.log.error("worker_failed", worker=index, error=str(exc))
+            else:
+                _send(link, FAILED, str(exc))  # the supervisor says it, once
             return exc.exit_status
         except BaseException as exc:  # a worker must end with an exit status, never unwind into the supervisor
             self.log.failure("worker_failed", exc, worker=index)
             return 1
         return 0
+
+    def _report(self, index: int) -> str | None:
+        """What a worker said on its link before it exited (readiness is remembered); its error."""
+        link = self.links.pop(index)
+        error = None
+        try:
+            while (received := _receive(link)) is not None:
+                kind, text, _sock = received
+                if kind == READY:
+                    self._ever_ready[index] = True
+                elif kind == FAILED:
+                    error = text
+        except OSError:
+            pass  # nothing more was said
+        link.close()
+        return error
 
     def _reap(self) -> None:
         while self.workers:
@@ -126,9 +266,14 @@ class Supervisor:
             if index is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            error = self._report(index)
             if self.stopping:
                 continue
-            self.log.warning("worker_exited", worker=index, pid=pid, status=code)
+            if not self._ever_ready[index] and code > 0:  # failed by itself, not killed
+                self.failure = error or f"worker {index} exited with status {code} before serving"
+                self._stop(signal.SIGTERM)
+                continue
+            self.log.warning("worker_exited", worker=index, pid=pid, status=code, **({"error": error} if error else {}))
             self._schedule_restart(index)
         if self.stopping and not self.workers:
             self.reactor.stop()
@@ -153,13 +298,48 @@ class Supervisor:
                 pass  # it exited; the reaper will notice
 
     def _reload(self) -> None:
-        """Workers reload themselves (and log what they found); a worker started later must
-        begin with the same table, so the supervisor keeps the newest valid one too."""
+        """Bind the new addresses for the workers, then have them reload (each logs what it found).
+
+        A worker started later must begin with the same table, so the supervisor keeps the newest
+        valid one too. An address it cannot bind reaches the workers as that error.
+        """
         try:
-            self.config = load_config(self.config_path).config
+            config = load_config(self.config_path).config
         except ConfigError:
-            pass  # every worker logs the errors and keeps its table; restarts keep the old one too
-        self._signal_all(signal.SIGHUP)
+            config = None  # every worker logs the errors and keeps its table; restarts keep the old one too
+        records: list[list[tuple[bytes, str, socket.socket | None]]] = [[] for _ in range(self.count)]
+        if config is not None:
+            self.config = config
+            keys = {listener_key(listener) for listener in config.listeners}
+            self._served &= keys
+            for listener in config.listeners:
+                key = listener_key(listener)
+                if key in self._served:
+                    continue
+                try:
+                    group = bind_reuseport_group(listener.listen, self.count)
+                except ProxyError as exc:
+                    for pending in records:
+                        pending.append((REFUSE, f"{listener.listen} {exc}", None))
+                    continue
+                self._served.add(key)
+                if listener.listen.port == 0:
+                    self.pins[key] = group[0].getsockname()[1]
+                for pending, sock in zip(records, group, strict=True):
+                    pending.append((LISTEN, str(listener.listen), sock))
+        for index, pending in enumerate(records):
+            link = self.links.get(index)
+            try:
+                if link is not None:
+                    for kind, text, sock in pending:
+                        _send(link, kind, text, sock)
+                    _send(link, RELOAD)
+            except OSError as exc:  # a dead or stuck worker: the reaper or the next reload deals with it
+                self.log.warning("reload_not_sent", worker=index, error=os.strerror(exc.errno or 0))
+            finally:
+                for _kind, _text, sock in pending:
+                    if sock is not None:
+                        sock.close()
 
     def _stop(self, signum: int) -> None:
         """Pass the stop on; a second SIGINT reaches the workers as their own second one."""

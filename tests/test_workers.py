@@ -1,22 +1,27 @@
-"""`run --workers N`: processes sharing a port, restarted when they die, stopped and reloaded together."""
+"""`run --workers N`: processes sharing a port, restarted when they die, stopped and reloaded together;
+no restarts when they cannot start, no workers left behind by their supervisor, signals safe from the start."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import textwrap
+import time
 from pathlib import Path
 
-from tests.support import WAIT, connect, echo_handler, recv_exactly, wait_until
+import pytest
+
+from tests.support import WAIT, connect, echo_handler, recv_exactly, run_cli, wait_until
 
 
-def _config(tmp_path, upstream) -> str:
+def _config(tmp_path, upstream, port: int = 0) -> str:
     path = tmp_path / "pairproxy.yaml"
     path.write_text(
         textwrap.dedent(f"""\
             listeners:
-              - {{name: shared, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+              - {{name: shared, listen: "127.0.0.1:{port}", upstream: "{upstream.address}"}}
             """)
     )
     return str(path)
@@ -94,3 +99,112 @@ def tagged_echo(tag: bytes):
         echo_handler(conn)
 
     return handler
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def _catches(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+def _kill_all(pids) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_exit_1_when_the_port_is_taken(tmp_path, start_upstream):
+    upstream = start_upstream(echo_handler)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(["run", "-c", _config(tmp_path, upstream, port), "--workers", "2"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"pairproxy: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert time.monotonic() - started < WAIT / 2, "no restarts before giving up"
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy("run", "-c", _config(tmp_path, upstream), "--workers", "2", wait_listening=2)
+    workers = _worker_pids(proxy)
+    try:
+        assert all(_alive(pid) for pid in workers)
+        os.kill(proxy.pid, signal.SIGKILL)
+        proxy.proc.wait(WAIT)
+        assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=5), "orphaned workers"
+        with pytest.raises(ConnectionRefusedError):
+            connect(proxy.address).close()
+    finally:
+        _kill_all(workers)
+
+
+def _signal_during_startup(tmp_path, start_proxy, upstream, signum: int, count: int, *, until_all: bool):
+    """Start `run --workers COUNT` and send `signum` to the supervisor over and over from the moment
+    it handles that signal (or, if it forks first, has a worker) until it has a worker (or them all)."""
+    proxy = start_proxy("run", "-c", _config(tmp_path, upstream), "--workers", str(count), wait_listening=0)
+    seen: set[int] = set()
+    sent = 0
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and proxy.proc.poll() is None and len(seen) < count:
+        try:
+            seen |= _children(proxy.pid)
+            if seen or _catches(proxy.pid, signum):
+                proxy.send_signal(signum)
+                sent += 1
+                if seen and not until_all:
+                    break
+        except (FileNotFoundError, ProcessLookupError):
+            break  # it exited
+    assert sent, "the signal was sent at least once"
+    return proxy, seen
+
+
+def test_sigterm_during_startup_stops_cleanly(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, seen = _signal_during_startup(tmp_path, start_proxy, upstream, signal.SIGTERM, 4, until_all=False)
+    try:
+        assert proxy.proc.wait(WAIT) == 0
+        workers = seen | set(_worker_pids(proxy))
+        assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=5), "orphaned workers"
+    finally:
+        _kill_all(seen | set(_worker_pids(proxy)))
+
+
+def test_sighup_during_startup_never_kills_the_supervisor(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, seen = _signal_during_startup(tmp_path, start_proxy, upstream, signal.SIGHUP, 4, until_all=True)
+    try:
+        proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") >= 4)
+        assert proxy.proc.poll() is None, "the supervisor survived"
+        proxy.addresses = [re.search(r"address=(\S+)", proxy.wait_for(" listening ")).group(1)]
+        _round_trips(proxy, 8)
+        assert proxy.stop() == 0
+    finally:
+        _kill_all(seen | set(_worker_pids(proxy)))
