@@ -14,24 +14,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from proxy import __version__
-from proxy.config import (
+from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.config.schema import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
-    ConfigError,
     ListenerTlsConfig,
-    LoadedConfig,
     UpstreamTlsConfig,
     forward_config,
-    load_config,
 )
-from proxy.echo import serve_echo
+from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
 from proxy.errors import ProxyError, UsageError
 from proxy.log import LEVELS, EventLog
-from proxy.server import Server
-from proxy.tls import CertificatePair, check_ca_file, check_certificate
-from proxy.units import parse_address, parse_duration, parse_positive_duration, parse_size
-from proxy.workers import Supervisor
+from proxy.serve.echo import serve_echo
+from proxy.serve.server import Server
+from proxy.serve.workers import Supervisor
 
 
 def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:

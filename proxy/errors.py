@@ -1,4 +1,9 @@
-"""The user-facing error types and the exit status each one maps to."""
+"""Errors in one place: the user-facing error types and their exit statuses, and the short
+reasons the access log gives for TLS failures."""
+
+from __future__ import annotations
+
+import ssl
 
 
 class ProxyError(Exception):
@@ -17,3 +22,11 @@ class StartupError(ProxyError):
     """The proxy could not start, e.g. an address already in use (exit status 1)."""
 
     exit_status = 1
+
+
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """A short reason: `certificate verify failed: hostname mismatch`, not the whole repr."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message[0].lower()}{exc.verify_message[1:]}"
+    reason = getattr(exc, "reason", None)
+    return (reason or str(exc)).replace("_", " ").lower()

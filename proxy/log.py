@@ -1,6 +1,6 @@
-"""Output for people: the event log (logfmt or JSON on stderr) and the hex dump (stdout).
+"""The event log for people: logfmt or JSON lines on stderr, and the escaping of every value.
 
-Both writers are plain objects handed to whoever needs them; nothing here is global. Both write
+An EventLog is a plain object handed to whoever needs it; nothing here is global. It writes
 through an `Output` (proxy/output.py), so a reader that does not keep up never stalls the loop.
 
 No text a client chose reaches a screen raw: logfmt quotes every value holding a character that
@@ -17,8 +17,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from proxy.hexdump import dump_lines
-from proxy.output import DUMP_QUEUE_LIMIT, LOG_QUEUE_LIMIT, Output, StreamOutput, output_for
+from proxy.output import LOG_QUEUE_LIMIT, Output, StreamOutput, output_for
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
@@ -116,44 +115,3 @@ class EventLog:
         if self.debugging:
             text = "".join(traceback.format_exception(exc))
             self.output.write(_printable_lines(text).encode("utf-8", "backslashreplace"))
-
-
-def timestamp_us() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _event_text(text: str) -> str:
-    """Text on a dump event line (a listener name): never a control character."""
-    return text if text.isprintable() else escape_text(text)
-
-
-class HexdumpWriter:
-    """Writes the contract's hex dump: event lines and, per chunk, a header and dump lines.
-
-    Records go to `stream` (stdout by default) through `self.output`, a bounded queue of
-    DUMP_QUEUE_LIMIT bytes; a record that does not fit is dropped whole, and once the queue has
-    drained one `dump_dropped` line says how many bytes of dump were lost (with the `conn` of the
-    last record dropped). Header and event lines hold endpoints, codes and numbers only.
-    """
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.output: Output | StreamOutput = output_for(stream if stream is not None else sys.stdout, DUMP_QUEUE_LIMIT)
-        self.output.on_recovered = self._dropped_line
-        self._dropped_conn = 0
-
-    def _dropped_line(self, _lines: int, size: int) -> bytes:
-        return f"{timestamp_us()} conn={self._dropped_conn} dump_dropped bytes={size}\n".encode()
-
-    def _emit(self, conn: int, text: str) -> None:
-        if not self.output.write(text.encode()):
-            self._dropped_conn = conn
-
-    def opened(self, conn: int, source: str, destination: str) -> None:
-        self._emit(conn, f"{timestamp_us()} conn={conn} open {_event_text(source)} -> {_event_text(destination)}\n")
-
-    def closed(self, conn: int, result: str) -> None:
-        self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")
-
-    def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
-        header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={len(data)} {source} -> {destination}\n"
-        self._emit(conn, header + "\n".join(dump_lines(data)) + "\n")

@@ -10,7 +10,8 @@ The inherited descriptor itself is never made non-blocking (its file description
 with the shell and whoever else writes to it): pipes, FIFOs and terminals are reopened through
 /proc/self/fd for a private description of our own, sockets (journald) are written with
 MSG_DONTWAIT on a duplicate. Regular files and other devices never wait for a reader, cannot
-be polled, and are written directly.
+be polled, and are written directly. This module holds no reference to a loop:
+`proxy.loop.drain.attach_output` puts an output on one.
 
 Every write to a pipe is whole lines of at most PIPE_BUF bytes, which the kernel writes in one
 piece or not at all: processes sharing a pipe (`run --workers`) never interleave mid-line.
@@ -25,17 +26,20 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
-
-from proxy.dispatcher import Dispatcher, State
-
-if TYPE_CHECKING:
-    from proxy.reactor import Reactor
+from typing import Protocol, TextIO
 
 PIPE_BUF = select.PIPE_BUF  # 4096 on Linux: the largest write a pipe takes atomically
 LOG_QUEUE_LIMIT = 256 * 1024  # bytes of log lines (about 1500 access lines) held while stderr does not keep up
 DUMP_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes of hex dump held while stdout does not keep up
 FLUSH_TIMEOUT = 1.0  # seconds an exiting process waits for one output to take what is queued
+
+
+class Drainer(Protocol):
+    """What drains an output on an event loop (proxy.loop.drain.OutputDrain)."""
+
+    def interest_changed(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def pieces(data: bytes) -> list[bytes]:
@@ -53,41 +57,6 @@ def pieces(data: bytes) -> list[bytes]:
     return result
 
 
-class _FdHandle:
-    """The descriptor as the Dispatcher base wants it (something with fileno())."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-
-class _Drain(Dispatcher):
-    """The output on the reactor: write interest only while something is queued."""
-
-    def __init__(self, reactor: Reactor, output: Output) -> None:
-        super().__init__(reactor, _FdHandle(output.fd))  # type: ignore[arg-type]
-        self.output = output
-
-    def writable(self) -> bool:
-        return bool(self.output.queue)
-
-    def handle_write(self) -> None:
-        self.output.drain()
-        if not self.output.queue:
-            self.interest_changed()
-
-    def close(self) -> None:
-        """Leave the reactor; the descriptor belongs to the output and stays open."""
-        if self.closed:
-            return
-        self.state = State.CLOSED
-        self.reactor.forget(self)
-        if self.output.drainer is self:
-            self.output.drainer = None
-
-
 class Output:
     """One descriptor written without blocking, through a queue of at most `limit` bytes."""
 
@@ -99,7 +68,7 @@ class Output:
         self.dropped_lines = 0
         # Called once the queue has drained after drops, with (lines, bytes) lost; returns the line to write.
         self.on_recovered: Callable[[int, int], bytes] | None = None
-        self.drainer: _Drain | None = None
+        self.drainer: Drainer | None = None  # set by proxy.loop.drain.attach_output while on a loop
         self._owned_fd: int | None = None
         self._socket: socket.socket | None = None
         self.fd = fd
@@ -223,14 +192,6 @@ class Output:
 
     # -- life cycle -----------------------------------------------------------------------
 
-    def attach(self, reactor: Reactor) -> None:
-        """Let `reactor` drain the queue (a no-op for outputs written directly)."""
-        self.detach()
-        if self.pollable:
-            self.drainer = _Drain(reactor, self)
-            if self.queue:
-                self.drainer.interest_changed()
-
     def detach(self) -> None:
         if self.drainer is not None:
             self.drainer.close()
@@ -275,9 +236,6 @@ class StreamOutput:
     def write(self, data: bytes) -> bool:
         self.stream.write(data.decode("utf-8", "replace"))
         return True
-
-    def attach(self, reactor: Reactor) -> None:
-        pass
 
     def detach(self) -> None:
         pass

@@ -11,10 +11,11 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.config import Config, load_config
+from proxy.config.loader import load_config
+from proxy.config.schema import Config
 from proxy.log import EventLog
-from proxy.routes import RouteTable
-from proxy.server import Server
+from proxy.policy.routes import RouteTable
+from proxy.serve.server import Server
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, wait_until
 from tests.test_run import ask, closed_port, tagged, write
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.buffer import Budget, SendBuffer
+from proxy.relay.buffer import Budget, SendBuffer
 
 
 def take(buffer: SendBuffer, count: int) -> bytes:

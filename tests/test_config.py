@@ -12,8 +12,9 @@ import time
 import pytest
 import trustme
 
-from proxy.config import DEFAULT_MAX_BUFFERED, ConfigError, load_config, parse_config
-from proxy.units import Address
+from proxy.config.loader import ConfigError, load_config, parse_config
+from proxy.config.schema import DEFAULT_MAX_BUFFERED
+from proxy.config.units import Address
 from tests.support import connect, echo_handler, recv_exactly, run_cli, wait_until
 
 

@@ -14,16 +14,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.config import load_config
-from proxy.tls import (
-    CertificatePair,
-    TlsSession,
-    certificate_names,
-    check_ca_file,
-    check_certificate,
-    client_context,
-    server_context,
-)
+from proxy.config.certificates import CertificatePair, certificate_names, check_ca_file, check_certificate
+from proxy.config.loader import load_config
+from proxy.protocol.tls import TlsSession
+from proxy.serve.contexts import client_context, server_context
 from tests.support import run_cli
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ConfigError, LoadedConfig, load_config, parse_config
+from proxy.config.loader import ConfigError, LoadedConfig, load_config, parse_config
 
 SOURCE = "p.yaml"
 LOCATED = re.compile(rf"{re.escape(SOURCE)}:\d+:\d+: \S")

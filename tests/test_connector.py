@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from proxy.connector import Connector
+from proxy.config.units import Address
 from proxy.log import EventLog
-from proxy.reactor import Reactor
-from proxy.resolver import Resolver
-from proxy.units import Address
+from proxy.loop.connector import Connector
+from proxy.loop.reactor import Reactor
+from proxy.loop.resolver import Resolver
 
 SAFETY = 5.0
 
@@ -24,11 +24,11 @@ SAFETY = 5.0
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
     import io, resource, socket
-    from proxy.connector import Connector
+    from proxy.loop.connector import Connector
     from proxy.log import EventLog
-    from proxy.reactor import Reactor
-    from proxy.resolver import Resolver
-    from proxy.units import Address
+    from proxy.loop.reactor import Reactor
+    from proxy.loop.resolver import Resolver
+    from proxy.config.units import Address
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -252,9 +252,9 @@ def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(rea
 def test_a_pair_whose_connect_code_raises_ends_alone_with_result_error(reactor, listening):
     # A bug in the code that runs once the upstream connects ends that connection, logged once,
     # with nothing of it left registered; the loop goes on.
-    from proxy.config import ServerConfig, UpstreamConfig
-    from proxy.pair import Pair, PairSettings, Runtime
-    from proxy.upstreams import Pool
+    from proxy.config.schema import ServerConfig, UpstreamConfig
+    from proxy.policy.upstreams import Pool
+    from proxy.relay.pair import Pair, PairSettings, Runtime
 
     class BrokenPair(Pair):
         def connected(self, attempt, server):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proxy.hexdump import parse_dump_line
+from proxy.protocol.hexdump import parse_dump_line
 from tests.support import (
     WAIT,
     connect,

@@ -9,13 +9,13 @@ import sys
 import textwrap
 import threading
 
-from proxy.config import HealthCheckConfig, ServerConfig, UpstreamConfig
-from proxy.health import HealthChecker
+from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
+from proxy.config.units import Address
 from proxy.log import EventLog
-from proxy.reactor import Reactor
-from proxy.resolver import Resolver
-from proxy.units import Address
-from proxy.upstreams import Pool
+from proxy.loop.reactor import Reactor
+from proxy.loop.resolver import Resolver
+from proxy.policy.upstreams import Pool
+from proxy.serve.health import HealthChecker
 
 CHECK = HealthCheckConfig(interval=0.05, timeout=0.5, rise=1, fall=1)
 
@@ -54,13 +54,13 @@ def test_a_refused_server_is_marked_down():
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
     import io, resource, socket, sys
-    from proxy.config import HealthCheckConfig, ServerConfig, UpstreamConfig
-    from proxy.health import HealthChecker
+    from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
+    from proxy.serve.health import HealthChecker
     from proxy.log import EventLog
-    from proxy.reactor import Reactor
-    from proxy.resolver import Resolver
-    from proxy.units import Address
-    from proxy.upstreams import Pool
+    from proxy.loop.reactor import Reactor
+    from proxy.loop.resolver import Resolver
+    from proxy.config.units import Address
+    from proxy.policy.upstreams import Pool
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

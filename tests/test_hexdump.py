@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.hexdump import dump_lines, parse_dump_line
+from proxy.protocol.hexdump import dump_lines, parse_dump_line
 
 CONTRACT_INPUT = b"GET / HTTP/1.1\r\n\r\n"
 CONTRACT_LINES = [

@@ -28,8 +28,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.log import EventLog, HexdumpWriter, logfmt_value
+from proxy.log import EventLog, logfmt_value
 from proxy.output import PIPE_BUF, Output, pieces
+from proxy.relay.tap import HexdumpWriter
 from tests.support import WAIT, echo_handler, logfmt, recv_exactly
 from tests.test_sni import in_records, synthetic_client_hello
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.proxyproto import (
+from proxy.protocol.proxyproto import (
     NEED_MORE,
     ProxyInfo,
     ProxyProtocolError,

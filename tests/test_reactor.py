@@ -12,10 +12,10 @@ import types
 
 import pytest
 
-from proxy import reactor as reactor_module
-from proxy.dispatcher import Dispatcher, State
 from proxy.log import EventLog
-from proxy.reactor import Reactor
+from proxy.loop import reactor as reactor_module
+from proxy.loop.dispatcher import Dispatcher, State
+from proxy.loop.reactor import Reactor
 
 SAFETY = 5.0  # every loop in this file is also stopped by a timer this far out
 

@@ -6,7 +6,7 @@ import signal
 import socket
 import time
 
-from proxy.upstreams import PASSIVE_DOWN_FIRST
+from proxy.policy.upstreams import PASSIVE_DOWN_FIRST
 from tests.support import connect, echo_handler, recv_exactly, wait_until
 from tests.test_run import ask, closed_port, tagged, write
 from tests.test_upstreams import pool

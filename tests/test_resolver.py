@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
+from proxy.config.units import Address
 from proxy.log import EventLog
-from proxy.reactor import Reactor
-from proxy.resolver import Resolver
-from proxy.units import Address
+from proxy.loop.reactor import Reactor
+from proxy.loop.resolver import Resolver
 
 SAFETY = 5.0
 

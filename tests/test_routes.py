@@ -7,10 +7,10 @@ import ipaddress
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.config import ListenerConfig, MatchConfig, RouteConfig
-from proxy.routes import AccessPolicy, RouteTable
-from proxy.tls import name_matches
-from proxy.units import Address, canonical_ip
+from proxy.config.certificates import name_matches
+from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig
+from proxy.config.units import Address, canonical_ip
+from proxy.policy.routes import AccessPolicy, RouteTable
 
 
 def nets(*texts: str) -> tuple:

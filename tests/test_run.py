@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import proxyproto
+from proxy.protocol import proxyproto
 from tests.support import (
     WAIT,
     connect,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 import struct
 
-from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
 
 
 def real_client_hello(server_name: str | None) -> bytes:

@@ -7,19 +7,9 @@ import ssl
 import pytest
 import trustme
 
-from proxy.tls import (
-    CertificatePair,
-    TlsError,
-    TlsSession,
-    TlsState,
-    TlsStateError,
-    certificate_names,
-    check_ca_file,
-    check_certificate,
-    client_context,
-    name_matches,
-    server_context,
-)
+from proxy.config.certificates import CertificatePair, certificate_names, check_ca_file, check_certificate, name_matches
+from proxy.protocol.tls import TlsError, TlsSession, TlsState, TlsStateError
+from proxy.serve.contexts import client_context, server_context
 
 
 @pytest.fixture(scope="module")

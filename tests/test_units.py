@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.units import (
+from proxy.config.units import (
     Address,
     canonical_ip,
     canonical_network,

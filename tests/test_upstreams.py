@@ -8,9 +8,9 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config import BALANCE_STRATEGIES, HealthCheckConfig, ServerConfig, UpstreamConfig
-from proxy.units import Address
-from proxy.upstreams import PASSIVE_DOWN_FIRST, PASSIVE_DOWN_MAX, Pool
+from proxy.config.schema import BALANCE_STRATEGIES, HealthCheckConfig, ServerConfig, UpstreamConfig
+from proxy.config.units import Address
+from proxy.policy.upstreams import PASSIVE_DOWN_FIRST, PASSIVE_DOWN_MAX, Pool
 
 
 def pool(*servers: int | tuple[int, int] | tuple[int, int, bool], balance="round_robin", retries=2, **kwargs) -> Pool:

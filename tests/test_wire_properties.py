@@ -7,10 +7,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.hexdump import dump_lines, parse_dump_line
-from proxy.proxyproto import MAX_HEADER, NEED_MORE, V1_PREFIX, V2_SIGNATURE, ProxyProtocolError, encode, parse
-from proxy.sni import Hello, peek_server_name
-from proxy.units import canonical_ip
+from proxy.config.units import canonical_ip
+from proxy.protocol.hexdump import dump_lines, parse_dump_line
+from proxy.protocol.proxyproto import MAX_HEADER, NEED_MORE, V1_PREFIX, V2_SIGNATURE, ProxyProtocolError, encode, parse
+from proxy.protocol.sni import Hello, peek_server_name
 from tests.test_sni import in_records, synthetic_client_hello
 
 PROPERTIES = settings(max_examples=200, deadline=None)

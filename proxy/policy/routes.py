@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from proxy.config import IPNetwork, ListenerConfig, MatchConfig, RouteConfig
-from proxy.tls import name_matches
-from proxy.units import canonical_network
+from proxy.config.certificates import name_matches
+from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig
+from proxy.config.units import IPNetwork, canonical_network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

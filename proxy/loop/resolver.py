@@ -22,8 +22,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from proxy.reactor import Reactor
-from proxy.units import Address
+from proxy.config.units import Address
+from proxy.loop.reactor import Reactor
 
 # (family, sockaddr) pairs in the order the lookup gave them, or the error that resolution hit
 Resolution = list[tuple[int, tuple]] | OSError

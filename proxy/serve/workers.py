@@ -32,16 +32,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy.config import Config, ConfigError, ListenerConfig, listener_key, load_config
-from proxy.dispatcher import Dispatcher
+from proxy.config.loader import ConfigError, load_config
+from proxy.config.schema import Config, ListenerConfig, listener_key
+from proxy.config.units import Address
 from proxy.errors import ProxyError, StartupError
-from proxy.listener import bind_reuseport_group, discard_handed, hand_over
 from proxy.log import EventLog
-from proxy.reactor import Reactor
-from proxy.units import Address
+from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.drain import attach_output
+from proxy.loop.listener import bind_reuseport_group, discard_handed, hand_over
+from proxy.loop.reactor import Reactor
 
 if TYPE_CHECKING:
-    from proxy.server import Server
+    from proxy.serve.server import Server
 
 RESTART_DELAY_FIRST = 0.1
 RESTART_DELAY_MAX = 5.0
@@ -126,7 +128,7 @@ class Supervisor:
         self.hexdump = hexdump
         self.splice = splice
         self.reactor = Reactor(log)
-        log.output.attach(self.reactor)
+        attach_output(self.reactor, log.output)
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
         self.stopping = False
@@ -199,7 +201,7 @@ class Supervisor:
         self.log.info("worker_started", worker=index, pid=pid)
 
     def _serve(self, index: int, link: socket.socket) -> int:
-        from proxy.server import Server  # the worker's own reactor and threads start after the fork
+        from proxy.serve.server import Server  # the worker's own reactor and threads start after the fork
 
         for signum in SIGNALS:
             signal.signal(signum, signal.SIG_DFL)

@@ -18,10 +18,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher
+from proxy.config.units import Address, format_sockaddr
 from proxy.errors import StartupError
-from proxy.reactor import Reactor
-from proxy.units import Address, format_sockaddr
+from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher
+from proxy.loop.reactor import Reactor
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the rest
 BACKLOG = 1024

@@ -22,8 +22,8 @@ import math
 import random
 from collections.abc import Callable
 
-from proxy.config import HealthCheckConfig, ServerConfig, UpstreamConfig
-from proxy.units import Address, canonical_ip
+from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
+from proxy.config.units import Address, canonical_ip
 
 PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after the first failed connect in a row
 PASSIVE_DOWN_MAX = 30.0  # the back-off doubles per failure in a row, up to this

@@ -1,4 +1,4 @@
-"""TLS as a state machine over memory buffers, and the SSL contexts the configuration asks for.
+"""TLS as a state machine over memory buffers: the handshake, plaintext both ways, close_notify.
 
 Theory of operation
 -------------------
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import enum
 import ssl
-from dataclasses import dataclass
+
+from proxy.errors import describe_ssl_error
 
 READ_SIZE = 64 * 1024
 
@@ -55,14 +56,6 @@ _MOVES: dict[TlsState, frozenset[TlsState]] = {
     TlsState.CLOSING: frozenset({TlsState.CLOSED}),
     TlsState.CLOSED: frozenset(),
 }
-
-
-def describe(exc: ssl.SSLError) -> str:
-    """A short reason: `certificate verify failed: hostname mismatch`, not the whole repr."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message[0].lower()}{exc.verify_message[1:]}"
-    reason = getattr(exc, "reason", None)
-    return (reason or str(exc)).replace("_", " ").lower()
 
 
 class TlsSession:
@@ -98,7 +91,7 @@ class TlsSession:
 
     def _fail(self, exc: ssl.SSLError) -> TlsError:
         """The session is broken: CLOSED from whatever state, and the error to raise."""
-        self.error = describe(exc)
+        self.error = describe_ssl_error(exc)
         self.state = TlsState.CLOSED  # every state may fail
         return TlsError(self.error)
 
@@ -211,115 +204,3 @@ class TlsSession:
         except ssl.SSLError as exc:
             raise self._fail(exc) from None
         self._half_closed()
-
-
-@dataclass(frozen=True)
-class CertificatePair:
-    cert: str
-    key: str
-
-
-def server_context(
-    default: CertificatePair, others: tuple[CertificatePair, ...] = (), client_ca: str | None = None
-) -> ssl.SSLContext:
-    """A context for terminating TLS: `default` unless the client's SNI picks one of `others`.
-
-    The chosen name is kept on the SSLObject as `sni_name` for routing and the access log.
-    """
-    context = _new_server_context(default, client_ca)
-    by_name: dict[str, ssl.SSLContext] = {}
-    for pair in others:
-        other = _new_server_context(pair, client_ca)
-        for name in certificate_names(pair.cert):
-            by_name.setdefault(name.lower(), other)
-
-    def choose(ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
-        ssl_object.sni_name = server_name
-        if server_name:
-            chosen = _lookup(by_name, server_name.lower())
-            if chosen is not None:
-                ssl_object.context = chosen
-
-    context.sni_callback = choose
-    return context
-
-
-def _lookup(by_name: dict[str, ssl.SSLContext], name: str) -> ssl.SSLContext | None:
-    if name in by_name:
-        return by_name[name]
-    _, dot, parent = name.partition(".")
-    return by_name.get(f"*.{parent}") if dot else None
-
-
-def _new_server_context(pair: CertificatePair, client_ca: str | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(pair.cert, pair.key)
-    if client_ca is not None:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def client_context(
-    ca: str | None = None, verify: bool = True, client_cert: CertificatePair | None = None
-) -> ssl.SSLContext:
-    """A context for originating TLS: verification against `ca` (or the system store) unless off."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if verify:
-        if ca is not None:
-            context.load_verify_locations(ca)
-        else:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if client_cert is not None:
-        context.load_cert_chain(client_cert.cert, client_cert.key)
-    return context
-
-
-def name_matches(pattern: str, server_name: str) -> bool:
-    """Exact names, or `*.example.com` for exactly one more label; case-insensitive."""
-    pattern = pattern.lower().rstrip(".")
-    name = server_name.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, dot, rest = name.partition(".")
-        return bool(head) and bool(dot) and rest == pattern[2:]
-    return name == pattern
-
-
-def check_certificate(pair: CertificatePair) -> None:
-    """ValueError with a readable reason unless cert and key load and belong together."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(pair.cert, pair.key)
-    except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc):
-            raise ValueError("the certificate and the key do not belong together") from None
-        raise ValueError(f"cannot load the certificate and key: {describe(exc)}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot load the certificate and key: {exc.strerror or exc}") from None
-
-
-def check_ca_file(path: str) -> None:
-    """ValueError unless `path` holds at least one CA certificate."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        context.load_verify_locations(path)
-    except ssl.SSLError as exc:
-        raise ValueError(f"not a PEM certificate file ({describe(exc)})") from None
-    if not context.cert_store_stats().get("x509_ca"):
-        raise ValueError("holds no CA certificate")
-
-
-def certificate_names(cert_path: str) -> list[str]:
-    """The DNS names a PEM certificate is for (subjectAltName, else the common name)."""
-    # The standard library's only certificate decoder that needs no live connection.
-    decoded = ssl._ssl._test_decode_cert(cert_path)
-    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
-    if not names:
-        for rdn in decoded.get("subject", ()):
-            names.extend(value for key, value in rdn if key == "commonName")
-    return names

@@ -27,21 +27,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from proxy import proxyproto
-from proxy.config import Config, ConfigError, IPNetwork, ListenerConfig, listener_key, load_config
-from proxy.errors import ProxyError, StartupError
-from proxy.health import HealthChecker
-from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
-from proxy.log import EventLog, HexdumpWriter
-from proxy.pair import Pair, PairSettings, PreambleReader, Runtime
-from proxy.reactor import Reactor
-from proxy.resolver import Resolver
-from proxy.routes import AccessPolicy, RouteTable, canonical_networks
-from proxy.side import SPLICE_AVAILABLE
-from proxy.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
-from proxy.tls import client_context, describe, server_context
-from proxy.units import canonical_ip, format_sockaddr
-from proxy.upstreams import Pool
+from proxy.config.loader import ConfigError, load_config
+from proxy.config.schema import Config, ListenerConfig, listener_key
+from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
+from proxy.errors import ProxyError, StartupError, describe_ssl_error
+from proxy.log import EventLog
+from proxy.loop.drain import attach_output
+from proxy.loop.listener import Listener, bind_listening_socket, raise_fd_limit
+from proxy.loop.reactor import Reactor
+from proxy.loop.resolver import Resolver
+from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks
+from proxy.policy.upstreams import Pool
+from proxy.protocol import proxyproto
+from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from proxy.relay.pair import Pair, PairSettings, Runtime
+from proxy.relay.preamble import PreambleReader
+from proxy.relay.splice import SPLICE_AVAILABLE
+from proxy.relay.tap import HexdumpWriter
+from proxy.serve.contexts import client_context, server_context
+from proxy.serve.health import HealthChecker
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
@@ -62,7 +66,7 @@ def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
 def _tls_failure(exc: ssl.SSLError | OSError) -> str:
     """Why a TLS context could not be built, in one line (the files were fine when checked)."""
     if isinstance(exc, ssl.SSLError):
-        return describe(exc)
+        return describe_ssl_error(exc)
     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
     return f"{exc.filename}: {reason}" if exc.filename else reason
 
@@ -306,11 +310,11 @@ class Server:
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
-        log.output.attach(self.reactor)
+        attach_output(self.reactor, log.output)
         self.resolver = Resolver(self.reactor)
         self.force_hexdump = hexdump
         self.hexdump = HexdumpWriter()
-        self.hexdump.output.attach(self.reactor)
+        attach_output(self.reactor, self.hexdump.output)
         self.runtime = Runtime(self.reactor, self.resolver, log, self.hexdump, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []

@@ -40,19 +40,25 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from proxy.buffer import Budget
-from proxy.config import DEFAULT_MAX_BUFFERED
-from proxy.connector import ConnectAttempt, Connector
-from proxy.dispatcher import PEER_GONE, Dispatcher
-from proxy.log import EventLog, HexdumpWriter
-from proxy.reactor import Reactor, Timer
-from proxy.resolver import Resolver
-from proxy.side import SPLICE_AFTER, Side, TlsSide
-from proxy.tls import TlsSession
-from proxy.units import Address, format_sockaddr
-from proxy.upstreams import Pool, ServerState
+from proxy.config.schema import DEFAULT_MAX_BUFFERED
+from proxy.config.units import Address, format_sockaddr
+from proxy.log import EventLog
+from proxy.loop.connector import ConnectAttempt, Connector
+from proxy.loop.dispatcher import PEER_GONE
+from proxy.loop.reactor import Reactor, Timer
+from proxy.loop.resolver import Resolver
+from proxy.policy.upstreams import Pool, ServerState
+from proxy.protocol.tls import TlsSession
+from proxy.relay.buffer import Budget
+from proxy.relay.side import Side
+from proxy.relay.splice import SPLICE_AFTER
+from proxy.relay.tap import HexdumpWriter
+from proxy.relay.tls_side import TlsSide
+
+if TYPE_CHECKING:
+    from proxy.relay.preamble import PreambleReader
 
 SCRATCH_SIZE = 256 * 1024
 
@@ -100,105 +106,6 @@ class PairSettings:
     buffer_size: int
     hexdump: bool
     splice: bool = False  # move bytes with os.splice where neither side is TLS
-
-
-class PreambleReader(Dispatcher):
-    """Reads what a client sends before it can be routed (a PROXY header, a ClientHello).
-
-    `parse(data)` answers None while more is needed, (info, consumed) once complete, or raises
-    ValueError. `on_done(info, rest)` then gets the bytes after the preamble, which belong to
-    the payload (a peek consumes nothing). At most `limit` bytes are read, within the listener's
-    `connect_timeout`. When no complete preamble will come, because that time ran out or the
-    client half-closed first, `on_incomplete(data, why)` decides (`why` is "timeout" or "eof";
-    the client's EOF is still ahead of the pair, to be forwarded), or the pair ends.
-    `initial` is what an earlier preamble reader read past its own preamble.
-    """
-
-    def __init__(
-        self,
-        pair: Pair,
-        what: str,
-        parse: Callable[[bytes], Any],
-        limit: int,
-        on_done: Callable[[Any, bytes], None],
-        *,
-        initial: bytes = b"",
-        on_incomplete: Callable[[bytes, str], None] | None = None,
-    ) -> None:
-        super().__init__(pair.runtime.reactor, pair.client.socket)
-        self.pair = pair
-        self.what = what
-        self.parse = parse
-        self.limit = limit
-        self.on_done = on_done
-        self.on_incomplete = on_incomplete
-        self.data = bytearray(initial)
-        self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
-        pair.preamble = self
-        self.interest_changed()
-        if initial:
-            self._examine()
-
-    def readable(self) -> bool:
-        return True
-
-    def handle_read(self) -> None:
-        try:
-            chunk = self.socket.recv(self.limit - len(self.data))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self.pair.client, exc)
-            return
-        if not chunk:
-            if self.on_incomplete is None:
-                self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
-            else:
-                self._give_up("eof")
-            return
-        self.data += chunk
-        self._examine()
-
-    def _examine(self) -> None:
-        try:
-            result = self.parse(bytes(self.data))
-        except ValueError as exc:
-            self.pair.finish("protocol_error", f"{self.what}: {exc}")
-            return
-        if result is None:
-            if len(self.data) >= self.limit:
-                self.pair.finish("protocol_error", f"{self.what}: longer than {self.limit} bytes")
-            return
-        info, consumed = result
-        self.stop()
-        self.on_done(info, bytes(self.data[consumed:]))
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.on_incomplete is None:
-            self.pair.finish("timeout", f"no complete {self.what} within connect_timeout")
-            return
-        self._give_up("timeout")
-
-    def _give_up(self, why: str) -> None:
-        data = bytes(self.data)
-        self.stop()
-        self.on_incomplete(data, why)
-
-    def handle_error(self, exc: BaseException) -> None:
-        self.pair.failed(self.pair.client, exc)
-
-    def stop(self) -> None:
-        """Stop reading and give the socket back to the pair (which owns it)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self.closed:
-            self.detach()
-        self.pair.preamble = None
-        self.pair.last_active = self.reactor.now  # the idle clock did not run while we read
 
 
 class Pair:

@@ -22,10 +22,10 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from proxy.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher, State
-from proxy.reactor import Reactor, Timer
-from proxy.resolver import Lane, Lookup, Resolution, TooManyLookups
-from proxy.units import Address
+from proxy.config.units import Address
+from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher, State
+from proxy.loop.reactor import Reactor, Timer
+from proxy.loop.resolver import Lane, Lookup, Resolution, TooManyLookups
 
 
 class ConnectObserver(Protocol):

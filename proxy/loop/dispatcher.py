@@ -13,7 +13,7 @@ import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.reactor import Reactor
+    from proxy.loop.reactor import Reactor
 
 # The peer is gone: the connection is over, whatever we do next.
 PEER_GONE = frozenset(

@@ -1,27 +1,24 @@
 """One socket of a pair: reading into the peer, sending what the peer read, half-closing.
 
-`Side` moves bytes as they are. `TlsSide` puts a TlsSession between the socket and the pair:
-it reads ciphertext and delivers plaintext, encrypts what it is given, runs the handshake first
-and turns close_notify into the same end-of-stream a plain side gets from a TCP FIN.
+`Side` moves bytes as they are (copied through Python, or spliced in the kernel once a
+direction turns out to be bulk: see splice.py); tls_side.py puts a TLS session in between.
 See pair.py for how two sides are joined.
 """
 
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import struct
 import termios
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.buffer import Budget, SendBuffer
-from proxy.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
-from proxy.tls import TlsError, TlsSession
+from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
+from proxy.relay.buffer import SendBuffer
+from proxy.relay.splice import BULK_READ, PipeBuffer
 
 if TYPE_CHECKING:
-    from proxy.pair import Pair
+    from proxy.relay.pair import Pair
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # the same request as SIOCOUTQ on a TCP socket (Linux)
@@ -294,193 +291,3 @@ class Side(Dispatcher):
             except OSError:
                 pass  # already dead; plain close is all that is left
         self.close()
-
-
-class TlsSide(Side):
-    """A side whose socket speaks TLS; the pair sees only plaintext.
-
-    It reads during the handshake even before the pair is open (the handshake is not payload),
-    then calls `on_handshake(self)` once, and delivers plaintext only once `reading` is on.
-    """
-
-    def __init__(
-        self,
-        pair: Pair,
-        sock: socket.socket,
-        name: str,
-        address: str,
-        direction: str,
-        session: TlsSession,
-        on_handshake: Callable[[TlsSide], None],
-    ) -> None:
-        super().__init__(pair, sock, name, address, direction)
-        self.session = session
-        self.on_handshake = on_handshake
-        self.handshaking = True
-
-    def readable(self) -> bool:
-        return (self.handshaking or self.reading) and not self.paused and not self.eof
-
-    def start(self) -> None:
-        """Begin the handshake (a client sends its ClientHello now) and start reading."""
-        self._advance_handshake()
-        self.interest_changed()
-
-    def handle_read(self) -> None:
-        count = self.receive()
-        if count is None:
-            return
-        self.session.receive(self.pair.runtime.scratch[:count])
-        if self.handshaking and not self._advance_handshake():
-            if not count and not self.closed:
-                self.pair.handshake_failed(self, "tls_error", "connection closed during the handshake")
-            return
-        if self.reading:
-            self.drain_plaintext()
-
-    def _advance_handshake(self) -> bool:
-        try:
-            done = self.session.handshake()
-        except TlsError as exc:
-            self._send_ciphertext()  # the alert tells the peer why
-            self.pair.handshake_failed(self, "tls_error", str(exc))
-            return False
-        self._send_ciphertext()
-        if done:
-            self.handshaking = False
-            self.interest_changed()
-            self.on_handshake(self)
-        return done
-
-    def drain_plaintext(self) -> None:
-        """Deliver the plaintext the session holds, until it needs more or the peer is full."""
-        session = self.session
-        while not self.paused and not self.closed:
-            try:
-                data = session.read(self.read_size)
-            except TlsError as exc:
-                self.pair.finish("tls_error", f"{self.name}: {exc}")
-                return
-            if data is None:
-                break
-            if not data:
-                self.pair.end_of_stream(self)
-                break
-            self.deliver(memoryview(data))
-        if not self.closed:
-            self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)
-
-    def resume(self) -> None:
-        super().resume()
-        # Plaintext may be waiting inside the session with no socket event left to announce it.
-        self.reactor.call_soon(self._resume_plaintext)
-
-    def start_reading(self) -> None:
-        super().start_reading()
-        self.reactor.call_soon(self._resume_plaintext)
-
-    def _resume_plaintext(self) -> None:
-        if self.reading and not self.closed:
-            self.drain_plaintext()
-
-    def forward(self, data: memoryview) -> None:
-        try:
-            self.session.write(data)
-        except TlsError as exc:
-            self.pair.finish("tls_error", f"{self.name}: {exc}")
-            return
-        self._send_ciphertext()
-
-    def _send_ciphertext(self) -> None:
-        ciphertext = self.session.pending_ciphertext()
-        if ciphertext:
-            Side.forward(self, memoryview(ciphertext))
-
-    def shutdown_write(self, last: bool) -> bool:
-        if not self.session.write_closed:
-            try:
-                self.session.close_write()
-            except TlsError:
-                pass  # the session is broken; the TCP half-close below still ends our direction
-            self._send_ciphertext()
-            if self.outgoing.size:
-                return False
-        return super().shutdown_write(last)
-
-    def release(self) -> None:
-        super().release()
-        self.on_handshake = None  # a callback bound to the pair
-
-    def truncated(self) -> bool:
-        return self.session.truncated
-
-    def log_fields(self) -> dict[str, object]:
-        session = self.session
-        fields: dict[str, object] = {f"{self.name}_tls": session.version}
-        if self.name == "client":
-            fields["sni"] = session.server_name
-            fields["client_cert"] = "yes" if session.peer_certificate_presented else "no"
-        return fields
-
-
-# -- splicing: bytes that never enter Python ------------------------------------------------
-
-SPLICE_AVAILABLE = hasattr(os, "splice")
-SPLICE_AFTER = 1024 * 1024  # bytes in big reads one direction copies before it switches to splicing
-BULK_READ = 32 * 1024  # a read at least this big: the sender is ahead of us, a bulk flow
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-
-
-class PipeBuffer:
-    """Bytes on their way to a socket, held in a kernel pipe, for a direction that splices.
-
-    The pipe is sized to the listener's `buffer_size` where the system allows; `high` is the
-    size it really got. Making one can fail (OSError) when descriptors run out. Bytes that wait
-    in it count against `budget`, but only when the caller `settle`s (not per splice).
-    """
-
-    def __init__(self, wanted: int, budget: Budget) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, wanted)
-        except OSError:
-            pass  # over /proc/sys/fs/pipe-max-size: the default size still works
-        self.budget = budget
-        self.counted = 0  # of `size`, what the budget knows about
-        self.size = 0
-        self.high = fcntl.fcntl(self.write_fd, _F_GETPIPE_SZ)
-        self.low = self.high // 4
-
-    def fill_from(self, fd: int, count: int) -> int:
-        """Move up to `count` bytes from socket `fd` into the pipe; 0 means end of stream."""
-        moved = os.splice(fd, self.write_fd, count, flags=_SPLICE_FLAGS)
-        self.size += moved
-        return moved
-
-    def splice_to(self, fd: int) -> None:
-        """Move what the pipe holds to socket `fd` until empty or the socket is full."""
-        try:
-            while self.size:
-                self.size -= os.splice(self.read_fd, fd, self.size, flags=_SPLICE_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def settle(self) -> Budget:
-        """Bring the budget up to date with what the pipe holds now; returns the budget."""
-        budget, change = self.budget, self.size - self.counted
-        self.counted = self.size
-        if change > 0:
-            budget.add(change)
-        elif change < 0:
-            budget.remove(-change)
-        return budget
-
-    def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.read_fd = self.write_fd = -1
-        self.size = 0
-        self.settle()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import signal
 import socket
 
-from proxy.buffer import SendBuffer
-from proxy.dispatcher import PEER_GONE, Dispatcher
-from proxy.listener import Listener, bind_listening_socket, raise_fd_limit
+from proxy.config.units import Address
 from proxy.log import EventLog
-from proxy.reactor import Reactor
-from proxy.units import Address
+from proxy.loop.dispatcher import PEER_GONE, Dispatcher
+from proxy.loop.drain import attach_output
+from proxy.loop.listener import Listener, bind_listening_socket, raise_fd_limit
+from proxy.loop.reactor import Reactor
+from proxy.relay.buffer import SendBuffer
 
 ECHO_BUFFER = 1024 * 1024
 READ_SIZE = 64 * 1024
@@ -78,7 +79,7 @@ def serve_echo(address: Address, log: EventLog) -> None:
     """
     raise_fd_limit()
     reactor = Reactor(log)
-    log.output.attach(reactor)
+    attach_output(reactor, log.output)
     try:
         reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
         reactor.add_signal_handler(signal.SIGINT, reactor.stop)

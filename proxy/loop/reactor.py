@@ -32,11 +32,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.dispatcher import State
+from proxy.loop.dispatcher import State
 
 if TYPE_CHECKING:
-    from proxy.dispatcher import Dispatcher
     from proxy.log import EventLog
+    from proxy.loop.dispatcher import Dispatcher
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE

@@ -10,12 +10,12 @@ verdict: only failures of the server count.
 
 from __future__ import annotations
 
-from proxy.connector import ConnectAttempt, Connector
+from proxy.config.units import Address
 from proxy.log import EventLog
-from proxy.reactor import Reactor, Timer
-from proxy.resolver import Resolver
-from proxy.units import Address
-from proxy.upstreams import Pool, ServerState
+from proxy.loop.connector import ConnectAttempt, Connector
+from proxy.loop.reactor import Reactor, Timer
+from proxy.loop.resolver import Resolver
+from proxy.policy.upstreams import Pool, ServerState
 
 
 class _Probe:

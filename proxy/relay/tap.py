@@ -1,0 +1,56 @@
+"""The hex dump tap: what a pair forwards, written as the contract's dump on stdout.
+
+Event lines (open, close) and, per chunk, a header and `hexdump -C` style lines, through a
+bounded output queue so that a reader that does not keep up never slows serving.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from proxy.log import escape_text
+from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
+from proxy.protocol.hexdump import dump_lines
+
+
+def timestamp_us() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _event_text(text: str) -> str:
+    """Text on a dump event line (a listener name): never a control character."""
+    return text if text.isprintable() else escape_text(text)
+
+
+class HexdumpWriter:
+    """Writes the contract's hex dump: event lines and, per chunk, a header and dump lines.
+
+    Records go to `stream` (stdout by default) through `self.output`, a bounded queue of
+    DUMP_QUEUE_LIMIT bytes; a record that does not fit is dropped whole, and once the queue has
+    drained one `dump_dropped` line says how many bytes of dump were lost (with the `conn` of the
+    last record dropped). Header and event lines hold endpoints, codes and numbers only.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.output: Output | StreamOutput = output_for(stream if stream is not None else sys.stdout, DUMP_QUEUE_LIMIT)
+        self.output.on_recovered = self._dropped_line
+        self._dropped_conn = 0
+
+    def _dropped_line(self, _lines: int, size: int) -> bytes:
+        return f"{timestamp_us()} conn={self._dropped_conn} dump_dropped bytes={size}\n".encode()
+
+    def _emit(self, conn: int, text: str) -> None:
+        if not self.output.write(text.encode()):
+            self._dropped_conn = conn
+
+    def opened(self, conn: int, source: str, destination: str) -> None:
+        self._emit(conn, f"{timestamp_us()} conn={conn} open {_event_text(source)} -> {_event_text(destination)}\n")
+
+    def closed(self, conn: int, result: str) -> None:
+        self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")
+
+    def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
+        header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={len(data)} {source} -> {destination}\n"
+        self._emit(conn, header + "\n".join(dump_lines(data)) + "\n")

@@ -1,0 +1,145 @@
+"""A side whose socket speaks TLS: ciphertext on the socket, plaintext to and from the pair.
+
+It runs the handshake first (reading even before the pair is open: the handshake is not
+payload), encrypts what it is given, and turns close_notify into the same end of stream a plain
+side gets from a TCP FIN. The TLS protocol itself is proxy/protocol/tls.py's TlsSession.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from proxy.protocol.tls import TlsError, TlsSession
+from proxy.relay.side import Side
+
+if TYPE_CHECKING:
+    from proxy.relay.pair import Pair
+
+
+class TlsSide(Side):
+    """A side whose socket speaks TLS; the pair sees only plaintext.
+
+    It reads during the handshake even before the pair is open (the handshake is not payload),
+    then calls `on_handshake(self)` once, and delivers plaintext only once `reading` is on.
+    """
+
+    def __init__(
+        self,
+        pair: Pair,
+        sock: socket.socket,
+        name: str,
+        address: str,
+        direction: str,
+        session: TlsSession,
+        on_handshake: Callable[[TlsSide], None],
+    ) -> None:
+        super().__init__(pair, sock, name, address, direction)
+        self.session = session
+        self.on_handshake = on_handshake
+        self.handshaking = True
+
+    def readable(self) -> bool:
+        return (self.handshaking or self.reading) and not self.paused and not self.eof
+
+    def start(self) -> None:
+        """Begin the handshake (a client sends its ClientHello now) and start reading."""
+        self._advance_handshake()
+        self.interest_changed()
+
+    def handle_read(self) -> None:
+        count = self.receive()
+        if count is None:
+            return
+        self.session.receive(self.pair.runtime.scratch[:count])
+        if self.handshaking and not self._advance_handshake():
+            if not count and not self.closed:
+                self.pair.handshake_failed(self, "tls_error", "connection closed during the handshake")
+            return
+        if self.reading:
+            self.drain_plaintext()
+
+    def _advance_handshake(self) -> bool:
+        try:
+            done = self.session.handshake()
+        except TlsError as exc:
+            self._send_ciphertext()  # the alert tells the peer why
+            self.pair.handshake_failed(self, "tls_error", str(exc))
+            return False
+        self._send_ciphertext()
+        if done:
+            self.handshaking = False
+            self.interest_changed()
+            self.on_handshake(self)
+        return done
+
+    def drain_plaintext(self) -> None:
+        """Deliver the plaintext the session holds, until it needs more or the peer is full."""
+        session = self.session
+        while not self.paused and not self.closed:
+            try:
+                data = session.read(self.read_size)
+            except TlsError as exc:
+                self.pair.finish("tls_error", f"{self.name}: {exc}")
+                return
+            if data is None:
+                break
+            if not data:
+                self.pair.end_of_stream(self)
+                break
+            self.deliver(memoryview(data))
+        if not self.closed:
+            self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)
+
+    def resume(self) -> None:
+        super().resume()
+        # Plaintext may be waiting inside the session with no socket event left to announce it.
+        self.reactor.call_soon(self._resume_plaintext)
+
+    def start_reading(self) -> None:
+        super().start_reading()
+        self.reactor.call_soon(self._resume_plaintext)
+
+    def _resume_plaintext(self) -> None:
+        if self.reading and not self.closed:
+            self.drain_plaintext()
+
+    def forward(self, data: memoryview) -> None:
+        try:
+            self.session.write(data)
+        except TlsError as exc:
+            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            return
+        self._send_ciphertext()
+
+    def _send_ciphertext(self) -> None:
+        ciphertext = self.session.pending_ciphertext()
+        if ciphertext:
+            Side.forward(self, memoryview(ciphertext))
+
+    def shutdown_write(self, last: bool) -> bool:
+        if not self.session.write_closed:
+            try:
+                self.session.close_write()
+            except TlsError:
+                pass  # the session is broken; the TCP half-close below still ends our direction
+            self._send_ciphertext()
+            if self.outgoing.size:
+                return False
+        return super().shutdown_write(last)
+
+    def release(self) -> None:
+        super().release()
+        self.on_handshake = None  # a callback bound to the pair
+
+    def truncated(self) -> bool:
+        return self.session.truncated
+
+    def log_fields(self) -> dict[str, object]:
+        session = self.session
+        fields: dict[str, object] = {f"{self.name}_tls": session.version}
+        if self.name == "client":
+            fields["sni"] = session.server_name
+            fields["client_cert"] = "yes" if session.peer_certificate_presented else "no"
+        return fields
