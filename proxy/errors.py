@@ -1,8 +1,10 @@
-"""Errors in one place: the user-facing error types and their exit statuses, and the short
-reasons the access log gives for TLS failures."""
+"""Errors in one place: the user-facing error types and their exit statuses, what an OSError on a
+socket means (the peer is gone, try later, out of descriptors), and the short reasons the
+access log gives for TLS failures."""
 
 from __future__ import annotations
 
+import errno
 import ssl
 
 
@@ -30,3 +32,25 @@ def describe_ssl_error(exc: ssl.SSLError) -> str:
         return f"certificate verify failed: {exc.verify_message[0].lower()}{exc.verify_message[1:]}"
     reason = getattr(exc, "reason", None)
     return (reason or str(exc)).replace("_", " ").lower()
+
+
+# -- what an OSError on a socket means ------------------------------------------------------
+
+# The peer is gone: the connection is over, whatever we do next.
+PEER_GONE = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.EPIPE,
+        errno.ECONNABORTED,
+        errno.ESHUTDOWN,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETRESET,
+    }
+)
+# Nothing is wrong; the call has to be made again later.
+TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EINPROGRESS})
+# The process or the system is out of descriptors or buffers: back off, then retry.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

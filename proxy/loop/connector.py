@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from proxy.config.units import Address
-from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher, State
+from proxy.errors import OUT_OF_DESCRIPTORS
+from proxy.loop.dispatcher import Dispatcher, State
 from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Lane, Lookup, Resolution, TooManyLookups
 

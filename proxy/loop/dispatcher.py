@@ -8,31 +8,11 @@ its next wait. `close()` is idempotent and unregisters before it closes the sock
 from __future__ import annotations
 
 import enum
-import errno
 import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.loop.reactor import Reactor
-
-# The peer is gone: the connection is over, whatever we do next.
-PEER_GONE = frozenset(
-    {
-        errno.ECONNRESET,
-        errno.EPIPE,
-        errno.ECONNABORTED,
-        errno.ESHUTDOWN,
-        errno.ETIMEDOUT,
-        errno.ENOTCONN,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETRESET,
-    }
-)
-# Nothing is wrong; the call has to be made again later.
-TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EINPROGRESS})
-# The process or the system is out of descriptors or buffers: back off, then retry.
-OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class State(enum.Enum):

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from proxy.config.units import Address, format_sockaddr
-from proxy.errors import StartupError
-from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, Dispatcher
+from proxy.errors import OUT_OF_DESCRIPTORS, StartupError
+from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the rest

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
 from proxy.config.units import Address, format_sockaddr
+from proxy.errors import PEER_GONE
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
-from proxy.loop.dispatcher import PEER_GONE
 from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool, ServerState

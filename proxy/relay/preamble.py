@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.loop.dispatcher import PEER_GONE, Dispatcher
+from proxy.errors import PEER_GONE
+from proxy.loop.dispatcher import Dispatcher
 
 if TYPE_CHECKING:
     from proxy.relay.pair import Pair

@@ -13,7 +13,8 @@ import struct
 import termios
 from typing import TYPE_CHECKING
 
-from proxy.loop.dispatcher import OUT_OF_DESCRIPTORS, PEER_GONE, Dispatcher
+from proxy.errors import OUT_OF_DESCRIPTORS, PEER_GONE
+from proxy.loop.dispatcher import Dispatcher
 from proxy.relay.buffer import SendBuffer
 from proxy.relay.splice import BULK_READ, PipeBuffer
 

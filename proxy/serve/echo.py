@@ -11,8 +11,9 @@ import signal
 import socket
 
 from proxy.config.units import Address
+from proxy.errors import PEER_GONE
 from proxy.log import EventLog
-from proxy.loop.dispatcher import PEER_GONE, Dispatcher
+from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor

@@ -17,50 +17,29 @@ health, back-off, balancing state and open-connection counts.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.schema import Config, ListenerConfig, listener_key
-from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
+from proxy.config.schema import Config, listener_key
+from proxy.config.units import format_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import Listener, bind_listening_socket, raise_fd_limit
+from proxy.loop.listener import bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
-from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks
 from proxy.policy.upstreams import Pool
-from proxy.protocol import proxyproto
-from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
-from proxy.relay.pair import Pair, PairSettings, Runtime
-from proxy.relay.preamble import PreambleReader
+from proxy.relay.pair import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
-from proxy.serve.contexts import client_context, server_context
+from proxy.serve.contexts import client_context
+from proxy.serve.frontend import Frontend, Table
 from proxy.serve.health import HealthChecker
-
-PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
-
-UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
-
-
-def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
-    result = proxyproto.parse(data)
-    return None if result is proxyproto.NEED_MORE else result
-
-
-def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
-    """A peek: the ClientHello stays in the data, to be forwarded as it is."""
-    hello = peek_server_name(data)
-    return None if hello is None else (hello, 0)
 
 
 def _tls_failure(exc: ssl.SSLError | OSError) -> str:
@@ -69,203 +48,6 @@ def _tls_failure(exc: ssl.SSLError | OSError) -> str:
         return describe_ssl_error(exc)
     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
     return f"{exc.filename}: {reason}" if exc.filename else reason
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """One listener's rules as one (re)load built them: all a connection needs from accept to connect."""
-
-    config: ListenerConfig
-    settings: PairSettings
-    policy: AccessPolicy
-    routes: RouteTable
-    pools: Mapping[str, Pool]
-    upstream_tls: UpstreamTls
-    tls_context: ssl.SSLContext | None
-    trusted: tuple[IPNetwork, ...] | None  # the PROXY peers believed, canonical; None: every peer
-    uses_source: bool  # some rule looks at the client's address
-    peek_sni: bool  # a passthrough route matches on SNI: read the ClientHello first
-
-    @classmethod
-    def build(
-        cls,
-        config: ListenerConfig,
-        name: str,
-        pools: Mapping[str, Pool],
-        upstream_tls: UpstreamTls,
-        *,
-        hexdump: bool,
-        splice: bool,
-    ) -> Table:
-        """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
-
-        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice.
-        """
-        policy = AccessPolicy.of(config)
-        routes = RouteTable(config.routes)
-        tls = config.tls
-        trusted = config.proxy_trusted
-        return cls(
-            config=config,
-            settings=PairSettings(
-                listener=name,
-                connect_timeout=config.connect_timeout,
-                idle_timeout=config.idle_timeout,
-                buffer_size=config.buffer_size,
-                hexdump=config.hexdump or hexdump,
-                splice=splice,
-            ),
-            policy=policy,
-            routes=routes,
-            pools=pools,
-            upstream_tls=upstream_tls,
-            tls_context=None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca),
-            trusted=None if trusted is None else canonical_networks(trusted),
-            uses_source=config.allow is not None or bool(config.deny) or routes.needs_source,
-            peek_sni=tls is None and routes.needs_server_name,
-        )
-
-    def trusts(self, peer: tuple) -> bool:
-        """Whether a PROXY header from the TCP peer `peer` is to be believed."""
-        if self.trusted is None:
-            return True
-        address = canonical_ip(peer[0])
-        return any(address in network for network in self.trusted)
-
-
-class Admission:
-    """One accepted client on its way to an upstream, under the Table it was accepted with.
-
-    Each step runs through `run`: an unexpected exception ends this client alone, through the
-    pair's failure path (`connection_error`, then `result=error`), never the listener.
-    """
-
-    __slots__ = ("address", "destination", "listener", "pair", "source", "table")
-
-    def __init__(self, listener: ListenerRuntime, table: Table, pair: Pair, peer: tuple) -> None:
-        self.listener = listener
-        self.table = table
-        self.pair = pair
-        self.source = peer
-        self.destination: tuple | None = None  # what a PROXY header says the client reached
-        self.address: Any = None  # what allow/deny and routes see: an ip_address, or the host text when none look
-
-    def run(self, step: Callable[..., None], *args: Any) -> None:
-        try:
-            step(*args)
-        except Exception as exc:  # a bug in one client's admission must not reach the listener
-            self.pair.failed(self.pair.client, exc)
-
-    def start(self) -> None:
-        table = self.table
-        if not table.config.accept_proxy_protocol:
-            self.admit(b"")
-            return
-        if not table.trusts(self.source):
-            self.pair.finish("denied", "untrusted proxy")
-            return
-        PreambleReader(
-            self.pair,
-            "PROXY header",
-            _parse_proxy_header,
-            proxyproto.MAX_HEADER,
-            lambda info, rest: self.run(self.proxy_header_read, info, rest),
-        )
-
-    def proxy_header_read(self, info: proxyproto.ProxyInfo, rest: bytes) -> None:
-        if info.source is not None:  # a LOCAL or UNKNOWN header names nobody: the peer it is
-            self.source, self.destination = info.source, info.destination
-            self.pair.set_client_address(info.source)
-        self.admit(rest)
-
-    def admit(self, rest: bytes) -> None:
-        """Who the client is is known: apply allow/deny, then find out what it routes by."""
-        table, pair = self.table, self.pair
-        # Parsing the address costs more than the rest of admission; only rules that look at it need it.
-        host = self.source[0]
-        self.address = canonical_ip(host) if table.uses_source else host
-        if table.uses_source and not table.policy.permits(self.address):
-            pair.finish("denied", f"source {self.address} is not allowed")
-            return
-        if table.tls_context is not None:
-            pair.terminate_tls(table.tls_context, self.tls_done, rest)
-        elif table.peek_sni:
-            PreambleReader(
-                pair,
-                "ClientHello",
-                _peek_client_hello,
-                PEEK_LIMIT,
-                lambda hello, data: self.run(self.peeked, hello, data),
-                initial=rest,
-                on_incomplete=lambda data, why: self.run(self.peeked, Hello(None, why), data),
-            )
-        else:
-            self.route(rest, None)
-
-    def tls_done(self, pair: Pair) -> None:
-        self.run(self.route, b"", pair.client.session.server_name)
-
-    def peeked(self, hello: Hello, data: bytes) -> None:
-        self.pair.sni = hello.server_name
-        self.pair.note = hello.reason
-        self.route(data, hello.server_name)
-
-    def route(self, payload: bytes, server_name: str | None) -> None:
-        table, pair = self.table, self.pair
-        selected = table.routes.select(self.address, server_name)
-        if selected is None:
-            pair.finish("no_route")
-            return
-        pair.route, route = selected
-        pool = table.pools[route.upstream]
-        preface = b""
-        if pool.config.proxy_protocol is not None:
-            destination = self.destination or self.listener.destination_of(pair)
-            preface = proxyproto.encode(pool.config.proxy_protocol, self.source[:2], destination)
-        candidates = pool.candidates(str(self.address), self.listener.server.reactor.now)
-        pair.connect(
-            pool, candidates, preface=preface, payload=payload, upstream_tls=table.upstream_tls.get(route.upstream)
-        )
-
-
-class ListenerRuntime:
-    """One configured listener at work: its socket, its current Table, its open connections."""
-
-    def __init__(self, server: Server, sock: socket.socket, table: Table) -> None:
-        self.server = server
-        self.dispatcher = Listener(server.reactor, sock, table.settings.listener, self.accept)
-        self.local_address = sock.getsockname()[:2]
-        # On 0.0.0.0 or [::] the address a client reached is only known per connection.
-        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
-        self.active = 0
-        self.apply(table)
-
-    @property
-    def name(self) -> str:
-        return self.table.settings.listener
-
-    def apply(self, table: Table) -> None:
-        """Take a (new) table for new clients; the socket and the open connections stay as they are."""
-        self.table = table
-        self.dispatcher.name = table.settings.listener
-
-    def accept(self, sock: socket.socket, peer: tuple) -> None:
-        table = self.table
-        pair = Pair(self.server.runtime, table.settings, sock, peer, self.finished)
-        self.active += 1
-        if self.active > table.config.max_connections:
-            pair.finish("limit", f"max_connections {table.config.max_connections} reached")
-            return
-        admission = Admission(self, table, pair, peer)
-        admission.run(admission.start)
-
-    def destination_of(self, pair: Pair) -> tuple:
-        """The address the client reached, for a PROXY header to the upstream."""
-        return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
-
-    def finished(self, _pair: Pair) -> None:
-        self.active -= 1
-        self.server.pair_finished()
 
 
 @dataclass
@@ -318,7 +100,7 @@ class Server:
         self.runtime = Runtime(self.reactor, self.resolver, log, self.hexdump, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
-        self.listeners: dict[str, ListenerRuntime] = {}
+        self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
 
@@ -426,7 +208,9 @@ class Server:
                 self.listeners[key].apply(table)
                 kept += 1
                 continue
-            listener = self.listeners[key] = ListenerRuntime(self, build.new_sockets.pop(key), table)
+            listener = self.listeners[key] = Frontend(
+                self.reactor, self.runtime, build.new_sockets.pop(key), table, self.pair_finished
+            )
             self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         return kept, len(build.tables) - kept
 
