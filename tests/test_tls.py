@@ -404,6 +404,14 @@ def test_certificate_names_fall_back_to_the_common_name(tmp_path):
     assert der_names(hand_made_certificate(subject, dns)) == ["dns.test"]
 
 
+def test_certificate_names_under_the_other_labels_openssl_reads(ca):
+    der = ssl.PEM_cert_to_DER_cert(ca.issue_cert("a.test").cert_chain_pems[0].bytes().decode())
+    trust = tlv(0x30, tlv(0x30, tlv(0x06, bytes.fromhex("2b06010505070301"))))  # OpenSSL's trust settings
+    for label, body in (("X509 CERTIFICATE", der), ("TRUSTED CERTIFICATE", der + trust)):
+        text = pem(body).replace(b" CERTIFICATE-----", f" {label}-----".encode())
+        assert pem_names(text) == ["a.test"], label
+
+
 def test_certificate_names_refuse_what_is_no_certificate(files, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")

@@ -73,7 +73,8 @@ def certificate_names(cert_path: str) -> list[str]:
 # or without any, the subject's commonName (RFC 5280 4.1, 4.2.1.6).
 
 _MAX_PEM = 1024 * 1024  # far more than any certificate chain; a bound on what is read
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
+# The labels OpenSSL reads a certificate from; a TRUSTED one has OpenSSL's trust settings after it.
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----(.*?)-----END \1-----", re.DOTALL)
 _SEQUENCE, _SET, _OID, _OCTET_STRING = 0x30, 0x31, 0x06, 0x04
 _VERSION, _EXTENSIONS, _DNS_NAME = 0xA0, 0xA3, 0x82  # context tags [0], [3] (explicit), [2] (implicit)
 _SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # 2.5.29.17
@@ -87,9 +88,11 @@ def pem_names(pem: bytes) -> list[str]:
     if found is None:
         raise ValueError("no PEM certificate found")
     try:
-        der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
+        der = base64.b64decode(b"".join(found.group(2).split()), validate=True)
     except binascii.Error:
         raise ValueError("the PEM certificate is not valid base64") from None
+    if found.group(1).startswith(b"TRUSTED"):
+        der = der[: _element(der, 0)[2]]
     return der_names(der)
 
 
@@ -162,20 +165,25 @@ def _elements(data: bytes) -> list[tuple[int, bytes]]:
     elements = []
     offset = 0
     while offset < len(data):
-        if offset + 2 > len(data):
-            raise ValueError("malformed certificate: truncated element")
-        tag, length = data[offset], data[offset + 1]
-        if tag & 0x1F == 0x1F:
-            raise ValueError("malformed certificate: multi-byte tags are not used in certificates")
-        offset += 2
-        if length & 0x80:
-            count = length & 0x7F
-            if count == 0 or count > 4 or offset + count > len(data):
-                raise ValueError("malformed certificate: bad length")
-            length = int.from_bytes(data[offset : offset + count], "big")
-            offset += count
-        if offset + length > len(data):
-            raise ValueError("malformed certificate: an element runs past its end")
-        elements.append((tag, data[offset : offset + length]))
-        offset += length
+        tag, start, offset = _element(data, offset)
+        elements.append((tag, data[start:offset]))
     return elements
+
+
+def _element(data: bytes, offset: int) -> tuple[int, int, int]:
+    """The tag of the DER element at `offset`, where its contents start and where it ends."""
+    if offset + 2 > len(data):
+        raise ValueError("malformed certificate: truncated element")
+    tag, length = data[offset], data[offset + 1]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("malformed certificate: multi-byte tags are not used in certificates")
+    offset += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or offset + count > len(data):
+            raise ValueError("malformed certificate: bad length")
+        length = int.from_bytes(data[offset : offset + count], "big")
+        offset += count
+    if offset + length > len(data):
+        raise ValueError("malformed certificate: an element runs past its end")
+    return tag, offset, offset + length
