@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.config.certificates import CertificatePair, certificate_names, check_ca_file, check_certificate, name_matches
+from proxy.config.certificates import (
+    CertificatePair,
+    certificate_names,
+    check_ca_file,
+    check_certificate,
+    der_names,
+    name_matches,
+    pem_names,
+)
 from proxy.protocol.tls import TlsError, TlsSession, TlsState, TlsStateError
 from proxy.serve.contexts import client_context, server_context
 
@@ -327,3 +338,116 @@ def test_name_matching():
 def test_contexts_refuse_old_protocols(files):
     assert server_context(pair_of(files)).minimum_version >= ssl.TLSVersion.TLSv1_2
     assert client_context(files["ca"]).minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+# -- the DNS names a certificate is for, read from its DER ----------------------------------
+
+
+def tlv(tag: int, *contents: bytes) -> bytes:
+    """A DER element: tag, length (short or long form), contents."""
+    body = b"".join(contents)
+    if len(body) < 0x80:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def name(*attributes: tuple[bytes, int, bytes]) -> bytes:
+    """An X.509 Name of (OID, string tag, value) attributes, one per RDN."""
+    return tlv(0x30, *(tlv(0x31, tlv(0x30, tlv(0x06, oid), tlv(tag, value))) for oid, tag, value in attributes))
+
+
+COMMON_NAME, ORGANIZATION = bytes.fromhex("550403"), bytes.fromhex("55040a")
+SHA256_RSA = tlv(0x30, tlv(0x06, bytes.fromhex("2a864886f70d01010b")), tlv(0x05))
+
+
+def hand_made_certificate(subject: bytes, extensions: bytes | None = None) -> bytes:
+    """A certificate's DER with the fields a reader walks past, unsigned: enough to read names from."""
+    tbs = [
+        tlv(0xA0, tlv(0x02, b"\x02")),  # version 3
+        tlv(0x02, b"\x01"),  # serial number
+        SHA256_RSA,
+        name((ORGANIZATION, 0x0C, b"Issuer")),
+        tlv(0x30, tlv(0x17, b"260101000000Z"), tlv(0x17, b"360101000000Z")),
+        subject,
+        tlv(0x30, SHA256_RSA, tlv(0x03, b"\x00" + b"k" * 140)),  # a long one: long-form lengths
+    ]
+    if extensions is not None:
+        tbs.append(tlv(0xA3, tlv(0x30, extensions)))
+    return tlv(0x30, tlv(0x30, *tbs), SHA256_RSA, tlv(0x03, b"\x00sig"))
+
+
+def pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode()
+
+
+def test_certificate_names_of_several_names_and_a_wildcard(ca, tmp_path):
+    cert = ca.issue_cert("a.test", "*.b.test", "10.0.0.1", "me@x.test", "c.test")
+    path = tmp_path / "several.pem"
+    cert.cert_chain_pems[0].write_to_path(path)
+    assert certificate_names(str(path)) == ["a.test", "*.b.test", "c.test"]
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    assert pem_names(ca.cert_pem.bytes() + chain) == []  # the first certificate counts: the CA, with no names
+
+
+def test_certificate_names_fall_back_to_the_common_name(tmp_path):
+    subject = name((ORGANIZATION, 0x13, b"Org"), (COMMON_NAME, 0x0C, b"cn-only.test"))
+    path = tmp_path / "cn.pem"
+    path.write_bytes(b"some text first\n" + pem(hand_made_certificate(subject)))
+    assert certificate_names(str(path)) == ["cn-only.test"]
+    basic_constraints = tlv(0x30, tlv(0x06, bytes.fromhex("551d13")), tlv(0x04, tlv(0x30)))
+    assert der_names(hand_made_certificate(subject, basic_constraints)) == ["cn-only.test"]
+    ip_only = tlv(0x30, tlv(0x06, bytes.fromhex("551d11")), tlv(0x04, tlv(0x30, tlv(0x87, b"\x0a\x00\x00\x01"))))
+    assert der_names(hand_made_certificate(subject, ip_only)) == ["cn-only.test"]
+    dns = tlv(0x30, tlv(0x06, bytes.fromhex("551d11")), tlv(0x04, tlv(0x30, tlv(0x82, b"dns.test"))))
+    assert der_names(hand_made_certificate(subject, dns)) == ["dns.test"]
+
+
+def test_certificate_names_under_the_other_labels_openssl_reads(ca):
+    der = ssl.PEM_cert_to_DER_cert(ca.issue_cert("a.test").cert_chain_pems[0].bytes().decode())
+    trust = tlv(0x30, tlv(0x30, tlv(0x06, bytes.fromhex("2b06010505070301"))))  # OpenSSL's trust settings
+    for label, body in (("X509 CERTIFICATE", der), ("TRUSTED CERTIFICATE", der + trust)):
+        text = pem(body).replace(b" CERTIFICATE-----", f" {label}-----".encode())
+        assert pem_names(text) == ["a.test"], label
+
+
+def test_certificate_names_refuse_what_is_no_certificate(files, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    for path in (str(junk), str(tmp_path / "missing.pem"), files["server.key"]):
+        with pytest.raises(ValueError):
+            certificate_names(path)
+    der = hand_made_certificate(name((COMMON_NAME, 0x0C, b"x.test")))
+    for broken in (der[:-1], der + b"\x00", b"\x30\x80" + der[2:], pem(der).replace(b"M", b"!", 1)):
+        with pytest.raises(ValueError, match="certificate"):
+            pem_names(broken) if broken.startswith(b"-----") else der_names(broken)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_certificate_names_of_random_bytes_raise_only_value_error(data):
+    for read in (der_names, pem_names):
+        try:
+            names = read(data)
+        except ValueError:
+            continue
+        assert all(isinstance(name, str) for name in names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(min_value=0), position=st.integers(min_value=0), byte=st.integers(0, 255))
+def test_certificate_names_of_a_damaged_certificate_raise_only_value_error(cut, position, byte):
+    der = hand_made_certificate(
+        name((COMMON_NAME, 0x0C, b"x.test")),
+        tlv(0x30, tlv(0x06, bytes.fromhex("551d11")), tlv(0x04, tlv(0x30, tlv(0x82, b"dns.test")))),
+    )
+    damaged = bytearray(der[: len(der) - cut % len(der)])
+    if damaged:
+        damaged[position % len(damaged)] = byte
+    for data in (bytes(damaged), pem(bytes(damaged))):
+        try:
+            names = pem_names(data) if data.startswith(b"-----") else der_names(data)
+        except ValueError:
+            continue
+        assert all(isinstance(name, str) for name in names)

@@ -7,7 +7,9 @@ There is one schema: `pairproxy forward` builds the same objects a route table f
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from proxy.config.certificates import CertificatePair
 from proxy.config.units import Address, IPNetwork
@@ -121,9 +123,14 @@ class ListenerConfig:
 @dataclass(frozen=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
-    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=lambda: MappingProxyType({}))
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
+
+    def __post_init__(self) -> None:
+        # Frozen all through: a copy of what was given, read-only.
+        if not isinstance(self.upstreams, MappingProxyType):
+            object.__setattr__(self, "upstreams", MappingProxyType(dict(self.upstreams)))
 
 
 def listener_key(listener: ListenerConfig) -> str:

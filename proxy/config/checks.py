@@ -1,0 +1,238 @@
+"""Checks across the whole route table, once it is built: findings located in the file.
+
+Pure functions over the schema's dataclasses and the places (FILE:LINE:COLUMN) each part was
+written at: listeners that cannot all bind, routes that can never match, SNI routes no
+certificate covers, allow/deny lists that leave nobody, trusted-proxy warnings and unused
+upstreams. The loader reads the file and reports what these return; nothing here reads a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from proxy.config.certificates import name_matches
+from proxy.config.schema import Config, ListenerConfig, MatchConfig
+from proxy.config.units import Address, IPNetwork
+
+
+@dataclass(frozen=True, order=True)
+class Place:
+    """Where something is written: 0-based line and column, shown 1-based."""
+
+    line: int
+    column: int
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line + 1}:{self.column + 1}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    place: Place
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A listener's address and own name as written, whether or not the rest of it is valid."""
+
+    place: Place
+    name: str | None
+    listen: Address
+
+
+@dataclass(frozen=True)
+class ListenerPlaces:
+    """Where the parts of a built listener are written: what its findings point at."""
+
+    listener: Place
+    routes: tuple[Place, ...]  # one per route of the listener
+    allow_or_deny: Place  # the allow: value, else the deny: one, else the listener
+    accept_proxy_protocol: Place  # its key, else the listener
+
+
+def listener_clashes(bound: Sequence[Bound]) -> list[Finding]:
+    """Errors: names must be unique; no two listeners may want the same port on the same address."""
+    findings = []
+    names: dict[str, Place] = {}
+    by_port: dict[int, list[Bound]] = {}
+    for listener in bound:
+        name = listener.name or str(listener.listen)
+        first = names.get(name)
+        if first is None:
+            names[name] = listener.place
+        else:
+            if listener.name is None and listener.listen.port == 0:
+                message = (
+                    f"two listeners on {listener.listen} without a 'name:': give listeners on port 0 distinct names"
+                    f" (first at {first})"
+                )
+            else:
+                message = f"listener name {name!r} is used twice (first at {first})"
+            findings.append(Finding(listener.place, message))
+        if listener.listen.port == 0:
+            continue
+        same_port = by_port.setdefault(listener.listen.port, [])  # only listeners on one port can clash
+        for earlier in same_port:
+            clash = _clash(earlier.listen, listener.listen)
+            if clash is not None:
+                findings.append(Finding(listener.place, f"{clash} (first at {earlier.place})"))
+                break
+        same_port.append(listener)
+    return findings
+
+
+def listener_warnings(
+    listener: ListenerConfig, places: ListenerPlaces, names: Mapping[str, Sequence[str]]
+) -> list[Finding]:
+    """Warnings about one listener; `names` holds the DNS names of each certificate file it uses."""
+    findings = route_coverage(listener, places)
+    if listener.tls is not None:
+        findings += sni_coverage(listener, places, names)
+    if listener.allow is not None and not _leaves_any_source(listener.allow, listener.deny):
+        findings.append(Finding(places.allow_or_deny, "allow and deny leave no source allowed", warning=True))
+    if listener.accept_proxy_protocol and listener.proxy_trusted is None and _looks_at_source(listener):
+        message = (
+            "accept_proxy_protocol: true trusts every peer, so any client can claim any source address"
+            " (name the proxies in front with {trusted: [...]})"
+        )
+        findings.append(Finding(places.accept_proxy_protocol, message, warning=True))
+    return findings
+
+
+def route_coverage(listener: ListenerConfig, places: ListenerPlaces) -> list[Finding]:
+    """Warnings: routes that can never match, since a route before each matches all it does."""
+    findings = []
+    coverage = _Coverage()
+    for index, (route, place) in enumerate(zip(listener.routes, places.routes, strict=True)):
+        cover = coverage.add(route.match, route.name or f"#{index + 1}")
+        if cover is not None:
+            message = f"this route can never match: route {cover} before it matches all it does"
+            findings.append(Finding(place, message, warning=True))
+    return findings
+
+
+def sni_coverage(listener: ListenerConfig, places: ListenerPlaces, names: Mapping[str, Sequence[str]]) -> list[Finding]:
+    """Warnings: server names a route matches that none of the listener's certificates is for."""
+    assert listener.tls is not None
+    pairs = (listener.tls.certificate, *listener.tls.others)
+    known = [name.lower() for pair in pairs for name in names.get(pair.cert, ())]
+    findings = []
+    for route, place in zip(listener.routes, places.routes, strict=True):
+        for pattern in route.match.sni:
+            exact = not pattern.startswith("*.")
+            if not any(name == pattern or (exact and name_matches(name, pattern)) for name in known):
+                message = f"sni {pattern!r} is not covered by the listener's certificates"
+                findings.append(Finding(place, message, warning=True))
+    return findings
+
+
+def unused_upstreams(config: Config, places: Mapping[str, Place]) -> list[Finding]:
+    """Warnings: upstreams of the file (those in `places`) that no route uses."""
+    used = {route.upstream for listener in config.listeners for route in listener.routes}
+    return [
+        Finding(place, f"upstream {name!r} is not used by any route", warning=True)
+        for name, place in places.items()
+        if name not in used
+    ]
+
+
+def _network_within(inner: IPNetwork, outers: Iterable[IPNetwork]) -> bool:
+    return any(inner.version == outer.version and inner.subnet_of(outer) for outer in outers)
+
+
+def _leaves_any_source(allow: tuple[IPNetwork, ...], deny: tuple[IPNetwork, ...]) -> bool:
+    return any(not _network_within(network, deny) for network in allow)
+
+
+def _looks_at_source(listener: ListenerConfig) -> bool:
+    return listener.allow is not None or bool(listener.deny) or any(route.match.source for route in listener.routes)
+
+
+def _clash(first: Address, later: Address) -> str | None:
+    """Why two listeners cannot both bind, or None when they can (or cannot be told without DNS).
+
+    A wildcard takes the port on every address of its family, and `[::]` is dual-stack (Linux's
+    default, which the server keeps), so it takes every IPv4 address too.
+    """
+    if first.port != later.port:
+        return None
+    if first == later:
+        return f"two listeners on {later}"
+    first_ip, later_ip = _ip(first.host), _ip(later.host)
+    if first_ip is None or later_ip is None:
+        return None  # a host name: it could only be compared by resolving it
+    for wildcard, wild, other, ip in ((first, first_ip, later, later_ip), (later, later_ip, first, first_ip)):
+        if wild.is_unspecified and (wild.version == 6 or ip.version == 4):
+            scope = "IPv6 and IPv4" if wild.version == 6 else "IPv4"
+            return f"two listeners on port {later.port}: {wildcard} listens on every {scope} address, {other} included"
+    return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a listener host is, an IPv4-mapped IPv6 one as IPv4; None for a host name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
+
+
+def _sni_covered(name: str, patterns: frozenset[str]) -> bool:
+    """True when every server name the pattern `name` matches, one of `patterns` matches too."""
+    if name in patterns:
+        return True
+    head, dot, parent = name.partition(".")
+    return head not in ("", "*") and bool(dot) and f"*.{parent}" in patterns
+
+
+class _Coverage:
+    """Which earlier route of a listener matches every client a later one does.
+
+    Without comparing every pair: a route the same as an earlier one is covered by whatever
+    covered that one, or else by it; and a route with server names covers a later one only if it
+    has the later's first name or the wildcard one level above it, so only those are compared
+    (with the routes without names).
+    """
+
+    def __init__(self) -> None:
+        self.labels: dict[MatchConfig, str] = {}  # each match so far, in order -> its first route's label
+        self.covered_by: dict[MatchConfig, str | None] = {}
+        self.order: dict[MatchConfig, int] = {}
+        self.with_pattern: dict[str, list[MatchConfig]] = {}
+        self.without_sni: list[MatchConfig] = []
+
+    def add(self, match: MatchConfig, label: str) -> str | None:
+        """The label of the first route before this one that covers it, if any."""
+        if match in self.labels:
+            return self.covered_by[match] or self.labels[match]
+        candidates = list(self.without_sni)
+        if match.sni:
+            name = match.sni[0]
+            candidates += self.with_pattern.get(name, [])
+            candidates += self.with_pattern.get(f"*.{name.partition('.')[2]}", [])
+        covers = [earlier for earlier in candidates if _covers(earlier, match)]
+        cover = min(covers, key=self.order.__getitem__, default=None)
+        self.covered_by[match] = None if cover is None else self.labels[cover]
+        self.labels[match] = label
+        self.order[match] = len(self.order)
+        for pattern in match.sni:
+            self.with_pattern.setdefault(pattern, []).append(match)
+        if not match.sni:
+            self.without_sni.append(match)
+        return self.covered_by[match]
+
+
+def _covers(earlier: MatchConfig, later: MatchConfig) -> bool:
+    """True when every client that `later` matches is taken by `earlier` first."""
+    if earlier.sni:
+        patterns = frozenset(earlier.sni)
+        if not (later.sni and all(_sni_covered(name, patterns) for name in later.sni)):
+            return False
+    if not earlier.source:
+        return True
+    return bool(later.source) and all(_network_within(network, earlier.source) for network in later.source)
