@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -23,7 +25,7 @@ SAFETY = 5.0
 # Run in a child: it lowers its own descriptor limit, which must not touch the test process.
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
-    import io, resource, socket
+    import io, resource, socket, types
     from proxy.loop.connector import Connector
     from proxy.log import EventLog
     from proxy.loop.reactor import Reactor
@@ -57,8 +59,8 @@ _OUT_OF_DESCRIPTORS = textwrap.dedent(
             hoard.append(socket.socket())
     except OSError:
         pass
-    address = Address("127.0.0.1", server.getsockname()[1])
-    Connector(reactor, Resolver(reactor), iter([address, address]), 1.0, Observer()).start()
+    candidate = types.SimpleNamespace(address=Address("127.0.0.1", server.getsockname()[1]))
+    Connector(reactor, Resolver(reactor), iter([candidate, candidate]), 1.0, Observer()).start()
     reactor.call_later(5, reactor.stop)
     reactor.loop()
     print(seen)
@@ -114,7 +116,7 @@ class Recorder:
         self.events.append((what, detail, time.monotonic() - self.started))
 
     def connected(self, attempt, server):
-        self._note("connected", str(server))
+        self._note("connected", str(server.address))
         attempt.close()
         self.reactor.stop()
 
@@ -127,6 +129,17 @@ class Recorder:
 
     def handle_error(self, exc):
         self._note("handle_error", str(exc))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a pool hands the connector: here, nothing but the address."""
+
+    address: Address
+
+
+def candidates(*addresses: Address) -> Iterator[Candidate]:
+    return iter([Candidate(address) for address in addresses])
 
 
 def run(reactor: Reactor, connector: Connector) -> None:
@@ -157,7 +170,7 @@ def test_connect_timeout_bounds_all_addresses_of_a_server_together(reactor, blac
     # A name with four addresses that all black-hole fails after one connect_timeout, not four.
     resolver = Resolver(reactor, lookup=Addresses(count=4))
     recorder = Recorder(reactor)
-    run(reactor, Connector(reactor, resolver, iter([Address("many.example", black_hole)]), 0.4, recorder))
+    run(reactor, Connector(reactor, resolver, candidates(Address("many.example", black_hole)), 0.4, recorder))
     resolver.close()
     assert [event[:2] for event in recorder.events] == [
         ("attempt_failed", "connect timed out"),
@@ -169,7 +182,7 @@ def test_connect_timeout_bounds_all_addresses_of_a_server_together(reactor, blac
 def test_after_a_server_times_out_the_next_one_is_tried(reactor, black_hole, listening):
     resolver = Resolver(reactor, lookup=Addresses(count=4))
     recorder = Recorder(reactor)
-    servers = iter([Address("many.example", black_hole), Address("127.0.0.1", listening)])
+    servers = candidates(Address("many.example", black_hole), Address("127.0.0.1", listening))
     run(reactor, Connector(reactor, resolver, servers, 0.4, recorder))
     resolver.close()
     assert [event[:2] for event in recorder.events] == [
@@ -186,7 +199,7 @@ def test_connect_timeout_covers_a_stalled_name_lookup(reactor, listening):
     resolver = Resolver(reactor, threads=1, lookup=lookup)
     resolver.resolve(Address("stalled.example", 80), lambda result: None)  # takes the only thread
     recorder = Recorder(reactor)
-    servers = iter([Address("queued.example", listening), Address("127.0.0.1", listening)])
+    servers = candidates(Address("queued.example", listening), Address("127.0.0.1", listening))
     run(reactor, Connector(reactor, resolver, servers, 0.3, recorder))
     lookup.released.set()
     reactor.call_later(0.1, reactor.stop)
@@ -205,7 +218,7 @@ def test_cancelling_drops_the_queued_lookup(reactor):
     resolver = Resolver(reactor, threads=1, lookup=lookup)
     resolver.resolve(Address("stalled.example", 80), lambda result: None)
     recorder = Recorder(reactor)
-    connector = Connector(reactor, resolver, iter([Address("queued.example", 80)]), 5.0, recorder)
+    connector = Connector(reactor, resolver, candidates(Address("queued.example", 80)), 5.0, recorder)
     connector.start()
     connector.cancel()
     lookup.released.set()
@@ -218,7 +231,7 @@ def test_cancelling_drops_the_queued_lookup(reactor):
 
 class Raising(Recorder):
     def connected(self, attempt, server):
-        self._note("connected", str(server))
+        self._note("connected", str(server.address))
         raise RuntimeError("bug in connected")
 
 
@@ -227,7 +240,7 @@ def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(rea
     resolver = Resolver(reactor)
     recorder = Raising(reactor)
     registered = len(reactor.map)
-    connector = Connector(reactor, resolver, iter([Address("127.0.0.1", listening)]), 2.0, recorder)
+    connector = Connector(reactor, resolver, candidates(Address("127.0.0.1", listening)), 2.0, recorder)
     events = []
     select = reactor.selector.select
 
