@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.protocol.tls import TlsError, TlsSession
-from proxy.relay.side import Reading, Side
+from proxy.relay.side import _HANDSHAKING, _READING, Reading, Side
 
 
 class TlsSide(Side):
@@ -27,7 +27,7 @@ class TlsSide(Side):
 
     def readable(self) -> bool:
         read = self.read
-        return read is Reading.READING or read is Reading.HANDSHAKING
+        return read is _READING or read is _HANDSHAKING
 
     def start(self) -> None:
         """Begin the handshake (a client sends its ClientHello now) and start reading."""
@@ -39,11 +39,11 @@ class TlsSide(Side):
         if count is None:
             return
         self.session.receive(self.scratch[:count])
-        if self.read is Reading.HANDSHAKING and not self._advance_handshake():
+        if self.read is _HANDSHAKING and not self._advance_handshake():
             if not count and not self.closed:
                 self.owner.handshake_failed(self, "tls_error", "connection closed during the handshake")
             return
-        if self.read is Reading.READING:
+        if self.read is _READING:
             self.drain_plaintext()
 
     def _advance_handshake(self) -> bool:
@@ -63,7 +63,7 @@ class TlsSide(Side):
     def drain_plaintext(self) -> None:
         """Deliver the plaintext the session holds, until it needs more or the peer is full."""
         session = self.session
-        while self.read is Reading.READING and not self.closed:
+        while self.read is _READING and not self.closed:
             try:
                 data = session.read(self.read_size)
             except TlsError as exc:
