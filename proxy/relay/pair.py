@@ -41,7 +41,6 @@ gone, failed, handshake done or failed); the pair decides what follows. The pair
 
 from __future__ import annotations
 
-import enum
 import errno
 import itertools
 import os
@@ -61,7 +60,7 @@ from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
 from proxy.relay.buffer import Budget
-from proxy.relay.side import Side, Writing
+from proxy.relay.side import Side, StateEnum, Writing
 from proxy.relay.tap import HexdumpWriter
 from proxy.relay.tls_side import TlsSide
 
@@ -116,7 +115,7 @@ class PairSettings:
     splice: bool = False  # move bytes with os.splice where neither side is TLS
 
 
-class Phase(enum.Enum):
+class Phase(StateEnum):
     ADMITTING = "admitting"  # accepted: a preamble, allow/deny, routing
     CONNECTING = "connecting"  # a Connector walks the candidates
     HANDSHAKING = "handshaking"  # TLS with the client (while admitting) or with the upstream

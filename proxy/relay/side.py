@@ -39,7 +39,14 @@ _INT = struct.Struct("i")
 _INT_ZERO = _INT.pack(0)
 
 
-class Reading(enum.Enum):
+class StateEnum(enum.Enum):
+    """A state of a checked machine. Members are singletons, so their identity is their hash: the
+    move tables are then looked up in C, not through Enum's own __hash__, written in Python."""
+
+    __hash__ = object.__hash__
+
+
+class Reading(StateEnum):
     IDLE = "idle"  # not read: the pair is not open (no one to take the bytes yet)
     HANDSHAKING = "handshaking"  # a TLS side reads its handshake before the pair is open
     READING = "reading"
@@ -47,13 +54,13 @@ class Reading(enum.Enum):
     EOF = "eof"  # this socket's peer shut its writing half
 
 
-class Writing(enum.Enum):
+class Writing(StateEnum):
     OPEN = "open"
     DRAINING_TO_SHUT = "draining_to_shut"  # shut our writing half once `outgoing` drains
     SHUT = "shut"
 
 
-class Splice(enum.Enum):
+class Splice(StateEnum):
     OFF = "off"  # copying through Python, for good (TLS, a dump, or no splicing)
     COUNTING = "counting"  # copying, counting big reads toward SPLICE_AFTER
     READY = "ready"  # bulk: splice as soon as the peer's buffer has drained
@@ -63,7 +70,7 @@ class Splice(enum.Enum):
 # The members the per-event paths test, as module constants: looking a member up on its Enum
 # class costs several times what the `is` does (Python 3.11).
 _READING, _PAUSED, _HANDSHAKING = Reading.READING, Reading.PAUSED, Reading.HANDSHAKING
-_DRAINING_TO_SHUT = Writing.DRAINING_TO_SHUT
+_DRAINING_TO_SHUT, _SHUT = Writing.DRAINING_TO_SHUT, Writing.SHUT
 _SPLICE_OFF, _SPLICE_ON = Splice.OFF, Splice.ON
 
 _READ_MOVES: dict[Reading, frozenset[Reading]] = {
@@ -86,9 +93,8 @@ _SPLICE_MOVES: dict[Splice, frozenset[Splice]] = {
 }
 
 
-def _check(moves: dict, side: Side, old: enum.Enum, new: enum.Enum) -> None:
-    if new not in moves[old]:
-        raise StateError(f"{side.name} side: {type(old).__name__.lower()} cannot go from {old.value} to {new.value}")
+def _illegal(side: Side, old: StateEnum, new: StateEnum) -> StateError:
+    return StateError(f"{side.name} side: {type(old).__name__.lower()} cannot go from {old.value} to {new.value}")
 
 
 class SideOwner(Protocol):
@@ -165,16 +171,19 @@ class Side(Dispatcher):
     # -- state ---------------------------------------------------------------------------
 
     def _read_to(self, new: Reading) -> None:
-        _check(_READ_MOVES, self, self.read, new)
+        if new not in _READ_MOVES[self.read]:
+            raise _illegal(self, self.read, new)
         self.read = new
         self.interest_changed()
 
     def _write_to(self, new: Writing) -> None:
-        _check(_WRITE_MOVES, self, self.write, new)
+        if new not in _WRITE_MOVES[self.write]:
+            raise _illegal(self, self.write, new)
         self.write = new
 
     def _splice_to(self, new: Splice) -> None:
-        _check(_SPLICE_MOVES, self, self.splice, new)
+        if new not in _SPLICE_MOVES[self.splice]:
+            raise _illegal(self, self.splice, new)
         self.splice = new
 
     def join(self, peer: Side, *, splice: bool = False) -> None:
@@ -374,7 +383,7 @@ class Side(Dispatcher):
 
     def _shut_write(self) -> None:
         try:
-            done = self.shutdown_write(last=self.peer.write is Writing.SHUT)
+            done = self.shutdown_write(last=self.peer.write is _SHUT)
         except OSError as exc:
             if classify(exc) is not Meaning.PEER_GONE:
                 raise
