@@ -187,7 +187,10 @@ class Pair:
             raise StateError(f"a pair cannot go from {self.phase.value} to {phase.value}")
         self.phase = phase
 
-    def _side(self, kind: type[Side], sock: socket.socket, name: str, address: str, direction: str, **extra) -> Side:
+    def _side(
+        self, kind: type[Side], sock: socket.socket, name: str, address: str, direction: str, **extra: object
+    ) -> Side:
+        """A side of this pair, given what it needs when made (it never reaches through the pair)."""
         runtime, settings = self.runtime, self.settings
         return kind(
             self,
