@@ -19,6 +19,7 @@ from proxy.log import EventLog
 from proxy.loop.connector import Connector
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
+from tests.test_run import closed_port
 
 SAFETY = 5.0
 
@@ -233,6 +234,28 @@ class Raising(Recorder):
     def connected(self, attempt, server):
         self._note("connected", str(server.address))
         raise RuntimeError("bug in connected")
+
+
+def test_the_observer_is_told_of_the_candidates_themselves(reactor, listening):
+    # The connector walks opaque candidates by their `.address` and names the very objects it
+    # was given, so the observer needs no search to find its own state for a server.
+    resolver = Resolver(reactor)
+    first, second = Candidate(Address("127.0.0.1", closed_port())), Candidate(Address("127.0.0.1", listening))
+    seen = []
+
+    class Observer(Recorder):
+        def connected(self, attempt, server):
+            seen.append(("connected", server))
+            super().connected(attempt, server)
+
+        def attempt_failed(self, server, reason):
+            seen.append(("attempt_failed", server))
+
+    run(reactor, Connector(reactor, resolver, iter([first, second]), 2.0, Observer(reactor)))
+    resolver.close()
+    assert len(seen) == 2
+    assert seen[0][0] == "attempt_failed" and seen[0][1] is first
+    assert seen[1][0] == "connected" and seen[1][1] is second
 
 
 def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(reactor, listening):
