@@ -1,9 +1,10 @@
-"""Errors in one place: the user-facing error types and their exit statuses, what an OSError on a
-socket means (the peer is gone, try later, out of descriptors), and the short reasons the
-access log gives for TLS failures."""
+"""Errors in one place: the user-facing error types and their exit statuses, what an exception
+raised while serving a connection means (`classify`: the peer is gone, try later, out of
+descriptors, or a bug), and the short reasons the access log gives for TLS failures."""
 
 from __future__ import annotations
 
+import enum
 import errno
 import ssl
 
@@ -24,6 +25,10 @@ class StartupError(ProxyError):
     """The proxy could not start, e.g. an address already in use (exit status 1)."""
 
     exit_status = 1
+
+
+class StateError(Exception):
+    """A move a state table does not allow: a bug in the proxy, never a peer's doing."""
 
 
 def describe_ssl_error(exc: ssl.SSLError) -> str:
@@ -54,3 +59,25 @@ PEER_GONE = frozenset(
 TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EINPROGRESS})
 # The process or the system is out of descriptors or buffers: back off, then retry.
 OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Meaning(enum.Enum):
+    """What an exception raised while serving a connection means for that connection."""
+
+    PEER_GONE = "peer_gone"  # the connection is over: end it as a reset
+    TRY_LATER = "try_later"  # nothing is wrong: wait for the next event
+    OUT_OF_DESCRIPTORS = "out_of_descriptors"  # this process is short: back off, then retry
+    BUG = "bug"  # anything else: end exactly that connection with result=error, and log it
+
+
+def classify(exc: BaseException) -> Meaning:
+    """What `exc` means. Each kind of dispatcher acts on the answer in one place, its `handle_error`."""
+    if isinstance(exc, OSError):
+        code = exc.errno
+        if code in PEER_GONE:
+            return Meaning.PEER_GONE
+        if code in TRY_LATER:
+            return Meaning.TRY_LATER
+        if code in OUT_OF_DESCRIPTORS:
+            return Meaning.OUT_OF_DESCRIPTORS
+    return Meaning.BUG

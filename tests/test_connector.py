@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,13 +19,14 @@ from proxy.log import EventLog
 from proxy.loop.connector import Connector
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
+from tests.test_run import closed_port
 
 SAFETY = 5.0
 
 # Run in a child: it lowers its own descriptor limit, which must not touch the test process.
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
-    import io, resource, socket
+    import io, resource, socket, types
     from proxy.loop.connector import Connector
     from proxy.log import EventLog
     from proxy.loop.reactor import Reactor
@@ -57,8 +60,8 @@ _OUT_OF_DESCRIPTORS = textwrap.dedent(
             hoard.append(socket.socket())
     except OSError:
         pass
-    address = Address("127.0.0.1", server.getsockname()[1])
-    Connector(reactor, Resolver(reactor), iter([address, address]), 1.0, Observer()).start()
+    candidate = types.SimpleNamespace(address=Address("127.0.0.1", server.getsockname()[1]))
+    Connector(reactor, Resolver(reactor), iter([candidate, candidate]), 1.0, Observer()).start()
     reactor.call_later(5, reactor.stop)
     reactor.loop()
     print(seen)
@@ -114,7 +117,7 @@ class Recorder:
         self.events.append((what, detail, time.monotonic() - self.started))
 
     def connected(self, attempt, server):
-        self._note("connected", str(server))
+        self._note("connected", str(server.address))
         attempt.close()
         self.reactor.stop()
 
@@ -127,6 +130,17 @@ class Recorder:
 
     def handle_error(self, exc):
         self._note("handle_error", str(exc))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a pool hands the connector: here, nothing but the address."""
+
+    address: Address
+
+
+def candidates(*addresses: Address) -> Iterator[Candidate]:
+    return iter([Candidate(address) for address in addresses])
 
 
 def run(reactor: Reactor, connector: Connector) -> None:
@@ -157,7 +171,7 @@ def test_connect_timeout_bounds_all_addresses_of_a_server_together(reactor, blac
     # A name with four addresses that all black-hole fails after one connect_timeout, not four.
     resolver = Resolver(reactor, lookup=Addresses(count=4))
     recorder = Recorder(reactor)
-    run(reactor, Connector(reactor, resolver, iter([Address("many.example", black_hole)]), 0.4, recorder))
+    run(reactor, Connector(reactor, resolver, candidates(Address("many.example", black_hole)), 0.4, recorder))
     resolver.close()
     assert [event[:2] for event in recorder.events] == [
         ("attempt_failed", "connect timed out"),
@@ -169,7 +183,7 @@ def test_connect_timeout_bounds_all_addresses_of_a_server_together(reactor, blac
 def test_after_a_server_times_out_the_next_one_is_tried(reactor, black_hole, listening):
     resolver = Resolver(reactor, lookup=Addresses(count=4))
     recorder = Recorder(reactor)
-    servers = iter([Address("many.example", black_hole), Address("127.0.0.1", listening)])
+    servers = candidates(Address("many.example", black_hole), Address("127.0.0.1", listening))
     run(reactor, Connector(reactor, resolver, servers, 0.4, recorder))
     resolver.close()
     assert [event[:2] for event in recorder.events] == [
@@ -186,7 +200,7 @@ def test_connect_timeout_covers_a_stalled_name_lookup(reactor, listening):
     resolver = Resolver(reactor, threads=1, lookup=lookup)
     resolver.resolve(Address("stalled.example", 80), lambda result: None)  # takes the only thread
     recorder = Recorder(reactor)
-    servers = iter([Address("queued.example", listening), Address("127.0.0.1", listening)])
+    servers = candidates(Address("queued.example", listening), Address("127.0.0.1", listening))
     run(reactor, Connector(reactor, resolver, servers, 0.3, recorder))
     lookup.released.set()
     reactor.call_later(0.1, reactor.stop)
@@ -205,7 +219,7 @@ def test_cancelling_drops_the_queued_lookup(reactor):
     resolver = Resolver(reactor, threads=1, lookup=lookup)
     resolver.resolve(Address("stalled.example", 80), lambda result: None)
     recorder = Recorder(reactor)
-    connector = Connector(reactor, resolver, iter([Address("queued.example", 80)]), 5.0, recorder)
+    connector = Connector(reactor, resolver, candidates(Address("queued.example", 80)), 5.0, recorder)
     connector.start()
     connector.cancel()
     lookup.released.set()
@@ -218,8 +232,30 @@ def test_cancelling_drops_the_queued_lookup(reactor):
 
 class Raising(Recorder):
     def connected(self, attempt, server):
-        self._note("connected", str(server))
+        self._note("connected", str(server.address))
         raise RuntimeError("bug in connected")
+
+
+def test_the_observer_is_told_of_the_candidates_themselves(reactor, listening):
+    # The connector walks opaque candidates by their `.address` and names the very objects it
+    # was given, so the observer needs no search to find its own state for a server.
+    resolver = Resolver(reactor)
+    first, second = Candidate(Address("127.0.0.1", closed_port())), Candidate(Address("127.0.0.1", listening))
+    seen = []
+
+    class Observer(Recorder):
+        def connected(self, attempt, server):
+            seen.append(("connected", server))
+            super().connected(attempt, server)
+
+        def attempt_failed(self, server, reason):
+            seen.append(("attempt_failed", server))
+
+    run(reactor, Connector(reactor, resolver, iter([first, second]), 2.0, Observer(reactor)))
+    resolver.close()
+    assert len(seen) == 2
+    assert seen[0][0] == "attempt_failed" and seen[0][1] is first
+    assert seen[1][0] == "connected" and seen[1][1] is second
 
 
 def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(reactor, listening):
@@ -227,7 +263,7 @@ def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(rea
     resolver = Resolver(reactor)
     recorder = Raising(reactor)
     registered = len(reactor.map)
-    connector = Connector(reactor, resolver, iter([Address("127.0.0.1", listening)]), 2.0, recorder)
+    connector = Connector(reactor, resolver, candidates(Address("127.0.0.1", listening)), 2.0, recorder)
     events = []
     select = reactor.selector.select
 

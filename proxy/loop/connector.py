@@ -1,17 +1,18 @@
 """Connecting to an upstream: non-blocking connect, one server after another.
 
-A Connector walks the servers it is given (the route's pool decides their order and how many
-retries there are), resolves each off the loop, and tries each resolved address in turn with a
-non-blocking connect. `connect_timeout` bounds the whole attempt on one server, its name lookup
-and all its addresses together: one timer per server, started before resolution.
+A Connector walks the candidates it is given (the route's pool decides their order and how many
+retries there are): opaque objects to it but for their `.address`. It resolves each off the
+loop, and tries each resolved address in turn with a non-blocking connect. `connect_timeout`
+bounds the whole attempt on one server, its name lookup and all its addresses together: one
+timer per server, started before resolution.
 
-The outcome is reported to an observer: `connected` with the attempt that worked,
-`attempt_failed` for each server that could not be reached (so health tracking can learn from
-it), and `unreachable` when the list is exhausted, or at once with `local=True` when this process
-itself is short of descriptors or ports (no server is to blame). The observer owns the connected
-attempt: it hands the socket to a dispatcher of its own (`hand_over`, which keeps the selector
-registration) or closes it. Whatever the observer raises goes to its `handle_error`, once the
-connector has stopped and closed any socket it still held.
+The outcome is reported to an observer, naming the candidate object itself: `connected` with the
+attempt that worked, `attempt_failed` for each candidate that could not be reached (so health
+tracking can learn from it), and `unreachable` when the list is exhausted, or at once with
+`local=True` when this process itself is short of descriptors or ports (no server is to blame).
+The observer owns the connected attempt: it hands the socket to a dispatcher of its own
+(`hand_over`, which keeps the selector registration) or closes it. Whatever the observer raises
+goes to its `handle_error`, once the connector has stopped and closed any socket it still held.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Lane, Lookup, Resolution, TooManyLookups
 
 
-class ConnectObserver(Protocol):
-    def connected(self, attempt: ConnectAttempt, server: Address) -> None: ...
+class Candidate(Protocol):
+    """A server to try, as whoever chose it knows it; the connector needs only its address."""
 
-    def attempt_failed(self, server: Address, reason: str) -> None: ...
+    @property
+    def address(self) -> Address: ...
+
+
+class ConnectObserver(Protocol):
+    def connected(self, attempt: ConnectAttempt, server: Candidate) -> None: ...
+
+    def attempt_failed(self, server: Candidate, reason: str) -> None: ...
 
     def unreachable(self, reason: str, *, local: bool = False) -> None: ...
 
@@ -76,13 +84,13 @@ class ConnectAttempt(Dispatcher):
 
 
 class Connector:
-    """Tries `servers` in order until one accepts a TCP connection."""
+    """Tries the candidates `servers` in order until one accepts a TCP connection."""
 
     def __init__(
         self,
         reactor: Reactor,
         resolver: Lane,
-        servers: Iterator[Address],
+        servers: Iterator[Candidate],
         timeout: float,
         observer: ConnectObserver,
     ) -> None:
@@ -91,7 +99,7 @@ class Connector:
         self.servers = servers
         self.timeout = timeout
         self.observer = observer
-        self.server: Address | None = None
+        self.server: Candidate | None = None
         self.last_reason = "no server to try"
         self._sockaddrs: list[tuple[int, tuple]] = []
         # The work on the current server: its deadline, then its lookup or one connect.
@@ -128,7 +136,7 @@ class Connector:
         self.server = server
         self._sockaddrs = []
         self._timer = self.reactor.call_later(self.timeout, self._timed_out)
-        lookup = self.resolver.resolve(server, self._resolved)
+        lookup = self.resolver.resolve(server.address, self._resolved)
         if not lookup.done:  # else the answer came at once, and we may be on a later server already
             self._lookup = lookup
 
@@ -136,12 +144,12 @@ class Connector:
         self._lookup = None
         if isinstance(result, OSError):
             if isinstance(result, TooManyLookups):
-                self._give_up(f"cannot resolve {self.server.host}: {result}")
+                self._give_up(f"cannot resolve {self.server.address.host}: {result}")
                 return
             if result.errno in _LOCAL_SHORTAGE:  # getaddrinfo could not get a socket
                 self._give_up(_reason(result.errno))
                 return
-            self._server_failed(f"cannot resolve {self.server.host}: {result.strerror or result}")
+            self._server_failed(f"cannot resolve {self.server.address.host}: {result.strerror or result}")
             return
         self._sockaddrs = list(result)
         self._next_sockaddr()

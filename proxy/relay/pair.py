@@ -28,12 +28,20 @@ A reset (or any "peer gone" errno) on either side aborts both, and the other sid
 with SO_LINGER 0 so that its peer sees a reset too (`reset`).
 
 Every way a pair ends goes through `finish(result, reason)`, which writes the access-log line.
+
+Sides report to the pair through side.py's `SideOwner` (end of stream, write half shut, peer
+gone, failed, handshake done or failed); the pair decides what follows. The pair's phase
+(checked: any other move is a StateError, a bug that ends the connection with result=error):
+
+    ADMITTING --connect--> CONNECTING --plain upstream--> RELAYING --an end of stream--> DRAINING
+    ADMITTING --TLS with the client--> HANDSHAKING --done--> ADMITTING (routing goes on)
+    CONNECTING --TLS upstream--> HANDSHAKING --done--> RELAYING;  --failed--> CONNECTING (next)
+    any phase --finish--> CLOSED
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import os
 import socket
@@ -44,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
 from proxy.config.units import Address, format_sockaddr
-from proxy.errors import PEER_GONE
+from proxy.errors import StateError
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
 from proxy.loop.reactor import Reactor, Timer
@@ -52,8 +60,7 @@ from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
 from proxy.relay.buffer import Budget
-from proxy.relay.side import Side
-from proxy.relay.splice import SPLICE_AFTER
+from proxy.relay.side import Side, StateEnum, Writing
 from proxy.relay.tap import HexdumpWriter
 from proxy.relay.tls_side import TlsSide
 
@@ -108,8 +115,30 @@ class PairSettings:
     splice: bool = False  # move bytes with os.splice where neither side is TLS
 
 
+class Phase(StateEnum):
+    ADMITTING = "admitting"  # accepted: a preamble, allow/deny, routing
+    CONNECTING = "connecting"  # a Connector walks the candidates
+    HANDSHAKING = "handshaking"  # TLS with the client (while admitting) or with the upstream
+    RELAYING = "relaying"  # both sides open, bytes flow both ways
+    DRAINING = "draining"  # one direction has ended; the other still flows
+    CLOSED = "closed"  # finished: the access line is written
+
+
+_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.ADMITTING: frozenset({Phase.CONNECTING, Phase.HANDSHAKING, Phase.CLOSED}),
+    Phase.HANDSHAKING: frozenset({Phase.ADMITTING, Phase.CONNECTING, Phase.RELAYING, Phase.CLOSED}),
+    Phase.CONNECTING: frozenset({Phase.HANDSHAKING, Phase.RELAYING, Phase.CLOSED}),
+    Phase.RELAYING: frozenset({Phase.DRAINING, Phase.CLOSED}),
+    Phase.DRAINING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+
 class Pair:
-    """A client and its upstream: the connect, the forwarding, the end, and the access log."""
+    """A client and its upstream: the connect, the forwarding, the end, and the access log.
+
+    It is the owner (side.py's SideOwner) of both its sides.
+    """
 
     def __init__(
         self,
@@ -129,15 +158,16 @@ class Pair:
         # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
         self.splice = settings.splice and self.tap is None
         self.started = reactor.now
-        self.last_active = reactor.now
+        self.phase = Phase.ADMITTING
+        self._idle_from = reactor.now  # besides the sides' own last_active: when admission ended
         self.result: str | None = None
-        self.client = Side(self, client_sock, "client", format_sockaddr(client_address), "client->upstream")
+        self.client = self._side(Side, client_sock, "client", format_sockaddr(client_address), "client->upstream")
         self.upstream: Side | None = None
         self.server: Address | None = None
         self.preamble: PreambleReader | None = None
         self.pool: Pool | None = None
-        self._candidates: list[ServerState] = []
-        self._untried: Iterator[Address] = iter(())  # candidates the connector has not reached yet
+        self._untried: Iterator[ServerState] = iter(())  # candidates the connector has not reached yet
+        self._on_client_tls: Callable[[Pair], None] | None = None
         self._server_state: ServerState | None = None
         self._preface = b""
         self._payload = b""
@@ -151,6 +181,40 @@ class Pair:
         if settings.idle_timeout:
             self._idle_timer = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
+
+    def _to(self, phase: Phase) -> None:
+        if phase not in _MOVES[self.phase]:
+            raise StateError(f"a pair cannot go from {self.phase.value} to {phase.value}")
+        self.phase = phase
+
+    def _side(
+        self, kind: type[Side], sock: socket.socket, name: str, address: str, direction: str, **extra: object
+    ) -> Side:
+        """A side of this pair, given what it needs when made (it never reaches through the pair)."""
+        runtime, settings = self.runtime, self.settings
+        return kind(
+            self,
+            runtime.reactor,
+            sock,
+            name,
+            address,
+            direction,
+            scratch=runtime.scratch,
+            buffer_size=settings.buffer_size,
+            budget=runtime.budget,
+            tap=self.tap,
+            conn=self.conn,
+            **extra,
+        )
+
+    # -- admission -----------------------------------------------------------------------
+
+    def preamble_started(self, reader: PreambleReader) -> None:
+        self.preamble = reader
+
+    def preamble_stopped(self) -> None:
+        self.preamble = None
+        self._idle_from = self.runtime.reactor.now  # the idle clock did not run while it read
 
     # -- connecting (the ConnectObserver protocol) ---------------------------------------
 
@@ -169,14 +233,14 @@ class Pair:
         bytes already read (after a preamble), counted and dumped like any other.
         `upstream_tls` (context, server name) makes the upstream side speak TLS.
         """
+        self._to(Phase.CONNECTING)
         self.pool = pool
-        self._candidates = candidates
         self._preface, self._payload = preface, payload
         self._upstream_tls = upstream_tls
-        self._untried = iter([candidate.address for candidate in candidates])
+        self._untried = iter(candidates)
         self._connect_next(self._untried)
 
-    def _connect_next(self, servers: Iterator[Address]) -> None:
+    def _connect_next(self, servers: Iterator[ServerState]) -> None:
         runtime = self.runtime
         self.connector = Connector(runtime.reactor, runtime.resolver, servers, self.pool.config.connect_timeout, self)
         self.connector.start()
@@ -185,32 +249,24 @@ class Pair:
         """The client as the log should name it (a PROXY header may say who it really is)."""
         self.client.address = format_sockaddr(sockaddr)
 
-    def _state_of(self, server: Address) -> ServerState | None:
-        # The connector walks the candidates' own Address objects.
-        for state in self._candidates:
-            if state.address is server:
-                return state
-        return None
-
-    def connected(self, attempt: ConnectAttempt, server: Address) -> None:
+    def connected(self, attempt: ConnectAttempt, server: ServerState) -> None:
         self.connector = None
-        self.server = server
-        state = self._state_of(server)
-        if state is not None:
-            self.pool.connection_started(state)
-            self._server_state = state
+        self.server = server.address
+        self.pool.connection_started(server)
+        self._server_state = server
         sock = attempt.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         address = format_sockaddr(attempt.sockaddr)
         if self._upstream_tls is None:
-            self.upstream = Side(self, sock, "upstream", address, "upstream->client")
+            self.upstream = self._side(Side, sock, "upstream", address, "upstream->client")
             attempt.hand_over(self.upstream)
             self.upstream.outgoing.append(self._preface)
             self._open()
             return
+        self._to(Phase.HANDSHAKING)
         context, server_name = self._upstream_tls
-        session = TlsSession(context, server_side=False, server_hostname=server_name or server.host)
-        upstream = TlsSide(self, sock, "upstream", address, "upstream->client", session, self._upstream_ready)
+        session = TlsSession(context, server_side=False, server_hostname=server_name or server.address.host)
+        upstream = self._side(TlsSide, sock, "upstream", address, "upstream->client", session=session)
         self.upstream = upstream
         attempt.hand_over(upstream)
         upstream.outgoing.append(self._preface)  # a PROXY header goes before the ClientHello
@@ -219,27 +275,24 @@ class Pair:
         )
         upstream.start()
 
-    def _upstream_ready(self, _side: TlsSide) -> None:
-        self.last_active = self.runtime.reactor.now  # the idle clock did not run during the handshake
-        self._open()
-
     def _open(self) -> None:
         """Both sides are ready: join them and start forwarding."""
+        self._to(Phase.RELAYING)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         if self._server_state is not None:
             self.pool.connect_succeeded(self._server_state)  # for TLS, only once its handshake worked
         client, upstream = self.client, self.upstream
-        client.peer, upstream.peer = upstream, client
-        if self.splice and type(client) is Side and type(upstream) is Side:
-            client.splice_budget = upstream.splice_budget = SPLICE_AFTER
+        splice = self.splice and type(client) is Side and type(upstream) is Side
+        client.join(upstream, splice=splice)
+        upstream.join(client, splice=splice)
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
+        client.start_reading()
         if self._payload:
             client.deliver(memoryview(self._payload))
         self._preface = self._payload = b""
-        client.start_reading()
         upstream.start_reading()
 
     # -- TLS toward the client -----------------------------------------------------------
@@ -250,30 +303,26 @@ class Pair:
         The handshake must finish within the listener's `connect_timeout`. `initial` is
         ciphertext a preamble reader already took from the socket.
         """
+        self._to(Phase.HANDSHAKING)
         plain = self.client
         session = TlsSession(context, server_side=True)
         if initial:
             session.receive(initial)
-        self.client = TlsSide(
-            self,
-            plain.socket,
-            "client",
-            plain.address,
-            plain.direction,
-            session,
-            functools.partial(self._client_ready, on_ready),
-        )
+        self._on_client_tls = on_ready
+        self.client = self._side(TlsSide, plain.socket, "client", plain.address, plain.direction, session=session)
         self._handshake_timer = self.runtime.reactor.call_later(
             self.settings.connect_timeout, self._handshake_timed_out, self.client
         )
         self.client.start()
 
-    def _client_ready(self, on_ready: Callable[[Pair], None], _side: TlsSide) -> None:
+    def handshake_done(self, side: Side) -> None:
+        if side is self.upstream:
+            self._open()
+            return
+        self._to(Phase.ADMITTING)  # routing goes on; the client reads no plaintext until then
         self._handshake_timer.cancel()
         self._handshake_timer = None
-        self.last_active = self.runtime.reactor.now  # the idle clock did not run during the handshake
-        self.client.reading = False  # no plaintext until the upstream is there to take it
-        self.client.interest_changed()
+        on_ready, self._on_client_tls = self._on_client_tls, None
         on_ready(self)
 
     def _handshake_timed_out(self, side: Side) -> None:
@@ -291,21 +340,19 @@ class Pair:
             self._handshake_timer = None
         self.upstream = None
         side.close()
-        if self._server_state is not None:
-            self.pool.connection_ended(self._server_state)
-            self._server_state = None
-        self.attempt_failed(self.server, reason)
+        state, self._server_state = self._server_state, None
+        self.pool.connection_ended(state)
+        self.attempt_failed(state, reason)
         server = next(self._untried, None)
         if server is None:
             self.finish(result, f"{side.name}: {reason}")  # the access line still names self.server
             return
+        self._to(Phase.CONNECTING)
         self._connect_next(itertools.chain((server,), self._untried))
 
-    def attempt_failed(self, server: Address, reason: str) -> None:
-        state = self._state_of(server)
-        if state is not None:
-            self.pool.connect_failed(state, self.runtime.reactor.now)
-        self.runtime.log.warning("connect_failed", conn=self.conn, server=server, reason=reason)
+    def attempt_failed(self, server: ServerState, reason: str) -> None:
+        self.pool.connect_failed(server, self.runtime.reactor.now)
+        self.runtime.log.warning("connect_failed", conn=self.conn, server=server.address, reason=reason)
 
     def unreachable(self, reason: str, *, local: bool = False) -> None:
         # Out of descriptors here (`local`) or no server reachable: the client's answer is the same.
@@ -314,38 +361,17 @@ class Pair:
 
     def handle_error(self, exc: Exception) -> None:
         """An exception escaped work done for this pair (a timer, the connector): end this pair only."""
-        self.runtime.log.failure("connection_error", exc, conn=self.conn)
-        self.finish("error", f"{type(exc).__name__}: {exc}", abort=True)
+        self._failed(exc)
 
-    # -- events from the sides -----------------------------------------------------------
+    # -- events from the sides (the SideOwner protocol) ----------------------------------
 
     def end_of_stream(self, side: Side) -> None:
-        side.eof = True
-        side.interest_changed()
-        other = side.peer
-        if other.pending():
-            other.shutdown_pending = True
-        else:
-            self.shut_write(other)
+        if self.phase is Phase.RELAYING:
+            self._to(Phase.DRAINING)
+        side.peer.shut_write_when_drained()
 
-    def shut_write(self, side: Side) -> None:
-        side.shutdown_pending = False
-        try:
-            done = side.shutdown_write(last=side.peer.write_shut)
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            if not side.eof:
-                self.peer_gone(side, exc)
-                return
-            # That peer had ended its own sending and then closed outright: nothing of ours
-            # was lost but a TLS close_notify it no longer wanted.
-            done = True
-        if not done:
-            side.shutdown_pending = True
-            return
-        side.write_shut = True
-        if side.peer.write_shut:
+    def write_shut(self, side: Side) -> None:
+        if side.peer.write is Writing.SHUT:
             self.finish("closed")
 
     def peer_gone(self, side: Side, exc: OSError) -> None:
@@ -353,22 +379,34 @@ class Pair:
         self.finish("reset", reason, abort=True)
 
     def failed(self, side: Side, exc: BaseException) -> None:
-        self.runtime.log.failure("connection_error", exc, conn=self.conn, side=side.name)
+        self._failed(exc, side=side.name)
+
+    def protocol_failed(self, side: Side, result: str, reason: str) -> None:
+        self.finish(result, f"{side.name}: {reason}")
+
+    def _failed(self, exc: BaseException, **where: str) -> None:
+        """A bug (an unexpected exception, a StateError): logged once, and this connection alone ends."""
+        self.runtime.log.failure("connection_error", exc, conn=self.conn, **where)
         self.finish("error", f"{type(exc).__name__}: {exc}", abort=True)
+
+    # -- idleness ------------------------------------------------------------------------
 
     def _check_idle(self) -> None:
         self._idle_timer = None
-        if self.result is not None:
+        phase = self.phase
+        if phase is Phase.CLOSED:
             return
         now = self.runtime.reactor.now
-        if self.preamble is not None or self._handshake_timer is not None:
+        if phase is Phase.ADMITTING or phase is Phase.HANDSHAKING:
             # Still being admitted: that step's own timeout bounds it, and its reason is the one
             # to log. The idle clock starts over when it is done.
             self._idle_timer = self.runtime.reactor.call_later(self.settings.idle_timeout, self._check_idle)
             return
-        remaining = self.settings.idle_timeout - (now - self.last_active)
+        upstream = self.upstream
+        last_active = max(self._idle_from, self.client.last_active, upstream.last_active if upstream else 0.0)
+        remaining = self.settings.idle_timeout - (now - last_active)
         if remaining <= 0 and self._kernel_still_sending():
-            self.last_active = now
+            self._idle_from = now
             remaining = self.settings.idle_timeout
         if remaining > 0:
             self._idle_timer = self.runtime.reactor.call_later(remaining, self._check_idle)
@@ -391,8 +429,9 @@ class Pair:
 
     def finish(self, result: str, reason: str | None = None, *, abort: bool = False) -> None:
         """End the pair once: close both sides, write the access log and the hex dump's close."""
-        if self.result is not None:
+        if self.phase is Phase.CLOSED:
             return
+        self._to(Phase.CLOSED)
         self.result = result
         for timer in (self._idle_timer, self._handshake_timer):
             if timer is not None:

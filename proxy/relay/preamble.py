@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.errors import PEER_GONE
 from proxy.loop.dispatcher import Dispatcher
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ class PreambleReader(Dispatcher):
         self.on_incomplete = on_incomplete
         self.data = bytearray(initial)
         self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
-        pair.preamble = self
+        pair.preamble_started(self)
         self.interest_changed()
         if initial:
             self._examine()
@@ -57,15 +56,7 @@ class PreambleReader(Dispatcher):
         return True
 
     def handle_read(self) -> None:
-        try:
-            chunk = self.socket.recv(self.limit - len(self.data))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self.pair.client, exc)
-            return
+        chunk = self.socket.recv(self.limit - len(self.data))  # an OSError goes to handle_error
         if not chunk:
             if self.on_incomplete is None:
                 self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
@@ -102,7 +93,7 @@ class PreambleReader(Dispatcher):
         self.on_incomplete(data, why)
 
     def handle_error(self, exc: BaseException) -> None:
-        self.pair.failed(self.pair.client, exc)
+        self.pair.client.handle_error(exc)  # the client's socket: its side acts on what it means
 
     def stop(self) -> None:
         """Stop reading and give the socket back to the pair (which owns it)."""
@@ -111,5 +102,4 @@ class PreambleReader(Dispatcher):
             self._timer = None
         if not self.closed:
             self.detach()
-        self.pair.preamble = None
-        self.pair.last_active = self.reactor.now  # the idle clock did not run while we read
+        self.pair.preamble_stopped()

@@ -2,24 +2,36 @@
 
 `Side` moves bytes as they are (copied through Python, or spliced in the kernel once a
 direction turns out to be bulk: see splice.py); tls_side.py puts a TLS session in between.
-See pair.py for how two sides are joined.
+A side forwards bytes straight to its peer side, but everything else it reports to its owner
+(the pair) through `SideOwner`, and the owner decides. See pair.py for how two sides are joined.
+
+States (checked: any other move is a StateError, a bug that ends the connection):
+
+  reading:   IDLE --TLS--> HANDSHAKING --done--> IDLE --pair open--> READING <--> PAUSED
+             READING --end of stream--> EOF
+  writing:   OPEN --peer's EOF, bytes still queued--> DRAINING_TO_SHUT --drained--> SHUT
+             OPEN --peer's EOF, nothing queued--> SHUT
+  splicing:  OFF --plain pair opens--> COUNTING --SPLICE_AFTER bulk bytes--> READY
+             READY --the peer's buffer drained--> ON;  READY --no descriptor for a pipe--> OFF
 """
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import socket
 import struct
 import termios
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from proxy.errors import OUT_OF_DESCRIPTORS, PEER_GONE
+from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, StateError, classify
 from proxy.loop.dispatcher import Dispatcher
-from proxy.relay.buffer import SendBuffer
-from proxy.relay.splice import BULK_READ, PipeBuffer
+from proxy.relay.buffer import Budget, SendBuffer
+from proxy.relay.splice import BULK_READ, SPLICE_AFTER, PipeBuffer
 
 if TYPE_CHECKING:
-    from proxy.relay.pair import Pair
+    from proxy.loop.reactor import Reactor
+    from proxy.relay.tap import HexdumpWriter
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # the same request as SIOCOUTQ on a TCP socket (Linux)
@@ -27,35 +39,162 @@ _INT = struct.Struct("i")
 _INT_ZERO = _INT.pack(0)
 
 
-class Side(Dispatcher):
-    """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket."""
+class StateEnum(enum.Enum):
+    """A state of a checked machine. Members are singletons, so their identity is their hash: the
+    move tables are then looked up in C, not through Enum's own __hash__, written in Python."""
 
-    def __init__(self, pair: Pair, sock: socket.socket, name: str, address: str, direction: str) -> None:
-        super().__init__(pair.runtime.reactor, sock)
-        self.pair = pair
+    __hash__ = object.__hash__
+
+
+class Reading(StateEnum):
+    IDLE = "idle"  # not read: the pair is not open (no one to take the bytes yet)
+    HANDSHAKING = "handshaking"  # a TLS side reads its handshake before the pair is open
+    READING = "reading"
+    PAUSED = "paused"  # the peer's buffer (or the process's budget) is full
+    EOF = "eof"  # this socket's peer shut its writing half
+
+
+class Writing(StateEnum):
+    OPEN = "open"
+    DRAINING_TO_SHUT = "draining_to_shut"  # shut our writing half once `outgoing` drains
+    SHUT = "shut"
+
+
+class Splice(StateEnum):
+    OFF = "off"  # copying through Python, for good (TLS, a dump, or no splicing)
+    COUNTING = "counting"  # copying, counting big reads toward SPLICE_AFTER
+    READY = "ready"  # bulk: splice as soon as the peer's buffer has drained
+    ON = "on"  # reads go socket -> the peer's pipe -> the peer's socket
+
+
+# The members the per-event paths test, as module constants: looking a member up on its Enum
+# class costs several times what the `is` does (Python 3.11).
+_READING, _PAUSED, _HANDSHAKING = Reading.READING, Reading.PAUSED, Reading.HANDSHAKING
+_DRAINING_TO_SHUT, _SHUT = Writing.DRAINING_TO_SHUT, Writing.SHUT
+_SPLICE_OFF, _SPLICE_ON = Splice.OFF, Splice.ON
+
+_READ_MOVES: dict[Reading, frozenset[Reading]] = {
+    Reading.IDLE: frozenset({Reading.HANDSHAKING, Reading.READING}),
+    Reading.HANDSHAKING: frozenset({Reading.IDLE}),
+    Reading.READING: frozenset({Reading.PAUSED, Reading.EOF}),
+    Reading.PAUSED: frozenset({Reading.READING}),
+    Reading.EOF: frozenset(),
+}
+_WRITE_MOVES: dict[Writing, frozenset[Writing]] = {
+    Writing.OPEN: frozenset({Writing.DRAINING_TO_SHUT, Writing.SHUT}),
+    Writing.DRAINING_TO_SHUT: frozenset({Writing.SHUT}),
+    Writing.SHUT: frozenset(),
+}
+_SPLICE_MOVES: dict[Splice, frozenset[Splice]] = {
+    Splice.OFF: frozenset({Splice.COUNTING}),
+    Splice.COUNTING: frozenset({Splice.READY}),
+    Splice.READY: frozenset({Splice.ON, Splice.OFF}),
+    Splice.ON: frozenset(),
+}
+
+
+def _illegal(side: Side, old: StateEnum, new: StateEnum) -> StateError:
+    return StateError(f"{side.name} side: {type(old).__name__.lower()} cannot go from {old.value} to {new.value}")
+
+
+class SideOwner(Protocol):
+    """What a side reports to the pair that owns it; the owner decides what happens next."""
+
+    def end_of_stream(self, side: Side) -> None:
+        """`side` read the end of its stream (its read state is EOF already)."""
+
+    def write_shut(self, side: Side) -> None:
+        """`side` shut its writing half, as the owner asked with `shut_write_when_drained`."""
+
+    def peer_gone(self, side: Side, exc: OSError) -> None:
+        """The remote end of `side` is gone (a reset, say): the connection is over."""
+
+    def failed(self, side: Side, exc: BaseException) -> None:
+        """An unexpected exception (a bug) in work for `side`."""
+
+    def protocol_failed(self, side: Side, result: str, reason: str) -> None:
+        """The protocol on `side` broke (a TLS error): the connection ends with `result`."""
+
+    def handshake_done(self, side: Side) -> None:
+        """`side`'s TLS handshake is complete; it reads no plaintext until `start_reading`."""
+
+    def handshake_failed(self, side: Side, result: str, reason: str) -> None:
+        """`side`'s TLS handshake failed."""
+
+
+class Side(Dispatcher):
+    """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket.
+
+    `peer` is None until the owner joins two sides (`join`).
+    """
+
+    def __init__(
+        self,
+        owner: SideOwner,
+        reactor: Reactor,
+        sock: socket.socket,
+        name: str,
+        address: str,
+        direction: str,
+        *,
+        scratch: memoryview,
+        buffer_size: int,
+        budget: Budget,
+        tap: HexdumpWriter | None = None,
+        conn: int = 0,
+    ) -> None:
+        super().__init__(reactor, sock)
+        self.owner: SideOwner | None = owner
         self.name = name  # "client" or "upstream", for log reasons
         self.address = address
         self.direction = direction  # of the bytes read from this socket, for the hex dump
-        self.peer: Side = self
-        self.outgoing = SendBuffer(pair.settings.buffer_size, budget=pair.runtime.budget)
-        self.read_size = min(pair.settings.buffer_size, len(pair.runtime.scratch))
+        self.peer: Side | None = None
+        self.scratch = scratch  # the process's one read buffer
+        self.tap = tap
+        self.conn = conn  # the connection's number, for the dump
+        self.outgoing = SendBuffer(buffer_size, budget=budget)
+        self.buffer_size = buffer_size
+        self.read_size = min(buffer_size, len(scratch))
         self.bytes_read = 0
-        self.reading = False  # switched on once both sides exist
-        self.paused = False  # the peer's buffer is full
-        self.eof = False  # this socket's peer shut its writing half
-        self.shutdown_pending = False  # shut our writing half once `outgoing` drains
-        self.write_shut = False
+        self.last_active = 0.0  # when bytes last moved (never yet); the owner's idle check reads it
+        self.read = Reading.IDLE
+        self.write = Writing.OPEN
         # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
         # flow, not requests and answers however many), what it reads goes socket -> the peer's
         # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
         # recv and a send do.
-        self.splice_budget = 0  # the pair sets it when both sides are plain and nothing taps the bytes
+        self.splice = Splice.OFF
+        self.splice_left = 0  # of SPLICE_AFTER, while COUNTING
         self.bulk_read = min(BULK_READ, self.read_size)
-        self.splicing = False
         self.pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
 
+    # -- state ---------------------------------------------------------------------------
+
+    def _read_to(self, new: Reading) -> None:
+        if new not in _READ_MOVES[self.read]:
+            raise _illegal(self, self.read, new)
+        self.read = new
+        self.interest_changed()
+
+    def _write_to(self, new: Writing) -> None:
+        if new not in _WRITE_MOVES[self.write]:
+            raise _illegal(self, self.write, new)
+        self.write = new
+
+    def _splice_to(self, new: Splice) -> None:
+        if new not in _SPLICE_MOVES[self.splice]:
+            raise _illegal(self, self.splice, new)
+        self.splice = new
+
+    def join(self, peer: Side, *, splice: bool = False) -> None:
+        """`peer` is the side this one forwards to from now on; `splice`: bulk may go by pipe."""
+        self.peer = peer
+        if splice:
+            self._splice_to(Splice.COUNTING)
+            self.splice_left = SPLICE_AFTER
+
     def readable(self) -> bool:
-        return self.reading and not self.paused and not self.eof
+        return self.read is _READING
 
     def pending(self) -> int:
         """Bytes waiting to be sent to this socket, in the buffer and in the pipe."""
@@ -64,48 +203,56 @@ class Side(Dispatcher):
     def writable(self) -> bool:
         return self.pending() > 0
 
+    # -- reading -------------------------------------------------------------------------
+
     def receive(self) -> int | None:
-        """One recv into the scratch buffer: the byte count (0 at end of stream), or None
-        when there was nothing after all or the peer is gone (the pair is ending then)."""
+        """One recv into the scratch buffer: the byte count (0 at end of stream), or None when
+        there was nothing after all. Any other OSError goes to `handle_error`."""
         try:
-            return self.socket.recv_into(self.pair.runtime.scratch, self.read_size)
+            return self.socket.recv_into(self.scratch, self.read_size)
         except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
             return None
 
     def handle_read(self) -> None:
-        if self.splicing:
+        if self.splice is _SPLICE_ON:
             self.splice_read()
             return
         count = self.receive()
         if count is None:
             return
         if not count:
-            self.pair.end_of_stream(self)
+            self.end_of_stream()
             return
-        self.deliver(self.pair.runtime.scratch[:count])
-        if count >= self.bulk_read and self.splice_budget:
-            self.splice_budget = max(1, self.splice_budget - count)  # 1: ready, as soon as it can
-            if self.splice_budget == 1:
-                self.start_splicing()
+        self.deliver(self.scratch[:count])
+        if count >= self.bulk_read and self.splice is not _SPLICE_OFF:
+            self._count_bulk(count)
+
+    def end_of_stream(self) -> None:
+        """The remote end shut its writing half: read no more, and tell the owner."""
+        self._read_to(Reading.EOF)
+        self.owner.end_of_stream(self)
+
+    def _count_bulk(self, count: int) -> None:
+        if self.splice is Splice.COUNTING:
+            self.splice_left -= count
+            if self.splice_left > 0:
+                return
+            self._splice_to(Splice.READY)
+        self.start_splicing()
 
     def start_splicing(self) -> None:
         """From the next read on, splice toward the peer (once its buffer has drained)."""
         peer = self.peer
         if peer.outgoing.size or self.closed:
             return  # queued bytes go first; try again after the next read
-        self.splice_budget = 0
         try:
-            peer.pipe = PipeBuffer(self.pair.settings.buffer_size, peer.outgoing.budget)
+            peer.pipe = PipeBuffer(self.buffer_size, peer.outgoing.budget)
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
-            return  # no descriptors to spare: this direction keeps copying
-        self.splicing = True
+            self._splice_to(Splice.OFF)  # no descriptors to spare: this direction keeps copying
+            return
+        self._splice_to(Splice.ON)
 
     def splice_read(self) -> None:
         peer = self.peer
@@ -113,29 +260,21 @@ class Side(Dispatcher):
         lingering = pipe.size
         room = pipe.high - lingering
         if room <= 0:
-            self.paused = True
-            self.interest_changed()
+            self._read_to(Reading.PAUSED)
             return
         try:
             count = pipe.fill_from(self.fd, min(room, self.read_size))
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
         if not count:
-            self.pair.end_of_stream(self)
+            self.end_of_stream()
             return
-        self.pair.last_active = self.reactor.now
+        self.last_active = self.reactor.now
         self.bytes_read += count
         try:
             pipe.splice_to(peer.fd)
         except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(peer, exc)
+            peer.handle_error(exc)  # the peer's socket failed, not ours
             return
         if pipe.size or lingering:  # bytes wait in the pipe, or waited and are gone: count them
             budget = pipe.settle()
@@ -144,22 +283,21 @@ class Side(Dispatcher):
                 if budget.over:
                     self.hold_for_budget()
                 elif pipe.size >= pipe.high:
-                    self.paused = True
-                    self.interest_changed()
+                    self._read_to(Reading.PAUSED)
 
     def deliver(self, data: memoryview) -> None:
         """Count, dump and forward bytes this side received; pause if the peer is full."""
-        pair = self.pair
-        pair.last_active = self.reactor.now
+        self.last_active = self.reactor.now
         offset = self.bytes_read
         self.bytes_read = offset + len(data)
-        if pair.tap is not None:
-            pair.tap.chunk(pair.conn, self.direction, offset, data, self.address, self.peer.address)
         peer = self.peer
+        if self.tap is not None:
+            self.tap.chunk(self.conn, self.direction, offset, data, self.address, peer.address)
         peer.forward(data)
-        if peer.outgoing.size >= peer.outgoing.high:
-            self.paused = True
-            self.interest_changed()
+        if peer.outgoing.size >= peer.outgoing.high and self.read is _READING:
+            self._read_to(_PAUSED)
+
+    # -- writing -------------------------------------------------------------------------
 
     def forward(self, data: memoryview) -> None:
         """Send `data` (a view the caller will reuse) now, buffering what the socket refuses."""
@@ -172,9 +310,7 @@ class Side(Dispatcher):
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
+            self.handle_error(exc)  # raised while the peer is served, but this socket failed
             return
         if sent < len(data):
             self._queue(data[sent:].tobytes())
@@ -185,7 +321,7 @@ class Side(Dispatcher):
         bytes stops reading (not a side still in its handshake: it has no producer yet)."""
         outgoing = self.outgoing
         outgoing.append(chunk)
-        if outgoing.budget.over and self.peer is not self:
+        if outgoing.budget.over and self.peer is not None:
             self.peer.hold_for_budget()
 
     def flush(self) -> None:
@@ -197,22 +333,16 @@ class Side(Dispatcher):
             self.pipe.settle()
 
     def handle_write(self) -> None:
-        self.pair.last_active = self.reactor.now  # a peer that is still taking bytes is not idle
-        try:
-            self.flush()
-        except OSError as exc:
-            if exc.errno not in PEER_GONE:
-                raise
-            self.pair.peer_gone(self, exc)
-            return
+        self.last_active = self.reactor.now  # a peer that is still taking bytes is not idle
+        self.flush()
         producer = self.peer
         waiting = self.pending()
-        if producer.paused and waiting <= (self.pipe or self.outgoing).low:
+        if producer is not None and producer.read is _PAUSED and waiting <= (self.pipe or self.outgoing).low:
             producer.resume()
         if not waiting:
             self.interest_changed()
-            if self.shutdown_pending:
-                self.pair.shut_write(self)
+            if self.write is _DRAINING_TO_SHUT:
+                self._shut_write()
 
     def resume(self) -> None:
         """The peer's buffer drained: read again. While the process's budget is spent, only once
@@ -222,13 +352,13 @@ class Side(Dispatcher):
         if budget.over and self.peer.pending():
             budget.hold(self)
             return
-        self.paused = False
-        self.interest_changed()
+        if self.read is Reading.PAUSED:
+            self._read_to(Reading.READING)
 
     def hold_for_budget(self) -> None:
         """The process holds more than `max_buffered`: stop reading until the budget drains."""
-        self.paused = True
-        self.interest_changed()
+        if self.read is Reading.READING:
+            self._read_to(Reading.PAUSED)
         self.outgoing.budget.hold(self)
 
     def budget_released(self) -> None:
@@ -240,8 +370,35 @@ class Side(Dispatcher):
 
     def start_reading(self) -> None:
         """The pair is open: from now on, what this side receives goes to its peer."""
-        self.reading = True
-        self.interest_changed()
+        self._read_to(Reading.READING)
+
+    # -- half-close ----------------------------------------------------------------------
+
+    def shut_write_when_drained(self) -> None:
+        """The peer's stream ended: shut our writing half once what it sent us has gone out."""
+        if self.pending():
+            self._write_to(Writing.DRAINING_TO_SHUT)
+        else:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        try:
+            done = self.shutdown_write(last=self.peer.write is _SHUT)
+        except OSError as exc:
+            if classify(exc) is not Meaning.PEER_GONE:
+                raise
+            if self.read is not Reading.EOF:
+                self.owner.peer_gone(self, exc)
+                return
+            # That peer had ended its own sending and then closed outright: nothing of ours
+            # was lost but a TLS close_notify it no longer wanted.
+            done = True
+        if not done:
+            if self.write is Writing.OPEN:
+                self._write_to(Writing.DRAINING_TO_SHUT)
+            return
+        self._write_to(Writing.SHUT)
+        self.owner.write_shut(self)
 
     def shutdown_write(self, last: bool) -> bool:
         """Shut our writing half; False when that needs more sending first (try again then).
@@ -253,6 +410,8 @@ class Side(Dispatcher):
             self.socket.shutdown(socket.SHUT_WR)
         return True
 
+    # -- what the owner asks -------------------------------------------------------------
+
     def log_fields(self) -> dict[str, object]:
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
@@ -263,7 +422,7 @@ class Side(Dispatcher):
 
     def release(self) -> None:
         """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
-        self.pair = self.peer = None
+        self.owner = self.peer = None
 
     def unsent_in_kernel(self) -> int:
         """Bytes sent to this socket that its peer has not acknowledged yet (0 if unknown)."""
@@ -275,7 +434,18 @@ class Side(Dispatcher):
             return 0
 
     def handle_error(self, exc: BaseException) -> None:
-        self.pair.failed(self, exc)
+        """Every exception raised in work for this socket ends here, once: what it means
+        (proxy/errors.py's `classify`) decides what the owner is told."""
+        if self.owner is None:
+            super().handle_error(exc)  # the pair is released: there is no connection left to end
+            return
+        meaning = classify(exc)
+        if meaning is Meaning.TRY_LATER:
+            return
+        if meaning is Meaning.PEER_GONE:
+            self.owner.peer_gone(self, exc)
+        else:
+            self.owner.failed(self, exc)
 
     def close(self) -> None:
         super().close()

@@ -7,57 +7,43 @@ side gets from a TCP FIN. The TLS protocol itself is proxy/protocol/tls.py's Tls
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from proxy.protocol.tls import TlsError, TlsSession
-from proxy.relay.side import Side
-
-if TYPE_CHECKING:
-    from proxy.relay.pair import Pair
+from proxy.relay.side import _HANDSHAKING, _READING, Reading, Side
 
 
 class TlsSide(Side):
     """A side whose socket speaks TLS; the pair sees only plaintext.
 
     It reads during the handshake even before the pair is open (the handshake is not payload),
-    then calls `on_handshake(self)` once, and delivers plaintext only once `reading` is on.
+    then tells its owner `handshake_done(self)` once, and delivers plaintext only once the
+    owner has called `start_reading`. The arguments are Side's, then the session.
     """
 
-    def __init__(
-        self,
-        pair: Pair,
-        sock: socket.socket,
-        name: str,
-        address: str,
-        direction: str,
-        session: TlsSession,
-        on_handshake: Callable[[TlsSide], None],
-    ) -> None:
-        super().__init__(pair, sock, name, address, direction)
+    def __init__(self, *args: Any, session: TlsSession, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.session = session
-        self.on_handshake = on_handshake
-        self.handshaking = True
 
     def readable(self) -> bool:
-        return (self.handshaking or self.reading) and not self.paused and not self.eof
+        read = self.read
+        return read is _READING or read is _HANDSHAKING
 
     def start(self) -> None:
         """Begin the handshake (a client sends its ClientHello now) and start reading."""
+        self._read_to(Reading.HANDSHAKING)
         self._advance_handshake()
-        self.interest_changed()
 
     def handle_read(self) -> None:
         count = self.receive()
         if count is None:
             return
-        self.session.receive(self.pair.runtime.scratch[:count])
-        if self.handshaking and not self._advance_handshake():
+        self.session.receive(self.scratch[:count])
+        if self.read is _HANDSHAKING and not self._advance_handshake():
             if not count and not self.closed:
-                self.pair.handshake_failed(self, "tls_error", "connection closed during the handshake")
+                self.owner.handshake_failed(self, "tls_error", "connection closed during the handshake")
             return
-        if self.reading:
+        if self.read is _READING:
             self.drain_plaintext()
 
     def _advance_handshake(self) -> bool:
@@ -65,28 +51,28 @@ class TlsSide(Side):
             done = self.session.handshake()
         except TlsError as exc:
             self._send_ciphertext()  # the alert tells the peer why
-            self.pair.handshake_failed(self, "tls_error", str(exc))
+            self.owner.handshake_failed(self, "tls_error", str(exc))
             return False
         self._send_ciphertext()
         if done:
-            self.handshaking = False
-            self.interest_changed()
-            self.on_handshake(self)
+            self._read_to(Reading.IDLE)  # no plaintext until the owner has a peer to take it
+            self.last_active = self.reactor.now  # the idle clock did not run during the handshake
+            self.owner.handshake_done(self)
         return done
 
     def drain_plaintext(self) -> None:
         """Deliver the plaintext the session holds, until it needs more or the peer is full."""
         session = self.session
-        while not self.paused and not self.closed:
+        while self.read is _READING and not self.closed:
             try:
                 data = session.read(self.read_size)
             except TlsError as exc:
-                self.pair.finish("tls_error", f"{self.name}: {exc}")
+                self.owner.protocol_failed(self, "tls_error", str(exc))
                 return
             if data is None:
                 break
             if not data:
-                self.pair.end_of_stream(self)
+                self.end_of_stream()
                 break
             self.deliver(memoryview(data))
         if not self.closed:
@@ -102,14 +88,14 @@ class TlsSide(Side):
         self.reactor.call_soon(self._resume_plaintext)
 
     def _resume_plaintext(self) -> None:
-        if self.reading and not self.closed:
+        if self.read is Reading.READING and not self.closed:
             self.drain_plaintext()
 
     def forward(self, data: memoryview) -> None:
         try:
             self.session.write(data)
         except TlsError as exc:
-            self.pair.finish("tls_error", f"{self.name}: {exc}")
+            self.owner.protocol_failed(self, "tls_error", str(exc))
             return
         self._send_ciphertext()
 
@@ -128,10 +114,6 @@ class TlsSide(Side):
             if self.outgoing.size:
                 return False
         return super().shutdown_write(last)
-
-    def release(self) -> None:
-        super().release()
-        self.on_handshake = None  # a callback bound to the pair
 
     def truncated(self) -> bool:
         return self.session.truncated

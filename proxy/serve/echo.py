@@ -11,7 +11,7 @@ import signal
 import socket
 
 from proxy.config.units import Address
-from proxy.errors import PEER_GONE
+from proxy.errors import Meaning, classify
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
@@ -37,15 +37,7 @@ class EchoConnection(Dispatcher):
         return self.outgoing.size > 0
 
     def handle_read(self) -> None:
-        try:
-            data = self.socket.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno in PEER_GONE:
-                self.close()
-                return
-            raise
+        data = self.socket.recv(READ_SIZE)  # an OSError goes to handle_error
         if not data:
             self.eof = True
             self.interest_changed()
@@ -55,13 +47,7 @@ class EchoConnection(Dispatcher):
 
     def handle_write(self) -> None:
         outgoing = self.outgoing
-        try:
-            outgoing.send_with(self.socket.send)
-        except OSError as exc:
-            if exc.errno in PEER_GONE:
-                self.close()
-                return
-            raise
+        outgoing.send_with(self.socket.send)
         if not outgoing.size and self.eof:
             try:
                 self.socket.shutdown(socket.SHUT_WR)
@@ -70,6 +56,16 @@ class EchoConnection(Dispatcher):
             self.close()
             return
         self.interest_changed()  # cheap: the reactor touches the selector only if the mask moved
+
+    def handle_error(self, exc: BaseException) -> None:
+        """What an exception means (errors.classify) decides: a client gone is closed quietly."""
+        meaning = classify(exc)
+        if meaning is Meaning.TRY_LATER:
+            return
+        if meaning is Meaning.PEER_GONE:
+            self.close()
+        else:
+            super().handle_error(exc)
 
 
 def serve_echo(address: Address, log: EventLog) -> None:

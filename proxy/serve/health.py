@@ -10,7 +10,6 @@ verdict: only failures of the server count.
 
 from __future__ import annotations
 
-from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
 from proxy.loop.reactor import Reactor, Timer
@@ -25,11 +24,11 @@ class _Probe:
         self.checker = checker
         self.server = server
 
-    def connected(self, attempt: ConnectAttempt, _address: Address) -> None:
+    def connected(self, attempt: ConnectAttempt, _server: ServerState) -> None:
         attempt.close()
         self.checker.verdict(self, True, None)
 
-    def attempt_failed(self, _address: Address, _reason: str) -> None:
+    def attempt_failed(self, _server: ServerState, _reason: str) -> None:
         pass
 
     def unreachable(self, reason: str, *, local: bool = False) -> None:
@@ -60,7 +59,7 @@ class HealthChecker:
             if any(probe.server is server for probe in self._probes):
                 continue  # the last check of this server has not finished yet
             probe = _Probe(self, server)
-            connector = Connector(self.reactor, self.resolver.health, iter([server.address]), self.check.timeout, probe)
+            connector = Connector(self.reactor, self.resolver.health, iter([server]), self.check.timeout, probe)
             self._probes[probe] = connector
             connector.start()
 

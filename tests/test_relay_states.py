@@ -1,0 +1,121 @@
+"""The relay's state tables and its one error path: an illegal move is a bug that ends exactly its
+connection with result=error, logged once, leaving nothing registered; what an exception means
+is decided in one place (errors.classify)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import socket
+
+import pytest
+
+from proxy.config.loader import load_config
+from proxy.errors import Meaning, StateError, classify
+from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
+from proxy.protocol.tls import TlsError
+from proxy.relay import side as side_module
+from proxy.relay.buffer import Budget
+from proxy.relay.side import Reading, Side, Splice, Writing
+from tests.support import WAIT, echo_handler, recv_exactly, wait_until
+from tests.test_admission import serving
+from tests.test_run import write
+
+
+class Owner:
+    """A SideOwner that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __getattr__(self, event: str):
+        return lambda side, *args: self.events.append((event, side.name))
+
+
+@pytest.fixture
+def side():
+    reactor = Reactor(EventLog(stream=io.StringIO()))
+    mine, theirs = socket.socketpair()
+    mine.setblocking(False)
+    made = Side(
+        Owner(), reactor, mine, "client", "here", "client->upstream", scratch=memoryview(bytearray(1024)),
+        buffer_size=1024, budget=Budget(1 << 20),
+    )  # fmt: skip
+    yield made
+    made.close()
+    theirs.close()
+    reactor.close()
+
+
+def test_a_side_starts_idle_and_open_and_not_splicing(side):
+    assert (side.read, side.write, side.splice) == (Reading.IDLE, Writing.OPEN, Splice.OFF)
+    assert not side.readable()
+
+
+@pytest.mark.parametrize("move", [Reading.PAUSED, Reading.EOF])
+def test_an_idle_side_cannot_pause_or_end(side, move):
+    with pytest.raises(StateError, match=f"reading cannot go from idle to {move.value}"):
+        side._read_to(move)
+
+
+def test_an_ended_stream_never_reads_again(side):
+    side.start_reading()
+    assert side.readable()
+    side._read_to(Reading.EOF)
+    assert not side.readable()
+    with pytest.raises(StateError):
+        side._read_to(Reading.READING)
+
+
+def test_a_shut_writing_half_stays_shut(side):
+    side._write_to(Writing.SHUT)
+    with pytest.raises(StateError):
+        side._write_to(Writing.DRAINING_TO_SHUT)
+
+
+@pytest.mark.parametrize(
+    ("exc", "meaning"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset"), Meaning.PEER_GONE),
+        (BrokenPipeError(errno.EPIPE, "pipe"), Meaning.PEER_GONE),
+        (BlockingIOError(errno.EAGAIN, "again"), Meaning.TRY_LATER),
+        (InterruptedError(errno.EINTR, "interrupted"), Meaning.TRY_LATER),
+        (OSError(errno.EMFILE, "too many open files"), Meaning.OUT_OF_DESCRIPTORS),
+        (OSError(errno.EBADF, "bad descriptor"), Meaning.BUG),
+        (StateError("a bad move"), Meaning.BUG),
+        (TlsError("not an OSError"), Meaning.BUG),
+        (ValueError("anything else"), Meaning.BUG),
+    ],
+)
+def test_what_an_exception_means(exc, meaning):
+    assert classify(exc) is meaning
+
+
+def test_an_illegal_move_ends_exactly_its_connection_as_an_error(tmp_path, start_upstream, monkeypatch):
+    # A bug planted in the reading table: a client side may not see its stream end. The client's
+    # half-close must then end that connection (result=error, one connection_error line, no
+    # traceback), leave nothing of it registered, and the listener keeps serving.
+    monkeypatch.setitem(side_module._READ_MOVES, Reading.READING, frozenset({Reading.PAUSED}))
+    upstream = start_upstream(echo_handler)
+    config = load_config(
+        write(tmp_path, f'listeners:\n  - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}\n')
+    ).config
+    with serving(config) as (server, lines):
+        registered = len(server.listeners)
+        (listener,) = server.listeners.values()
+        address = listener.dispatcher.socket.getsockname()[:2]
+        for number in range(2):
+            with socket.create_connection(address, timeout=WAIT) as client:
+                client.sendall(b"ping")
+                assert recv_exactly(client, 4) == b"ping"
+                client.shutdown(socket.SHUT_WR)
+                assert wait_until(lambda done=number + 1: len(lines.events("access")) == done)
+            assert wait_until(lambda: len(server.reactor.map) == registered), server.reactor.map
+            assert not server.runtime.pairs
+    errors = lines.events("connection_error")
+    assert [error["side"] for error in errors] == ["client", "client"]
+    assert errors[0]["error"] == "StateError: client side: reading cannot go from reading to eof"
+    for access in lines.events("access"):
+        assert (access["result"], access["reason"]) == ("error", errors[0]["error"])
+    assert "Traceback" not in lines.text()
