@@ -7,6 +7,7 @@ traceback only at `--log-level debug`): 2 for usage and configuration, 1 at run 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from proxy.config.schema import (
 from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
 from proxy.errors import ProxyError, UsageError
 from proxy.log import LEVELS, EventLog
+from proxy.policy import explain
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
@@ -140,10 +142,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
     _add_log_options(check)
 
+    _add_route_command(commands)
+
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
     echo.add_argument("listen", type=_address, metavar="LISTEN")
     _add_log_options(echo)
     return parser
+
+
+def _add_route_command(commands: argparse._SubParsersAction) -> None:
+    route = commands.add_parser(
+        "route",
+        help="explain where a client would go",
+        description="Explain what the table in FILE decides for a client of LISTENER, and why.",
+    )
+    route.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
+    route.add_argument(
+        "--listener", required=True, metavar="NAME", help="a listener's name (its address when it has none)"
+    )
+    route.add_argument("--client", metavar="IP[:PORT]", help="the client's address (default: left undecided)")
+    route.add_argument("--sni", metavar="NAME", help="the server name the client sends")
+    route.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_log_options(route)
+
+
+def _route(args: argparse.Namespace, _log: EventLog) -> int:
+    config = _load(args).config
+    listeners = {explain.listener_name(listener): listener for listener in config.listeners}
+    listener = listeners.get(args.listener)
+    if listener is None:
+        raise UsageError(f"no listener {args.listener!r} in {args.config}; listeners: {', '.join(listeners)}")
+    client, port = None, None
+    if args.client is not None:
+        try:
+            client, port = explain.parse_client(args.client)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    result = explain.explain(listener, dict(config.upstreams), client, port, args.sni)
+    print(json.dumps(result.to_json()) if args.json else explain.render_text(result))
+    return 0
 
 
 def _forward(args: argparse.Namespace, log: EventLog) -> int:
@@ -252,7 +289,7 @@ def _echo(args: argparse.Namespace, log: EventLog) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "check": _check, "forward": _forward, "echo": _echo}
+_COMMANDS = {"run": _run, "check": _check, "route": _route, "forward": _forward, "echo": _echo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,8 +25,20 @@ def canonical_networks(networks: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]
     return tuple(canonical_network(str(network)) for network in networks)
 
 
-def _in_any(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
-    return any(address in network for network in networks)
+def first_network(address: IPAddress, networks: tuple[IPNetwork, ...]) -> IPNetwork | None:
+    """The first of `networks` that holds `address` (the rule that decides), or None."""
+    for network in networks:
+        if address in network:
+            return network
+    return None
+
+
+def first_pattern(patterns: tuple[str, ...], server_name: str) -> str | None:
+    """The first SNI pattern that `server_name` matches, or None."""
+    for pattern in patterns:
+        if name_matches(pattern, server_name):
+            return pattern
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,16 +54,16 @@ class AccessPolicy:
         return cls(allow, canonical_networks(listener.deny))
 
     def permits(self, address: IPAddress) -> bool:
-        if _in_any(address, self.deny):
+        if first_network(address, self.deny) is not None:
             return False
-        return self.allow is None or _in_any(address, self.allow)
+        return self.allow is None or first_network(address, self.allow) is not None
 
 
 def match_holds(match: MatchConfig, address: IPAddress, server_name: str | None) -> bool:
-    if match.source and not _in_any(address, match.source):
+    if match.source and first_network(address, match.source) is None:
         return False
     if match.sni:
-        return server_name is not None and any(name_matches(p, server_name) for p in match.sni)
+        return server_name is not None and first_pattern(match.sni, server_name) is not None
     return True
 
 

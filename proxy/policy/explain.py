@@ -1,0 +1,334 @@
+"""Why a listener's table sends a client where it does: the decision and its reasons, for `pairproxy route`.
+
+Pure. The decision itself comes from the serving code (`AccessPolicy.permits`, `RouteTable.select`,
+`Pool.candidates` on a fresh pool); the reasons come from the same predicates those use
+(`first_network`, `first_pattern`), so the explanation cannot drift from what a connection gets.
+A client may be left out: rules on its address are then reported as undecided.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig, UpstreamConfig
+from proxy.config.units import canonical_ip, join_host_port, parse_address
+from proxy.policy.routes import AccessPolicy, IPAddress, RouteTable, first_network, first_pattern
+from proxy.policy.upstreams import Pool
+
+# A route's status: matched, failed a condition, undecided without a client, or after the winner.
+MATCHED, NO_MATCH, UNKNOWN, NOT_REACHED = "matched", "no_match", "unknown", "not_reached"
+
+
+def parse_client(text: str) -> tuple[IPAddress, int | None]:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT` as (canonical address, port); ValueError with a readable reason."""
+    try:
+        return canonical_ip(text), None
+    except ValueError:
+        pass
+    try:
+        address = parse_address(text)
+        return canonical_ip(address.host), address.port
+    except ValueError:
+        raise ValueError(f"bad client address {text!r}: expected IP, IP:PORT or [IPv6]:PORT") from None
+
+
+@dataclass(frozen=True)
+class Condition:
+    kind: str  # "source" | "sni"
+    held: bool | None  # None: cannot be told without a client address
+    detail: str
+
+
+@dataclass(frozen=True)
+class RouteStep:
+    label: str | int  # the route's name, or its index from 0 (as in the access log)
+    upstream: str
+    status: str
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Access:
+    decision: str  # "allowed" | "denied" | "unknown"
+    rule: str | None  # "allow" | "deny": the list that decided, None when none did
+    network: str | None  # the network of that list that held the client
+    detail: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The upstream a routed client goes to and the servers it would try, in order."""
+
+    upstream: UpstreamConfig
+    candidates: tuple[tuple[str, int, bool], ...] | None  # (address, weight, backup); None: needs a client
+    detail: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    listener: str
+    listen: str
+    client: IPAddress | None
+    port: int | None
+    sni: str | None
+    notes: tuple[str, ...]
+    access: Access
+    routes: tuple[RouteStep, ...]
+    decision: str  # "routed" | "denied" | "no_route" | "undecided"
+    route: str | int | None
+    plan: Plan | None
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "listener": self.listener,
+            "listen": self.listen,
+            "client": None if self.client is None else str(self.client),
+            "client_port": self.port,
+            "sni": self.sni,
+            "notes": list(self.notes),
+            "access": asdict(self.access),
+            "routes": [
+                {
+                    "route": step.label,
+                    "upstream": step.upstream,
+                    "status": step.status,
+                    "conditions": [asdict(condition) for condition in step.conditions],
+                }
+                for step in self.routes
+            ],
+            "decision": self.decision,
+            "route": self.route,
+            "upstream": None if plan is None else _plan_json(plan),
+        }
+
+
+def _plan_json(plan: Plan) -> dict[str, Any]:
+    upstream = plan.upstream
+    return {
+        "name": upstream.name,
+        "balance": upstream.balance,
+        "retries": upstream.retries,
+        "proxy_protocol": upstream.proxy_protocol,
+        "tls": upstream.tls is not None,
+        "servers": [
+            {"address": str(server.address), "weight": server.weight, "backup": server.backup}
+            for server in upstream.servers
+        ],
+        "candidates": None
+        if plan.candidates is None
+        else [{"address": a, "weight": w, "backup": b} for a, w, b in plan.candidates],
+        "detail": plan.detail,
+    }
+
+
+def listener_name(listener: ListenerConfig) -> str:
+    """The name the access log gives the listener (its address when it has no name)."""
+    return listener.name or str(listener.listen)
+
+
+def explain(
+    listener: ListenerConfig,
+    upstreams: dict[str, UpstreamConfig],
+    client: IPAddress | None,
+    port: int | None = None,
+    sni: str | None = None,
+    rng: random.Random | None = None,
+) -> Explanation:
+    """What `listener` does with a client from `client` (None: unknown) that sends `sni`."""
+    policy, table = AccessPolicy.of(listener), RouteTable(listener.routes)
+    access = _access(policy, client)
+    steps: tuple[RouteStep, ...] = ()
+    decision, label, plan = "denied", None, None
+    if access.decision != "denied":
+        steps = _route_steps(table, client, sni)
+        decision, label, route = _decide(table, steps, client, sni)
+        if route is not None:
+            plan = _plan(upstreams[route.upstream], client, rng)
+        if access.decision == "unknown" and decision == "routed":
+            decision = "undecided"
+    return Explanation(
+        listener=listener_name(listener),
+        listen=str(listener.listen),
+        client=client,
+        port=port,
+        sni=sni,
+        notes=_notes(listener, table, client, sni),
+        access=access,
+        routes=steps,
+        decision=decision,
+        route=label,
+        plan=plan,
+    )
+
+
+def _notes(listener: ListenerConfig, table: RouteTable, client: IPAddress | None, sni: str | None) -> tuple[str, ...]:
+    notes = []
+    if listener.accept_proxy_protocol:
+        notes.append("this listener reads a PROXY header: the client address is the one the header would carry")
+        if listener.proxy_trusted is not None:
+            notes.append(f"PROXY headers are believed only from {_join(listener.proxy_trusted)}; others are denied")
+    if listener.tls is not None:
+        source = "the TLS handshake (this listener terminates TLS)"
+    elif table.needs_server_name:
+        source = "the ClientHello (TLS passed through)"
+    else:
+        source = None
+    if source is not None and sni is None and table.needs_server_name:
+        notes.append(f"no --sni: the server name comes from {source}, so routes with sni cannot match")
+    elif source is None and sni is not None:
+        notes.append("no route matches on sni, so this listener never reads it: --sni changes nothing")
+    if client is None and (listener.allow is not None or listener.deny or table.needs_source):
+        notes.append("no --client: rules on the client address cannot be decided")
+    return tuple(notes)
+
+
+def _access(policy: AccessPolicy, client: IPAddress | None) -> Access:
+    if policy.allow is None and not policy.deny:
+        return Access("allowed", None, None, "no allow or deny rules")
+    if client is None:
+        return Access("unknown", None, None, "allow/deny need the client address (--client)")
+    permitted = policy.permits(client)
+    if not permitted:
+        denied_by = first_network(client, policy.deny)
+        if denied_by is not None:
+            return Access("denied", "deny", str(denied_by), f"{client} is in deny {denied_by}")
+        return Access("denied", "allow", None, f"{client} is in no allow network ({_join(policy.allow or ())})")
+    allowed_by = None if policy.allow is None else first_network(client, policy.allow)
+    if allowed_by is None:
+        return Access("allowed", None, None, f"{client} is in no deny network and there is no allow list")
+    return Access("allowed", "allow", str(allowed_by), f"{client} is in allow {allowed_by}")
+
+
+def _conditions(match: MatchConfig, client: IPAddress | None, sni: str | None) -> tuple[Condition, ...]:
+    conditions = []
+    if match.source:
+        if client is None:
+            conditions.append(Condition("source", None, f"needs --client (source {_join(match.source)})"))
+        else:
+            network = first_network(client, match.source)
+            held = network is not None
+            detail = f"{client} is in {network}" if held else f"{client} is in none of {_join(match.source)}"
+            conditions.append(Condition("source", held, detail))
+    if match.sni:
+        if sni is None:
+            conditions.append(Condition("sni", False, f"no server name, so none of {_join(match.sni)}"))
+        else:
+            pattern = first_pattern(match.sni, sni)
+            held = pattern is not None
+            detail = f"{sni} matches {pattern}" if held else f"{sni} matches none of {_join(match.sni)}"
+            conditions.append(Condition("sni", held, detail))
+    return tuple(conditions)
+
+
+def _route_steps(table: RouteTable, client: IPAddress | None, sni: str | None) -> tuple[RouteStep, ...]:
+    steps: list[RouteStep] = []
+    reached = True
+    for index, route in enumerate(table.routes):
+        label = route.name if route.name is not None else index
+        conditions = _conditions(route.match, client, sni)
+        if not reached:
+            status = NOT_REACHED
+        elif any(condition.held is False for condition in conditions):
+            status = NO_MATCH
+        elif any(condition.held is None for condition in conditions):
+            status = UNKNOWN
+        else:
+            status, reached = MATCHED, False
+        steps.append(RouteStep(label, route.upstream, status, conditions))
+    return tuple(steps)
+
+
+def _decide(
+    table: RouteTable, steps: tuple[RouteStep, ...], client: IPAddress | None, sni: str | None
+) -> tuple[str, str | int | None, RouteConfig | None]:
+    """The route the serving code picks; "undecided" when a route before it depends on a missing client."""
+    if any(step.status == UNKNOWN for step in steps):
+        return "undecided", None, None
+    if client is None:  # no route before the winner looks at the address: the conditions say it all
+        selected = next(((s.label, r) for s, r in zip(steps, table.routes, strict=True) if s.status == MATCHED), None)
+    else:
+        selected = table.select(client, sni)
+    if selected is None:
+        return "no_route", None, None
+    return "routed", selected[0], selected[1]
+
+
+def _plan(upstream: UpstreamConfig, client: IPAddress | None, rng: random.Random | None) -> Plan:
+    pool = Pool(upstream, rng)
+    balance = upstream.balance
+    if client is None and balance == "source_hash":
+        return Plan(upstream, None, "source_hash orders the servers by the client address: give --client")
+    servers = pool.candidates("" if client is None else str(client), now=0.0)
+    candidates = tuple((str(s.address), s.weight, s.config.backup) for s in servers)
+    detail = {
+        "round_robin": "round_robin on a fresh pool: the first connection's order; each connection moves it on",
+        "least_conn": "least_conn with no open connections: the order follows weight and the rotation",
+        "random": "random: one weighted draw; each connection draws its own order",
+        "first": "first: config order",
+        "source_hash": f"source_hash: the fixed order for {client}",
+    }[balance]
+    tries = f"at most 1 + retries ({upstream.retries}) servers, backups after every primary"
+    return Plan(upstream, candidates, f"{detail}; {tries}; every server taken as up")
+
+
+def _join(items: tuple[Any, ...]) -> str:
+    return ", ".join(str(item) for item in items)
+
+
+def render_text(explanation: Explanation) -> str:
+    """One block for people: who, allow/deny, each route, the decision, the servers in order."""
+    e = explanation
+    who = "(none given)" if e.client is None else join_host_port(str(e.client), e.port) if e.port else str(e.client)
+    lines = [f"listener {e.listener} ({e.listen}), client {who}, sni {e.sni or '(none)'}"]
+    lines += [f"  note: {note}" for note in e.notes]
+    access = e.access
+    lines.append(f"access: {access.decision}: {access.detail}")
+    if e.routes:
+        lines.append("routes, in order:")
+    for step in e.routes:
+        why = "; ".join(f"{c.kind}: {c.detail}" for c in step.conditions) or "no conditions (a default route)"
+        lines.append(f"  route {step.label} -> upstream {step.upstream}: {step.status.replace('_', ' ')}: {why}")
+    lines.append(f"decision: {_decision_text(e)}")
+    if e.plan is not None:
+        lines += _plan_text(e.plan)
+    return "\n".join(lines)
+
+
+def _decision_text(e: Explanation) -> str:
+    routed = None if e.plan is None else f"route {e.route}, upstream {e.plan.upstream.name}"
+    if e.decision == "routed":
+        return f"{routed}"
+    if e.decision == "denied":
+        return "denied (result=denied)"
+    if e.decision == "no_route":
+        return "no route matches (result=no_route)"
+    if routed is not None:
+        return f"undecided: allow/deny depend on the client address (give --client); if allowed: {routed}"
+    return "undecided: it depends on the client address (give --client)"
+
+
+def _plan_text(plan: Plan) -> list[str]:
+    upstream = plan.upstream
+    servers = ", ".join(_server_text(str(s.address), s.weight, s.backup) for s in upstream.servers)
+    extras = "".join(
+        [
+            f", PROXY {upstream.proxy_protocol} header" if upstream.proxy_protocol else "",
+            ", TLS to the servers" if upstream.tls is not None else "",
+        ]
+    )
+    lines = [f"upstream {upstream.name}: balance {upstream.balance}{extras}; servers {servers}"]
+    if plan.candidates is None:
+        lines.append(f"  {plan.detail}")
+        return lines
+    order = "  ".join(f"{n}. {_server_text(*c)}" for n, c in enumerate(plan.candidates, 1))
+    lines += [f"servers tried in order: {order}", f"  ({plan.detail})"]
+    return lines
+
+
+def _server_text(address: str, weight: int, backup: bool) -> str:
+    tags = [f"weight {weight}"] if weight != 1 else []
+    tags += ["backup"] if backup else []
+    return f"{address} ({', '.join(tags)})" if tags else address
