@@ -178,7 +178,7 @@ def _route(args: argparse.Namespace, _log: EventLog) -> int:
             client, port = explain.parse_client(args.client)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    result = explain.explain(listener, dict(config.upstreams), client, port, args.sni)
+    result = explain.explain(listener, config.upstreams, client, port, args.sni)
     print(json.dumps(result.to_json()) if args.json else explain.render_text(result))
     return 0
 

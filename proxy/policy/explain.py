@@ -9,6 +9,7 @@ A client may be left out: rules on its address are then reported as undecided.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -131,7 +132,7 @@ def listener_name(listener: ListenerConfig) -> str:
 
 def explain(
     listener: ListenerConfig,
-    upstreams: dict[str, UpstreamConfig],
+    upstreams: Mapping[str, UpstreamConfig],
     client: IPAddress | None,
     port: int | None = None,
     sni: str | None = None,
