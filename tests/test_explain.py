@@ -158,7 +158,7 @@ def test_source_hash_needs_the_client_and_then_gives_its_own_order():
     assert [c[0] for c in explain(table, {"a": pool}, client).plan.candidates] == expected
 
 
-@pytest.mark.parametrize("text", ["1.2.3", "host:80", "10.0.0.1:99999", "[10.0.0.1]:80", ""])
+@pytest.mark.parametrize("text", ["1.2.3", "host:80", "10.0.0.1:99999", "[10.0.0.1]:80", "", "8080", ":8080"])
 def test_bad_client_addresses_are_refused_with_the_forms_that_work(text):
     with pytest.raises(ValueError, match="expected IP, IP:PORT or \\[IPv6\\]:PORT"):
         parse_client(text)

@@ -29,6 +29,8 @@ def parse_client(text: str) -> tuple[IPAddress, int | None]:
     except ValueError:
         pass
     try:
+        if text.startswith(":") or ":" not in text:  # parse_address would read a bare port as loopback's
+            raise ValueError
         address = parse_address(text)
         return canonical_ip(address.host), address.port
     except ValueError:
