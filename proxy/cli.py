@@ -26,9 +26,10 @@ from proxy.config.schema import (
     forward_config,
 )
 from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
-from proxy.errors import ProxyError, UsageError
+from proxy.errors import ProxyError, StartupError, UsageError
 from proxy.log import LEVELS, EventLog
 from proxy.policy import explain
+from proxy.serve.contexts import use_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
@@ -94,6 +95,14 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
 
 
+def _add_keylog_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-keylog",
+        metavar="FILE",
+        help="append TLS secrets (NSS key log format) for Wireshark; default: $SSLKEYLOGFILE",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pairproxy", description="A forwarding TCP proxy with a YAML route table and a hex dump.")
     parser.add_argument("--version", action="version", version=f"pairproxy {__version__}")
@@ -124,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-insecure", action="store_true", help="do not verify the upstream's certificate")
     tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
     tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
+    _add_keylog_option(tls)
     _add_log_options(forward)
 
     run = commands.add_parser(
@@ -134,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", type=_positive, default=1, metavar="N", help="serving processes sharing each port (default: 1)"
     )
+    _add_keylog_option(run)
     _add_log_options(run)
 
     check = commands.add_parser(
@@ -196,6 +207,7 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
     )
+    _start_keylog(args, log)
     server = Server(config, log, splice=_splice_wanted())
     server.bind()
     server.serve()
@@ -247,6 +259,24 @@ def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
     )
 
 
+def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
+    """Put the key log in force (the flag, else SSLKEYLOGFILE) and warn: the file decrypts traffic.
+
+    Called once per process before any TLS context exists; `run --workers` forks after it, so the
+    supervisor warns once for all. A file that cannot be opened stops the start (exit status 1).
+    """
+    source, path = "--tls-keylog", args.tls_keylog
+    if not path:
+        source, path = "SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE")
+    if not path:
+        return
+    try:
+        path = use_keylog(path)
+    except OSError as exc:
+        raise StartupError(f"{source} {path}: {(exc.strerror or str(exc)).lower()}") from None
+    log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+
+
 def _splice_wanted() -> bool:
     """PAIRPROXY_SPLICE=0 keeps every byte going through Python (for comparison or diagnosis)."""
     return os.environ.get("PAIRPROXY_SPLICE", "1") != "0"
@@ -262,6 +292,7 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 def _run(args: argparse.Namespace, log: EventLog) -> int:
     loaded = _load(args)
     path, splice = Path(args.config), _splice_wanted()
+    _start_keylog(args, log)
     if args.workers > 1:
         return Supervisor(loaded.config, path, log, args.workers, hexdump=args.hexdump, splice=splice).run()
     server = Server(loaded.config, log, hexdump=args.hexdump, config_path=path, splice=splice)

@@ -1,12 +1,40 @@
 """SSL contexts the configuration asks for: terminating TLS from clients (with certificates chosen
 by SNI, optional client certificates) and originating TLS to upstream servers.
+
+With a key log in force (`use_keylog`), every context built here writes its sessions' secrets
+to that file in the NSS key log format, so that Wireshark can decrypt a capture.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from proxy.config.certificates import CertificatePair, certificate_names
+
+# The key log is one file for the whole process, like the stdlib's own SSLKEYLOGFILE: set once at
+# start, before any context is built; forked workers inherit it and every reload keeps it.
+_keylog: str | None = None
+
+
+def use_keylog(path: str) -> str:
+    """Write the TLS secrets of every context built from now on to `path`; its absolute form.
+
+    The file is appended to, and created readable by its owner only (it decrypts traffic): it is
+    created here because the stdlib would create it with the umask's mode. OSError if it cannot
+    be opened for appending.
+    """
+    global _keylog
+    path = os.path.abspath(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    _keylog = path
+    return path
+
+
+def _logged(context: ssl.SSLContext) -> ssl.SSLContext:
+    if _keylog is not None:
+        context.keylog_filename = _keylog
+    return context
 
 
 def server_context(
@@ -42,7 +70,7 @@ def _lookup(by_name: dict[str, ssl.SSLContext], name: str) -> ssl.SSLContext | N
 
 
 def _new_server_context(pair: CertificatePair, client_ca: str | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(pair.cert, pair.key)
     if client_ca is not None:
@@ -55,7 +83,7 @@ def client_context(
     ca: str | None = None, verify: bool = True, client_cert: CertificatePair | None = None
 ) -> ssl.SSLContext:
     """A context for originating TLS: verification against `ca` (or the system store) unless off."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if verify:
         if ca is not None:
