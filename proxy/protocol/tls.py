@@ -141,6 +141,24 @@ class TlsSession:
         self.peer_certificate_presented = self._ssl.getpeercert(binary_form=True) is not None
         return True
 
+    def details(self) -> dict[str, object]:
+        """What the completed handshake agreed: version, cipher, SNI, ALPN and the peer
+        certificate's subject (only a verified certificate has one to tell; else `unverified`)."""
+        ssl_object = self._ssl
+        cipher = ssl_object.cipher()
+        certificate = ssl_object.getpeercert()
+        if certificate:
+            subject = ",".join(f"{key}={value}" for rdn in certificate.get("subject", ()) for key, value in rdn)
+        else:
+            subject = "unverified" if self.peer_certificate_presented else None
+        return {
+            "version": self.version,
+            "cipher": cipher[0] if cipher else None,
+            "sni": self.server_name if ssl_object.server_side else ssl_object.server_hostname,
+            "alpn": ssl_object.selected_alpn_protocol(),
+            "peer_cert": subject,
+        }
+
     # -- plaintext -----------------------------------------------------------------------
 
     def read(self, size: int = READ_SIZE) -> bytes | None:

@@ -46,6 +46,7 @@ import itertools
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ class Runtime:
         self.resolver = resolver
         self.log = log
         self.log_access = log.enabled("info")  # when off (warning and up), no access record is built
+        self.timeline = log.debugging  # each pair logs its `conn_event` lines
         self.hexdump = hexdump
         # One read buffer for the whole process: the loop is single-threaded and every read is
         # forwarded (or copied into a SendBuffer) before the next one.
@@ -161,6 +163,11 @@ class Pair:
         self.phase = Phase.ADMITTING
         self._idle_from = reactor.now  # besides the sides' own last_active: when admission ended
         self.result: str | None = None
+        # Taken once: below debug level, no timeline event costs more than this test.
+        self.timeline = runtime.timeline
+        self._first_eof: str | None = None  # the side whose end of stream came first
+        self._connect_from = 0.0
+        self.connect_ms: float | None = None  # from the start of the connect to the upstream ready
         self.client = self._side(Side, client_sock, "client", format_sockaddr(client_address), "client->upstream")
         self.upstream: Side | None = None
         self.server: Address | None = None
@@ -181,6 +188,14 @@ class Pair:
         if settings.idle_timeout:
             self._idle_timer = reactor.call_later(settings.idle_timeout, self._check_idle)
         self.connector: Connector | None = None
+        if self.timeline:
+            self.event("accepted", client=self.client.address, listener=settings.listener)
+
+    def event(self, name: str, **fields: object) -> None:
+        """One step of this connection's timeline, `t_ms` after the accept (call it only when `timeline`)."""
+        t_ms = (time.monotonic() - self.started) * 1000
+        fields = {"conn": self.conn, "event": name, "t_ms": f"{t_ms:.3f}", **fields}
+        self.runtime.log.write("debug", "conn_event", fields)
 
     def _to(self, phase: Phase) -> None:
         if phase not in _MOVES[self.phase]:
@@ -234,6 +249,7 @@ class Pair:
         `upstream_tls` (context, server name) makes the upstream side speak TLS.
         """
         self._to(Phase.CONNECTING)
+        self._connect_from = self.runtime.reactor.now
         self.pool = pool
         self._preface, self._payload = preface, payload
         self._upstream_tls = upstream_tls
@@ -257,6 +273,9 @@ class Pair:
         sock = attempt.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         address = format_sockaddr(attempt.sockaddr)
+        if self.timeline:
+            connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
+            self.event("connected", server=address, connect_ms=f"{connect_ms:.3f}")
         if self._upstream_tls is None:
             self.upstream = self._side(Side, sock, "upstream", address, "upstream->client")
             attempt.hand_over(self.upstream)
@@ -283,12 +302,16 @@ class Pair:
             self._handshake_timer = None
         if self._server_state is not None:
             self.pool.connect_succeeded(self._server_state)  # for TLS, only once its handshake worked
+        self.connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
         client, upstream = self.client, self.upstream
         splice = self.splice and type(client) is Side and type(upstream) is Side
         client.join(upstream, splice=splice)
         upstream.join(client, splice=splice)
         if self.tap is not None:
             self.tap.opened(self.conn, client.address, upstream.address)
+        if self.timeline:
+            client.watch_first_byte(self._first_byte)
+            upstream.watch_first_byte(self._first_byte)
         client.start_reading()
         if self._payload:
             client.deliver(memoryview(self._payload))
@@ -315,7 +338,12 @@ class Pair:
         )
         self.client.start()
 
+    def _first_byte(self, side: Side) -> None:
+        self.event("first_byte", direction=side.direction)
+
     def handshake_done(self, side: Side) -> None:
+        if self.timeline:
+            self.event("tls_done", side=side.name, **side.tls_details())
         if side is self.upstream:
             self._open()
             return
@@ -332,8 +360,9 @@ class Pair:
     def handshake_failed(self, side: Side, result: str, reason: str) -> None:
         """A TLS handshake failed. With the upstream, that is a failed connect: the server is
         backed off from and the next candidate is tried; the client ends only when none is left."""
+        by = "proxy" if result == "timeout" else side.name
         if side is not self.upstream:
-            self.finish(result, f"{side.name}: {reason}")
+            self.finish(result, f"{side.name}: {reason}", by=by)
             return
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -345,7 +374,7 @@ class Pair:
         self.attempt_failed(state, reason)
         server = next(self._untried, None)
         if server is None:
-            self.finish(result, f"{side.name}: {reason}")  # the access line still names self.server
+            self.finish(result, f"{side.name}: {reason}", by=by)  # the access line still names self.server
             return
         self._to(Phase.CONNECTING)
         self._connect_next(itertools.chain((server,), self._untried))
@@ -353,11 +382,13 @@ class Pair:
     def attempt_failed(self, server: ServerState, reason: str) -> None:
         self.pool.connect_failed(server, self.runtime.reactor.now)
         self.runtime.log.warning("connect_failed", conn=self.conn, server=server.address, reason=reason)
+        if self.timeline:
+            self.event("connect_failed", server=server.address, reason=reason)
 
     def unreachable(self, reason: str, *, local: bool = False) -> None:
         # Out of descriptors here (`local`) or no server reachable: the client's answer is the same.
         self.connector = None
-        self.finish("upstream_unreachable", reason)
+        self.finish("upstream_unreachable", reason, by="proxy" if local else "upstream")
 
     def handle_error(self, exc: Exception) -> None:
         """An exception escaped work done for this pair (a timer, the connector): end this pair only."""
@@ -366,6 +397,10 @@ class Pair:
     # -- events from the sides (the SideOwner protocol) ----------------------------------
 
     def end_of_stream(self, side: Side) -> None:
+        if self._first_eof is None:
+            self._first_eof = side.name
+        if self.timeline:
+            self.event("half_close", by=side.name)
         if self.phase is Phase.RELAYING:
             self._to(Phase.DRAINING)
         side.peer.shut_write_when_drained()
@@ -376,13 +411,13 @@ class Pair:
 
     def peer_gone(self, side: Side, exc: OSError) -> None:
         reason = f"{side.name}: {os.strerror(exc.errno or errno.EIO).lower()}"
-        self.finish("reset", reason, abort=True)
+        self.finish("reset", reason, abort=True, by=side.name)
 
     def failed(self, side: Side, exc: BaseException) -> None:
         self._failed(exc, side=side.name)
 
     def protocol_failed(self, side: Side, result: str, reason: str) -> None:
-        self.finish(result, f"{side.name}: {reason}")
+        self.finish(result, f"{side.name}: {reason}", by=side.name)
 
     def _failed(self, exc: BaseException, **where: str) -> None:
         """A bug (an unexpected exception, a StateError): logged once, and this connection alone ends."""
@@ -427,12 +462,18 @@ class Pair:
 
     # -- the end -------------------------------------------------------------------------
 
-    def finish(self, result: str, reason: str | None = None, *, abort: bool = False) -> None:
-        """End the pair once: close both sides, write the access log and the hex dump's close."""
+    def finish(self, result: str, reason: str | None = None, *, abort: bool = False, by: str = "proxy") -> None:
+        """End the pair once: close both sides, write the access log and the hex dump's close.
+
+        `by` is the side whose reset or error ended it ("client" or "upstream"); "proxy" for
+        what the proxy decided (timeouts, limits, denials, no route, shutdown, its own errors).
+        An orderly close was ended by the side whose end of stream came first.
+        """
         if self.phase is Phase.CLOSED:
             return
         self._to(Phase.CLOSED)
         self.result = result
+        close_by = (self._first_eof or by) if result == "closed" else by
         for timer in (self._idle_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
@@ -452,8 +493,10 @@ class Pair:
             else:
                 side.close()
         self.runtime.pairs.discard(self)
+        if self.timeline:
+            self.event("closed", result=result, reason=reason, close_by=close_by)
         if self.runtime.log_access:
-            self._log_access(result, reason)
+            self._log_access(result, reason, close_by)
         if self.tap is not None:
             if self.upstream is None:
                 self.tap.opened(self.conn, self.client.address, self.settings.listener)
@@ -470,7 +513,7 @@ class Pair:
             if side is not None:
                 side.release()
 
-    def _log_access(self, result: str, reason: str | None) -> None:
+    def _log_access(self, result: str, reason: str | None, close_by: str) -> None:
         upstream = self.upstream
         if reason is None:
             truncated = (side.name for side in (self.client, upstream) if side is not None and side.truncated())
@@ -490,5 +533,7 @@ class Pair:
             duration_ms=int((self.runtime.reactor.now - self.started) * 1000),
             result=result,
             reason=reason,
+            close_by=close_by,
+            connect_ms=None if self.connect_ms is None else f"{self.connect_ms:.3f}",
             **tls_fields,
         )

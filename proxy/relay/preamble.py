@@ -59,7 +59,8 @@ class PreambleReader(Dispatcher):
         chunk = self.socket.recv(self.limit - len(self.data))  # an OSError goes to handle_error
         if not chunk:
             if self.on_incomplete is None:
-                self.pair.finish("protocol_error", f"the client closed before sending a complete {self.what}")
+                reason = f"the client closed before sending a complete {self.what}"
+                self.pair.finish("protocol_error", reason, by="client")
             else:
                 self._give_up("eof")
             return
@@ -70,11 +71,11 @@ class PreambleReader(Dispatcher):
         try:
             result = self.parse(bytes(self.data))
         except ValueError as exc:
-            self.pair.finish("protocol_error", f"{self.what}: {exc}")
+            self.pair.finish("protocol_error", f"{self.what}: {exc}", by="client")
             return
         if result is None:
             if len(self.data) >= self.limit:
-                self.pair.finish("protocol_error", f"{self.what}: longer than {self.limit} bytes")
+                self.pair.finish("protocol_error", f"{self.what}: longer than {self.limit} bytes", by="client")
             return
         info, consumed = result
         self.stop()

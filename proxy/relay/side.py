@@ -22,6 +22,7 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, StateError, classify
@@ -372,6 +373,20 @@ class Side(Dispatcher):
         """The pair is open: from now on, what this side receives goes to its peer."""
         self._read_to(Reading.READING)
 
+    def watch_first_byte(self, seen: Callable[[Side], None]) -> None:
+        """Call `seen(self)` once, before the first bytes this side delivers (for the timeline).
+
+        The watch shadows `deliver` with an instance attribute until it fires, so an unwatched
+        side pays nothing per chunk. A spliced direction has delivered bytes before it splices.
+        """
+
+        def first(data: memoryview) -> None:
+            del self.deliver  # the class's deliver again, from now on
+            seen(self)
+            self.deliver(data)
+
+        self.deliver = first  # type: ignore[method-assign]
+
     # -- half-close ----------------------------------------------------------------------
 
     def shut_write_when_drained(self) -> None:
@@ -416,6 +431,10 @@ class Side(Dispatcher):
         """What this side adds to the access-log line (TLS details, for instance)."""
         return {}
 
+    def tls_details(self) -> dict[str, object]:
+        """What its TLS handshake agreed, for the timeline's `tls_done` (nothing on a plain side)."""
+        return {}
+
     def truncated(self) -> bool:
         """The peer's stream ended without the end its protocol requires (a TLS close_notify)."""
         return False
@@ -423,6 +442,7 @@ class Side(Dispatcher):
     def release(self) -> None:
         """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
         self.owner = self.peer = None
+        self.__dict__.pop("deliver", None)  # a first-byte watch that never fired refers to this side
 
     def unsent_in_kernel(self) -> int:
         """Bytes sent to this socket that its peer has not acknowledged yet (0 if unknown)."""

@@ -118,6 +118,9 @@ class TlsSide(Side):
     def truncated(self) -> bool:
         return self.session.truncated
 
+    def tls_details(self) -> dict[str, object]:
+        return self.session.details()
+
     def log_fields(self) -> dict[str, object]:
         session = self.session
         fields: dict[str, object] = {f"{self.name}_tls": session.version}

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.schema import ListenerConfig
-from proxy.config.units import IPNetwork, canonical_ip
+from proxy.config.certificates import name_matches
+from proxy.config.schema import ListenerConfig, MatchConfig
+from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
 from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks
@@ -43,6 +44,16 @@ def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
     """A peek: the ClientHello stays in the data, to be forwarded as it is."""
     hello = peek_server_name(data)
     return None if hello is None else (hello, 0)
+
+
+def _conditions_held(match: MatchConfig, address: Any, server_name: str | None) -> str:
+    """Why a selected route matched, for the timeline: the network and the name pattern that held."""
+    held = []
+    if match.source:
+        held.append(f"source {next(network for network in match.source if address in network)}")
+    if match.sni:
+        held.append(f"sni {next(pattern for pattern in match.sni if name_matches(pattern, server_name))}")
+    return " and ".join(held) or "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,12 @@ class Admission:
         if info.source is not None:  # a LOCAL or UNKNOWN header names nobody: the peer it is
             self.source, self.destination = info.source, info.destination
             self.pair.set_client_address(info.source)
+        if self.pair.timeline:
+            if info.source is None:
+                self.pair.event("preamble", kind="proxy", found="local")
+            else:
+                source, destination = format_sockaddr(info.source), format_sockaddr(info.destination)
+                self.pair.event("preamble", kind="proxy", source=source, destination=destination)
         self.admit(rest)
 
     def admit(self, rest: bytes) -> None:
@@ -182,6 +199,8 @@ class Admission:
     def peeked(self, hello: Hello, data: bytes) -> None:
         self.pair.sni = hello.server_name
         self.pair.note = hello.reason
+        if self.pair.timeline:
+            self.pair.event("preamble", kind="client_hello", sni=hello.server_name, reason=hello.reason)
         self.route(data, hello.server_name)
 
     def route(self, payload: bytes, server_name: str | None) -> None:
@@ -191,6 +210,9 @@ class Admission:
             pair.finish("no_route")
             return
         pair.route, route = selected
+        if pair.timeline:
+            why = _conditions_held(route.match, self.address, server_name)
+            pair.event("routed", route=pair.route, upstream=route.upstream, match=why)
         pool = table.pools[route.upstream]
         preface = b""
         if pool.config.proxy_protocol is not None:
