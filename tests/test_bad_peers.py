@@ -362,19 +362,29 @@ class Env:
         """A client socket for `listener`, bound (so that `who` knows it) but not connected yet;
         `rcvbuf` sets its receive buffer before the handshake."""
         mark = len(self.proxy.lines)
-        sock = Client()
-        sock.listener = listener
+        held: list[Client] = []  # sockets on ports used before, kept bound so the next bind differs
         try:
-            if rcvbuf is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.settimeout(timeout)
-            sock.bind(("127.0.0.1", 0))
-        except BaseException:
-            sock.close()
-            raise
-        with self._lock:
-            self._connected_at[who(sock)] = mark
-        return sock
+            while True:
+                sock = Client()
+                sock.listener = listener
+                try:
+                    if rcvbuf is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                    sock.settimeout(timeout)
+                    sock.bind(("127.0.0.1", 0))
+                except BaseException:
+                    sock.close()
+                    raise
+                with self._lock:
+                    # A port a client reset a moment ago is free at once, but its access line may
+                    # still be on its way: one port, one client, for the life of the proxy.
+                    if who(sock) not in self._connected_at:
+                        self._connected_at[who(sock)] = mark
+                        return sock
+                held.append(sock)
+        finally:
+            for sock in held:
+                sock.close()
 
     def connect(self, listener: str, timeout: float = WAIT, rcvbuf: int | None = None) -> Client:
         """A client connected to `listener`."""

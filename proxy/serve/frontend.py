@@ -17,12 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.certificates import name_matches
 from proxy.config.schema import ListenerConfig, MatchConfig
 from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
-from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks
+from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
@@ -50,9 +49,9 @@ def _conditions_held(match: MatchConfig, address: Any, server_name: str | None) 
     """Why a selected route matched, for the timeline: the network and the name pattern that held."""
     held = []
     if match.source:
-        held.append(f"source {next(network for network in match.source if address in network)}")
+        held.append(f"source {first_network(address, match.source)}")
     if match.sni:
-        held.append(f"sni {next(pattern for pattern in match.sni if name_matches(pattern, server_name))}")
+        held.append(f"sni {first_pattern(match.sni, server_name)}")
     return " and ".join(held) or "default"
 
 
