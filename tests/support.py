@@ -367,3 +367,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, interval: f
             return True
         time.sleep(interval)
     return predicate()
+
+
+def exhaust_descriptors(limit: int = 64) -> list[socket.socket]:
+    """In a child process made for it: lower the open-file limit to `limit` and take every
+    descriptor left, so that the next socket() fails with EMFILE. Keep the list alive."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    hoard = []
+    try:
+        while True:
+            hoard.append(socket.socket())
+    except OSError:
+        pass
+    return hoard

@@ -26,7 +26,8 @@ SAFETY = 5.0
 # Run in a child: it lowers its own descriptor limit, which must not touch the test process.
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
-    import io, resource, socket, types
+    import io, socket, types
+    from tests.support import exhaust_descriptors
     from proxy.loop.connector import Connector
     from proxy.log import EventLog
     from proxy.loop.reactor import Reactor
@@ -52,14 +53,7 @@ _OUT_OF_DESCRIPTORS = textwrap.dedent(
             seen.append(f"unreachable: {reason} local={local}")
             reactor.stop()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-    hoard = []
-    try:
-        while True:
-            hoard.append(socket.socket())
-    except OSError:
-        pass
+    hoard = exhaust_descriptors()
     candidate = types.SimpleNamespace(address=Address("127.0.0.1", server.getsockname()[1]))
     Connector(reactor, Resolver(reactor), iter([candidate, candidate]), 1.0, Observer()).start()
     reactor.call_later(5, reactor.stop)

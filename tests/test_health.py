@@ -53,7 +53,8 @@ def test_a_refused_server_is_marked_down():
 # Run in a child: it lowers its own descriptor limit, which must not touch the test process.
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
-    import io, resource, socket, sys
+    import io, socket, sys
+    from tests.support import exhaust_descriptors
     from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
     from proxy.serve.health import HealthChecker
     from proxy.log import EventLog
@@ -70,14 +71,7 @@ _OUT_OF_DESCRIPTORS = textwrap.dedent(
     check = HealthCheckConfig(interval=0.05, timeout=0.5, rise=1, fall=1)
     address = Address("127.0.0.1", server.getsockname()[1])
     pool = Pool(UpstreamConfig("db", (ServerConfig(address),), health_check=check))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-    hoard = []
-    try:
-        while True:
-            hoard.append(socket.socket())
-    except OSError:
-        pass
+    hoard = exhaust_descriptors()
     checker = HealthChecker(reactor, Resolver(reactor), pool, log)
     reactor.call_later(0.5, reactor.stop)
     reactor.loop()
