@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import textwrap
 
@@ -67,5 +69,29 @@ def test_a_reload_under_workers_never_joins_a_served_port(tmp_path, start_proxy,
     assert len(serving.wait_access(20)) == 20, "the first instance served every connection"
     assert not second.access_lines()
     _round_trips(second.address, 2)  # its own listener still serves
+    assert second.stop() == 0
+    assert serving.stop() == 0
+
+
+def test_a_worker_restarted_after_a_rejected_reload_serves_the_old_table(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    serving = start_proxy(*_args("run", tmp_path, upstream, 0, "first"))
+    path = tmp_path / "second.yaml"
+    path.write_text(f'listeners:\n  - {{name: own, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}\n')
+    second = start_proxy("run", "-c", str(path), "--workers", "2", wait_listening=2)
+    path.write_text(
+        path.read_text() + f'  - {{name: taken, listen: "127.0.0.1:{serving.port}", upstream: "{upstream.address}"}}\n'
+    )
+    second.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: second.log_text().count(" reload_rejected ") == 2), second.log_text()
+    victim = int(re.search(r"worker_started worker=0 pid=(\d+)", second.log_text()).group(1))
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: second.log_text().count(" worker_started ") == 3), second.log_text()
+    # The restarted worker starts from the table the workers kept, not from the one they refused.
+    assert wait_until(lambda: second.log_text().count(" listening ") == 3), second.log_text()
+    assert "listener=taken" not in second.log_text()
+    _round_trips(serving.address, 20)
+    assert len(serving.wait_access(20)) == 20, "the first instance served every connection"
+    assert not second.access_lines()
     assert second.stop() == 0
     assert serving.stop() == 0

@@ -311,24 +311,28 @@ class Supervisor:
             config = None  # every worker logs the errors and keeps its table; restarts keep the old one too
         records: list[list[tuple[bytes, str, socket.socket | None]]] = [[] for _ in range(self.count)]
         if config is not None:
-            self.config = config
             keys = {listener_key(listener) for listener in config.listeners}
-            self._served &= keys
+            served, pins, refused = self._served & keys, dict(self.pins), False
             for listener in config.listeners:
                 key = listener_key(listener)
-                if key in self._served:
+                if key in served:
                     continue
                 try:
                     group = bind_reuseport_group(listener.listen, self.count)
                 except ProxyError as exc:
+                    refused = True
                     for pending in records:
                         pending.append((REFUSE, f"{listener.listen} {exc}", None))
                     continue
-                self._served.add(key)
+                served.add(key)
                 if listener.listen.port == 0:
-                    self.pins[key] = group[0].getsockname()[1]
+                    pins[key] = group[0].getsockname()[1]
                 for pending, sock in zip(records, group, strict=True):
                     pending.append((LISTEN, str(listener.listen), sock))
+            # A reload is all or nothing: the workers refuse a table with an address taken, so a
+            # worker started later must begin with the table they kept, not the refused one.
+            if not refused:
+                self.config, self._served, self.pins = config, served, pins
         for index, pending in enumerate(records):
             link = self.links.get(index)
             try:
