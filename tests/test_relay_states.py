@@ -119,3 +119,16 @@ def test_an_illegal_move_ends_exactly_its_connection_as_an_error(tmp_path, start
     for access in lines.events("access"):
         assert (access["result"], access["reason"]) == ("error", errors[0]["error"])
     assert "Traceback" not in lines.text()
+
+
+def test_a_paused_side_whose_read_event_was_already_due_can_see_the_end_of_stream(side):
+    # The reactor delivers a batch's events without asking readable() again: a side paused by
+    # an earlier handler of the same batch (its peer's buffer, or the process budget, filled)
+    # still gets its read, and the remote end may have closed.
+    side._read_to(Reading.READING)
+    side._read_to(Reading.PAUSED)
+    side.owner.events.clear()
+    side.socket.shutdown(socket.SHUT_RD)  # what the remote end's FIN does to our reads
+    side.handle_read()
+    assert side.read is Reading.EOF
+    assert side.owner.events == [("end_of_stream", "client")]

@@ -78,7 +78,7 @@ _READ_MOVES: dict[Reading, frozenset[Reading]] = {
     Reading.IDLE: frozenset({Reading.HANDSHAKING, Reading.READING}),
     Reading.HANDSHAKING: frozenset({Reading.IDLE}),
     Reading.READING: frozenset({Reading.PAUSED, Reading.EOF}),
-    Reading.PAUSED: frozenset({Reading.READING}),
+    Reading.PAUSED: frozenset({Reading.READING, Reading.EOF}),  # a read already due may find the end
     Reading.EOF: frozenset(),
 }
 _WRITE_MOVES: dict[Writing, frozenset[Writing]] = {
@@ -400,10 +400,8 @@ class Side(Dispatcher):
         try:
             done = self.shutdown_write(last=self.peer.write is _SHUT)
         except OSError as exc:
-            if classify(exc) is not Meaning.PEER_GONE:
-                raise
-            if self.read is not Reading.EOF:
-                self.owner.peer_gone(self, exc)
+            if classify(exc) is not Meaning.PEER_GONE or self.read is not Reading.EOF:
+                self.handle_error(exc)  # may run while the other side is served, but this socket failed
                 return
             # That peer had ended its own sending and then closed outright: nothing of ours
             # was lost but a TLS close_notify it no longer wanted.
