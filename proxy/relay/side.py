@@ -467,8 +467,12 @@ class Side(Dispatcher):
 
     def close(self) -> None:
         super().close()
-        self.outgoing.budget.forget(self)
-        self.outgoing.clear()  # what it held no longer counts against the budget
+        outgoing = self.outgoing
+        budget = outgoing.budget
+        if budget.over:  # it holds producers only while over
+            budget.forget(self)
+        if outgoing.size:
+            outgoing.clear()  # what it held no longer counts against the budget
         if self.pipe is not None:
             self.pipe.close()
 
