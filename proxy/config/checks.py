@@ -8,13 +8,12 @@ upstreams. The loader reads the file and reports what these return; nothing here
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config.certificates import name_matches
 from proxy.config.schema import Config, ListenerConfig, MatchConfig
-from proxy.config.units import Address, IPNetwork
+from proxy.config.units import Address, IPAddress, IPNetwork, canonical_ip
 
 
 @dataclass(frozen=True, order=True)
@@ -173,13 +172,12 @@ def _clash(first: Address, later: Address) -> str | None:
     return None
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _ip(host: str) -> IPAddress | None:
     """The IP a listener host is, an IPv4-mapped IPv6 one as IPv4; None for a host name."""
     try:
-        ip = ipaddress.ip_address(host)
+        return canonical_ip(host)
     except ValueError:
         return None
-    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
 
 
 def _sni_covered(name: str, patterns: frozenset[str]) -> bool:

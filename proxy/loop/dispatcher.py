@@ -70,9 +70,6 @@ class Dispatcher:
     def handle_connect(self) -> None:
         pass
 
-    def handle_close(self) -> None:
-        self.close()
-
     def handle_error(self, exc: BaseException) -> None:
         """An exception escaped a handler: log it and close this dispatcher only."""
         self.reactor.log.failure("dispatcher_error", exc, dispatcher=type(self).__name__)

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig, UpstreamConfig
-from proxy.config.units import canonical_ip, join_host_port, parse_address
-from proxy.policy.routes import AccessPolicy, IPAddress, RouteTable, first_network, first_pattern
+from proxy.config.units import IPAddress, canonical_ip, join_host_port, parse_address
+from proxy.policy.routes import AccessPolicy, RouteTable, first_network, first_pattern
 from proxy.policy.upstreams import Pool
 
 # A route's status: matched, failed a condition, undecided without a client, or after the winner.

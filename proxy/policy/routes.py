@@ -10,14 +10,11 @@ dual-stack listener's clients and rules written either way agree.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, replace
 
 from proxy.config.certificates import name_matches
 from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig
-from proxy.config.units import IPNetwork, canonical_network
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from proxy.config.units import IPAddress, IPNetwork, canonical_network
 
 
 def canonical_networks(networks: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:

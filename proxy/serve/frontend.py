@@ -113,8 +113,7 @@ class Table:
         """Whether a PROXY header from the TCP peer `peer` is to be believed."""
         if self.trusted is None:
             return True
-        address = canonical_ip(peer[0])
-        return any(address in network for network in self.trusted)
+        return first_network(canonical_ip(peer[0]), self.trusted) is not None
 
 
 class Admission:
