@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 import ssl
 
 
@@ -81,3 +82,10 @@ def classify(exc: BaseException) -> Meaning:
         if code in OUT_OF_DESCRIPTORS:
             return Meaning.OUT_OF_DESCRIPTORS
     return Meaning.BUG
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What went wrong, in the lower-case words an error line continues with: `permission denied`."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return (exc.strerror or str(exc)).lower()

@@ -293,8 +293,8 @@ def test_a_pair_whose_connect_code_raises_ends_alone_with_result_error(reactor, 
 
     stream = io.StringIO()
     resolver = Resolver(reactor)
-    runtime = Runtime(reactor, resolver, EventLog(stream=stream), None)
-    settings = PairSettings(listener="edge", connect_timeout=1.0, idle_timeout=5.0, buffer_size=65536, hexdump=False)
+    runtime = Runtime(reactor, resolver, EventLog(stream=stream))
+    settings = PairSettings(listener="edge", connect_timeout=1.0, idle_timeout=5.0, buffer_size=65536)
     client, proxy_end = socket.socketpair()
     registered = len(reactor.map)
     pool = Pool(UpstreamConfig("up", (ServerConfig(Address("127.0.0.1", listening)),)))

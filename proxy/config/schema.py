@@ -88,6 +88,22 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class PcapConfig:
+    path: str  # absolute path, or "-" for standard output
+    max_size: int | None = None  # rotate before a file would pass this many bytes (None: never)
+    keep: int = 10  # rotated files kept: PATH.1 (newest) ... PATH.keep
+
+
+@dataclass(frozen=True)
+class DumpCondition:
+    """One `--dump-only` filter: KEY=VALUE."""
+
+    key: str  # "conn" | "listener" | "route" | "client" | "server"
+    text: str  # as the user wrote it, e.g. "client=10.0.0.0/8" (for messages)
+    value: object  # conn: int; listener, route: str; client: IPNetwork; server: Address
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     """Conditions of a route; all given ones must hold. Empty tuples match everything."""
 
@@ -100,6 +116,10 @@ class RouteConfig:
     upstream: str
     match: MatchConfig = MatchConfig()
     name: str | None = None
+    hexdump: bool | None = None  # None: the listener's
+    pcap: PcapConfig | None = None
+    snaplen: int | None = None
+    dump_only: tuple[DumpCondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,9 @@ class ListenerConfig:
     # With accept_proxy_protocol: the peers whose PROXY header is believed; None trusts every peer.
     proxy_trusted: tuple[IPNetwork, ...] | None = None
     tls: ListenerTlsConfig | None = None
+    pcap: PcapConfig | None = None
+    snaplen: int | None = None
+    dump_only: tuple[DumpCondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=lambda: MappingProxyType({}))
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
+    dump_file: str | None = None  # None or "-": standard output
 
     def __post_init__(self) -> None:
         # Frozen all through: a copy of what was given, read-only.

@@ -32,6 +32,7 @@ WINDOW = 0xFFFF  # every segment advertises this, unscaled
 
 _TCP_HEADER = 20
 _IPV4_HEADER = 20
+_IPV6_HEADER = 40
 MAX_PAYLOAD_IPV4 = 0xFFFF - _IPV4_HEADER - _TCP_HEADER  # the IPv4 total length counts its own header
 MAX_PAYLOAD_IPV6 = 0xFFFF - _TCP_HEADER  # the IPv6 payload length does not count the fixed header
 _TTL = 64
@@ -182,6 +183,7 @@ class TcpConversation:
         self._flows = {Peer.CLIENT: from_client, Peer.SERVER: from_server}
         self._ipv4 = len(client_end[0]) == 4
         self.max_payload = MAX_PAYLOAD_IPV4 if self._ipv4 else MAX_PAYLOAD_IPV6
+        self.header_size = (_IPV4_HEADER if self._ipv4 else _IPV6_HEADER) + _TCP_HEADER  # before a payload
         self.state = ConversationState.NEW
 
     def open(self) -> list[Packet]:
@@ -305,8 +307,13 @@ class PcapngWriter:
         ip_packet: bytes,
         direction: Direction,
         comment: str | None = None,
+        captured: int | None = None,
     ) -> bytes:
-        """An Enhanced Packet Block: `ip_packet` whole, seen at `timestamp_us` (microseconds since the epoch)."""
+        """An Enhanced Packet Block: `ip_packet` seen at `timestamp_us` (microseconds since the epoch).
+
+        `captured` keeps only that many of its first bytes (a snap length), the block still
+        saying how long the packet was; None keeps it whole.
+        """
         if self._interfaces is None or not 0 <= interface < self._interfaces:
             raise ValueError(f"interface {interface} was not declared in this section")
         if not 0 <= timestamp_us < 1 << 64:
@@ -315,5 +322,6 @@ class PcapngWriter:
         if comment is not None:
             options.append((_OPT_COMMENT, comment.encode()))
         size = len(ip_packet)
-        fixed = struct.pack("<IIIII", interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, size, size)
-        return _block(_EPB, fixed + _padded(ip_packet) + _options(*options))
+        kept = ip_packet if captured is None or captured >= size else memoryview(ip_packet)[: max(captured, 0)]
+        fixed = struct.pack("<IIIII", interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, len(kept), size)
+        return _block(_EPB, fixed + _padded(kept) + _options(*options))

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
-from proxy.config.units import Address, format_sockaddr
+from proxy.config.units import Address, format_sockaddr, parse_address
 from proxy.errors import StateError
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
@@ -61,8 +61,10 @@ from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
 from proxy.relay.buffer import Budget
+from proxy.relay.capture import ConnectionCapture, RecordingSocket
+from proxy.relay.dumping import DumpPlan
 from proxy.relay.side import Side, StateEnum, Writing
-from proxy.relay.tap import HexdumpWriter
+from proxy.relay.tap import HexdumpWriter, SnappedDump
 from proxy.relay.tls_side import TlsSide
 
 if TYPE_CHECKING:
@@ -79,7 +81,6 @@ class Runtime:
         reactor: Reactor,
         resolver: Resolver,
         log: EventLog,
-        hexdump: HexdumpWriter | None,
         worker: tuple[int, int] = (0, 1),
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
@@ -89,7 +90,6 @@ class Runtime:
         self.log = log
         self.log_access = log.enabled("info")  # when off (warning and up), no access record is built
         self.timeline = log.debugging  # each pair logs its `conn_event` lines
-        self.hexdump = hexdump
         # One read buffer for the whole process: the loop is single-threaded and every read is
         # forwarded (or copied into a SendBuffer) before the next one.
         self.scratch = memoryview(bytearray(SCRATCH_SIZE))
@@ -113,7 +113,7 @@ class PairSettings:
     connect_timeout: float  # the listener's: how long a client may take to send a preamble
     idle_timeout: float
     buffer_size: int
-    hexdump: bool
+    dump: DumpPlan | None = None  # None: no connection of this listener is dumped or captured
     splice: bool = False  # move bytes with os.splice where neither side is TLS
 
 
@@ -156,9 +156,18 @@ class Pair:
         self.route: str | int | None = None
         self.conn = runtime.next_conn_id()
         self.on_finish = on_finish
-        self.tap = runtime.hexdump if settings.hexdump else None
-        # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
-        self.splice = settings.splice and self.tap is None
+        # The dump and the capture are decided once routed and connected (or at the end).
+        self.tap: HexdumpWriter | SnappedDump | None = None
+        self.dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
+        self.capture: ConnectionCapture | None = None
+        self._dump_pending = False
+        plan = settings.dump
+        if plan is not None and plan.may_dump(self.conn):
+            self._dump_pending = True
+            self._client_host = client_address[0]
+            if plan.captures:
+                self.capture = ConnectionCapture(self.conn, settings.listener)
+                client_sock = self.capture.client_leg(client_sock, client_address)  # type: ignore[assignment]
         self.started = reactor.now
         self.phase = Phase.ADMITTING
         self._idle_from = reactor.now  # besides the sides' own last_active: when admission ended
@@ -217,7 +226,6 @@ class Pair:
             scratch=runtime.scratch,
             buffer_size=settings.buffer_size,
             budget=runtime.budget,
-            tap=self.tap,
             conn=self.conn,
             **extra,
         )
@@ -264,6 +272,8 @@ class Pair:
     def set_client_address(self, sockaddr: tuple) -> None:
         """The client as the log should name it (a PROXY header may say who it really is)."""
         self.client.address = format_sockaddr(sockaddr)
+        if self._dump_pending:
+            self._client_host = sockaddr[0]
 
     def connected(self, attempt: ConnectAttempt, server: ServerState) -> None:
         self.connector = None
@@ -272,6 +282,8 @@ class Pair:
         self._server_state = server
         sock = attempt.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.capture is not None:
+            sock = self.capture.upstream_leg(sock)  # type: ignore[assignment]
         address = format_sockaddr(attempt.sockaddr)
         if self.timeline:
             connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
@@ -304,11 +316,21 @@ class Pair:
             self.pool.connect_succeeded(self._server_state)  # for TLS, only once its handshake worked
         self.connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
         client, upstream = self.client, self.upstream
-        splice = self.splice and type(client) is Side and type(upstream) is Side
+        if self._dump_pending:
+            self._decide_dump()
+        # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
+        splice = (
+            self.settings.splice
+            and self.tap is None
+            and self.capture is None
+            and type(client) is Side
+            and type(upstream) is Side
+        )
         client.join(upstream, splice=splice)
         upstream.join(client, splice=splice)
         if self.tap is not None:
-            self.tap.opened(self.conn, client.address, upstream.address)
+            client.tap = upstream.tap = self.tap
+            self.dump_events.opened(self.conn, client.address, upstream.address)
         if self.timeline:
             client.watch_first_byte(self._first_byte)
             upstream.watch_first_byte(self._first_byte)
@@ -337,6 +359,36 @@ class Pair:
             self.settings.connect_timeout, self._handshake_timed_out, self.client
         )
         self.client.start()
+
+    def _decide_dump(self) -> None:
+        """Whether this connection is dumped and captured, now that what the filters ask is known."""
+        self._dump_pending = False
+        plan = self.settings.dump
+        servers = () if self.server is None else (self.server,)
+        upstream = self.upstream
+        if upstream is not None:
+            try:
+                servers += (parse_address(upstream.address),)
+            except ValueError:
+                pass  # an address no filter can name (an IPv6 zone)
+        decision = plan.decide(self.conn, self.route, self._client_host, servers)
+        self.tap = decision.tap
+        if decision.tap is not None:
+            self.dump_events = plan.writer
+        capture = self.capture
+        if capture is None:
+            return
+        if decision.sink is None:
+            capture.discard()
+            self.capture = None
+            for side in (self.client, upstream):  # not captured: the plain sockets, and the fast path
+                if side is not None and isinstance(side.socket, RecordingSocket):
+                    side.socket = side.socket.raw
+            return
+        route = "-" if self.route is None else self.route
+        capture.commit(
+            decision.sink, f"conn={self.conn} listener={self.settings.listener} route={route}", decision.snaplen
+        )
 
     def _first_byte(self, side: Side) -> None:
         self.event("first_byte", direction=side.direction)
@@ -483,6 +535,8 @@ class Pair:
             self.connector = None
         if self.preamble is not None:
             self.preamble.stop()
+        if self._dump_pending:
+            self._decide_dump()
         if self._server_state is not None:
             self.pool.connection_ended(self._server_state)
         for side in (self.client, self.upstream):
@@ -497,10 +551,10 @@ class Pair:
             self.event("closed", result=result, reason=reason, close_by=close_by)
         if self.runtime.log_access:
             self._log_access(result, reason, close_by)
-        if self.tap is not None:
-            if self.upstream is None:
-                self.tap.opened(self.conn, self.client.address, self.settings.listener)
-            self.tap.closed(self.conn, result)
+        if self.dump_events is not None:
+            if self.upstream is None or self.upstream.peer is None:  # never opened
+                self.dump_events.opened(self.conn, self.client.address, self.settings.listener)
+            self.dump_events.closed(self.conn, result)
         if self.on_finish is not None:
             self.on_finish(self)
         self.runtime.reactor.call_soon(self._release)

@@ -32,7 +32,7 @@ from proxy.relay.splice import BULK_READ, SPLICE_AFTER, PipeBuffer
 
 if TYPE_CHECKING:
     from proxy.loop.reactor import Reactor
-    from proxy.relay.tap import HexdumpWriter
+    from proxy.relay.tap import HexdumpWriter, SnappedDump
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # the same request as SIOCOUTQ on a TCP socket (Linux)
@@ -141,7 +141,6 @@ class Side(Dispatcher):
         scratch: memoryview,
         buffer_size: int,
         budget: Budget,
-        tap: HexdumpWriter | None = None,
         conn: int = 0,
     ) -> None:
         super().__init__(reactor, sock)
@@ -151,7 +150,7 @@ class Side(Dispatcher):
         self.direction = direction  # of the bytes read from this socket, for the hex dump
         self.peer: Side | None = None
         self.scratch = scratch  # the process's one read buffer
-        self.tap = tap
+        self.tap: HexdumpWriter | SnappedDump | None = None  # set by the owner when the pair is dumped
         self.conn = conn  # the connection's number, for the dump
         self.outgoing = SendBuffer(buffer_size, budget=budget)
         self.buffer_size = buffer_size

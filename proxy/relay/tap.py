@@ -1,4 +1,4 @@
-"""The hex dump tap: what a pair forwards, written as the contract's dump on stdout.
+"""The hex dump tap: what a pair forwards, written as the contract's dump (stdout or a file).
 
 Event lines (open, close) and, per chunk, a header and `hexdump -C` style lines, through a
 bounded output queue so that a reader that does not keep up never slows serving.
@@ -34,7 +34,8 @@ class HexdumpWriter:
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.output: Output | StreamOutput = output_for(stream if stream is not None else sys.stdout, DUMP_QUEUE_LIMIT)
+        self.stream = stream if stream is not None else sys.stdout  # kept: its descriptor is the output's
+        self.output: Output | StreamOutput = output_for(self.stream, DUMP_QUEUE_LIMIT)
         self.output.on_recovered = self._dropped_line
         self._dropped_conn = 0
 
@@ -54,3 +55,26 @@ class HexdumpWriter:
     def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
         header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={len(data)} {source} -> {destination}\n"
         self._emit(conn, header + "\n".join(dump_lines(data)) + "\n")
+
+    def truncated(self, conn: int, direction: str, offset: int) -> None:
+        self._emit(conn, f"{timestamp_us()} conn={conn} {direction} truncated offset={offset}\n")
+
+
+class SnappedDump:
+    """The dump of one connection cut at `snaplen` bytes per direction, with one `truncated` line
+    where each direction's dump stops. A side calls it as it would call the writer."""
+
+    __slots__ = ("writer", "snaplen")
+
+    def __init__(self, writer: HexdumpWriter, snaplen: int) -> None:
+        self.writer = writer
+        self.snaplen = snaplen
+
+    def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
+        snaplen = self.snaplen
+        if offset + len(data) <= snaplen:
+            self.writer.chunk(conn, direction, offset, data, source, destination)
+        elif offset <= snaplen:  # this chunk crosses the limit (or starts on it): the last one dumped
+            if offset < snaplen:
+                self.writer.chunk(conn, direction, offset, data[: snaplen - offset], source, destination)
+            self.writer.truncated(conn, direction, snaplen)

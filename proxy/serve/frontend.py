@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig
@@ -25,13 +25,16 @@ from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, fi
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from proxy.relay.dumping import DumpPlan, SinkFor
 from proxy.relay.pair import Pair, PairSettings, Runtime
 from proxy.relay.preamble import PreambleReader
+from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import server_context
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
 UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
+DumpOutputs = tuple[HexdumpWriter, SinkFor]  # where a listener's hex dump and captures go
 
 
 def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
@@ -80,10 +83,12 @@ class Table:
         *,
         hexdump: bool,
         splice: bool,
+        dump_outputs: DumpOutputs,
     ) -> Table:
         """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
 
-        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice.
+        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice;
+        `dump_outputs` are where its dumps and captures go.
         """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
@@ -96,7 +101,7 @@ class Table:
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
                 buffer_size=config.buffer_size,
-                hexdump=config.hexdump or hexdump,
+                dump=DumpPlan.of(replace(config, hexdump=True) if hexdump else config, name, *dump_outputs),
                 splice=splice,
             ),
             policy=policy,

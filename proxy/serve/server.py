@@ -23,11 +23,12 @@ import socket
 import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.schema import Config, listener_key
+from proxy.config.schema import Config, PcapConfig, listener_key
 from proxy.config.units import format_sockaddr
-from proxy.errors import ProxyError, StartupError, describe_ssl_error
+from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import bind_listening_socket, raise_fd_limit
@@ -35,6 +36,7 @@ from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool
 from proxy.relay.pair import Runtime
+from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import client_context
@@ -95,14 +97,41 @@ class Server:
         attach_output(self.reactor, log.output)
         self.resolver = Resolver(self.reactor)
         self.force_hexdump = hexdump
-        self.hexdump = HexdumpWriter()
+        self.hexdump = HexdumpWriter(self._dump_stream(config.dump_file))
         attach_output(self.reactor, self.hexdump.output)
-        self.runtime = Runtime(self.reactor, self.resolver, log, self.hexdump, worker, max_buffered=config.max_buffered)
+        self.sinks: dict[str, PcapSink] = {}  # capture targets by path, for the life of the process
+        self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
+
+    @staticmethod
+    def _dump_stream(path: str | None) -> TextIO | None:
+        """The hex dump's file (appended to), or None for standard output."""
+        if path is None or path == STANDARD_OUTPUT:
+            return None
+        try:
+            return open(path, "a", encoding="utf-8")  # open for the life of the server
+        except OSError as exc:
+            raise StartupError(f"dump file {path}: {describe_os_error(exc)}") from None
+
+    def _sink_for(self, config: PcapConfig) -> PcapSink:
+        """The capture target `config` names, opened once and shared by every listener naming it."""
+        path = worker_path(config.path, *self.worker)
+        sink = self.sinks.get(path)
+        if sink is None:
+            try:
+                sink = PcapSink(config, path, self._capture_lost)
+            except OSError as exc:
+                raise StartupError(f"pcap file {path}: {describe_os_error(exc)}") from None
+            attach_output(self.reactor, sink.output)
+            self.sinks[path] = sink
+        return sink
+
+    def _capture_lost(self, packets: int, size: int) -> None:
+        self.log.warning("pcap_dropped", packets=packets, bytes=size)
 
     def bind(self, *, signals: bool = True) -> None:
         """Get ready to serve: take over the signals, then bind every listener, or none (a
@@ -174,8 +203,16 @@ class Server:
             name = listener.name or format_sockaddr(sock.getsockname())
             try:
                 build.tables[key] = Table.build(
-                    listener, name, build.pools, build.upstream_tls, hexdump=self.force_hexdump, splice=self.splice
+                    listener,
+                    name,
+                    build.pools,
+                    build.upstream_tls,
+                    hexdump=self.force_hexdump,
+                    splice=self.splice,
+                    dump_outputs=(self.hexdump, self._sink_for),
                 )
+            except StartupError as exc:
+                build.problems.append(str(exc))
             except (ssl.SSLError, OSError) as exc:
                 build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
         return build
@@ -285,4 +322,6 @@ class Server:
         self.log.output.detach()
         self.hexdump.output.flush()
         self.hexdump.output.close()
+        for sink in self.sinks.values():
+            sink.close()
         self.reactor.close()

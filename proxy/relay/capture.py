@@ -1,0 +1,239 @@
+"""The pcap tap: a captured connection's two legs, recorded from what their sockets carried.
+
+A captured connection's sockets are wrapped in RecordingSockets, which pass every call through
+and tell their leg what went over the wire: bytes received and sent (TLS sides: the
+ciphertext), a FIN at end of stream or at shutdown, an RST at a reset or an abortive close. Each
+leg (client to proxy, proxy to upstream) is a TcpConversation between the socket's real
+addresses, which turns that into packets, and the capture hands them to a PcapSink.
+
+Whether a connection is captured is only certain once it is routed and connected (a filter may
+name the route or the server), but its first packets (the handshake, a PROXY header, a
+ClientHello, TLS) come before that. So the capture holds its packets, bounded, until the pair
+decides: `commit` writes them and goes on writing live; `discard` drops them, and the pair puts
+its plain sockets back, so a connection that is not captured copies or splices like any other.
+A connection that is never wrapped pays nothing at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from proxy.errors import Meaning, classify
+from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConversation
+from proxy.relay.pcap_sink import PcapSink
+
+PENDING_LIMIT = 1024 * 1024  # bytes of packets held before the decision; beyond, they are not captured
+
+
+class Leg:
+    """One TCP connection of a captured pair, as seen from the proxy's end of it."""
+
+    __slots__ = ("capture", "conversation", "local", "remote", "label", "headers", "sent", "abortive", "generation")
+
+    def __init__(self, capture: ConnectionCapture, conversation: TcpConversation, local: Peer, label: str) -> None:
+        self.capture = capture
+        self.conversation = conversation
+        self.local = local
+        self.remote = Peer.SERVER if local is Peer.CLIENT else Peer.CLIENT
+        self.label = label  # what the leg's comment adds: which leg, and its far end
+        self.headers = conversation.header_size
+        self.sent = {Peer.CLIENT: 0, Peer.SERVER: 0}  # payload bytes per sender, for the snap length
+        self.abortive = False  # SO_LINGER 0 was set: closing sends an RST
+        self.generation = 0  # the sink section this leg last said who it is in
+
+    def data(self, sender: Peer, data: memoryview) -> None:
+        packets = self._call(self.conversation.send, sender, data)
+        if not packets:
+            return
+        # Each packet's payload offset in its sender's stream, for the snap length: data and
+        # acknowledgements alternate, and only data packets carry payload.
+        offset = self.sent[sender]
+        self.sent[sender] = offset + len(data)
+        offsets: list[int | None] = []
+        for packet in packets:
+            if len(packet.ip) > self.headers:
+                offsets.append(offset)
+                offset += len(packet.ip) - self.headers
+            else:
+                offsets.append(None)
+        self.capture.emit(self, packets, offsets)
+
+    def fin(self, sender: Peer) -> None:
+        self.capture.emit(self, self._call(self.conversation.shutdown, sender))
+
+    def reset(self, sender: Peer) -> None:
+        self.capture.emit(self, self._call(self.conversation.reset, sender))
+
+    def closed(self) -> None:
+        """The proxy closed its socket: an RST if it was abortive, else its FIN if not sent yet."""
+        if self.abortive:
+            self.reset(self.local)
+        else:
+            self.fin(self.local)
+
+    @staticmethod
+    def _call(step: Any, *args: Any) -> list[Packet]:
+        # A step the conversation's state does not allow is one that already happened on the
+        # wire (a FIN after a reset, say): the capture has nothing to add, and never fails the
+        # connection it watches.
+        try:
+            return step(*args)
+        except ConversationStateError:
+            return []
+
+
+class RecordingSocket:
+    """A socket of a captured connection: every call goes to the real socket, and what it
+    carried goes to the leg. Anything not recorded is the real socket's own attribute."""
+
+    __slots__ = ("raw", "leg")
+
+    def __init__(self, raw: socket.socket, leg: Leg) -> None:
+        self.raw = raw
+        self.leg = leg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def _failed(self, exc: OSError) -> None:
+        if classify(exc) is Meaning.PEER_GONE:
+            self.leg.reset(self.leg.remote)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        try:
+            count = self.raw.recv_into(buffer, nbytes, flags)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            self._failed(exc)
+            raise
+        self._received(memoryview(buffer)[:count])
+        return count
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        try:
+            data = self.raw.recv(size, flags)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            self._failed(exc)
+            raise
+        self._received(memoryview(data))
+        return data
+
+    def _received(self, data: memoryview) -> None:
+        leg = self.leg
+        if data:
+            leg.data(leg.remote, data)
+        else:
+            leg.fin(leg.remote)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            sent = self.raw.send(data, flags)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            self._failed(exc)
+            raise
+        if sent:
+            self.leg.data(self.leg.local, memoryview(data)[:sent])
+        return sent
+
+    def shutdown(self, how: int) -> None:
+        self.raw.shutdown(how)
+        if how != socket.SHUT_RD:
+            self.leg.fin(self.leg.local)
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        self.raw.setsockopt(level, option, value)
+        if level == socket.SOL_SOCKET and option == socket.SO_LINGER and value[:4] == b"\x01\0\0\0":
+            self.leg.abortive = True
+
+    def close(self) -> None:
+        self.raw.close()
+        self.leg.closed()
+
+
+class ConnectionCapture:
+    """The capture of one connection: its legs, and its packets before and after the decision."""
+
+    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "decided", "pending", "pending_size", "legs")
+
+    def __init__(self, conn: int, listener: str) -> None:
+        self.conn = conn
+        self.listener = listener
+        self.snaplen: int | None = None
+        self.sink: PcapSink | None = None
+        self.comment = ""
+        self.decided = False
+        self.pending: list[tuple[Leg, int, Packet, int | None]] = []
+        self.pending_size = 0
+        self.legs: list[Leg] = []
+
+    def client_leg(self, sock: socket.socket, peer: tuple) -> RecordingSocket:
+        """Record the accepted socket `sock` from `peer`; its handshake has just happened."""
+        conversation = TcpConversation(peer, sock.getsockname(), local=Peer.SERVER)
+        return self._record(sock, conversation, Peer.SERVER, "client")
+
+    def upstream_leg(self, sock: socket.socket) -> RecordingSocket:
+        """Record the socket the proxy connected to an upstream server with."""
+        conversation = TcpConversation(sock.getsockname(), sock.getpeername(), local=Peer.CLIENT)
+        return self._record(sock, conversation, Peer.CLIENT, "upstream")
+
+    def _record(self, sock: socket.socket, conversation: TcpConversation, local: Peer, label: str) -> RecordingSocket:
+        leg = Leg(self, conversation, local, label)
+        self.legs.append(leg)
+        self.emit(leg, conversation.open())
+        return RecordingSocket(sock, leg)
+
+    def emit(self, leg: Leg, packets: list[Packet], offsets: list[int | None] | None = None) -> None:
+        """Write `packets` of `leg` (held until the decision); `offsets` of data packets in their stream."""
+        if self.decided and self.sink is None:
+            return
+        now = time.time_ns() // 1000
+        for index, packet in enumerate(packets):
+            offset = None if offsets is None else offsets[index]
+            if self.decided:
+                self._write(leg, now, packet, offset)
+            elif self.pending_size < PENDING_LIMIT:
+                self.pending.append((leg, now, packet, offset))
+                self.pending_size += len(packet.ip)
+
+    def _write(self, leg: Leg, timestamp_us: int, packet: Packet, offset: int | None) -> None:
+        sink = self.sink
+        comment = None
+        if leg.generation != sink.generation:
+            leg.generation = sink.generation
+            comment = f"{self.comment} leg={leg.label}"
+        captured = None
+        snaplen = self.snaplen
+        if snaplen is not None and offset is not None and offset + len(packet.ip) - leg.headers > snaplen:
+            captured = leg.headers + max(0, snaplen - offset)
+        sink.write(self.listener, timestamp_us, packet, comment, captured)
+
+    def commit(self, sink: PcapSink, comment: str, snaplen: int | None) -> None:
+        """Capture this connection to `sink`: what was held, then everything that follows.
+
+        `comment` names the connection (`conn=ID listener=... route=...`); each leg's first
+        packet in a file carries it, with the leg's name. Past `snaplen` bytes of a direction of
+        a leg, packets keep their headers only.
+        """
+        self.decided = True
+        self.sink, self.comment, self.snaplen = sink, comment, snaplen
+        pending, self.pending = self.pending, []
+        self.pending_size = 0
+        for leg, timestamp_us, packet, offset in pending:
+            self._write(leg, timestamp_us, packet, offset)
+
+    def discard(self) -> None:
+        """Not captured after all: drop what was held and record nothing more."""
+        self.decided = True
+        self.sink = None
+        self.pending.clear()
+        self.pending_size = 0

@@ -1,0 +1,144 @@
+"""A pcapng capture file (or standard output) that many connections write to, rotated by size.
+
+The sink frames packets as pcapng (proxy/protocol/pcapng.py) and writes them through a bounded
+output queue (proxy/output.py), so a reader that does not keep up (`--pcap - | wireshark`)
+never slows serving: a block that does not fit is dropped whole. A capture that lost blocks goes
+on in a new section of the same stream, and the log says how much was lost; Wireshark then shows
+the gap as what it is, segments that were not captured.
+
+Each listener is one interface, declared in a section before its first packet. With a
+`max_size`, the file is rotated before a block would take it past that size: PATH becomes
+PATH.1, PATH.1 becomes PATH.2 and so on, and at most `keep` old files are kept. Every file
+starts with its own section, so each one opens on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from proxy.config.schema import PcapConfig
+from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
+from proxy.protocol.pcapng import Packet, PcapngWriter
+
+STANDARD_OUTPUT = "-"
+
+
+def worker_path(path: str, worker: int, workers: int) -> str:
+    """The file worker `worker` of `workers` writes: one each, since a pcapng stream cannot be shared.
+
+    `capture.pcapng` becomes `capture.w1.pcapng` for worker 1; one process keeps the path.
+    """
+    if workers <= 1 or path == STANDARD_OUTPUT:
+        return path
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.rpartition(".")
+    name = f"{stem}.w{worker}.{suffix}" if dot and stem else f"{name}.w{worker}"
+    return os.path.join(folder, name)
+
+
+class PcapSink:
+    """One capture target: sections, interfaces, rotation and drops.
+
+    `write` takes one packet of a listener's connection; `generation` counts the sections begun
+    so far, so that a connection can say who it is again (its comment) on its first packet in a
+    new one. `on_lost(packets, size)` is told, once a stalled reader has caught up, what was lost.
+    """
+
+    def __init__(self, config: PcapConfig, path: str, on_lost: Callable[[int, int], None]) -> None:
+        self.config = config
+        self.path = path
+        self.on_lost = on_lost
+        self.generation = 0
+        self.lost_packets = 0
+        self._writer = PcapngWriter()
+        self._interfaces: dict[str, int] = {}
+        self._fd: int | None = None
+        self._size = 0  # bytes in the current file
+        self.output: Output | StreamOutput = self._open()
+        self._start_section()
+
+    def _open(self) -> Output | StreamOutput:
+        if self.path == STANDARD_OUTPUT:
+            output = output_for(sys.stdout, DUMP_QUEUE_LIMIT)
+        else:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            output = Output(self._fd, DUMP_QUEUE_LIMIT)
+        output.on_recovered = self._recovered
+        self._size = 0
+        return output
+
+    def _start_section(self) -> None:
+        self.generation += 1
+        self._interfaces.clear()
+        self._put(self._writer.header())
+
+    def _put(self, block: bytes) -> bool:
+        self._size += len(block)
+        return self.output.write(block)
+
+    def _recovered(self, _lines: int, size: int) -> bytes:
+        """The reader caught up after drops: a new section (interfaces are declared again)."""
+        self.on_lost(self.lost_packets, size)
+        self.lost_packets = 0
+        self.generation += 1
+        self._interfaces.clear()
+        header = self._writer.header()
+        self._size += len(header)
+        return header
+
+    def write(
+        self,
+        listener: str,
+        timestamp_us: int,
+        packet: Packet,
+        comment: str | None = None,
+        captured: int | None = None,
+    ) -> None:
+        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet)."""
+        interface = self._interfaces.get(listener)
+        if interface is None:
+            if self._rotation_due(len(packet.ip) + 512):
+                self._rotate()
+            interface, block = self._writer.interface(listener)
+            self._interfaces[listener] = interface
+            self._put(block)
+        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
+        if self._rotation_due(len(block)):
+            self._rotate()
+            self.write(listener, timestamp_us, packet, comment, captured)
+            return
+        if not self._put(block):
+            self.lost_packets += 1
+
+    def _rotation_due(self, size: int) -> bool:
+        limit = self.config.max_size
+        return limit is not None and self._fd is not None and self._size + size > limit and self._size > 512
+
+    def _rotate(self) -> None:
+        """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH."""
+        self._close_file()
+        keep = self.config.keep
+        for index in range(keep, 0, -1):
+            older = f"{self.path}.{index}"
+            newer = self.path if index == 1 else f"{self.path}.{index - 1}"
+            try:
+                os.replace(newer, older)
+            except FileNotFoundError:
+                pass
+        self.output = self._open()
+        self._start_section()
+
+    def _close_file(self) -> None:
+        self.output.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def flush(self) -> None:
+        self.output.flush()
+
+    def close(self) -> None:
+        self.output.flush()
+        self._close_file()
