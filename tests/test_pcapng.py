@@ -6,12 +6,9 @@ Wireshark user would (follow each stream, no analysis warning, the comments)."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import re
-import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -32,6 +29,7 @@ from proxy.protocol.pcapng import (
     Peer,
     TcpConversation,
 )
+from tests.wireshark import find_tshark, follow, run_tshark
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SHB, IDB, EPB = 0x0A0D0D0A, 1, 6
@@ -456,12 +454,7 @@ EPOCH_US = 1_764_100_000_000_000
 
 @pytest.fixture(scope="module")
 def tshark():
-    path = shutil.which("tshark")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tshark is not installed (.ci/run installs it)")
-        pytest.skip("tshark is not installed")
-    return path
+    return find_tshark()
 
 
 @dataclass
@@ -512,25 +505,6 @@ def capture(legs: list[Leg]) -> bytes:
                     comment = item.comment if step == 0 and index == 0 else None
                     out.append(writer.packet(interfaces[item.listener], clock, packet.ip, packet.direction, comment))
     return b"".join(out)
-
-
-def run_tshark(tshark: str, *args: str) -> str:
-    result = subprocess.run([tshark, *args], capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "corrupt" not in result.stderr and "damaged" not in result.stderr, result.stderr
-    return result.stdout
-
-
-def follow(tshark: str, path: str, stream: int) -> tuple[bytes, bytes]:
-    """Both directions of stream N as `Follow TCP Stream` gives them: node 0 flush left, node 1 indented."""
-    output = run_tshark(tshark, "-r", path, "-q", "-z", f"follow,tcp,raw,{stream}")
-    body = output.split("Node 1: ", 1)[1].split("\n", 1)[1]
-    nodes = [bytearray(), bytearray()]
-    for line in body.splitlines():
-        if line.startswith("====="):
-            break
-        nodes[line.startswith("\t")] += bytes.fromhex(line.strip())
-    return bytes(nodes[0]), bytes(nodes[1])
 
 
 @pytest.fixture(scope="module")
