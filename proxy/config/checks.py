@@ -3,13 +3,15 @@
 Pure functions over the schema's dataclasses and the places (FILE:LINE:COLUMN) each part was
 written at: listeners that cannot all bind, routes that can never match, SNI routes no
 certificate covers, allow/deny lists that leave nobody, trusted-proxy warnings and unused
-upstreams. The loader reads the file and reports what these return; nothing here reads a file.
+upstreams, dump filters that can never hold, and dumps that would share standard output. The
+loader reads the file and reports what these return; nothing here reads a file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config.certificates import name_matches
 from proxy.config.schema import Config, ListenerConfig, MatchConfig
@@ -138,6 +140,27 @@ def unused_upstreams(config: Config, places: Mapping[str, Place]) -> list[Findin
         for name, place in places.items()
         if name not in used
     ]
+
+
+def standard_output_clash(config: Config, workers: int = 1) -> str | None:
+    """Why the table's dumps cannot go where it says, or None: standard output takes one stream, once."""
+    captures = [pcap for listener in config.listeners for pcap in _in_effect(listener, "pcap")]
+    if not any(pcap is not None and pcap.path == "-" for pcap in captures):
+        return None
+    if workers > 1:
+        return "a capture to standard output (pcap -) cannot be shared by workers; give a file"
+    hexdumps = [hexdump for listener in config.listeners for hexdump in _in_effect(listener, "hexdump")]
+    if config.dump_file in (None, "-") and any(hexdumps):
+        return "the capture (pcap -) and the hex dump would both go to standard output; give the hex dump a file"
+    return None
+
+
+def _in_effect(listener: ListenerConfig, key: str) -> list[Any]:
+    """The values of `key` that some route of the listener uses: its own, else the listener's."""
+    values = [getattr(route, key) for route in listener.routes]
+    if None in values:
+        values.append(getattr(listener, key))
+    return [value for value in values if value is not None]
 
 
 def _network_within(inner: IPNetwork, outers: Iterable[IPNetwork]) -> bool:

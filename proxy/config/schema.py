@@ -217,11 +217,13 @@ def forward_config(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
-    hexdump: bool = False,
     tls: ListenerTlsConfig | None = None,
     upstream_tls: UpstreamTlsConfig | None = None,
 ) -> Config:
-    """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means."""
+    """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means.
+
+    Its dump flags are applied afterwards, by `with_overrides`, as for `run`.
+    """
     name = str(upstream)
     return Config(
         listeners=(
@@ -232,7 +234,6 @@ def forward_config(
                 idle_timeout=idle_timeout,
                 connect_timeout=connect_timeout,
                 buffer_size=buffer_size,
-                hexdump=hexdump,
                 tls=tls,
             ),
         ),

@@ -78,12 +78,11 @@ class Table:
         pools: Mapping[str, Pool],
         upstream_tls: UpstreamTls,
         *,
-        hexdump: bool,
         splice: bool,
     ) -> Table:
         """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
 
-        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice.
+        `splice` allows os.splice.
         """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
@@ -96,7 +95,7 @@ class Table:
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
                 buffer_size=config.buffer_size,
-                hexdump=config.hexdump or hexdump,
+                hexdump=config.hexdump,
                 splice=splice,
             ),
             policy=policy,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.schema import Config, listener_key
+from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, listener_key, with_overrides
 from proxy.config.units import format_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_ssl_error
 from proxy.log import EventLog
@@ -75,7 +75,7 @@ class Server:
         config: Config,
         log: EventLog,
         *,
-        hexdump: bool = False,
+        overrides: DumpOverrides = NO_OVERRIDES,
         config_path: Path | None = None,
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
@@ -83,18 +83,19 @@ class Server:
     ) -> None:
         """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
 
-        `splice` lets plain pairs move bytes with os.splice (where the platform has it).
+        `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
+        (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
-        self.config = self._pinned(config)
+        self.overrides = overrides
+        self.config = self._pinned(with_overrides(config, overrides))
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
         self.resolver = Resolver(self.reactor)
-        self.force_hexdump = hexdump
         self.hexdump = HexdumpWriter()
         attach_output(self.reactor, self.hexdump.output)
         self.runtime = Runtime(self.reactor, self.resolver, log, self.hexdump, worker, max_buffered=config.max_buffered)
@@ -173,9 +174,7 @@ class Server:
                 continue
             name = listener.name or format_sockaddr(sock.getsockname())
             try:
-                build.tables[key] = Table.build(
-                    listener, name, build.pools, build.upstream_tls, hexdump=self.force_hexdump, splice=self.splice
-                )
+                build.tables[key] = Table.build(listener, name, build.pools, build.upstream_tls, splice=self.splice)
             except (ssl.SSLError, OSError) as exc:
                 build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
         return build
@@ -230,7 +229,7 @@ class Server:
             return
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
-        build = self._build(self._pinned(loaded.config))
+        build = self._build(self._pinned(with_overrides(loaded.config, self.overrides)))
         if build.problems:
             build.discard()
             for problem in build.problems:
