@@ -290,3 +290,46 @@ def test_forward_mode_is_the_same_table_with_the_flags():
     )
     (listener,) = config.listeners
     assert (listener.hexdump, listener.pcap, listener.routes[0].pcap) == (True, pcap, None)
+
+
+def warnings_of(text: str) -> tuple[str, ...]:
+    return load(text).warnings
+
+
+def test_a_filter_that_can_never_hold_is_a_located_warning():
+    warnings = warnings_of("""\
+        listeners:
+          - name: edge
+            listen: 8080
+            dump_only: [listener=egde, route=ap]
+            routes:
+              - {name: api, upstream: 9001, match: {source: 10.0.0.0/8}, dump_only: [route=web, listener=edge]}
+              - {upstream: 9002, dump_only: route=1}
+          - listen: "[::0:1]:8081"
+            upstream: 9003
+            dump_only: [listener=127.0.0.1:8081]
+        """)
+    assert warnings == (
+        "t.yaml:4:16: warning: dump_only: 'listener=egde' never holds on listener 'edge'",
+        "t.yaml:4:16: warning: dump_only: 'route=ap' never holds on this listener (its routes: api, 1)",
+        "t.yaml:6:9: warning: dump_only: 'route=web' never holds on route 'api'",
+        "t.yaml:10:16: warning: dump_only: 'listener=127.0.0.1:8081' never holds on listener '[::1]:8081'",
+    )
+
+
+def test_filters_that_can_hold_or_come_from_defaults_are_not_warned_about():
+    assert (
+        warnings_of("""\
+        defaults:
+          dump_only: [listener=edge, route=api]
+        listeners:
+          - {name: edge, listen: 8080, routes: [{name: api, upstream: 9001}]}
+          - {listen: 8081, upstream: 9002}
+          - listen: 8082
+            upstream: 9003
+            dump_only: [listener=127.0.0.1:8082, route=0]
+          - {listen: "localhost:8083", upstream: 9004, dump_only: [listener=127.0.0.1:8083]}
+          - {listen: "127.0.0.1:0", upstream: 9005, dump_only: [listener=127.0.0.1:40000]}
+        """)
+        == ()
+    )

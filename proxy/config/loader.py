@@ -755,6 +755,7 @@ class _Reader:
             routes=tuple(self.place(item) for item, _ in routes),
             allow_or_deny=self.place(fields.get("allow", fields.get("deny", (node, node)))[1]),
             accept_proxy_protocol=self.place(fields.get("accept_proxy_protocol", (node, node))[0]),
+            dump_only=self.place(fields["dump_only"][1]) if "dump_only" in fields else None,
         )
         for finding in listener_warnings(listener, places, self.names):
             self.report(finding)
