@@ -16,14 +16,22 @@ from typing import Any, NoReturn
 
 from proxy import __version__
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
+from proxy.config.checks import standard_output_clash
+from proxy.config.dumping import parse_dump_condition
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.config.schema import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PCAP_KEEP,
+    MIN_PCAP_MAX_SIZE,
+    Config,
+    DumpOverrides,
     ListenerTlsConfig,
+    PcapConfig,
     UpstreamTlsConfig,
     forward_config,
+    with_overrides,
 )
 from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
 from proxy.errors import ProxyError, StartupError, UsageError
@@ -64,6 +72,29 @@ _positive = _argument(_parse_positive, "count")
 _size = _argument(parse_size, "size")
 
 
+def _parse_size_at_least(minimum: int, spelt: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        size = parse_size(text)
+        if size < minimum:
+            raise ValueError(f"must be at least {spelt}, got {text!r}")
+        return size
+
+    return parse
+
+
+def _parse_output_path(text: str) -> str:
+    """A file to write, absolute from the current directory (a reload or a worker may run elsewhere); `-` stays."""
+    if not text:
+        raise ValueError("expected a file name, or - for standard output")
+    return text if text == "-" else os.path.abspath(text)
+
+
+_snaplen = _argument(_parse_size_at_least(1, "1 byte"), "size")
+_pcap_max = _argument(_parse_size_at_least(MIN_PCAP_MAX_SIZE, "64KiB"), "size")
+_output_path = _argument(_parse_output_path, "file")
+_dump_filter = _argument(parse_dump_condition, "filter")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the contract's errors: one line on stderr, `PROG: message`, exit status 2.
 
@@ -93,6 +124,46 @@ class _Parser(argparse.ArgumentParser):
 def _add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
     parser.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
+
+
+def _add_dump_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of `forward` and `run` that say what to dump and capture, and where (beside --hexdump)."""
+    dumps = parser.add_argument_group("dumps and captures (the same keys on every listener)")
+    dumps.add_argument("--dump-file", type=_output_path, metavar="FILE", help="where the hex dump goes (- : stdout)")
+    dumps.add_argument("--snaplen", type=_snaplen, metavar="SIZE", help="dump and capture at most SIZE bytes each way")
+    dumps.add_argument(
+        "--dump-only",
+        type=_dump_filter,
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="conn=ID, listener=NAME, route=NAME, client=CIDR or server=HOST:PORT; repeatable, all must hold",
+    )
+    dumps.add_argument("--pcap", type=_output_path, metavar="FILE", help="capture as pcapng (- : stdout)")
+    dumps.add_argument("--pcap-max", type=_pcap_max, metavar="SIZE", help="rotate the capture before it passes SIZE")
+    dumps.add_argument(
+        "--pcap-keep", type=_positive, metavar="N", help=f"rotated captures kept (default: {DEFAULT_PCAP_KEEP})"
+    )
+
+
+def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides:
+    """What the dump flags say, or UsageError for flags that do not go together."""
+    if args.pcap_max is not None and args.pcap is None:
+        raise UsageError("--pcap-max needs --pcap FILE")
+    if args.pcap_keep is not None and args.pcap_max is None:
+        raise UsageError("--pcap-keep needs --pcap-max (captures are only rotated by size)")
+    if args.pcap == "-" and args.pcap_max is not None:
+        raise UsageError("--pcap-max needs a file: standard output cannot be rotated")
+    if args.pcap == "-" and workers > 1:
+        raise UsageError("--pcap - cannot be shared by workers; give a file")
+    pcap = None if args.pcap is None else PcapConfig(args.pcap, args.pcap_max, args.pcap_keep or DEFAULT_PCAP_KEEP)
+    return DumpOverrides(args.hexdump, pcap, args.snaplen, tuple(args.dump_only), args.dump_file)
+
+
+def _check_standard_output(config: Config, workers: int = 1) -> None:
+    clash = standard_output_clash(config, workers)
+    if clash is not None:
+        raise UsageError(clash)
 
 
 def _add_keylog_option(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
     tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
     _add_keylog_option(tls)
+    _add_dump_options(forward)
     _add_log_options(forward)
 
     run = commands.add_parser(
@@ -145,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive, default=1, metavar="N", help="serving processes sharing each port (default: 1)"
     )
     _add_keylog_option(run)
+    _add_dump_options(run)
     _add_log_options(run)
 
     check = commands.add_parser(
@@ -197,16 +270,18 @@ def _route(args: argparse.Namespace, _log: EventLog) -> int:
 def _forward(args: argparse.Namespace, log: EventLog) -> int:
     if args.buffer_size <= 0:
         raise UsageError("--buffer-size must be at least 1 byte")
+    overrides = _dump_overrides(args)
     config = forward_config(
         args.listen,
         args.upstream,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         buffer_size=args.buffer_size,
-        hexdump=args.hexdump,
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
     )
+    config = with_overrides(config, overrides)
+    _check_standard_output(config)
     _start_keylog(args, log)
     server = Server(config, log, splice=_splice_wanted())
     server.bind()
@@ -290,12 +365,14 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 
 def _run(args: argparse.Namespace, log: EventLog) -> int:
+    overrides = _dump_overrides(args, args.workers)
     loaded = _load(args)
+    _check_standard_output(with_overrides(loaded.config, overrides), args.workers)
     path, splice = Path(args.config), _splice_wanted()
     _start_keylog(args, log)
     if args.workers > 1:
-        return Supervisor(loaded.config, path, log, args.workers, hexdump=args.hexdump, splice=splice).run()
-    server = Server(loaded.config, log, hexdump=args.hexdump, config_path=path, splice=splice)
+        return Supervisor(loaded.config, path, log, args.workers, overrides=overrides, splice=splice).run()
+    server = Server(loaded.config, log, overrides=overrides, config_path=path, splice=splice)
     server.bind()
     server.serve()
     return 0

@@ -3,17 +3,20 @@
 Pure functions over the schema's dataclasses and the places (FILE:LINE:COLUMN) each part was
 written at: listeners that cannot all bind, routes that can never match, SNI routes no
 certificate covers, allow/deny lists that leave nobody, trusted-proxy warnings and unused
-upstreams. The loader reads the file and reports what these return; nothing here reads a file.
+upstreams, dump filters that can never hold, and dumps that would share standard output. The
+loader reads the file and reports what these return; nothing here reads a file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config.certificates import name_matches
-from proxy.config.schema import Config, ListenerConfig, MatchConfig
-from proxy.config.units import Address, IPAddress, IPNetwork, canonical_ip
+from proxy.config.schema import Config, DumpCondition, ListenerConfig, MatchConfig
+from proxy.config.units import Address, IPAddress, IPNetwork, canonical_ip, join_host_port
 
 
 @dataclass(frozen=True, order=True)
@@ -52,6 +55,7 @@ class ListenerPlaces:
     routes: tuple[Place, ...]  # one per route of the listener
     allow_or_deny: Place  # the allow: value, else the deny: one, else the listener
     accept_proxy_protocol: Place  # its key, else the listener
+    dump_only: Place | None = None  # its own dump_only: value (None: absent or from defaults:)
 
 
 def listener_clashes(bound: Sequence[Bound]) -> list[Finding]:
@@ -89,7 +93,7 @@ def listener_warnings(
     listener: ListenerConfig, places: ListenerPlaces, names: Mapping[str, Sequence[str]]
 ) -> list[Finding]:
     """Warnings about one listener; `names` holds the DNS names of each certificate file it uses."""
-    findings = route_coverage(listener, places)
+    findings = route_coverage(listener, places) + dump_filter_warnings(listener, places)
     if listener.tls is not None:
         findings += sni_coverage(listener, places, names)
     if listener.allow is not None and not _leaves_any_source(listener.allow, listener.deny):
@@ -112,6 +116,34 @@ def route_coverage(listener: ListenerConfig, places: ListenerPlaces) -> list[Fin
         if cover is not None:
             message = f"this route can never match: route {cover} before it matches all it does"
             findings.append(Finding(place, message, warning=True))
+    return findings
+
+
+def dump_filter_warnings(listener: ListenerConfig, places: ListenerPlaces) -> list[Finding]:
+    """Warnings: a listener's or route's own dump_only naming another listener, or a route not its own.
+
+    Conditions from `defaults:` are left alone: there, naming one listener is the point.
+    """
+    name = listener.name or _bound_name(listener.listen)
+    labels = [route.name if route.name is not None else str(index) for index, route in enumerate(listener.routes)]
+    owners: list[tuple[Place, tuple[DumpCondition, ...], str | None]] = [
+        (place, route.dump_only, label)
+        for place, route, label in zip(places.routes, listener.routes, labels, strict=True)
+    ]
+    if places.dump_only is not None:
+        owners.insert(0, (places.dump_only, listener.dump_only, None))
+    findings = []
+    for place, conditions, label in owners:
+        for condition in conditions:
+            if condition.key == "listener" and name is not None and condition.value != name:
+                where = f"listener {name!r}"
+            elif condition.key == "route" and label is not None and condition.value != label:
+                where = f"route {label!r}"
+            elif condition.key == "route" and label is None and condition.value not in labels:
+                where = f"this listener (its routes: {', '.join(labels)})"
+            else:
+                continue
+            findings.append(Finding(place, f"dump_only: {condition.text!r} never holds on {where}", warning=True))
     return findings
 
 
@@ -138,6 +170,34 @@ def unused_upstreams(config: Config, places: Mapping[str, Place]) -> list[Findin
         for name, place in places.items()
         if name not in used
     ]
+
+
+def standard_output_clash(config: Config, workers: int = 1) -> str | None:
+    """Why the table's dumps cannot go where it says, or None: standard output takes one stream, once."""
+    captures = [pcap for listener in config.listeners for pcap in _in_effect(listener, "pcap")]
+    if not any(pcap is not None and pcap.path == "-" for pcap in captures):
+        return None
+    if workers > 1:
+        return "a capture to standard output (pcap -) cannot be shared by workers; give a file"
+    hexdumps = [hexdump for listener in config.listeners for hexdump in _in_effect(listener, "hexdump")]
+    if config.dump_file in (None, "-") and any(hexdumps):
+        return "the capture (pcap -) and the hex dump would both go to standard output; give the hex dump a file"
+    return None
+
+
+def _in_effect(listener: ListenerConfig, key: str) -> list[Any]:
+    """The values of `key` that some route of the listener uses: its own, else the listener's."""
+    values = [getattr(route, key) for route in listener.routes]
+    if None in values:
+        values.append(getattr(listener, key))
+    return [value for value in values if value is not None]
+
+
+def _bound_name(listen: Address) -> str | None:
+    """The name a listener without one gets (the address it is bound to), when it is known before binding."""
+    if listen.port == 0 or not listen.is_literal:
+        return None  # the port, or the address a host name resolves to, is only known once bound
+    return join_host_port(str(ipaddress.ip_address(listen.host)), listen.port)
 
 
 def _network_within(inner: IPNetwork, outers: Iterable[IPNetwork]) -> bool:

@@ -12,11 +12,10 @@ This is the only module that imports yaml.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as schema_fields
 from pathlib import Path
@@ -34,15 +33,19 @@ from proxy.config.checks import (
     listener_warnings,
     unused_upstreams,
 )
+from proxy.config.dumping import parse_dump_condition
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
     MIN_MAX_BUFFERED,
+    MIN_PCAP_MAX_SIZE,
     PROXY_PROTOCOL_VERSIONS,
     Config,
+    DumpCondition,
     HealthCheckConfig,
     ListenerConfig,
     ListenerTlsConfig,
     MatchConfig,
+    PcapConfig,
     RouteConfig,
     ServerConfig,
     UpstreamConfig,
@@ -52,6 +55,7 @@ from proxy.config.units import (
     Address,
     IPNetwork,
     canonical_network,
+    did_you_mean,
     parse_address,
     parse_duration,
     parse_positive_duration,
@@ -226,11 +230,6 @@ def _file_kind(mode: int) -> str:
     return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class Invalid:
     """The type of INVALID: what a reader gives for a value it has already reported as an error."""
 
@@ -318,7 +317,7 @@ class _Reader:
             elif any_name or key in keys or (user_prefix is not None and key.startswith(user_prefix)):
                 found[key] = (key_node, value_node)
             else:
-                self.error(key_node, f"unknown key {key!r} in {what}{_did_you_mean(key, keys)}")
+                self.error(key_node, f"unknown key {key!r} in {what}{did_you_mean(key, keys)}")
         return found
 
     def merged(self, node: yaml.MappingNode, depth: int) -> list[tuple[yaml.Node, yaml.Node]]:
@@ -485,7 +484,7 @@ class _Reader:
     def choice(self, node: yaml.Node, what: str, options: Sequence[str]) -> str | Invalid:
         def parse(value: Any) -> str:
             if value not in options:
-                raise ValueError(f"{value!r} is not one of {', '.join(options)}{_did_you_mean(str(value), options)}")
+                raise ValueError(f"{value!r} is not one of {', '.join(options)}{did_you_mean(str(value), options)}")
             return value
 
         return self.parsed(node, what, parse)
@@ -534,6 +533,50 @@ class _Reader:
             self.error(node, f"{what}: cannot read {text!r}: {(exc.strerror or str(exc)).lower()}")
             return INVALID
         return path
+
+    def output_path(self, node: yaml.Node, what: str) -> str | Invalid:
+        """A file to write, relative to the configuration file's folder; `-` is standard output.
+
+        Not opened here: `check` must not create files, and the serving side opens it.
+        """
+        text = self.text(node, what)
+        if isinstance(text, Invalid):
+            return INVALID
+        if "\0" in text:
+            self.error(node, f"{what}: cannot write {text!r}: the path holds a NUL character")
+            return INVALID
+        return text if text == "-" else os.path.abspath(self.base_dir / text)
+
+    def pcap(self, node: yaml.Node, what: str) -> PcapConfig | Invalid:
+        """`pcap: PATH` or `pcap: {file: PATH, max_size: SIZE, keep: N}`."""
+        if not isinstance(node, yaml.MappingNode):
+            path = self.output_path(node, what)
+            return path if isinstance(path, Invalid) else PcapConfig(path)
+        fields = self.fields_with(node, what, PCAP, "file", f"{what} needs 'file:', the capture's path")
+        if fields is None:
+            return INVALID
+        path = self.output_path(fields["file"][1], "file")
+        options = self.options(fields, PCAP)
+        if isinstance(path, Invalid) or not self.all_valid(options, fields, PCAP):
+            return INVALID
+        if path == "-" and "max_size" in options:
+            self.error(fields["max_size"][0], "max_size: rotation needs a file, not '-' (standard output)")
+            return INVALID
+        if "keep" in options and "max_size" not in options:
+            self.error(fields["keep"][0], "keep: needs max_size (files are only rotated by size)")
+            return INVALID
+        return PcapConfig(path, **options)
+
+    def dump_only(self, node: yaml.Node, what: str) -> tuple[DumpCondition, ...]:
+        """Filters such as `client=10.0.0.0/8`, each once; invalid ones are reported and left out."""
+
+        def parse(value: Any) -> DumpCondition:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a filter such as 'client=10.0.0.0/8', got {value!r}")
+            return parse_dump_condition(value)
+
+        found = (self.parsed(item, what, parse) for item in self.items(node, what))
+        return tuple(dict.fromkeys(condition for condition in found if not isinstance(condition, Invalid)))
 
     def certificate(self, node: yaml.Node, fields: Fields, *, served: bool = False) -> CertificatePair | Invalid:
         """cert + key from a mapping, checked to load and to belong together.
@@ -598,7 +641,7 @@ class _Reader:
             self._errors.append((0, 0, f"{self.source}:1:1: the file is empty; it needs at least 'listeners:'"))
             return None
         # `x-` keys at the top are the user's own, a place for anchors that listeners merge (as in Compose files).
-        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners"), user_prefix="x-")
+        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners", "dump_file"), user_prefix="x-")
         if "defaults" in top:
             self.defaults = self.options(self.mapping(top["defaults"][1], "defaults", DEFAULTS.keys), DEFAULTS)
         upstream_places: dict[str, Place] = {}
@@ -624,10 +667,12 @@ class _Reader:
                 listeners.append(listener)
         for finding in listener_clashes(self.bound):
             self.report(finding)
+        dump_file = self.output_path(top["dump_file"][1], "dump_file") if "dump_file" in top else None
         config = Config(
             listeners=tuple(listeners),
             upstreams={**self.upstreams, **self.inline},
             **_inherited(self.defaults, _CONFIG_FIELDS),
+            dump_file=None if isinstance(dump_file, Invalid) else dump_file,
         )
         for finding in unused_upstreams(config, upstream_places):
             self.report(finding)
@@ -710,6 +755,7 @@ class _Reader:
             routes=tuple(self.place(item) for item, _ in routes),
             allow_or_deny=self.place(fields.get("allow", fields.get("deny", (node, node)))[1]),
             accept_proxy_protocol=self.place(fields.get("accept_proxy_protocol", (node, node))[0]),
+            dump_only=self.place(fields["dump_only"][1]) if "dump_only" in fields else None,
         )
         for finding in listener_warnings(listener, places, self.names):
             self.report(finding)
@@ -761,7 +807,7 @@ class _Reader:
         if name in self.declared:
             return INVALID  # defined but invalid: its own errors are reported already
         if not (isinstance(value, int) or ":" in name):
-            self.error(node, f"upstream {name!r} is not defined{_did_you_mean(name, self.declared)}")
+            self.error(node, f"upstream {name!r} is not defined{did_you_mean(name, self.declared)}")
             return INVALID
         try:
             address = parse_address(value, allow_port_zero=False)
@@ -814,11 +860,25 @@ LISTENER = Section(
         "max_connections": _at_least_one,
         "buffer_size": _Reader.size,
         "hexdump": _Reader.boolean,
+        "pcap": _Reader.pcap,
+        "snaplen": _Reader.size,
+        "dump_only": _Reader.dump_only,
     },
     by_hand=("listen", "upstream", "routes"),
 )
 LISTENER_TLS = Section({"client_ca": _Reader.ca_file}, by_hand=("cert", "key", "certificates"))
-ROUTE = Section({"name": _Reader.text, "match": _Reader.match}, by_hand=("upstream",))
+ROUTE = Section(
+    {
+        "name": _Reader.text,
+        "match": _Reader.match,
+        **{key: LISTENER.parsers[key] for key in ("hexdump", "pcap", "snaplen", "dump_only")},
+    },
+    by_hand=("upstream",),
+)
+PCAP = Section(
+    {"max_size": lambda reader, node, key: reader.size(node, key, MIN_PCAP_MAX_SIZE), "keep": _at_least_one},
+    by_hand=("file",),
+)
 MATCH = Section({"sni": _Reader.sni_patterns, "source": _Reader.networks})
 UPSTREAM = Section(
     {
@@ -842,7 +902,7 @@ UPSTREAM_TLS = Section(
 DEFAULTS = Section(
     {
         **{key: LISTENER.parsers[key] for key in ("connect_timeout", "idle_timeout", "max_connections")},
-        **{key: LISTENER.parsers[key] for key in ("buffer_size", "hexdump")},
+        **{key: LISTENER.parsers[key] for key in ("buffer_size", "hexdump", "pcap", "snaplen", "dump_only")},
         "max_buffered": lambda reader, node, key: reader.size(node, key, MIN_MAX_BUFFERED),
         "shutdown_grace": _Reader.duration,
     }
@@ -852,6 +912,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "listener": (LISTENER, ListenerConfig),
     "listener tls": (LISTENER_TLS, ListenerTlsConfig),
     "route": (ROUTE, RouteConfig),
+    "pcap": (PCAP, PcapConfig),
     "match": (MATCH, MatchConfig),
     "upstream": (UPSTREAM, UpstreamConfig),
     "server": (SERVER, ServerConfig),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from proxy.config.certificates import CertificatePair
@@ -88,22 +88,6 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
-class PcapConfig:
-    path: str  # absolute path, or "-" for standard output
-    max_size: int | None = None  # rotate before a file would pass this many bytes (None: never)
-    keep: int = 10  # rotated files kept: PATH.1 (newest) ... PATH.keep
-
-
-@dataclass(frozen=True)
-class DumpCondition:
-    """One `--dump-only` filter: KEY=VALUE."""
-
-    key: str  # "conn" | "listener" | "route" | "client" | "server"
-    text: str  # as the user wrote it, e.g. "client=10.0.0.0/8" (for messages)
-    value: object  # conn: int; listener, route: str; client: IPNetwork; server: Address
-
-
-@dataclass(frozen=True)
 class MatchConfig:
     """Conditions of a route; all given ones must hold. Empty tuples match everything."""
 
@@ -111,12 +95,41 @@ class MatchConfig:
     source: tuple[IPNetwork, ...] = ()
 
 
+MIN_PCAP_MAX_SIZE = 64 * 1024  # below this a rotated file would hold little more than its headers
+DEFAULT_PCAP_KEEP = 10
+
+
+@dataclass(frozen=True)
+class PcapConfig:
+    """Where a capture goes; paths are absolute by the time they are here."""
+
+    path: str  # absolute path, or "-" for standard output
+    max_size: int | None = None  # rotate before a file would pass this many bytes (None: never)
+    keep: int = DEFAULT_PCAP_KEEP  # rotated files kept: PATH.1 (newest) ... PATH.keep
+
+
+DUMP_KEYS = ("conn", "listener", "route", "client", "server")
+
+
+@dataclass(frozen=True)
+class DumpCondition:
+    """One `--dump-only` filter: KEY=VALUE."""
+
+    key: str  # one of DUMP_KEYS
+    text: str  # as the user wrote it, e.g. "client=10.0.0.0/8" (for messages)
+    # conn: int; listener, route: str; client: IPNetwork (canonical); server: Address (canonical
+    # host: an IP literal in its compressed form, IPv4-mapped as IPv4, a name in lower case)
+    value: object
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     upstream: str
     match: MatchConfig = MatchConfig()
     name: str | None = None
-    hexdump: bool | None = None  # None: the listener's
+    # None: the listener's value. A route's hexdump, pcap and snaplen replace the listener's;
+    # the listener's and the route's dump_only conditions must all hold.
+    hexdump: bool | None = None
     pcap: PcapConfig | None = None
     snaplen: int | None = None
     dump_only: tuple[DumpCondition, ...] = ()
@@ -132,15 +145,15 @@ class ListenerConfig:
     buffer_size: int = DEFAULT_BUFFER_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     hexdump: bool = False
+    pcap: PcapConfig | None = None
+    snaplen: int | None = None  # at most this many bytes of each direction dumped and captured
+    dump_only: tuple[DumpCondition, ...] = ()  # all must hold for a connection to be dumped
     allow: tuple[IPNetwork, ...] | None = None  # None: every source may connect
     deny: tuple[IPNetwork, ...] = ()
     accept_proxy_protocol: bool = False
     # With accept_proxy_protocol: the peers whose PROXY header is believed; None trusts every peer.
     proxy_trusted: tuple[IPNetwork, ...] | None = None
     tls: ListenerTlsConfig | None = None
-    pcap: PcapConfig | None = None
-    snaplen: int | None = None
-    dump_only: tuple[DumpCondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=lambda: MappingProxyType({}))
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
-    dump_file: str | None = None  # None or "-": standard output
+    dump_file: str | None = None  # where the hex dump goes: None or "-": standard output; else absolute
 
     def __post_init__(self) -> None:
         # Frozen all through: a copy of what was given, read-only.
@@ -162,6 +175,41 @@ def listener_key(listener: ListenerConfig) -> str:
     return str(listener.listen) if listener.listen.port else f"{listener.name}@{listener.listen}"
 
 
+@dataclass(frozen=True)
+class DumpOverrides:
+    """The dump flags of `forward` and `run`: the same keys given on every listener, over the file's."""
+
+    hexdump: bool = False
+    pcap: PcapConfig | None = None
+    snaplen: int | None = None
+    dump_only: tuple[DumpCondition, ...] = ()
+    dump_file: str | None = None
+
+
+NO_OVERRIDES = DumpOverrides()
+
+
+def with_overrides(config: Config, overrides: DumpOverrides) -> Config:
+    """`config` as the dump flags change it; applying the same overrides twice changes nothing more.
+
+    hexdump, pcap and snaplen given are set on every listener and cleared on its routes (a route's
+    None is the listener's value), so every route takes them; dump_only conditions are added to
+    every listener's; dump_file replaces the file's.
+    """
+    if overrides == NO_OVERRIDES:
+        return config
+    given = {"hexdump": overrides.hexdump or None, "pcap": overrides.pcap, "snaplen": overrides.snaplen}
+    listener_changes = {key: value for key, value in given.items() if value is not None}
+    route_changes = dict.fromkeys(listener_changes)
+    listeners = []
+    for listener in config.listeners:
+        routes = tuple(replace(route, **route_changes) for route in listener.routes)
+        dump_only = tuple(dict.fromkeys((*listener.dump_only, *overrides.dump_only)))
+        listeners.append(replace(listener, routes=routes, dump_only=dump_only, **listener_changes))
+    dump_file = config.dump_file if overrides.dump_file is None else overrides.dump_file
+    return replace(config, listeners=tuple(listeners), dump_file=dump_file)
+
+
 def forward_config(
     listen: Address,
     upstream: Address,
@@ -169,11 +217,13 @@ def forward_config(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
-    hexdump: bool = False,
     tls: ListenerTlsConfig | None = None,
     upstream_tls: UpstreamTlsConfig | None = None,
 ) -> Config:
-    """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means."""
+    """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means.
+
+    Its dump flags are applied afterwards, by `with_overrides`, as for `run`.
+    """
     name = str(upstream)
     return Config(
         listeners=(
@@ -184,7 +234,6 @@ def forward_config(
                 idle_timeout=idle_timeout,
                 connect_timeout=connect_timeout,
                 buffer_size=buffer_size,
-                hexdump=hexdump,
                 tls=tls,
             ),
         ),

@@ -1,14 +1,17 @@
 """Parsing of the three value kinds users type: addresses, durations and sizes.
 
 Shared by the YAML loader and the command line so both accept exactly the same spellings.
-Every parser raises ValueError with a message fit to show a person after a location prefix.
+Every parser raises ValueError with a message fit to show a person after a location prefix
+(`did_you_mean` names the closest of the right words).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -42,6 +45,12 @@ class Address:
 
     def __str__(self) -> str:
         return join_host_port(self.host, self.port)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the choice closest to a misspelt `word`, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def join_host_port(host: str, port: int) -> str:

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig
@@ -81,14 +81,12 @@ class Table:
         pools: Mapping[str, Pool],
         upstream_tls: UpstreamTls,
         *,
-        hexdump: bool,
         splice: bool,
         dump_outputs: DumpOutputs,
     ) -> Table:
         """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
 
-        `hexdump` forces the dump on (`run --hexdump`); `splice` allows os.splice;
-        `dump_outputs` are where its dumps and captures go.
+        `splice` allows os.splice; `dump_outputs` are where its dumps and captures go.
         """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
@@ -101,7 +99,7 @@ class Table:
                 connect_timeout=config.connect_timeout,
                 idle_timeout=config.idle_timeout,
                 buffer_size=config.buffer_size,
-                dump=DumpPlan.of(replace(config, hexdump=True) if hexdump else config, name, *dump_outputs),
+                dump=DumpPlan.of(config, name, *dump_outputs),
                 splice=splice,
             ),
             policy=policy,

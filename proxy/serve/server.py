@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.schema import Config, PcapConfig, listener_key
+from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
 from proxy.config.units import format_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
@@ -77,7 +77,7 @@ class Server:
         config: Config,
         log: EventLog,
         *,
-        hexdump: bool = False,
+        overrides: DumpOverrides = NO_OVERRIDES,
         config_path: Path | None = None,
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
@@ -85,19 +85,20 @@ class Server:
     ) -> None:
         """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
 
-        `splice` lets plain pairs move bytes with os.splice (where the platform has it).
+        `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
+        (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
-        self.config = self._pinned(config)
+        self.overrides = overrides
+        self.config = self._pinned(with_overrides(config, overrides))
         self.config_path = config_path
         self.log = log
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
         self.resolver = Resolver(self.reactor)
-        self.force_hexdump = hexdump
-        self.hexdump = HexdumpWriter(self._dump_stream(config.dump_file))
+        self.hexdump = HexdumpWriter(self._dump_stream(self.config.dump_file))
         attach_output(self.reactor, self.hexdump.output)
         self.sinks: dict[str, PcapSink] = {}  # capture targets by path, for the life of the process
         self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
@@ -207,7 +208,6 @@ class Server:
                     name,
                     build.pools,
                     build.upstream_tls,
-                    hexdump=self.force_hexdump,
                     splice=self.splice,
                     dump_outputs=(self.hexdump, self._sink_for),
                 )
@@ -267,7 +267,7 @@ class Server:
             return
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
-        build = self._build(self._pinned(loaded.config))
+        build = self._build(self._pinned(with_overrides(loaded.config, self.overrides)))
         if build.problems:
             build.discard()
             for problem in build.problems:

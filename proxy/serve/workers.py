@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.schema import Config, ListenerConfig, listener_key
+from proxy.config.schema import Config, DumpOverrides, ListenerConfig, listener_key
 from proxy.config.units import Address
 from proxy.errors import ProxyError, StartupError
 from proxy.log import EventLog
@@ -118,14 +118,14 @@ class Supervisor:
     """Binds the listeners, starts, watches and stops the worker processes."""
 
     def __init__(
-        self, config: Config, config_path: Path, log: EventLog, count: int, *, hexdump: bool, splice: bool
+        self, config: Config, config_path: Path, log: EventLog, count: int, *, overrides: DumpOverrides, splice: bool
     ) -> None:
         self.config = config
         self.pins: dict[str, int] = {}
         self.config_path = config_path
         self.log = log
         self.count = count
-        self.hexdump = hexdump
+        self.overrides = overrides  # the dump flags: each worker's Server applies them to every load
         self.splice = splice
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
@@ -216,7 +216,7 @@ class Supervisor:
             server = Server(
                 self.config,
                 self.log,
-                hexdump=self.hexdump,
+                overrides=self.overrides,
                 config_path=self.config_path,
                 worker=(index, self.count),
                 port_pins=self.pins,

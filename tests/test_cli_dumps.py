@@ -1,0 +1,130 @@
+"""The dump flags of `forward` and `run` as a user meets them: usage errors, and `run --hexdump` over reloads."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.support import connect, echo_handler, recv_exactly, run_cli, wait_until
+from tests.test_reload import reload
+from tests.test_run import write
+
+FORWARD = ["forward", "127.0.0.1:0", "127.0.0.1:9"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            [*FORWARD, "--dump-only", "clinet=10.0.0.1"],
+            "pairproxy forward: argument --dump-only: unknown dump filter key 'clinet' (did you mean 'client'?);"
+            " keys: conn, listener, route, client, server",
+        ),
+        (
+            [*FORWARD, "--dump-only", "listener=a", "--dump-only", "conn=0"],
+            "pairproxy forward: argument --dump-only: conn=0: a connection id is a whole number of at least 1",
+        ),
+        (
+            ["run", "--dump-only", "server=db"],
+            "pairproxy run: argument --dump-only: server=db: expected HOST:PORT or [IPv6]:PORT",
+        ),
+        ([*FORWARD, "--snaplen", "0"], "pairproxy forward: argument --snaplen: must be at least 1 byte, got '0'"),
+        (
+            [*FORWARD, "--snaplen", "1 bushel"],
+            "pairproxy forward: argument --snaplen: bad size '1 bushel': unknown unit 'bushel'"
+            " (use KiB, MiB, GiB, KB, MB, GB)",
+        ),
+        (
+            [*FORWARD, "--pcap", "x.pcapng", "--pcap-max", "1KiB"],
+            "pairproxy forward: argument --pcap-max: must be at least 64KiB, got '1KiB'",
+        ),
+        (
+            [*FORWARD, "--pcap", ""],
+            "pairproxy forward: argument --pcap: expected a file name, or - for standard output",
+        ),
+        (
+            [*FORWARD, "--pcap-keep", "0"],
+            "pairproxy forward: argument --pcap-keep: expected a whole number of at least 1, got '0'",
+        ),
+        ([*FORWARD, "--pcap-max", "1MiB"], "pairproxy: --pcap-max needs --pcap FILE"),
+        (
+            [*FORWARD, "--pcap", "x.pcapng", "--pcap-keep", "3"],
+            "pairproxy: --pcap-keep needs --pcap-max (captures are only rotated by size)",
+        ),
+        (
+            [*FORWARD, "--pcap", "-", "--pcap-max", "1MiB"],
+            "pairproxy: --pcap-max needs a file: standard output cannot be rotated",
+        ),
+        (
+            ["run", "-c", "missing.yaml", "--workers", "2", "--pcap", "-"],
+            "pairproxy: --pcap - cannot be shared by workers; give a file",
+        ),
+        (
+            [*FORWARD, "--pcap", "-", "--hexdump"],
+            "pairproxy: the capture (pcap -) and the hex dump would both go to standard output;"
+            " give the hex dump a file",
+        ),
+        ([*FORWARD, "echo", "--dump-file", "x"], "pairproxy forward: unrecognized arguments: echo"),
+        (["check", "--pcap", "x"], "pairproxy check: unrecognized arguments: --pcap x"),
+    ],
+)
+def test_each_mistake_is_one_line_with_exit_2(args, expected):
+    result = run_cli(args)
+    assert (result.returncode, result.stderr, result.stdout) == (2, expected + "\n", "")
+
+
+def test_a_file_s_capture_to_standard_output_is_refused_with_workers(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        listeners:
+          - {listen: "127.0.0.1:0", upstream: 127.0.0.1:9, pcap: "-"}
+        """,
+    )
+    result = run_cli(["run", "-c", str(path), "--workers", "2"])
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pairproxy: a capture to standard output (pcap -) cannot be shared by workers; give a file\n"
+    )
+
+
+def test_forward_takes_every_dump_flag(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        *("forward", "127.0.0.1:0", upstream.address, "--dump-file", str(tmp_path / "dump.txt")),
+        *("--pcap", str(tmp_path / "cap.pcapng"), "--pcap-max", "1MiB", "--pcap-keep", "2", "--snaplen", "4KiB"),
+        *("--dump-only", "client=127.0.0.0/8", "--dump-only", "server=127.0.0.1:1"),
+    )
+    with connect(proxy.address) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+
+
+def test_run_hexdump_holds_for_every_listener_and_after_a_reload(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        listeners:
+          - name: quiet
+            listen: "127.0.0.1:0"
+            hexdump: false
+            routes: [{{upstream: "{upstream.address}", hexdump: false}}]
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), "--hexdump")
+
+    def exchange(payload: bytes) -> None:
+        with connect(proxy.address) as client:
+            client.sendall(payload)
+            assert recv_exactly(client, len(payload)) == payload
+
+    exchange(b"before")
+    assert wait_until(lambda: "conn=1 close" in proxy.stdout()), proxy.stdout()
+    reload(proxy, 1)
+    assert " reloaded " in proxy.log_text()
+    exchange(b"after")
+    assert wait_until(lambda: "conn=2 close" in proxy.stdout()), proxy.stdout()
+    assert proxy.stop(signal.SIGTERM) == 0
