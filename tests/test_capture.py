@@ -19,7 +19,6 @@ import trustme
 
 from tests.support import (
     WAIT,
-    MiB,
     connect,
     echo_handler,
     pattern,
@@ -28,6 +27,8 @@ from tests.support import (
     wait_until,
 )
 from tests.wireshark import fields, find_tshark, follow, run_tshark
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +93,8 @@ def test_each_leg_follows_back_byte_for_byte_and_tshark_flags_nothing(tshark, st
     listener = proxy.addresses[0]
     base = f"conn={access['conn']} listener={listener} route=0"
     assert comments(tshark, path) == [(0, f"{base} leg=client"), (1, f"{base} leg=upstream")]
-    rows = fields(tshark, path, "tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.flags.syn")
-    syns = {row[0]: row[1:5] for row in rows if row[5] == "1"}
+    names = ("tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport")
+    syns = {row[0]: row[1:] for row in fields(tshark, path, *names, display_filter="tcp.flags == 0x002")}
     client_port = int(access["client"].rsplit(":", 1)[1])
     assert syns["0"] == ["127.0.0.1", str(client_port), "127.0.0.1", str(proxy.port)], "the client's real leg"
     assert syns["1"][2:] == ["127.0.0.1", upstream.address.rsplit(":", 1)[1]], "the upstream's real address"
@@ -222,7 +223,7 @@ def test_dump_only_a_connection_number_dumps_and_captures_only_it(tshark, start_
             assert recv_exactly(client, 9) == b"request %d" % index
         proxy.wait_access(index + 1)
     assert proxy.stop() == 0
-    assert proxy.stdout() == "", "the dump went to its file"
+    assert proxy.stdout_path.read_text() == "", "the dump went to its file"
     assert set(re.findall(r" conn=(\d+) ", dump.read_text())) == {"2"}
     assert "|request 1|" in dump.read_text()
     assert [text.split()[0] for _, text in comments(tshark, str(capture))] == ["conn=2", "conn=2"]
@@ -288,7 +289,7 @@ def test_snaplen_cuts_the_dump_and_the_capture_per_direction(tshark, start_proxy
             assert recv_exactly(client, 250) == payload[start : start + 250]
     proxy.wait_access(1)
     assert proxy.stop() == 0
-    lines = proxy.stdout().splitlines()
+    lines = proxy.stdout_path.read_text().splitlines()
     truncated = [line.split(" ", 1)[1] for line in lines if " truncated " in line]
     assert truncated == ["conn=1 client->upstream truncated offset=100", "conn=1 upstream->client truncated offset=100"]
     dumped = [line for line in lines if re.match(r"[0-9a-f]{8}  ", line)]
@@ -363,7 +364,7 @@ def test_yaml_captures_one_route_of_a_listener(tshark, start_proxy, start_upstre
     assert [text.split()[:3] for _, text in comments(tshark, str(tmp_path / "watched.pcapng"))] == [
         [f"conn={watched[0]}", "listener=edge", "route=watched"]
     ] * 2
-    assert "|from 127.0.0.2|" in proxy.stdout() and "|from 127.0.0.1|" not in proxy.stdout()
+    assert "|from 127.0.0.2|" in proxy.stdout_path.read_text() and "|from 127.0.0.1|" not in proxy.stdout_path.read_text()
 
 
 def test_workers_each_write_their_own_file(tshark, start_proxy, start_upstream, tmp_path):
