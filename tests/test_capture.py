@@ -364,7 +364,9 @@ def test_yaml_captures_one_route_of_a_listener(tshark, start_proxy, start_upstre
     assert [text.split()[:3] for _, text in comments(tshark, str(tmp_path / "watched.pcapng"))] == [
         [f"conn={watched[0]}", "listener=edge", "route=watched"]
     ] * 2
-    assert "|from 127.0.0.2|" in proxy.stdout_path.read_text() and "|from 127.0.0.1|" not in proxy.stdout_path.read_text()
+    assert (
+        "|from 127.0.0.2|" in proxy.stdout_path.read_text() and "|from 127.0.0.1|" not in proxy.stdout_path.read_text()
+    )
 
 
 def test_workers_each_write_their_own_file(tshark, start_proxy, start_upstream, tmp_path):
@@ -392,3 +394,26 @@ def test_workers_each_write_their_own_file(tshark, start_proxy, start_upstream, 
     captured = sum(len(comments(tshark, str(tmp_path / name))) for name in files)
     assert captured == 40, "every connection's two legs, in one file or the other"
     assert os.path.exists(tmp_path / files[0])
+
+
+def test_a_connection_that_never_reached_its_upstream_is_captured_too(tshark, start_proxy, tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        refusing = f"127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connects are refused
+        capture = tmp_path / "capture.pcapng"
+        proxy = start_proxy("forward", "127.0.0.1:0", refusing, "--pcap", str(capture), "--hexdump")
+        with connect(proxy.address) as client:
+            client.sendall(b"anyone there?")
+            with pytest.raises(ConnectionResetError):  # closed with the client's bytes unread
+                recv_all(client)
+        assert proxy.wait_access(1)[0]["result"] == "upstream_unreachable"
+        assert proxy.stop() == 0
+    path = str(capture)
+    assert [text.split()[:3] for _, text in comments(tshark, path)] == [
+        ["conn=1", f"listener={proxy.addresses[0]}", "route=0"]
+    ]
+    assert follow(tshark, path, 0) == (b"anyone there?", b""), "what the client sent, never read"
+    resets = fields(tshark, path, "tcp.srcport", display_filter="tcp.flags.reset == 1")
+    assert resets == [[str(proxy.port)]], "closing with unread bytes resets the client's leg"
+    events = [line.split()[2] for line in proxy.stdout_path.read_text().splitlines()]
+    assert events == ["open", "close"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import random
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.protocol.hexdump import dump_lines, parse_dump_line
+from proxy.relay.tap import HexdumpWriter, SnappedDump
 
 CONTRACT_INPUT = b"GET / HTTP/1.1\r\n\r\n"
 CONTRACT_LINES = [
@@ -145,3 +147,22 @@ def test_same_lines_as_hexdump_minus_c(data):
     assert lines[-1] == f"{len(data):08x}"
     assert "*" not in lines, "inputs are chosen without repeated rows, so nothing is folded"
     assert dump_lines(data) == lines[:-1]
+
+
+# -- the dump cut at a snap length ----------------------------------------------------------
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), max_size=12), st.integers(min_value=1, max_value=1000))
+def test_a_snapped_dump_keeps_the_first_snaplen_bytes_then_says_truncated_once(sizes, snaplen):
+    stream = io.StringIO()
+    dump = SnappedDump(HexdumpWriter(stream), snaplen)
+    sent = bytes(random.Random(snaplen).randbytes(sum(sizes)))
+    offset = 0
+    for size in sizes:
+        dump.chunk(7, "client->upstream", offset, memoryview(sent[offset : offset + size]), "a:1", "b:2")
+        offset += size
+    lines = stream.getvalue().splitlines()
+    dumped = b"".join(parse_dump_line(line)[1] for line in lines if line[:8].isalnum() and line[8:10] == "  ")
+    assert dumped == sent[:snaplen]
+    truncated = [line.split(" ", 1)[1] for line in lines if " truncated " in line]
+    assert truncated == ([f"conn=7 client->upstream truncated offset={snaplen}"] if len(sent) > snaplen else [])

@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 from proxy.log import EventLog, logfmt_value
 from proxy.output import PIPE_BUF, Output, pieces
 from proxy.relay.tap import HexdumpWriter
-from tests.support import WAIT, echo_handler, logfmt, recv_exactly
+from tests.support import WAIT, PeakRss, echo_handler, logfmt, recv_exactly
 from tests.test_sni import in_records, synthetic_client_hello
+from tests.wireshark import find_tshark, run_tshark
 
 SMALL_PIPE = 4096  # one page: the smallest a pipe can be, so that a stall comes at once
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00"
@@ -187,6 +188,44 @@ def test_an_unread_stdout_never_stalls_the_hexdump(launch, outputs, start_upstre
         assert recv_exactly(client, 16) == b"after the stall!"
     assert stdout.read_until(b"|after the stall!|").count(b" dump_dropped ") == 1
     assert exits_on(proc, signal.SIGTERM) == 0
+
+
+def test_a_capture_to_an_unread_pipe_stays_bounded_and_goes_on_in_a_new_section(
+    launch, outputs, start_upstream, tmp_path
+):
+    tshark = find_tshark()
+    upstream = start_upstream(echo_handler)
+    stdout = outputs("pipe")
+    with open(tmp_path / "stderr", "wb") as stderr_file:
+        proc = launch(
+            ["forward", "127.0.0.1:0", upstream.address, "--pcap", "-"], stderr=stderr_file, stdout=stdout.writer
+        )
+    assert _wait_for_file(tmp_path / "stderr", b" listening ")
+    port = int(re.search(rb"address=\S+:(\d+)", (tmp_path / "stderr").read_bytes()).group(1))
+    chunk = os.urandom(1 << 20)
+    with PeakRss(proc.pid) as peak, socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        client.settimeout(WAIT)
+        for _ in range(64):  # 64 MiB each way, on both legs: 256 MiB of capture the pipe never takes
+            client.sendall(chunk)
+            assert recv_exactly(client, len(chunk)) == chunk
+    assert peak.growth < 48 * 1024, f"RSS grew by {peak.growth} KiB"
+    # The reader comes back: what was queued drains, the loss is logged, and the capture goes on
+    # in a new section that Wireshark reads like the first.
+    assert stdout.unread() > 0, "the reader really is behind"
+    deadline = time.monotonic() + WAIT
+    while b"pcap_dropped" not in (tmp_path / "stderr").read_bytes() and time.monotonic() < deadline:
+        stdout.data += _read_available(stdout.reader)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        client.sendall(b"after the stall")
+        assert recv_exactly(client, 15) == b"after the stall"
+    stdout.read_until(b"after the stall", count=4)  # each way on each leg
+    warning = logfmt(next(line for line in (tmp_path / "stderr").read_text().splitlines() if "pcap_dropped" in line))
+    assert int(warning["packets"]) > 0 and int(warning["bytes"]) > 0
+    assert exits_on(proc, signal.SIGTERM) == 0
+    stdout.data += _read_available(stdout.reader)
+    (tmp_path / "capture.pcapng").write_bytes(stdout.data)
+    streams = run_tshark(tshark, "-r", str(tmp_path / "capture.pcapng"), "-T", "fields", "-e", "tcp.stream")
+    assert len(set(streams.split())) == 4, "both legs of both connections"
 
 
 def _wait_for_file(path: Path, pattern: bytes) -> bool:

@@ -16,7 +16,10 @@ A connection that is never wrapped pays nothing at all.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 import time
 from typing import Any
 
@@ -25,6 +28,9 @@ from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConve
 from proxy.relay.pcap_sink import PcapSink
 
 PENDING_LIMIT = 1024 * 1024  # bytes of packets held before the decision; beyond, they are not captured
+UNREAD_SHOWN = 256 * 1024  # of what a peer sent and the proxy never read, shown at close
+_INT = struct.Struct("i")
+_INT_ZERO = _INT.pack(0)
 
 
 class Leg:
@@ -156,8 +162,18 @@ class RecordingSocket:
             self.leg.abortive = True
 
     def close(self) -> None:
+        leg = self.leg
+        try:
+            unread = _INT.unpack(fcntl.ioctl(self.raw.fileno(), termios.FIONREAD, _INT_ZERO))[0]
+            if unread:
+                # The kernel acknowledged these bytes and the proxy never read them: closing now
+                # sends an RST. Show both, as a capture on the host would.
+                leg.data(leg.remote, memoryview(self.raw.recv(min(unread, UNREAD_SHOWN), socket.MSG_PEEK)))
+                leg.abortive = True
+        except OSError:
+            pass  # the socket is already broken: its end was recorded when it broke
         self.raw.close()
-        self.leg.closed()
+        leg.closed()
 
 
 class ConnectionCapture:
