@@ -142,6 +142,13 @@ class Pair:
     It is the owner (side.py's SideOwner) of both its sides.
     """
 
+    # The dump and the capture, decided once routed and connected (or at the end). Class-level
+    # defaults: a connection that is not dumped never sets them.
+    tap: HexdumpWriter | SnappedDump | None = None
+    dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
+    capture: ConnectionCapture | None = None
+    _dump_pending = False  # a dump plan may still want this connection
+
     def __init__(
         self,
         runtime: Runtime,
@@ -156,11 +163,6 @@ class Pair:
         self.route: str | int | None = None
         self.conn = runtime.next_conn_id()
         self.on_finish = on_finish
-        # The dump and the capture are decided once routed and connected (or at the end).
-        self.tap: HexdumpWriter | SnappedDump | None = None
-        self.dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
-        self.capture: ConnectionCapture | None = None
-        self._dump_pending = False
         plan = settings.dump
         if plan is not None and plan.may_dump(self.conn):
             self._dump_pending = True
