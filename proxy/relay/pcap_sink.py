@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.config.schema import PcapConfig
+from proxy.errors import describe_os_error
 from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
 from proxy.protocol.pcapng import Packet, PcapngWriter
 
@@ -43,13 +45,14 @@ class PcapSink:
 
     `write` takes one packet of a listener's connection; `generation` counts the sections begun
     so far, so that a connection can say who it is again (its comment) on its first packet in a
-    new one. `on_lost(packets, size)` is told, once a stalled reader has caught up, what was lost.
+    new one. `warn(event, **fields)` logs what went wrong: packets lost to a stalled reader (once
+    it has caught up), a rotation that failed. A capture never fails the connections it watches.
     """
 
-    def __init__(self, config: PcapConfig, path: str, on_lost: Callable[[int, int], None]) -> None:
+    def __init__(self, config: PcapConfig, path: str, warn: Callable[..., None]) -> None:
         self.config = config
         self.path = path
-        self.on_lost = on_lost
+        self.warn = warn
         self.generation = 0
         self.lost_packets = 0
         self._writer = PcapngWriter()
@@ -80,7 +83,7 @@ class PcapSink:
 
     def _recovered(self, _lines: int, size: int) -> bytes:
         """The reader caught up after drops: a new section (interfaces are declared again)."""
-        self.on_lost(self.lost_packets, size)
+        self.warn("pcap_dropped", file=self.path, packets=self.lost_packets, bytes=size)
         self.lost_packets = 0
         self.generation += 1
         self._interfaces.clear()
@@ -117,17 +120,26 @@ class PcapSink:
         return limit is not None and self._fd is not None and self._size + size > limit and self._size > 512
 
     def _rotate(self) -> None:
-        """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH."""
+        """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH.
+
+        If that fails (a full disk, a folder made read-only), the capture stops with a warning
+        and the proxy goes on serving.
+        """
         self._close_file()
         keep = self.config.keep
-        for index in range(keep, 0, -1):
-            older = f"{self.path}.{index}"
-            newer = self.path if index == 1 else f"{self.path}.{index - 1}"
-            try:
-                os.replace(newer, older)
-            except FileNotFoundError:
-                pass
-        self.output = self._open()
+        try:
+            for index in range(keep, 0, -1):
+                older = f"{self.path}.{index}"
+                newer = self.path if index == 1 else f"{self.path}.{index - 1}"
+                try:
+                    os.replace(newer, older)
+                except FileNotFoundError:
+                    pass
+            self.output = self._open()
+        except OSError as exc:
+            self.warn("pcap_failed", file=self.path, error=describe_os_error(exc))
+            self.config = replace(self.config, max_size=None)  # no more rotations: every write is dropped
+            return
         self._start_section()
 
     def _close_file(self) -> None:

@@ -124,15 +124,12 @@ class Server:
         sink = self.sinks.get(path)
         if sink is None:
             try:
-                sink = PcapSink(config, path, self._capture_lost)
+                sink = PcapSink(config, path, self.log.warning)
             except OSError as exc:
                 raise StartupError(f"pcap file {path}: {describe_os_error(exc)}") from None
             attach_output(self.reactor, sink.output)
             self.sinks[path] = sink
         return sink
-
-    def _capture_lost(self, packets: int, size: int) -> None:
-        self.log.warning("pcap_dropped", packets=packets, bytes=size)
 
     def bind(self, *, signals: bool = True) -> None:
         """Get ready to serve: take over the signals, then bind every listener, or none (a
