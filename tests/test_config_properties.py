@@ -26,6 +26,7 @@ KEYS = [
     *("backup", "interval", "timeout", "rise", "fall", "ca", "server_name", "verify", "cert", "key"),
     *("client_ca", "certificates", "name", "listen", "upstream", "routes", "allow", "deny"),
     *("accept_proxy_protocol", "trusted", "match", "sni", "source", "api", "<<", "unknown"),
+    *("pcap", "snaplen", "dump_only", "dump_file", "file", "max_size", "keep"),
 ]
 VALUES = [
     *("8080", "0", "127.0.0.1:9000", '"[::1]:0"', "unix:/tmp/x.sock", "nowhere", "99999", "-1", "1.5", "1e999"),
@@ -33,6 +34,7 @@ VALUES = [
     *("10.0.0.0/8", '"::ffff:10.0.0.0/104"', "::/0", "10.0.0.300", "round_robin", "v2", "v3", "api", "other"),
     *('"*.example.com"', "a.example.com", "regular.pem", "fifo.pem", "folder", "/dev/null", "missing.pem"),
     *("2026-01-01", "2026-13-01", "0x1F", "0b101", "1:30", ".nan", ".inf", "=", '"a\\0b"', "<<"),
+    *("conn=1", "client=10.0.0.0/8", "clinet=1", "route=0", "server=db:5432", '"-"', "x.pcapng"),
 ]
 TAGS = ["!foo", "!!int", "!!bool", "!!float", "!!str", "!!null", "!!timestamp", "!!binary", "!!set", "!!map"]
 TAGS += ["!!seq", "!!merge", "!!python/object:os.system", "!<tag:example.com,2000:x>"]
@@ -83,16 +85,20 @@ def flow_nodes(*, anchored: bool) -> st.SearchStrategy[str]:
 
 
 LISTENER_KEYS = ["name", "listen", "upstream", "allow", "deny", "accept_proxy_protocol", "idle_timeout", "hexdump"]
-LISTENER_KEYS += ["connect_timeout", "buffer_size", "max_connections", "tls", "unknown"]
+LISTENER_KEYS += ["connect_timeout", "buffer_size", "max_connections", "tls", "unknown", "pcap", "snaplen", "dump_only"]
 TLS_KEYS = ["cert", "key", "ca", "client_ca", "server_name", "verify", "certificates", "trusted"]
 UPSTREAM_KEYS = ["balance", "connect_timeout", "retries", "proxy_protocol", "health_check", "tls", "servers"]
 DEFAULT_KEYS = ["connect_timeout", "idle_timeout", "max_buffered", "shutdown_grace", "hexdump", "buffer_size"]
+DEFAULT_KEYS += ["pcap", "snaplen", "dump_only"]
 
 
 def listeners(values: st.SearchStrategy[str], merge_from: list[str]) -> st.SearchStrategy[str]:
     """A listener mapping: an address and a target, then anything else of a listener's."""
     match = flow_mapping(["sni", "source"], values, merge_from)
-    route = flow_mapping(["match", "upstream", "name"], values | match, merge_from)
+    pcap = flow_mapping(["file", "max_size", "keep"], values, merge_from)
+    route = flow_mapping(
+        ["match", "upstream", "name", "hexdump", "pcap", "dump_only"], values | match | pcap, merge_from
+    )
     target = st.sampled_from(["api", "127.0.0.1:9000", "9000", "other"]).map(lambda name: f"upstream: {name}")
     target |= st.lists(route, max_size=3).map(lambda items: f"routes: [{', '.join(items)}]")
     return st.tuples(
