@@ -157,7 +157,9 @@ def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides
     if args.pcap == "-" and workers > 1:
         raise UsageError("--pcap - cannot be shared by workers; give a file")
     pcap = None if args.pcap is None else PcapConfig(args.pcap, args.pcap_max, args.pcap_keep or DEFAULT_PCAP_KEEP)
-    return DumpOverrides(args.hexdump, pcap, args.snaplen, tuple(args.dump_only), args.dump_file)
+    return DumpOverrides(
+        hexdump=args.hexdump, pcap=pcap, snaplen=args.snaplen, dump_only=tuple(args.dump_only), dump_file=args.dump_file
+    )
 
 
 def _check_standard_output(config: Config, workers: int = 1) -> None:
