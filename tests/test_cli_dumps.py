@@ -63,7 +63,7 @@ FORWARD = ["forward", "127.0.0.1:0", "127.0.0.1:9"]
         (
             [*FORWARD, "--pcap", "-", "--hexdump"],
             "pairproxy: the capture (pcap -) and the hex dump would both go to standard output;"
-            " give the hex dump a file",
+            " give the hex dump a file (dump_file, --dump-file)",
         ),
         ([*FORWARD, "echo", "--dump-file", "x"], "pairproxy forward: unrecognized arguments: echo"),
         (["check", "--pcap", "x"], "pairproxy check: unrecognized arguments: --pcap x"),

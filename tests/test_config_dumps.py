@@ -223,6 +223,16 @@ def test_paths_are_relative_to_the_file_and_dash_is_standard_output(tmp_path):
             """,
             "t.yaml:1:1: unknown key 'dump_fil' in the file (did you mean 'dump_file'?)",
         ),
+        (
+            """\
+            defaults: {hexdump: true}
+            listeners:
+              - {listen: 8080, upstream: 9000}
+              - {listen: 8081, routes: [{upstream: 9000, pcap: {file: "-"}}]}
+            """,
+            "t.yaml:4:59: the capture (pcap -) and the hex dump would both go to standard output;"
+            " give the hex dump a file (dump_file, --dump-file)",
+        ),
     ],
     ids=lambda value: value if len(value) < 30 else None,
 )
@@ -333,3 +343,16 @@ def test_filters_that_can_hold_or_come_from_defaults_are_not_warned_about():
         """)
         == ()
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'dump_file: hex.txt\nlisteners: [{listen: 8080, upstream: 9000, hexdump: true, pcap: "-"}]',
+        'listeners: [{listen: 8080, upstream: 9000, pcap: "-"}]',
+        'listeners: [{listen: 8080, hexdump: true, pcap: "-", routes: [{upstream: 9000, pcap: x.pcapng}]}]',
+        'listeners: [{listen: 8080, pcap: "-", routes: [{upstream: 9000, hexdump: false}]}, {listen: 81, upstream: 1}]',
+    ],
+)
+def test_standard_output_for_one_stream_is_fine(text):
+    assert load(text).config.listeners

@@ -181,7 +181,10 @@ def standard_output_clash(config: Config, workers: int = 1) -> str | None:
         return "a capture to standard output (pcap -) cannot be shared by workers; give a file"
     hexdumps = [hexdump for listener in config.listeners for hexdump in _in_effect(listener, "hexdump")]
     if config.dump_file in (None, "-") and any(hexdumps):
-        return "the capture (pcap -) and the hex dump would both go to standard output; give the hex dump a file"
+        return (
+            "the capture (pcap -) and the hex dump would both go to standard output;"
+            " give the hex dump a file (dump_file, --dump-file)"
+        )
     return None
 
 

@@ -31,6 +31,7 @@ from proxy.config.checks import (
     Place,
     listener_clashes,
     listener_warnings,
+    standard_output_clash,
     unused_upstreams,
 )
 from proxy.config.dumping import parse_dump_condition
@@ -259,6 +260,7 @@ class _Reader:
         self.bound: list[Bound] = []  # each listener's own name and address, for the clash check
         self.inline: dict[str, UpstreamConfig] = {}  # the one-server upstreams that routes name by address
         self.names: dict[str, list[str]] = {}  # the DNS names of each served certificate file, read once
+        self.stdout_capture: Place | None = None  # the first `pcap: "-"`, where a clash on stdout is reported
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting -----------------------------------------------------------------------
@@ -549,13 +551,13 @@ class _Reader:
 
     def pcap(self, node: yaml.Node, what: str) -> PcapConfig | Invalid:
         """`pcap: PATH` or `pcap: {file: PATH, max_size: SIZE, keep: N}`."""
-        if not isinstance(node, yaml.MappingNode):
-            path = self.output_path(node, what)
-            return path if isinstance(path, Invalid) else PcapConfig(path)
-        fields = self.fields_with(node, what, PCAP, "file", f"{what} needs 'file:', the capture's path")
-        if fields is None:
-            return INVALID
-        path = self.output_path(fields["file"][1], "file")
+        fields: Fields | None = {}
+        if isinstance(node, yaml.MappingNode):
+            fields = self.fields_with(node, what, PCAP, "file", f"{what} needs 'file:', the capture's path")
+            if fields is None:
+                return INVALID
+        path_node = fields["file"][1] if fields else node
+        path = self.output_path(path_node, "file" if fields else what)
         options = self.options(fields, PCAP)
         if isinstance(path, Invalid) or not self.all_valid(options, fields, PCAP):
             return INVALID
@@ -565,6 +567,8 @@ class _Reader:
         if "keep" in options and "max_size" not in options:
             self.error(fields["keep"][0], "keep: needs max_size (files are only rotated by size)")
             return INVALID
+        if path == "-":
+            self.stdout_capture = self.stdout_capture or self.place(path_node)
         return PcapConfig(path, **options)
 
     def dump_only(self, node: yaml.Node, what: str) -> tuple[DumpCondition, ...]:
@@ -676,6 +680,9 @@ class _Reader:
         )
         for finding in unused_upstreams(config, upstream_places):
             self.report(finding)
+        clash = standard_output_clash(config)
+        if clash is not None and self.stdout_capture is not None:
+            self.report(Finding(self.stdout_capture, clash))
         return config
 
     def upstream(self, name: str, node: yaml.Node) -> UpstreamConfig | None:
