@@ -128,3 +128,33 @@ def test_run_hexdump_holds_for_every_listener_and_after_a_reload(tmp_path, start
     exchange(b"after")
     assert wait_until(lambda: "conn=2 close" in proxy.stdout()), proxy.stdout()
     assert proxy.stop(signal.SIGTERM) == 0
+
+
+def test_run_dump_only_flags_filter_before_and_after_a_reload(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+        """,
+    )
+    dump = tmp_path / "dump.txt"
+    proxy = start_proxy("run", "-c", str(path), "--hexdump", "--dump-only", "conn=3", "--dump-file", str(dump))
+
+    def exchange(payload: bytes) -> None:
+        with connect(proxy.address) as client:
+            client.sendall(payload)
+            assert recv_exactly(client, len(payload)) == payload
+
+    exchange(b"one")
+    exchange(b"two")
+    proxy.wait_access(2)
+    reload(proxy, 1)
+    exchange(b"three")
+    proxy.wait_access(3)
+    assert proxy.stdout() == ""  # the dump file, not standard output
+    assert proxy.stop(signal.SIGTERM) == 0
+    dumped = dump.read_text()
+    assert "conn=3 open" in dumped and "|three|" in dumped
+    assert "conn=1 " not in dumped and "conn=2 " not in dumped
