@@ -216,6 +216,18 @@ def test_a_failed_reload_says_why_in_status_and_the_old_table_serves_on(tmp_path
     _round_trip(proxy.listener_address("web"))
 
 
+def test_forward_answers_a_reload_it_cannot_do(start_proxy, start_upstream, manager):
+    """Type=notify-reload waits for RELOADING=1 and READY=1 after its SIGHUP: forward must not leave it waiting."""
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address, env={"NOTIFY_SOCKET": manager.address})
+    manager.wait_for("READY")
+    proxy.send_signal(signal.SIGHUP)
+    assert manager.wait_for("RELOADING")["RELOADING"] == "1"
+    status = manager.wait_for("READY")["STATUS"]
+    assert status == "serving 1 listener; reload failed: no configuration file (forward mode)"
+    proxy.wait_for("reload_ignored")
+
+
 def test_watchdog_pings_from_the_loop_at_half_of_watchdog_usec(tmp_path, start_proxy, start_upstream, manager):
     upstream = start_upstream(echo_handler)
     env = {"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "400000"}  # a ping every 0.2 s

@@ -261,6 +261,8 @@ class Server:
         """Re-read the file and put it in force whole, or keep serving the old table."""
         if self.config_path is None:
             self.log.warning("reload_ignored", reason="no configuration file (forward mode)")
+            self.systemd.reloading()  # systemd's notify-reload waits for this pair after its SIGHUP
+            self.systemd.reloaded(len(self.listeners), "no configuration file (forward mode)")
             return
         if self.draining:
             return
