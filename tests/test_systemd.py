@@ -17,8 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.config.schema import DEFAULT_SHUTDOWN_GRACE, ListenerConfig
+from proxy.config.schema import DEFAULT_SHUTDOWN_GRACE, ListenerConfig, listener_key
 from proxy.config.units import parse_address, parse_duration
 from proxy.serve.systemd import (
     Passed,
@@ -106,6 +108,52 @@ def test_match_passed_by_name_first_then_by_address_each_descriptor_once():
     named = [Passed(3, "b", ("127.0.0.1", 8080))]
     assert match_passed(listeners, named) == {"127.0.0.1:9": 3}
     assert match_passed(listeners, []) == {}
+
+
+_NAMES = st.sampled_from(["edge", "api", "admin", None])
+_HOSTS = st.sampled_from(["127.0.0.1", "0.0.0.0", "::1", "localhost"])
+_PORTS = st.sampled_from([0, 80, 443])
+
+
+@st.composite
+def _tables(draw):
+    """Listeners with distinct names and keys, as a valid file has them, and passed sockets of any kind."""
+    listeners, keys, names = [], set(), set()
+    for name, host, port in draw(st.lists(st.tuples(_NAMES, _HOSTS, _PORTS), max_size=5)):
+        listener = _listener(name, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if listener_key(listener) in keys or (name is not None and name in names):
+            continue
+        keys.add(listener_key(listener))
+        names.add(name)
+        listeners.append(listener)
+    ips = st.sampled_from(["127.0.0.1", "0.0.0.0", "::1"])
+    sockets = draw(st.lists(st.tuples(_NAMES, ips, st.sampled_from([80, 443])), max_size=4))
+    return listeners, [Passed(3 + i, name, (ip, port)) for i, (name, ip, port) in enumerate(sockets)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_tables())
+def test_match_passed_gives_each_socket_once_for_a_reason_and_leaves_nothing_matchable(table):
+    listeners, passed = table
+    assigned = match_passed(listeners, passed)
+    assert len(set(assigned.values())) == len(assigned), "one listener per socket"
+    by_fd = {candidate.fd: candidate for candidate in passed}
+    by_key = {listener_key(listener): listener for listener in listeners}
+    for key, fd in assigned.items():
+        listener, candidate = by_key[key], by_fd[fd]
+        named = listener.name is not None and candidate.name == listener.name
+        assert named or same_address(listener.listen, candidate.sockaddr)
+    free = [candidate for candidate in passed if candidate.fd not in assigned.values()]
+    for listener in listeners:
+        if listener_key(listener) in assigned:
+            continue
+        for candidate in free:
+            assert candidate.name is None or candidate.name != listener.name
+            assert not same_address(listener.listen, candidate.sockaddr)
+    # A name wins over an address: a listener whose name a socket has gets a socket of that name.
+    for listener in listeners:
+        if listener.name is not None and any(candidate.name == listener.name for candidate in passed):
+            assert by_fd[assigned[listener_key(listener)]].name == listener.name
 
 
 # -- notify, end to end -------------------------------------------------------------------------
@@ -366,17 +414,30 @@ def test_a_passed_socket_no_listener_takes_is_a_warning_until_a_reload_adds_one(
     _round_trip(spare_address)
 
 
-def test_a_passed_socket_that_does_not_listen_stops_the_start_with_one_line(tmp_path, start_proxy, start_upstream):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_a_passed_socket_that_does_not_listen_stops_the_start_with_one_line(
+    tmp_path, start_proxy, start_upstream, workers
+):
     upstream = start_upstream(echo_handler)
     bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     bound.bind(("127.0.0.1", 0))
-    proxy = _activated(start_proxy, _echo_config(tmp_path, upstream), [bound], names=["web"], wait_listening=0)
+    config = _echo_config(tmp_path, upstream)
+    proxy = _activated(start_proxy, config, [bound], *workers, names=["web"], wait_listening=0)
     assert proxy.proc.wait(WAIT) == 1
     proxy.stop()
     assert proxy.lines == [
         "pairproxy: socket activation: descriptor 3 (web): not a listening TCP socket"
         " (ListenStream= with an IP address and port)"
     ]
+
+
+def test_names_that_do_not_fit_the_descriptors_stop_the_start_with_one_line(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    passed = _listening_socket()
+    proxy = _activated(start_proxy, _echo_config(tmp_path, upstream), [passed], names=["web", "api"], wait_listening=0)
+    assert proxy.proc.wait(WAIT) == 1
+    proxy.stop()
+    assert proxy.lines == ["pairproxy: LISTEN_FDNAMES has 2 names for LISTEN_FDS=1 descriptors"]
 
 
 def test_sockets_passed_to_another_process_are_left_alone(tmp_path, start_proxy, start_upstream):

@@ -21,7 +21,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config.schema import ListenerConfig, listener_key
@@ -120,15 +120,17 @@ def match_passed(listeners: Sequence[ListenerConfig], passed: Sequence[Passed]) 
             if key in taken:
                 continue
             for candidate in free:
-                if (
-                    listener.name is not None and candidate.name == listener.name
-                    if by_name
-                    else same_address(listener.listen, candidate.sockaddr)
-                ):
+                if _belongs(candidate, listener, by_name=by_name):
                     taken[key] = candidate.fd
                     free.remove(candidate)
                     break
     return taken
+
+
+def _belongs(candidate: Passed, listener: ListenerConfig, *, by_name: bool) -> bool:
+    if by_name:
+        return listener.name is not None and candidate.name == listener.name
+    return same_address(listener.listen, candidate.sockaddr)
 
 
 def status_message(**fields: str | int) -> bytes:
@@ -190,10 +192,9 @@ class Systemd:
         self._served = False
 
     @classmethod
-    def from_environment(cls, reactor: Reactor, environ: MutableMapping[str, str] | None = None) -> Systemd:
+    def from_environment(cls, reactor: Reactor) -> Systemd:
         """Read and remove the manager's variables; StartupError for a malformed one or a bad passed socket."""
-        environ = os.environ if environ is None else environ
-        seen = {name: environ.pop(name) for name in _VARIABLES if name in environ}
+        seen = {name: os.environ.pop(name) for name in _VARIABLES if name in os.environ}
         pid = os.getpid()
         try:
             watchdog = watchdog_interval(seen, pid)
