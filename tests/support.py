@@ -31,17 +31,21 @@ class ProxyProcess:
         preexec_fn: Callable[[], None] | None = None,
         wait_listening: int = 1,
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        """`wrapper` is a command line the proxy's is appended to (it execs it); `pass_fds` stay open in it."""
         self.args = list(args)
         self.stdout_path = workdir / f"stdout-{id(self)}.txt"
         self._stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", *self.args],
+            [*wrapper, sys.executable, "-m", "proxy", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
             stderr=subprocess.PIPE,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []

@@ -42,6 +42,7 @@ from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import Frontend, Table
 from proxy.serve.health import HealthChecker
+from proxy.serve.systemd import Systemd
 
 
 def _tls_failure(exc: ssl.SSLError | OSError) -> str:
@@ -97,6 +98,7 @@ class Server:
         self.log = log
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
+        self.systemd = Systemd.from_environment(self.reactor)
         self.resolver = Resolver(self.reactor)
         self.hexdump = HexdumpWriter(self._dump_stream(self.config.dump_file))
         attach_output(self.reactor, self.hexdump.output)
@@ -150,6 +152,7 @@ class Server:
             self.close()
             raise StartupError(build.problems[0])
         self._swap(build)
+        self.systemd.serving(len(self.listeners))
 
     def _pinned(self, config: Config) -> Config:
         """Port-0 listeners on the ports the supervisor reserved for every worker."""
@@ -176,6 +179,7 @@ class Server:
     def _build(self, config: Config) -> _Build:
         """Everything `config` needs, with nothing running yet; `problems` says what failed."""
         build = _Build(config, {}, {}, {}, {}, [])
+        passed = self.systemd.assign(config.listeners)
         for name, upstream in config.upstreams.items():
             build.pools[name] = Pool(upstream)
             tls = upstream.tls
@@ -191,6 +195,8 @@ class Server:
             try:
                 if running is not None:
                     sock = running.dispatcher.socket
+                elif key in passed:  # socket activation: never bound here, now or on a reload
+                    sock = build.new_sockets[key] = passed[key].dup()
                 else:
                     sock = build.new_sockets[key] = bind_listening_socket(
                         listener.listen, reuse_port=self.worker[1] > 1
@@ -252,15 +258,19 @@ class Server:
         """Re-read the file and put it in force whole, or keep serving the old table."""
         if self.config_path is None:
             self.log.warning("reload_ignored", reason="no configuration file (forward mode)")
+            self.systemd.reloading()  # systemd's notify-reload waits for this pair after its SIGHUP
+            self.systemd.reloaded(len(self.listeners), "no configuration file (forward mode)")
             return
         if self.draining:
             return
+        self.systemd.reloading()
         try:
             loaded = load_config(self.config_path)
         except ConfigError as exc:
             for message in exc.messages:
                 self.log.error("reload_failed", error=message)
             self.log.error("reload_rejected", file=self.config_path, errors=len(exc.messages))
+            self.systemd.reloaded(len(self.listeners), exc.messages[0])
             return
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
@@ -270,9 +280,11 @@ class Server:
             for problem in build.problems:
                 self.log.error("reload_failed", error=problem)
             self.log.error("reload_rejected", file=self.config_path, errors=len(build.problems))
+            self.systemd.reloaded(len(self.listeners), build.problems[0])
             return
         kept, started = self._swap(build)
         self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
+        self.systemd.reloaded(len(self.listeners))
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -288,6 +300,7 @@ class Server:
         if self.draining:
             return
         self.draining = True
+        self.systemd.stopping()
         for listener in self.listeners.values():
             listener.dispatcher.close()
         for checker in self.health:
@@ -321,4 +334,5 @@ class Server:
         self.hexdump.output.close()
         for sink in self.sinks.values():
             sink.close()
+        self.systemd.close()
         self.reactor.close()

@@ -41,6 +41,7 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import bind_reuseport_group, discard_handed, hand_over
 from proxy.loop.reactor import Reactor
+from proxy.serve.systemd import Systemd
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server
@@ -92,6 +93,15 @@ def _take_handed_records(link: socket.socket, until: bytes) -> bool:
             hand_over(address, error)
 
 
+def _group(listener: ListenerConfig, passed: dict[str, socket.socket], count: int) -> list[socket.socket]:
+    """`count` sockets listening for `listener`, one per worker: copies of the one socket activation
+    passed for it (the workers share its accept queue), else a new SO_REUSEPORT group."""
+    sock = passed.get(listener_key(listener))
+    if sock is None:
+        return bind_reuseport_group(listener.listen, count)
+    return [sock.dup() for _ in range(count)]
+
+
 class SupervisorLink(Dispatcher):
     """A worker's end of its link: reloads come over it, and end of file means the supervisor died."""
 
@@ -129,6 +139,7 @@ class Supervisor:
         self.splice = splice
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
+        self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
         self.stopping = False
@@ -136,6 +147,7 @@ class Supervisor:
         self._groups: dict[str, list[socket.socket]] = {}  # listener key -> the first start's sockets
         self._served: set[str] = set()  # listener keys the workers have sockets for
         self._ever_ready = [False] * count
+        self._all_ready = False  # every worker has served: systemd was told READY=1
         self._delays = [RESTART_DELAY_FIRST] * count
         self._started_at = [0.0] * count
 
@@ -145,8 +157,9 @@ class Supervisor:
         self.reactor.add_signal_handler(signal.SIGINT, lambda: self._stop(signal.SIGINT))
         self.reactor.add_signal_handler(signal.SIGHUP, self._reload)
         try:
+            passed = self.systemd.assign(self.config.listeners)
             for listener in self.config.listeners:
-                group = bind_reuseport_group(listener.listen, self.count)
+                group = _group(listener, passed, self.count)
                 self._groups[listener_key(listener)] = group
                 if listener.listen.port == 0:
                     self.pins[listener_key(listener)] = group[0].getsockname()[1]
@@ -170,12 +183,18 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         link, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        passed = self.systemd.assign(self.config.listeners)
         for listener in self.config.listeners:
             address = self._address(listener)
-            group = self._groups.get(listener_key(listener))
+            key = listener_key(listener)
+            group = self._groups.get(key)
             try:
-                # A restart joins its siblings' group; alone, it checks the address is still free.
-                sock = group[index] if group else bind_reuseport_group(address, 1, join=bool(self.workers))[0]
+                if group:
+                    sock = group[index]
+                elif key in passed:
+                    sock = passed[key].dup()
+                else:  # a restart joins its siblings' group; alone, it checks the address is still free
+                    sock = bind_reuseport_group(address, 1, join=bool(self.workers))[0]
             except ProxyError as exc:
                 _send(link, REFUSE, f"{address} {exc}")
                 continue
@@ -207,6 +226,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         # Only the supervisor may hold the other ends of the links, and only their workers their sockets.
+        self.systemd.close()
         for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
             sock.close()
         ready = False
@@ -256,7 +276,22 @@ class Supervisor:
         link.close()
         return error
 
+    def _tell_when_all_ready(self) -> None:
+        """READY=1 to systemd once every worker serves: its `ready` is the first record on its link
+        (peeked, so that `_report` still finds it)."""
+        for index in range(self.count):
+            link = self.links.get(index)
+            try:
+                if link is None or not link.recv(RECORD_MAX, socket.MSG_PEEK).startswith(READY):
+                    return
+            except OSError:  # nothing said yet
+                return
+        self._all_ready = True
+        self.systemd.serving(len(self.config.listeners))
+
     def _reap(self) -> None:
+        if not self._all_ready and not self.stopping:
+            self._tell_when_all_ready()
         while self.workers:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -305,22 +340,26 @@ class Supervisor:
         A worker started later must begin with the same table, so the supervisor keeps the newest
         valid one too. An address it cannot bind reaches the workers as that error.
         """
+        self.systemd.reloading()
+        problem = None
         try:
             config = load_config(self.config_path).config
-        except ConfigError:
+        except ConfigError as exc:
             config = None  # every worker logs the errors and keeps its table; restarts keep the old one too
+            problem = exc.messages[0]
         records: list[list[tuple[bytes, str, socket.socket | None]]] = [[] for _ in range(self.count)]
         if config is not None:
             keys = {listener_key(listener) for listener in config.listeners}
+            passed = self.systemd.assign(config.listeners)
             served, pins, refused = self._served & keys, dict(self.pins), False
             for listener in config.listeners:
                 key = listener_key(listener)
                 if key in served:
                     continue
                 try:
-                    group = bind_reuseport_group(listener.listen, self.count)
+                    group = _group(listener, passed, self.count)
                 except ProxyError as exc:
-                    refused = True
+                    refused, problem = True, str(exc)
                     for pending in records:
                         pending.append((REFUSE, f"{listener.listen} {exc}", None))
                     continue
@@ -346,8 +385,11 @@ class Supervisor:
                 for _kind, _text, sock in pending:
                     if sock is not None:
                         sock.close()
+        # Handed on, not yet done: each worker logs how its own reload went.
+        self.systemd.reloaded(len(self.config.listeners), problem)
 
     def _stop(self, signum: int) -> None:
         """Pass the stop on; a second SIGINT reaches the workers as their own second one."""
         self.stopping = True
+        self.systemd.stopping()
         self._signal_all(signum)
