@@ -34,7 +34,7 @@ from proxy.config.schema import (
     with_overrides,
 )
 from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
-from proxy.errors import ProxyError, StartupError, UsageError
+from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.policy import explain
 from proxy.serve.contexts import use_keylog
@@ -350,7 +350,7 @@ def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
     try:
         path = use_keylog(path)
     except OSError as exc:
-        raise StartupError(f"{source} {path}: {(exc.strerror or str(exc)).lower()}") from None
+        raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
     log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
 
 

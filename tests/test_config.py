@@ -396,8 +396,8 @@ def test_warnings_for_mistakes_that_still_load():
     assert loaded.warnings == (
         "t.yaml:3:3: warning: upstream 'spare' is not used by any route",
         "t.yaml:6:12: warning: allow and deny leave no source allowed",
-        "t.yaml:11:9: warning: this route can never match: route #1 before it matches all it does",
-        "t.yaml:14:9: warning: this route can never match: route #3 before it matches all it does",
+        "t.yaml:11:9: warning: this route can never match: route 0 before it matches all it does",
+        "t.yaml:14:9: warning: this route can never match: route 2 before it matches all it does",
     )
 
 
@@ -510,7 +510,7 @@ def test_a_route_covered_by_an_earlier_sni_route_is_never_matched(earlier, later
               - {{match: {{sni: {earlier}}}, upstream: 9000}}
               - {{{later_match}upstream: 9001}}
         """)
-    expected = ("t.yaml:5:9: warning: this route can never match: route #1 before it matches all it does",)
+    expected = ("t.yaml:5:9: warning: this route can never match: route 0 before it matches all it does",)
     assert loaded.warnings == (expected if never else ())
 
 
@@ -524,7 +524,7 @@ def test_an_earlier_sni_route_covers_only_within_its_source():
               - {match: {sni: api.example.com, source: 10.1.0.0/16}, upstream: 9001}
         """)
     assert loaded.warnings == (
-        "t.yaml:6:9: warning: this route can never match: route #1 before it matches all it does",
+        "t.yaml:6:9: warning: this route can never match: route 0 before it matches all it does",
     )
 
 
@@ -544,9 +544,9 @@ def test_the_route_named_as_covering_is_the_first_that_does():
         """)
     never = "warning: this route can never match: route {} before it matches all it does"
     assert loaded.warnings == (
-        f"t.yaml:5:9: {never.format('#1')}",
-        f"t.yaml:8:9: {never.format('#3')}",
-        f"t.yaml:9:9: {never.format('#3')}",
+        f"t.yaml:5:9: {never.format('0')}",
+        f"t.yaml:8:9: {never.format('2')}",
+        f"t.yaml:9:9: {never.format('2')}",
         f"t.yaml:11:9: {never.format('seventh')}",
     )
 
@@ -964,7 +964,7 @@ def test_warnings_treat_ipv4_mapped_networks_as_ipv4():
         """)
     assert loaded.warnings == (
         "t.yaml:3:12: warning: allow and deny leave no source allowed",
-        "t.yaml:7:9: warning: this route can never match: route #1 before it matches all it does",
+        "t.yaml:7:9: warning: this route can never match: route 0 before it matches all it does",
     )
 
 

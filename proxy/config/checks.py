@@ -112,7 +112,7 @@ def route_coverage(listener: ListenerConfig, places: ListenerPlaces) -> list[Fin
     findings = []
     coverage = _Coverage()
     for index, (route, place) in enumerate(zip(listener.routes, places.routes, strict=True)):
-        cover = coverage.add(route.match, route.name or f"#{index + 1}")
+        cover = coverage.add(route.match, route.name or str(index))  # unnamed: its index, as in the access log
         if cover is not None:
             message = f"this route can never match: route {cover} before it matches all it does"
             findings.append(Finding(place, message, warning=True))

@@ -62,7 +62,7 @@ from proxy.config.units import (
     parse_positive_duration,
     parse_size,
 )
-from proxy.errors import UsageError
+from proxy.errors import UsageError, describe_os_error
 
 # -- loading the YAML route table ---------------------------------------------------------
 
@@ -90,7 +90,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {(exc.strerror or str(exc)).lower()}"]) from None
+        raise ConfigError([f"{path}: cannot read: {describe_os_error(exc)}"]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -532,7 +532,7 @@ class _Reader:
                 return INVALID
             os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # readable by us, and never waits
         except OSError as exc:
-            self.error(node, f"{what}: cannot read {text!r}: {(exc.strerror or str(exc)).lower()}")
+            self.error(node, f"{what}: cannot read {text!r}: {describe_os_error(exc)}")
             return INVALID
         return path
 

@@ -12,14 +12,13 @@ group unnoticed, since the kernel lets any socket of the same user with SO_REUSE
 from __future__ import annotations
 
 import errno
-import os
 import resource
 import socket
 from collections.abc import Callable
 from dataclasses import replace
 
 from proxy.config.units import Address, format_sockaddr
-from proxy.errors import OUT_OF_DESCRIPTORS, StartupError
+from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
@@ -84,7 +83,7 @@ def _listen(address: Address, *, reuse_port: bool) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        reason = describe_os_error(exc)
         raise StartupError(f"cannot listen on {address}: {reason}") from None
     return sock
 
@@ -169,7 +168,7 @@ class Listener(Dispatcher):
         # The client stays in the kernel's backlog; retrying at once would spin the CPU on a
         # listener that keeps reporting readable.
         self.reactor.log.warning(
-            "accept_paused", listener=self.name, error=os.strerror(exc.errno), retry_s=self._backoff
+            "accept_paused", listener=self.name, error=describe_os_error(exc), retry_s=self._backoff
         )
         self.paused = True
         self.interest_changed()

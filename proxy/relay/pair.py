@@ -41,9 +41,7 @@ gone, failed, handshake done or failed); the pair decides what follows. The pair
 
 from __future__ import annotations
 
-import errno
 import itertools
-import os
 import socket
 import ssl
 import time
@@ -53,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
 from proxy.config.units import Address, format_sockaddr, parse_address
-from proxy.errors import StateError
+from proxy.errors import StateError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
 from proxy.loop.reactor import Reactor, Timer
@@ -464,7 +462,7 @@ class Pair:
             self.finish("closed")
 
     def peer_gone(self, side: Side, exc: OSError) -> None:
-        reason = f"{side.name}: {os.strerror(exc.errno or errno.EIO).lower()}"
+        reason = f"{side.name}: {describe_os_error(exc)}"
         self.finish("reset", reason, abort=True, by=side.name)
 
     def failed(self, side: Side, exc: BaseException) -> None:

@@ -17,7 +17,6 @@ health, back-off, balancing state and open-connection counts.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import ssl
@@ -49,7 +48,7 @@ def _tls_failure(exc: ssl.SSLError | OSError) -> str:
     """Why a TLS context could not be built, in one line (the files were fine when checked)."""
     if isinstance(exc, ssl.SSLError):
         return describe_ssl_error(exc)
-    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    reason = describe_os_error(exc)
     return f"{exc.filename}: {reason}" if exc.filename else reason
 
 

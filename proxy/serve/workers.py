@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import Config, DumpOverrides, ListenerConfig, listener_key
 from proxy.config.units import Address
-from proxy.errors import ProxyError, StartupError
+from proxy.errors import ProxyError, StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
@@ -380,7 +380,7 @@ class Supervisor:
                         _send(link, kind, text, sock)
                     _send(link, RELOAD)
             except OSError as exc:  # a dead or stuck worker: the reaper or the next reload deals with it
-                self.log.warning("reload_not_sent", worker=index, error=os.strerror(exc.errno or 0))
+                self.log.warning("reload_not_sent", worker=index, error=describe_os_error(exc))
             finally:
                 for _kind, _text, sock in pending:
                     if sock is not None:
