@@ -10,12 +10,19 @@ import stat
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from proxy.config import schema
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import Address
+from proxy.log import EventLog
+from proxy.output import Output
 from proxy.policy.upstreams import CONNECT_BUCKETS, ConnectTimes
+from proxy.serve import admin
+from proxy.serve.server import Server
 from tests.support import (
     WAIT,
     connect,
@@ -328,10 +335,54 @@ def test_connect_times_are_a_cumulative_histogram():
     assert data["sum"] == pytest.approx(60.2036)
 
 
-def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
-    from proxy.log import EventLog
-    from proxy.serve.server import Server
+@contextmanager
+def serving(config: schema.Config) -> Iterator[Server]:
+    """A Server in this process, its loop on a thread; stopped (not closed) when the block ends,
+    so that what it holds can be looked at from the test's thread afterwards."""
+    server = Server(config, EventLog("error"))
+    server.bind(signals=False)
+    loop = threading.Thread(target=server.reactor.loop, daemon=True)
+    loop.start()
+    try:
+        yield server
+    finally:
+        server.reactor.call_soon_threadsafe(server.reactor.stop)
+        loop.join(WAIT)
 
+
+def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
+    monkeypatch.setattr(admin, "IDLE_TIMEOUT", 0.5)
+    text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
+    with serving(parse_config(text, "t.yaml").config) as server, socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(WAIT)
+        client.connect(str(tmp_path / "admin.sock"))
+        started = time.monotonic()
+        client.sendall(b"help\n")
+        assert client.recv(65536).startswith(b"help ")
+        assert client.recv(1) == b""
+        assert 0.5 <= time.monotonic() - started < WAIT
+    server.close()
+    assert not (tmp_path / "admin.sock").exists()
+
+
+def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        admin: {{socket: admin.sock}}
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), "--workers", "2", wait_listening=2)
+    with connect(proxy.address) as client:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+    assert not (tmp_path / "admin.sock").exists()
+
+
+def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
     upstream = start_upstream(echo_handler)
     text = f"""\
         upstreams:
@@ -339,13 +390,8 @@ def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
         listeners:
           - {{name: web, listen: "127.0.0.1:0", routes: [{{name: main, upstream: app}}]}}
         """
-    config = parse_config(textwrap.dedent(text), "t.yaml").config
-    server = Server(config, EventLog("error"))
-    server.bind(signals=False)
-    loop = threading.Thread(target=server.reactor.loop, daemon=True)
-    loop.start()
-    address = server.listeners[next(iter(server.listeners))].dispatcher.socket.getsockname()
-    try:
+    with serving(parse_config(textwrap.dedent(text), "t.yaml").config) as server:
+        address = server.listeners[next(iter(server.listeners))].dispatcher.socket.getsockname()
         for payload in (b"abc", b"defgh"):
             with connect(address) as client:
                 client.sendall(payload)
@@ -354,9 +400,6 @@ def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
         held.sendall(b"1234")
         assert recv_exactly(held, 4) == b"1234"
         assert wait_until(lambda: server.listeners[next(iter(server.listeners))].stats.closed["main", "closed"] == 2)
-    finally:
-        server.reactor.call_soon_threadsafe(server.reactor.stop)
-        loop.join(WAIT)
     try:
         snapshot = json.loads(json.dumps(server.snapshot()))  # plain data all through
         assert set(snapshot) == {"info", "listeners", "servers", "conns", "process"}
@@ -384,3 +427,26 @@ def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
     finally:
         held.close()
         server.close()
+
+
+def test_dropped_log_lines_stay_counted_after_the_recovery_report():
+    read_fd, write_fd = os.pipe()
+    output = Output(write_fd, limit=100)
+    output.on_recovered = lambda lines, _size: b"lost\n"
+    try:
+        for _ in range(2000):  # 100 KB of lines: more than the pipe and the queue together hold
+            output.write(b"x" * 49 + b"\n")
+        dropped = output.dropped_total
+        assert dropped == output.dropped_lines > 0
+        os.set_blocking(read_fd, False)
+        while True:
+            try:
+                os.read(read_fd, 1 << 20)
+            except BlockingIOError:
+                break
+        output.drain()
+        assert (output.dropped_lines, output.dropped_total) == (0, dropped)
+    finally:
+        output.close()
+        os.close(read_fd)
+        os.close(write_fd)

@@ -33,6 +33,7 @@ MAX_OUTPUT = 1024 * 1024  # bytes of answers queued for one client that does not
 IDLE_TIMEOUT = 60.0  # seconds a client may do nothing
 READ_SIZE = 8192
 ACCEPT_BATCH = 16
+ACCEPT_PAUSE = 1.0  # seconds the socket stops accepting when the process is out of descriptors
 ANSWER_TIMEOUT = 30.0  # seconds `pairproxy ctl` waits for an answer (a reload may take a while)
 
 
@@ -216,10 +217,11 @@ class AdminSocket(Dispatcher):
         self.log = log
         self.clients: set[AdminClient] = set()
         self._inode = os.stat(path).st_ino
+        self._paused: Timer | None = None
         self.interest_changed()
 
     def readable(self) -> bool:
-        return True
+        return self._paused is None
 
     def handle_read(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -227,11 +229,17 @@ class AdminSocket(Dispatcher):
                 sock, _peer = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the client waits in the backlog
-                self.log.warning("admin_accept_failed", error=describe_os_error(exc))
+            except OSError as exc:  # out of descriptors: the client waits in the backlog, not spinning the loop
+                self.log.warning("admin_accept_paused", error=describe_os_error(exc), retry_s=ACCEPT_PAUSE)
+                self._paused = self.reactor.call_later(ACCEPT_PAUSE, self._resume)
+                self.interest_changed()
                 return
             sock.setblocking(False)
             self.clients.add(AdminClient(self, sock))
+
+    def _resume(self) -> None:
+        self._paused = None
+        self.interest_changed()
 
     def handle_error(self, exc: BaseException) -> None:
         self.log.failure("admin_failed", exc)  # the socket stays open for the next client
@@ -239,6 +247,8 @@ class AdminSocket(Dispatcher):
     def close(self) -> None:
         if self.closed:
             return
+        if self._paused is not None:
+            self._paused.cancel()
         for client in list(self.clients):
             client.close()
         super().close()

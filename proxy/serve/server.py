@@ -286,6 +286,8 @@ class Server:
             return exc.messages
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
+        if loaded.config.admin != self.config.admin:
+            self.log.warning("config_warning", warning="a changed admin: section takes effect at the next start")
         build = self._build(self._pinned(loaded.config))
         if build.problems:
             build.discard()
