@@ -153,7 +153,7 @@ def test_reload_answers_ok_or_the_errors(tmp_path, start_proxy, start_upstream):
     assert "reloads: 1" in ok(sock, "show", "info")
     config = tmp_path / "pairproxy.yaml"
     config.write_text(config.read_text() + "bogus: 1\n")
-    done = ctl(sock, "reload")
+    done = run_cli(["ctl", "reload"], cwd=tmp_path)  # the socket is still found in the broken file
     assert done.returncode == 1
     assert done.stderr.startswith("pairproxy: ") and "unknown key 'bogus'" in done.stderr
     assert len(done.stderr.splitlines()) == 1
