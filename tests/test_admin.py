@@ -35,6 +35,7 @@ from tests.support import (
     wait_until,
 )
 from tests.test_run import tagged, write
+from tests.test_upstreams import pool, ports
 
 
 def ctl(sock_path, *words: str, cwd=None):
@@ -321,6 +322,32 @@ def test_admin_section_errors_are_located(admin, error):
 
 
 # -- the snapshot -------------------------------------------------------------------------------
+
+
+def test_server_state_and_its_last_change():
+    servers = pool(1, 2)
+    one, two = servers.servers
+    one.changed_at = two.changed_at = 5.0
+    servers.connect_failed(one, 10.0)  # a passive back-off of 1 s
+    assert (one.state(10.5), one.last_change(10.5), one.failures) == ("down", 0.5, 1)
+    assert (one.state(12.0), one.last_change(12.0)) == ("up", 1.0)  # up again since the back-off ended at 11
+    servers.connect_succeeded(one, 12.0, 0.002)
+    assert (one.state(13.0), one.last_change(13.0), one.connect_times.count) == ("up", 2.0, 1)
+    one.set_maintenance(True, 20.0)
+    assert (one.state(25.0), one.last_change(25.0)) == ("maint", 5.0)
+    assert servers.check_result(one, True) is False and one.state(25.0) == "maint"  # checks do not bring it back
+    assert ports(servers.candidates("10.0.0.1", 25.0)) == [2]
+    two.checked_up = False  # every server down or in maintenance: the down ones are tried, never the other
+    assert ports(servers.candidates("10.0.0.1", 25.0)) == [2]
+    one.set_maintenance(False, 30.0)
+    assert ports(servers.candidates("10.0.0.1", 31.0)) == [1]
+
+
+def test_commands_take_the_arguments_their_usage_names():
+    assert admin.Command("kill conn ID", "", admin.kill_conn).takes(["7"])
+    assert not admin.Command("kill conn ID", "", admin.kill_conn).takes(["7", "8"])
+    rest = admin.Command("dump on FILTER...", "", admin.kill_conn)  # a room left for such commands
+    assert rest.takes(["route=api"]) and rest.takes(["route=api", "client=10.0.0.0/8"]) and not rest.takes([])
 
 
 def test_connect_times_are_a_cumulative_histogram():

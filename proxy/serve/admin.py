@@ -114,13 +114,16 @@ def show_help(_target: Controlled, _args: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    usage: str  # the words, then the arguments in capitals
+    usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
     summary: str
     handler: Callable[[Controlled, list[str]], str]
 
-    @property
-    def arguments(self) -> int:
-        return sum(word.isupper() for word in self.usage.split())
+    def takes(self, args: list[str]) -> bool:
+        """Whether `args` are as many as the usage names."""
+        named = [word for word in self.usage.split() if word.isupper()]
+        if named and named[-1].endswith("..."):
+            return len(args) >= len(named)
+        return len(args) == len(named)
 
 
 # The words of each command (as one string) -> the command.
@@ -148,7 +151,7 @@ def execute(target: Controlled, line: str) -> str:
         command = COMMANDS.get(" ".join(words[:size]))
         if command is not None:
             args = words[size:]
-            if len(args) != command.arguments:
+            if not command.takes(args):
                 return f"error: usage: {command.usage}"
             try:
                 return command.handler(target, args)
