@@ -392,6 +392,15 @@ def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
     assert not (tmp_path / "admin.sock").exists()
 
 
+def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(admin, "MAX_OUTPUT", 100)  # less than the answer to `help`
+    text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
+    with serving(parse_config(text, "t.yaml").config) as server:
+        answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
+    server.close()
+    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("like SIGHUP")
+
+
 def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     path = write(
