@@ -111,7 +111,8 @@ class Server:
         self.draining = False
         self._interrupts = 0
         self.admin: AdminSocket | None = None
-        self.started = time.time()
+        self.started = time.time()  # Unix time, to show; uptime is measured on the monotonic clock
+        self._started_monotonic = time.monotonic()
         self.reloads = 0
 
     @staticmethod
@@ -305,7 +306,7 @@ class Server:
     def snapshot(self) -> dict:
         """Everything the admin surfaces show, as plain JSON-able data (see docs/operations.md)."""
         now = self.reactor.now
-        uptime = time.time() - self.started
+        uptime = time.monotonic() - self._started_monotonic
         listeners = [
             frontend.stats.to_json(frontend.name, frontend.dispatcher.address, list(frontend.pairs))
             for frontend in self.listeners.values()
