@@ -363,10 +363,10 @@ def test_connect_times_are_a_cumulative_histogram():
 
 
 @contextmanager
-def serving(config: schema.Config) -> Iterator[Server]:
+def serving(config: schema.Config, config_path=None) -> Iterator[Server]:
     """A Server in this process, its loop on a thread; stopped (not closed) when the block ends,
     so that what it holds can be looked at from the test's thread afterwards."""
-    server = Server(config, EventLog("error"))
+    server = Server(config, EventLog("error"), config_path=config_path)
     server.bind(signals=False)
     loop = threading.Thread(target=server.reactor.loop, daemon=True)
     loop.start()
@@ -399,6 +399,27 @@ def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypat
         answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
     server.close()
     assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("like SIGHUP")
+
+
+def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(tmp_path, f'listeners: [{{name: web, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}]\n')
+    with serving(parse_config(path.read_text(), str(path)).config, path) as server:
+        (frontend,) = server.listeners.values()
+        address = frontend.dispatcher.socket.getsockname()
+        for count in (1, 2):
+            with connect(address) as client:
+                client.sendall(b"ab")
+                assert recv_exactly(client, 2) == b"ab"
+            if count == 1:
+                server.reactor.call_soon_threadsafe(server.reload)
+                assert wait_until(lambda: server.reloads == 1)
+        assert wait_until(lambda: sum(frontend.stats.closed.values()) == 2)
+    try:
+        (listener,) = server.snapshot()["listeners"]
+        assert (listener["connections_total"], listener["bytes_up_total"], listener["bytes_down_total"]) == (2, 4, 4)
+    finally:
+        server.close()
 
 
 def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):
