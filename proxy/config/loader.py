@@ -40,6 +40,7 @@ from proxy.config.schema import (
     MIN_MAX_BUFFERED,
     MIN_PCAP_MAX_SIZE,
     PROXY_PROTOCOL_VERSIONS,
+    AdminConfig,
     Config,
     DumpCondition,
     HealthCheckConfig,
@@ -87,6 +88,30 @@ def load_config(path: str | Path) -> LoadedConfig:
     ConfigError is the only exception this raises, whatever the file holds: a reload relies on it.
     """
     path = Path(path)
+    return parse_config(_read_text(path), str(path), path.parent)
+
+
+def load_admin_socket(path: str | Path) -> str | None:
+    """Only `admin.socket` of a route table file, for `pairproxy ctl`: the rest is not looked at,
+    so a file broken elsewhere (being edited, before a `reload`) still names its socket.
+    ConfigError when that part itself is wrong."""
+    path = Path(path)
+    source = str(path)
+    root = _compose(_read_text(path), source)
+    reader = _Reader(source, path.parent)
+    found: str | Invalid | None = None
+    if isinstance(root, yaml.MappingNode):
+        for key_node, value_node in reader.merged(root, 0):
+            if key_node.value == "admin":
+                fields = reader.mapping(value_node, "admin", ADMIN.keys)
+                if "socket" in fields:
+                    found = reader.socket_path(fields["socket"][1], "socket")
+    if reader.errors:
+        raise ConfigError(reader.errors)
+    return found if isinstance(found, str) else None
+
+
+def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -98,7 +123,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         line = data.count(b"\n", 0, exc.start) + 1
         column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
         raise ConfigError([f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})"]) from None
-    return parse_config(text, str(path), path.parent)
+    return text
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
@@ -113,6 +138,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
 
 # The schema needs seven levels; a limit keeps PyYAML's recursive composer far from Python's.
 MAX_NESTING = 64
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
 # What the tree may hold counting every alias in full: a fixed allowance plus a multiple of the
 # text, so that the work of reading a file grows with its size, not with how its aliases nest.
 EXPANSION_ALLOWANCE = 20_000
@@ -645,7 +671,9 @@ class _Reader:
             self._errors.append((0, 0, f"{self.source}:1:1: the file is empty; it needs at least 'listeners:'"))
             return None
         # `x-` keys at the top are the user's own, a place for anchors that listeners merge (as in Compose files).
-        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners", "dump_file"), user_prefix="x-")
+        top = self.mapping(
+            root, "the file", ("defaults", "upstreams", "listeners", "dump_file", "admin"), user_prefix="x-"
+        )
         if "defaults" in top:
             self.defaults = self.options(self.mapping(top["defaults"][1], "defaults", DEFAULTS.keys), DEFAULTS)
         upstream_places: dict[str, Place] = {}
@@ -672,9 +700,11 @@ class _Reader:
         for finding in listener_clashes(self.bound):
             self.report(finding)
         dump_file = self.output_path(top["dump_file"][1], "dump_file") if "dump_file" in top else None
+        admin = self.admin(top["admin"][1], "admin") if "admin" in top else None
         config = Config(
             listeners=tuple(listeners),
             upstreams={**self.upstreams, **self.inline},
+            admin=None if isinstance(admin, Invalid) else admin,
             **_inherited(self.defaults, _CONFIG_FIELDS),
             dump_file=None if isinstance(dump_file, Invalid) else dump_file,
         )
@@ -684,6 +714,23 @@ class _Reader:
         if clash is not None and self.stdout_capture is not None:
             self.report(Finding(self.stdout_capture, clash))
         return config
+
+    def admin(self, node: yaml.Node, what: str) -> AdminConfig | Invalid:
+        return self.built(node, self.mapping(node, what, ADMIN.keys), ADMIN, AdminConfig)
+
+    def socket_path(self, node: yaml.Node, what: str) -> str | Invalid:
+        """Where a UNIX socket is to be made, relative to the configuration file's folder, made absolute."""
+        text = self.text(node, what)
+        if isinstance(text, Invalid):
+            return INVALID
+        if "\0" in text:
+            self.error(node, f"{what}: {text!r} holds a NUL character")
+            return INVALID
+        path = os.path.abspath(self.base_dir / text)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            self.error(node, f"{what}: {path!r} is too long for a UNIX socket (at most {MAX_SOCKET_PATH} bytes)")
+            return INVALID
+        return path
 
     def upstream(self, name: str, node: yaml.Node) -> UpstreamConfig | None:
         what = f"upstream {name!r}"
@@ -905,6 +952,9 @@ HEALTH_CHECK = Section(
 UPSTREAM_TLS = Section(
     {"ca": _Reader.ca_file, "server_name": _Reader.sni_name, "verify": _Reader.boolean}, by_hand=("cert", "key")
 )
+ADMIN = Section(
+    {"socket": _Reader.socket_path, "http": lambda reader, node, key: reader.address(node, key, listener=True)}
+)
 # What every listener, upstream or the whole table takes unless it says otherwise.
 DEFAULTS = Section(
     {
@@ -925,6 +975,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "server": (SERVER, ServerConfig),
     "health_check": (HEALTH_CHECK, HealthCheckConfig),
     "upstream tls": (UPSTREAM_TLS, UpstreamTlsConfig),
+    "admin": (ADMIN, AdminConfig),
 }
 _CONFIG_FIELDS = tuple(field.name for field in schema_fields(Config) if field.name in DEFAULTS.parsers)
 

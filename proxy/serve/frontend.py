@@ -30,6 +30,7 @@ from proxy.relay.pair import Pair, PairSettings, Runtime
 from proxy.relay.preamble import PreambleReader
 from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import server_context
+from proxy.serve.stats import ListenerStats
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
@@ -247,7 +248,8 @@ class Frontend:
         self.local_address = sock.getsockname()[:2]
         # On 0.0.0.0 or [::] the address a client reached is only known per connection.
         self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
-        self.active = 0
+        self.pairs: set[Pair] = set()  # its open connections (max_connections, snapshots)
+        self.stats = ListenerStats()
         self.apply(table)
 
     @property
@@ -262,8 +264,9 @@ class Frontend:
     def accept(self, sock: socket.socket, peer: tuple) -> None:
         table = self.table
         pair = Pair(self.runtime, table.settings, sock, peer, self.finished)
-        self.active += 1
-        if self.active > table.config.max_connections:
+        self.stats.connections_total += 1
+        self.pairs.add(pair)
+        if len(self.pairs) > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
             return
         admission = Admission(self, table, pair, peer)
@@ -273,6 +276,7 @@ class Frontend:
         """The address the client reached, for a PROXY header to the upstream."""
         return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
-    def finished(self, _pair: Pair) -> None:
-        self.active -= 1
+    def finished(self, pair: Pair) -> None:
+        self.pairs.discard(pair)
+        self.stats.finished(pair)
         self.on_finished()
