@@ -108,6 +108,39 @@ def test_kill_conn_closes_the_client_and_logs_it(tmp_path, start_proxy, start_up
     assert (done.returncode, done.stderr) == (1, f"pairproxy: no open connection {victim}\n")
 
 
+def test_dump_on_and_off_reach_open_and_new_connections(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, admin = admin_proxy(tmp_path, start_proxy, [upstream.address])
+
+    def echoes(client, text: bytes) -> None:
+        client.sendall(text)
+        assert recv_exactly(client, len(text)) == text
+
+    with connect(proxy.address) as first:
+        echoes(first, b"before the dump")
+        assert ok(admin, "dump", "on", "listener=web").strip() == "1 open connection dumped; 1 run-time rules"
+        echoes(first, b"dumped when open")
+        with connect(proxy.address) as second:
+            echoes(second, b"dumped at start")
+        proxy.wait_access(1)
+        assert (
+            ok(admin, "dump", "off", "listener=web").strip() == "1 open connection no longer dumped; 0 run-time rules"
+        )
+        echoes(first, b"after dump off")
+    proxy.wait_access(2)
+    with connect(proxy.address) as third:
+        echoes(third, b"nor a new one")
+    proxy.wait_access(3)
+    refused = ctl(admin, "dump", "on", "colour=red")
+    assert refused.returncode == 1 and "colour" in refused.stdout + refused.stderr
+    assert proxy.stop() == 0
+    dump = proxy.stdout_path.read_text()
+    assert "|before the dump|" not in dump and "|after dump off|" not in dump and "|nor a new one|" not in dump
+    assert "|dumped when open|" in dump and "|dumped at start|" in dump
+    events = [line.split()[1:3] for line in dump.splitlines() if line.split()[2:3] in (["open"], ["close"])]
+    assert events == [["conn=1", "open"], ["conn=2", "open"], ["conn=2", "close"], ["conn=1", "close"]]
+
+
 def test_a_disabled_server_gets_no_new_connections_until_enabled(tmp_path, start_proxy, start_upstream):
     one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
     proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address, two.address])
@@ -398,7 +431,7 @@ def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypat
     with serving(parse_config(text, "t.yaml").config) as server:
         answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
     server.close()
-    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("like SIGHUP")
+    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("for new and open connections")
 
 
 def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, start_upstream):

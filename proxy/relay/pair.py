@@ -60,7 +60,7 @@ from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
 from proxy.relay.buffer import Budget
 from proxy.relay.capture import ConnectionCapture, RecordingSocket
-from proxy.relay.dumping import DumpPlan
+from proxy.relay.dumping import DumpPlan, Facts
 from proxy.relay.side import Side, StateEnum, Writing
 from proxy.relay.tap import HexdumpWriter, SnappedDump
 from proxy.relay.tls_side import TlsSide
@@ -164,7 +164,6 @@ class Pair:
         plan = settings.dump
         if plan is not None and plan.may_dump(self.conn):
             self._dump_pending = True
-            self._client_host = client_address[0]
             if plan.captures:
                 self.capture = ConnectionCapture(self.conn, settings.listener)
                 client_sock = self.capture.client_leg(client_sock, client_address)  # type: ignore[assignment]
@@ -272,8 +271,6 @@ class Pair:
     def set_client_address(self, sockaddr: tuple) -> None:
         """The client as the log should name it (a PROXY header may say who it really is)."""
         self.client.address = format_sockaddr(sockaddr)
-        if self._dump_pending:
-            self._client_host = sockaddr[0]
 
     def connected(self, attempt: ConnectAttempt, server: ServerState) -> None:
         self.connector = None
@@ -365,14 +362,7 @@ class Pair:
         """Whether this connection is dumped and captured, now that what the filters ask is known."""
         self._dump_pending = False
         plan = self.settings.dump
-        servers = () if self.server is None else (self.server,)
-        upstream = self.upstream
-        if upstream is not None:
-            try:
-                servers += (parse_address(upstream.address),)
-            except ValueError:
-                pass  # an address no filter can name (an IPv6 zone)
-        decision = plan.decide(self.conn, self.route, self._client_host, servers)
+        decision = plan.decide(self.facts())
         self.tap = decision.tap
         if decision.tap is not None:
             self.dump_events = plan.writer
@@ -382,14 +372,51 @@ class Pair:
         if decision.sink is None:
             capture.discard()
             self.capture = None
-            for side in (self.client, upstream):  # not captured: the plain sockets, and the fast path
-                if side is not None and isinstance(side.socket, RecordingSocket):
-                    side.socket = side.socket.raw
+            self._unwrap_sockets()  # not captured: the fast path
             return
         route = "-" if self.route is None else self.route
         capture.commit(
             decision.sink, f"conn={self.conn} listener={self.settings.listener} route={route}", decision.snaplen
         )
+
+    def facts(self) -> Facts:
+        """What a dump filter may ask about this connection."""
+        servers = () if self.server is None else (self.server,)
+        for side in (self.upstream,) if self.upstream is not None else ():
+            try:
+                servers += (parse_address(side.address),)
+            except ValueError:
+                pass  # an address no filter can name (an IPv6 zone)
+        try:
+            client_host = parse_address(self.client.address).host
+        except ValueError:
+            client_host = ""
+        return Facts(self.conn, self.settings.listener, self.route, client_host, servers)
+
+    def set_dumped(self, writer: HexdumpWriter | None) -> bool:
+        """Start the hex dump of this open connection from now on (`writer`), or stop its dump and
+        capture (None); False if it is not relaying. A direction already spliced is not dumped."""
+        if self.phase is not Phase.RELAYING and self.phase is not Phase.DRAINING:
+            return False
+        client, upstream = self.client, self.upstream
+        if writer is not None:
+            if self.tap is None:
+                self.tap = self.dump_events = writer
+                writer.opened(self.conn, client.address, upstream.address)
+                client.tap = upstream.tap = writer
+            return True
+        self.tap = client.tap = upstream.tap = None
+        if self.capture is not None:
+            self.capture.discard()
+            self.capture = None
+            self._unwrap_sockets()
+        return True
+
+    def _unwrap_sockets(self) -> None:
+        """Not captured (any more): the plain sockets again."""
+        for side in (self.client, self.upstream):
+            if side is not None and isinstance(side.socket, RecordingSocket):
+                side.socket = side.socket.raw
 
     def _first_byte(self, side: Side) -> None:
         self.event("first_byte", direction=side.direction)

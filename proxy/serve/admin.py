@@ -49,6 +49,8 @@ class Controlled(Protocol):
 
     def reload(self) -> list[str]: ...
 
+    def set_dump(self, on: bool, filters: list[str]) -> str: ...
+
 
 class CommandError(Exception):
     """A command that cannot be done: its message is the answer's one line, after `error: `."""
@@ -101,6 +103,16 @@ def _maintenance(on: bool) -> Callable[[Controlled, list[str]], str]:
     return handler
 
 
+def _dump(on: bool) -> Callable[[Controlled, list[str]], str]:
+    def handler(target: Controlled, args: list[str]) -> str:
+        try:
+            return target.set_dump(on, args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+    return handler
+
+
 def reload(target: Controlled, _args: list[str]) -> str:
     problems = target.reload()
     if problems:
@@ -139,6 +151,8 @@ COMMANDS: dict[str, Command] = {
         Command("disable server UPSTREAM ADDRESS", "no new connections to it, open ones finish", _maintenance(True)),
         Command("enable server UPSTREAM ADDRESS", "back in service", _maintenance(False)),
         Command("reload", "re-read the configuration file, like SIGHUP", reload),
+        Command("dump on FILTER...", "hex dump (and capture, where configured) what the filters select", _dump(True)),
+        Command("dump off FILTER...", "stop that, for new and open connections", _dump(False)),
     )
 }
 

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig
@@ -25,7 +25,7 @@ from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, fi
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
-from proxy.relay.dumping import DumpPlan, SinkFor
+from proxy.relay.dumping import DumpPlan, Rule, SinkFor
 from proxy.relay.pair import Pair, PairSettings, Runtime
 from proxy.relay.preamble import PreambleReader
 from proxy.relay.tap import HexdumpWriter
@@ -35,7 +35,8 @@ from proxy.serve.stats import ListenerStats
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
 UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
-DumpOutputs = tuple[HexdumpWriter, SinkFor]  # where a listener's hex dump and captures go
+# Where a listener's hex dump and captures go, and the dump rules turned on at run time.
+DumpOutputs = tuple[HexdumpWriter, SinkFor, tuple[Rule, ...]]
 
 
 def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
@@ -87,7 +88,8 @@ class Table:
     ) -> Table:
         """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
 
-        `splice` allows os.splice; `dump_outputs` are where its dumps and captures go.
+        `splice` allows os.splice; `dump_outputs` are where its dumps and captures go, and the
+        dump rules turned on at run time.
         """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
@@ -112,6 +114,11 @@ class Table:
             uses_source=config.allow is not None or bool(config.deny) or routes.needs_source,
             peek_sni=tls is None and routes.needs_server_name,
         )
+
+    def with_dump_rules(self, dump_outputs: DumpOutputs) -> Table:
+        """This table with the run-time dump rules of `dump_outputs` (the rest stays as built)."""
+        dump = DumpPlan.of(self.config, self.settings.listener, *dump_outputs)
+        return replace(self, settings=replace(self.settings, dump=dump))
 
     def trusts(self, peer: tuple) -> bool:
         """Whether a PROXY header from the TCP peer `peer` is to be believed."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from proxy import __version__
+from proxy.config.dumping import parse_dump_condition
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
 from proxy.config.units import format_sockaddr, parse_address
@@ -37,13 +38,14 @@ from proxy.loop.listener import bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool
+from proxy.relay.dumping import Rule
 from proxy.relay.pair import Runtime
 from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
 from proxy.serve.admin import AdminSocket
 from proxy.serve.contexts import client_context
-from proxy.serve.frontend import Frontend, Table
+from proxy.serve.frontend import DumpOutputs, Frontend, Table
 from proxy.serve.health import HealthChecker
 from proxy.serve.stats import connection_row, process_stats, server_rows
 from proxy.serve.systemd import Systemd
@@ -107,6 +109,7 @@ class Server:
         self.hexdump = HexdumpWriter(self._dump_stream(self.config.dump_file))
         attach_output(self.reactor, self.hexdump.output)
         self.sinks: dict[str, PcapSink] = {}  # capture targets by path, for the life of the process
+        self.dump_rules: list[Rule] = []  # turned on at run time (`dump on`); kept across reloads
         self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
@@ -228,7 +231,7 @@ class Server:
                     build.pools,
                     build.upstream_tls,
                     splice=self.splice,
-                    dump_outputs=(self.hexdump, self._sink_for),
+                    dump_outputs=self._dump_outputs(),
                 )
             except StartupError as exc:
                 build.problems.append(str(exc))
@@ -347,6 +350,25 @@ class Server:
                 pair.finish("shutdown", "killed by admin")
                 return True
         return False
+
+    def _dump_outputs(self) -> DumpOutputs:
+        return self.hexdump, self._sink_for, tuple(self.dump_rules)
+
+    def set_dump(self, on: bool, filters: list[str]) -> str:
+        """Dump (and capture, where a capture is configured) the connections `filters` select,
+        new ones and open ones (`on`), or stop that. ValueError for a filter that is not one."""
+        rule = tuple(parse_dump_condition(text) for text in filters)
+        if on and rule not in self.dump_rules:
+            self.dump_rules.append(rule)
+        elif not on:
+            self.dump_rules = [kept for kept in self.dump_rules if kept != rule]
+        outputs = self._dump_outputs()
+        for frontend in self.listeners.values():
+            frontend.apply(frontend.table.with_dump_rules(outputs))
+        writer = self.hexdump if on else None
+        changed = sum(pair.set_dumped(writer) for pair in list(self.runtime.pairs) if pair.facts().hold(rule))
+        state = "dumped" if on else "no longer dumped"
+        return f"{changed} open connection{'' if changed == 1 else 's'} {state}; {len(self.dump_rules)} run-time rules"
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
         """Put a server in maintenance (`on`) or back in service; False if there is no such server."""
