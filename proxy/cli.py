@@ -29,6 +29,7 @@ from proxy.config.units import parse_address, parse_duration, parse_positive_dur
 from proxy.errors import ProxyError, StartupError, UsageError
 from proxy.log import LEVELS, EventLog
 from proxy.policy import explain
+from proxy.serve import admin
 from proxy.serve.contexts import use_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_options(check)
 
     _add_route_command(commands)
+    _add_ctl_command(commands)
 
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
     echo.add_argument("listen", type=_address, metavar="LISTEN")
@@ -175,6 +177,36 @@ def _add_route_command(commands: argparse._SubParsersAction) -> None:
     route.add_argument("--sni", metavar="NAME", help="the server name the client sends")
     route.add_argument("--json", action="store_true", help="one JSON object instead of text")
     _add_log_options(route)
+
+
+def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
+    ctl = commands.add_parser(
+        "ctl",
+        help="send a command to a running pairproxy",
+        description="Send COMMAND to the admin socket of a running pairproxy and print the answer "
+        "('pairproxy ctl help' lists the commands).",
+    )
+    ctl.add_argument("-s", "--socket", metavar="PATH", help="the admin socket (default: admin.socket of FILE)")
+    ctl.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
+    ctl.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. show conns")
+    _add_log_options(ctl)
+
+
+def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
+    path = args.socket
+    if path is None:
+        if not Path(args.config).exists():
+            raise UsageError(f"no admin socket given (-s PATH) and no {args.config} to find it in")
+        admin_config = _load(args).config.admin
+        path = admin_config.socket if admin_config is not None else None
+        if path is None:
+            raise UsageError(f"{args.config} has no admin socket (admin: {{socket: PATH}}); give -s PATH")
+    answer = admin.ask(path, " ".join(args.words))
+    if answer.startswith("error: "):
+        raise StartupError(answer.removeprefix("error: "))
+    if answer:
+        print(answer)
+    return 0
 
 
 def _route(args: argparse.Namespace, _log: EventLog) -> int:
@@ -320,7 +352,7 @@ def _echo(args: argparse.Namespace, log: EventLog) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "check": _check, "route": _route, "forward": _forward, "echo": _echo}
+_COMMANDS = {"run": _run, "check": _check, "route": _route, "forward": _forward, "echo": _echo, "ctl": _ctl}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

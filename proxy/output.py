@@ -66,6 +66,7 @@ class Output:
         self.queued = 0  # bytes in the queue
         self.dropped_bytes = 0
         self.dropped_lines = 0
+        self.dropped_total = 0  # lines ever dropped, never reset by the recovery report (for `show info`)
         # Called once the queue has drained after drops, with (lines, bytes) lost; returns the line to write.
         self.on_recovered: Callable[[int, int], bytes] | None = None
         self.drainer: Drainer | None = None  # set by proxy.loop.drain.attach_output while on a loop
@@ -157,8 +158,10 @@ class Output:
         return data[start:]
 
     def _count_dropped(self, data: bytes) -> None:
+        lines = data.count(b"\n")
         self.dropped_bytes += len(data)
-        self.dropped_lines += data.count(b"\n")
+        self.dropped_lines += lines
+        self.dropped_total += lines
 
     def drain(self) -> None:
         """Write what is queued while the descriptor takes it, in batches of whole pieces up to
@@ -200,7 +203,7 @@ class Output:
         """In a new child: an empty queue of its own, and no reactor yet. The parent's reactor
         is not touched (its epoll instance is shared with the parent)."""
         self.queue.clear()
-        self.queued = self.dropped_bytes = self.dropped_lines = 0
+        self.queued = self.dropped_bytes = self.dropped_lines = self.dropped_total = 0
         self.drainer = None
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
@@ -232,6 +235,7 @@ class StreamOutput:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.on_recovered: Callable[[int, int], bytes] | None = None  # nothing is ever dropped
+        self.dropped_total = 0
 
     def write(self, data: bytes) -> bool:
         self.stream.write(data.decode("utf-8", "replace"))

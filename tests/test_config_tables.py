@@ -22,6 +22,7 @@ FIELDS_READ_BY_HAND = {
     "server": set(),
     "health_check": set(),
     "upstream tls": {"client_cert"},  # cert: + key:
+    "admin": set(),
 }
 
 

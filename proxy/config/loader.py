@@ -38,6 +38,7 @@ from proxy.config.schema import (
     BALANCE_STRATEGIES,
     MIN_MAX_BUFFERED,
     PROXY_PROTOCOL_VERSIONS,
+    AdminConfig,
     Config,
     HealthCheckConfig,
     ListenerConfig,
@@ -108,6 +109,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
 
 # The schema needs seven levels; a limit keeps PyYAML's recursive composer far from Python's.
 MAX_NESTING = 64
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
 # What the tree may hold counting every alias in full: a fixed allowance plus a multiple of the
 # text, so that the work of reading a file grows with its size, not with how its aliases nest.
 EXPANSION_ALLOWANCE = 20_000
@@ -598,7 +600,7 @@ class _Reader:
             self._errors.append((0, 0, f"{self.source}:1:1: the file is empty; it needs at least 'listeners:'"))
             return None
         # `x-` keys at the top are the user's own, a place for anchors that listeners merge (as in Compose files).
-        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners"), user_prefix="x-")
+        top = self.mapping(root, "the file", ("defaults", "upstreams", "listeners", "admin"), user_prefix="x-")
         if "defaults" in top:
             self.defaults = self.options(self.mapping(top["defaults"][1], "defaults", DEFAULTS.keys), DEFAULTS)
         upstream_places: dict[str, Place] = {}
@@ -624,14 +626,33 @@ class _Reader:
                 listeners.append(listener)
         for finding in listener_clashes(self.bound):
             self.report(finding)
+        admin = self.admin(top["admin"][1], "admin") if "admin" in top else None
         config = Config(
             listeners=tuple(listeners),
             upstreams={**self.upstreams, **self.inline},
+            admin=None if isinstance(admin, Invalid) else admin,
             **_inherited(self.defaults, _CONFIG_FIELDS),
         )
         for finding in unused_upstreams(config, upstream_places):
             self.report(finding)
         return config
+
+    def admin(self, node: yaml.Node, what: str) -> AdminConfig | Invalid:
+        return self.built(node, self.mapping(node, what, ADMIN.keys), ADMIN, AdminConfig)
+
+    def socket_path(self, node: yaml.Node, what: str) -> str | Invalid:
+        """Where a UNIX socket is to be made, relative to the configuration file's folder, made absolute."""
+        text = self.text(node, what)
+        if isinstance(text, Invalid):
+            return INVALID
+        if "\0" in text:
+            self.error(node, f"{what}: {text!r} holds a NUL character")
+            return INVALID
+        path = os.path.abspath(self.base_dir / text)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            self.error(node, f"{what}: {path!r} is too long for a UNIX socket (at most {MAX_SOCKET_PATH} bytes)")
+            return INVALID
+        return path
 
     def upstream(self, name: str, node: yaml.Node) -> UpstreamConfig | None:
         what = f"upstream {name!r}"
@@ -838,6 +859,9 @@ HEALTH_CHECK = Section(
 UPSTREAM_TLS = Section(
     {"ca": _Reader.ca_file, "server_name": _Reader.sni_name, "verify": _Reader.boolean}, by_hand=("cert", "key")
 )
+ADMIN = Section(
+    {"socket": _Reader.socket_path, "http": lambda reader, node, key: reader.address(node, key, listener=True)}
+)
 # What every listener, upstream or the whole table takes unless it says otherwise.
 DEFAULTS = Section(
     {
@@ -857,6 +881,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "server": (SERVER, ServerConfig),
     "health_check": (HEALTH_CHECK, HealthCheckConfig),
     "upstream tls": (UPSTREAM_TLS, UpstreamTlsConfig),
+    "admin": (ADMIN, AdminConfig),
 }
 _CONFIG_FIELDS = tuple(field.name for field in schema_fields(Config) if field.name in DEFAULTS.parsers)
 

@@ -144,12 +144,21 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """Where an operator asks the running proxy: a UNIX socket for commands, an HTTP listener."""
+
+    socket: str | None = None  # an absolute path by the time it is here
+    http: Address | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=lambda: MappingProxyType({}))
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
     dump_file: str | None = None  # None or "-": standard output
+    admin: AdminConfig | None = None
 
     def __post_init__(self) -> None:
         # Frozen all through: a copy of what was given, read-only.

@@ -17,7 +17,9 @@ unnoticed its clients' retries spread over the others instead of all landing on 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -27,12 +29,50 @@ from proxy.config.units import Address, canonical_ip
 
 PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after the first failed connect in a row
 PASSIVE_DOWN_MAX = 30.0  # the back-off doubles per failure in a row, up to this
+# Upper bounds (seconds) of the connect-time histogram's buckets, Prometheus style (cumulative, +Inf last).
+CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+
+
+class ConnectTimes:
+    """A histogram of the time connects to one server took, in CONNECT_BUCKETS."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(CONNECT_BUCKETS)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(CONNECT_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def to_json(self) -> dict:
+        """{"buckets": [[le, cumulative count], ...], "sum": s, "count": n}, as the snapshot holds it."""
+        cumulative = itertools.accumulate(self.counts)
+        buckets = [[bound, count] for bound, count in zip(CONNECT_BUCKETS, cumulative, strict=True)]
+        return {"buckets": buckets, "sum": self.sum, "count": self.count}
 
 
 class ServerState:
-    """One server of a pool: its config, whether it is up, and its live connection count."""
+    """One server of a pool: its config, whether it is up, its live connection count, its counters."""
 
-    __slots__ = ("active", "backoff", "check_streak", "checked_up", "config", "current_weight", "down_until", "index")
+    __slots__ = (
+        "active",
+        "backoff",
+        "changed_at",
+        "check_streak",
+        "checked_up",
+        "config",
+        "connect_times",
+        "current_weight",
+        "down_until",
+        "failures",
+        "index",
+        "maintenance",
+        "total",
+    )
 
     def __init__(self, config: ServerConfig, index: int = 0) -> None:
         self.config = config
@@ -43,6 +83,11 @@ class ServerState:
         self.checked_up = True  # the verdict of active checks
         self.check_streak = 0  # consecutive check results that disagree with `checked_up`
         self.current_weight = 0  # smooth weighted round robin
+        self.maintenance = False  # put out of service by an operator: no new connections
+        self.changed_at = 0.0  # when it last went up, down or into or out of maintenance
+        self.total = 0  # connections sent to it
+        self.failures = 0  # connects to it that failed
+        self.connect_times = ConnectTimes()
 
     @property
     def address(self) -> Address:
@@ -53,8 +98,24 @@ class ServerState:
         return self.config.weight
 
     def available(self, now: float) -> bool:
-        """Up by active checks and not in a passive back-off."""
-        return self.checked_up and now >= self.down_until
+        """Up by active checks, not in a passive back-off, not in maintenance."""
+        return self.checked_up and now >= self.down_until and not self.maintenance
+
+    def state(self, now: float) -> str:
+        """ "maint", "up" or "down", as `show servers` and the metrics name it."""
+        if self.maintenance:
+            return "maint"
+        return "up" if self.available(now) else "down"
+
+    def last_change(self, now: float) -> float:
+        """Seconds since its state last changed; a back-off that ran out was a change back to up."""
+        ended = self.down_until if self.down_until <= now else 0.0
+        return max(0.0, now - max(self.changed_at, ended))
+
+    def set_maintenance(self, on: bool, now: float) -> None:
+        if on != self.maintenance:
+            self.maintenance = on
+            self.changed_at = now
 
     def __repr__(self) -> str:
         return f"ServerState({self.address}, active={self.active})"
@@ -107,11 +168,12 @@ class Pool:
         a retry after a failed connect reaches a backup when no primary is left to try, even
         before passive health has marked the primaries down. When nothing at all is available
         the servers are offered anyway (primaries, then backups) rather than refusing the client
-        without trying: a fully down pool then recovers on the first connect that works.
+        without trying: a fully down pool then recovers on the first connect that works. Servers
+        in maintenance are never offered.
         """
         limit = 1 + max(0, self.config.retries)
         ordered = self._ordered_groups(client_ip, limit, lambda server: server.available(now))
-        return ordered or self._ordered_groups(client_ip, limit, lambda _server: True)
+        return ordered or self._ordered_groups(client_ip, limit, lambda server: not server.maintenance)
 
     def _ordered_groups(self, client_ip: str, limit: int, eligible: Callable[[ServerState], bool]) -> list[ServerState]:
         """Eligible primaries, then eligible backups, each group in the strategy's order, cut to
@@ -169,6 +231,7 @@ class Pool:
 
     def connection_started(self, server: ServerState) -> None:
         server.active += 1
+        server.total += 1
 
     def connection_ended(self, server: ServerState) -> None:
         server.active -= 1
@@ -180,12 +243,20 @@ class Pool:
         already under way, or a fully down pool being tried anyway) are the same outage seen
         again: they restart the current interval, so a burst of them cannot jump to the maximum.
         """
+        server.failures += 1
+        if server.available(now):
+            server.changed_at = now
         if now >= server.down_until:
             server.backoff = min(server.backoff * 2, PASSIVE_DOWN_MAX) if server.backoff else PASSIVE_DOWN_FIRST
         server.down_until = max(server.down_until, now + server.backoff)
 
-    def connect_succeeded(self, server: ServerState) -> None:
-        """Ends the passive failure streak."""
+    def connect_succeeded(self, server: ServerState, now: float | None = None, seconds: float | None = None) -> None:
+        """Ends the passive failure streak. A client's connect gives the time (`now`) and how long
+        it took (`seconds`)."""
+        if seconds is not None:
+            server.connect_times.observe(seconds)
+        if now is not None and server.down_until:
+            server.changed_at = max(server.changed_at, min(server.down_until, now))  # when it came back
         server.backoff = 0.0
         server.down_until = 0.0
 

@@ -312,9 +312,10 @@ class Pair:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        if self._server_state is not None:
-            self.pool.connect_succeeded(self._server_state)  # for TLS, only once its handshake worked
-        self.connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
+        now = self.runtime.reactor.now
+        self.connect_ms = (now - self._connect_from) * 1000
+        if self._server_state is not None:  # for TLS, only once its handshake worked
+            self.pool.connect_succeeded(self._server_state, now, now - self._connect_from)
         client, upstream = self.client, self.upstream
         if self._dump_pending:
             self._decide_dump()
@@ -489,9 +490,7 @@ class Pair:
             # to log. The idle clock starts over when it is done.
             self._idle_timer = self.runtime.reactor.call_later(self.settings.idle_timeout, self._check_idle)
             return
-        upstream = self.upstream
-        last_active = max(self._idle_from, self.client.last_active, upstream.last_active if upstream else 0.0)
-        remaining = self.settings.idle_timeout - (now - last_active)
+        remaining = self.settings.idle_timeout - (now - self.last_active())
         if remaining <= 0 and self._kernel_still_sending():
             self._idle_from = now
             remaining = self.settings.idle_timeout
@@ -499,6 +498,11 @@ class Pair:
             self._idle_timer = self.runtime.reactor.call_later(remaining, self._check_idle)
         else:
             self.finish("timeout", "idle")
+
+    def last_active(self) -> float:
+        """When bytes last moved either way (or admission ended, if none have since)."""
+        upstream = self.upstream
+        return max(self._idle_from, self.client.last_active, upstream.last_active if upstream else 0.0)
 
     def _kernel_still_sending(self) -> bool:
         """True when bytes we wrote are still leaving the kernel's send queues toward a peer.

@@ -30,6 +30,7 @@ from proxy.relay.pair import Pair, PairSettings, Runtime
 from proxy.relay.preamble import PreambleReader
 from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import server_context
+from proxy.serve.stats import ListenerStats
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 
@@ -250,6 +251,8 @@ class Frontend:
         # On 0.0.0.0 or [::] the address a client reached is only known per connection.
         self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
         self.active = 0
+        self.pairs: set[Pair] = set()  # its open connections, for snapshots
+        self.stats = ListenerStats()
         self.apply(table)
 
     @property
@@ -265,6 +268,8 @@ class Frontend:
         table = self.table
         pair = Pair(self.runtime, table.settings, sock, peer, self.finished)
         self.active += 1
+        self.stats.connections_total += 1
+        self.pairs.add(pair)
         if self.active > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
             return
@@ -275,6 +280,8 @@ class Frontend:
         """The address the client reached, for a PROXY header to the upstream."""
         return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
-    def finished(self, _pair: Pair) -> None:
+    def finished(self, pair: Pair) -> None:
         self.active -= 1
+        self.pairs.discard(pair)
+        self.stats.finished(pair)
         self.on_finished()

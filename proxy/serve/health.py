@@ -67,6 +67,7 @@ class HealthChecker:
         if self._probes.pop(probe, None) is None:
             return
         if self.pool.check_result(probe.server, ok):
+            probe.server.changed_at = self.reactor.now
             event = "server_up" if ok else "server_down"
             self.log.warning(event, upstream=self.pool.config.name, server=probe.server.address, reason=reason)
 

@@ -21,13 +21,15 @@ import os
 import signal
 import socket
 import ssl
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from proxy import __version__
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import Config, PcapConfig, listener_key
-from proxy.config.units import format_sockaddr
+from proxy.config.units import format_sockaddr, parse_address
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -39,9 +41,11 @@ from proxy.relay.pair import Runtime
 from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
+from proxy.serve.admin import AdminSocket
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import Frontend, Table
 from proxy.serve.health import HealthChecker
+from proxy.serve.stats import connection_row, process_stats, server_rows
 
 
 def _tls_failure(exc: ssl.SSLError | OSError) -> str:
@@ -106,6 +110,9 @@ class Server:
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
+        self.admin: AdminSocket | None = None
+        self.started = time.time()
+        self.reloads = 0
 
     @staticmethod
     def _dump_stream(path: str | None) -> TextIO | None:
@@ -146,6 +153,14 @@ class Server:
             self.reactor.add_signal_handler(signal.SIGTERM, self.drain)
             self.reactor.add_signal_handler(signal.SIGINT, self._interrupt)
             self.reactor.add_signal_handler(signal.SIGHUP, self.reload)
+        admin = self.config.admin
+        # Under `run --workers` the admin socket is the supervisor's to serve, not each worker's.
+        if admin is not None and admin.socket is not None and self.worker[1] == 1:
+            try:
+                self.admin = AdminSocket(self.reactor, admin.socket, self, self.log)
+            except StartupError:
+                self.close()
+                raise
         build = self._build(self.config)
         if build.problems:
             build.discard()
@@ -230,6 +245,8 @@ class Server:
             previous = self.pools.get(name)
             if previous is not None:
                 pool.take_over(previous)
+            for server in pool.servers:
+                server.changed_at = server.changed_at or self.reactor.now  # new: in its first state since now
         self.config, self.pools = config, build.pools
         self.health = [
             HealthChecker(self.reactor, self.resolver, pool, self.log)
@@ -251,31 +268,90 @@ class Server:
             self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         return kept, len(build.tables) - kept
 
-    def reload(self) -> None:
-        """Re-read the file and put it in force whole, or keep serving the old table."""
+    def reload(self) -> list[str]:
+        """Re-read the file and put it in force whole, or keep serving the old table; the problems
+        that kept it from being put in force, if any."""
         if self.config_path is None:
-            self.log.warning("reload_ignored", reason="no configuration file (forward mode)")
-            return
+            reason = "no configuration file (forward mode)"
+            self.log.warning("reload_ignored", reason=reason)
+            return [reason]
         if self.draining:
-            return
+            return ["draining"]
         try:
             loaded = load_config(self.config_path)
         except ConfigError as exc:
             for message in exc.messages:
                 self.log.error("reload_failed", error=message)
             self.log.error("reload_rejected", file=self.config_path, errors=len(exc.messages))
-            return
+            return exc.messages
         for warning in loaded.warnings:
             self.log.warning("config_warning", warning=warning)
+        if loaded.config.admin != self.config.admin:
+            self.log.warning("config_warning", warning="a changed admin: section takes effect at the next start")
         build = self._build(self._pinned(loaded.config))
         if build.problems:
             build.discard()
             for problem in build.problems:
                 self.log.error("reload_failed", error=problem)
             self.log.error("reload_rejected", file=self.config_path, errors=len(build.problems))
-            return
+            return build.problems
         kept, started = self._swap(build)
+        self.reloads += 1
         self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
+        return []
+
+    # -- what the admin surfaces show and do -----------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Everything the admin surfaces show, as plain JSON-able data (see docs/operations.md)."""
+        now = self.reactor.now
+        uptime = time.time() - self.started
+        listeners = [
+            frontend.stats.to_json(frontend.name, frontend.dispatcher.address, list(frontend.pairs))
+            for frontend in self.listeners.values()
+        ]
+        return {
+            "info": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "worker": self.worker[0],
+                "workers": self.worker[1],
+                "started": self.started,
+                "uptime": uptime,
+                "listeners": len(self.listeners),
+                "connections": len(self.runtime.pairs),
+                "reloads": self.reloads,
+                "log_dropped": self.log.output.dropped_total,
+                "draining": self.draining,
+            },
+            "listeners": listeners,
+            "servers": server_rows(self.pools, now),
+            "conns": [connection_row(pair, now) for pair in sorted(self.runtime.pairs, key=lambda pair: pair.conn)],
+            "process": process_stats(),
+        }
+
+    def kill_conn(self, conn: int) -> bool:
+        """End open connection `conn` (result=shutdown); False if there is none."""
+        for pair in self.runtime.pairs:
+            if pair.conn == conn:
+                pair.finish("shutdown", "killed by admin")
+                return True
+        return False
+
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
+        """Put a server in maintenance (`on`) or back in service; False if there is no such server."""
+        pool = self.pools.get(upstream)
+        try:
+            wanted = parse_address(address, allow_port_zero=False)
+        except ValueError:
+            return False
+        for server in pool.servers if pool is not None else ():
+            if server.address == wanted:
+                server.set_maintenance(on, self.reactor.now)
+                event = "server_disabled" if on else "server_enabled"
+                self.log.warning(event, upstream=upstream, server=server.address, by="admin")
+                return True
+        return False
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -311,6 +387,8 @@ class Server:
             self.reactor.stop()
 
     def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
         for pair in list(self.runtime.pairs):
             pair.finish("shutdown")
         for checker in self.health:

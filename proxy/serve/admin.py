@@ -1,0 +1,396 @@
+"""The admin socket: HAProxy-style commands on a UNIX stream socket, served on the reactor.
+
+One command per line; each answer is some lines and then an empty line, and a client may send
+several commands on one connection. The commands read a snapshot (`Server.snapshot()`, plain
+data) or call a few small methods of what they control (`Controlled`), so that a supervisor
+can one day answer them for its workers. `COMMANDS` maps the words of each command to its
+handler: adding a command is adding an entry.
+
+A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
+gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
+dropped), and a client idle for IDLE_TIMEOUT is closed. The socket is made with mode 0600,
+refused when another process answers on its path, and removed at exit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proxy.errors import StartupError, describe_os_error
+from proxy.log import EventLog, logfmt_value
+from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.reactor import Reactor, Timer
+
+MAX_LINE = 4096  # bytes of one command line
+MAX_OUTPUT = 1024 * 1024  # bytes of answers queued for one client that does not read them
+IDLE_TIMEOUT = 60.0  # seconds a client may do nothing
+READ_SIZE = 8192
+ACCEPT_BATCH = 16
+ACCEPT_PAUSE = 1.0  # seconds the socket stops accepting when the process is out of descriptors
+ANSWER_TIMEOUT = 30.0  # seconds `pairproxy ctl` waits for an answer (a reload may take a while)
+
+
+class Controlled(Protocol):
+    """What the commands act on (the Server)."""
+
+    def snapshot(self) -> dict: ...
+
+    def kill_conn(self, conn: int) -> bool: ...
+
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool: ...
+
+    def reload(self) -> list[str]: ...
+
+
+class CommandError(Exception):
+    """A command that cannot be done: its message is the answer's one line, after `error: `."""
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return logfmt_value("-" if value is None else value)
+
+
+def _logfmt(row: dict, keys: tuple[str, ...]) -> str:
+    return " ".join(f"{key}={_value(row[key])}" for key in keys)
+
+
+def show_info(target: Controlled, _args: list[str]) -> str:
+    return "\n".join(f"{key}: {_value(value)}" for key, value in target.snapshot()["info"].items())
+
+
+CONN_KEYS = ("conn", "listener", "route", "client", "server", "state", "age", "idle", "bytes_up", "bytes_down")
+SERVER_KEYS = ("upstream", "server", "state", "active", "total", "failures", "last_change")
+
+
+def show_conns(target: Controlled, _args: list[str]) -> str:
+    return "\n".join(_logfmt(row, CONN_KEYS) for row in target.snapshot()["conns"])
+
+
+def show_servers(target: Controlled, _args: list[str]) -> str:
+    return "\n".join(_logfmt(row, SERVER_KEYS) for row in target.snapshot()["servers"])
+
+
+def kill_conn(target: Controlled, args: list[str]) -> str:
+    if not args[0].isdigit() or not target.kill_conn(int(args[0])):
+        raise CommandError(f"no open connection {args[0]}")
+    return "ok"
+
+
+def _maintenance(on: bool) -> Callable[[Controlled, list[str]], str]:
+    def handler(target: Controlled, args: list[str]) -> str:
+        upstream, address = args
+        if not target.set_server_maintenance(upstream, address, on):
+            raise CommandError(f"no server {address} in upstream {upstream}")
+        return "ok"
+
+    return handler
+
+
+def reload(target: Controlled, _args: list[str]) -> str:
+    problems = target.reload()
+    if problems:
+        raise CommandError("; ".join(problems))
+    return "ok"
+
+
+def show_help(_target: Controlled, _args: list[str]) -> str:
+    width = max(len(command.usage) for command in COMMANDS.values())
+    return "\n".join(f"{command.usage:<{width}}  {command.summary}" for command in COMMANDS.values())
+
+
+@dataclass(frozen=True)
+class Command:
+    usage: str  # the words, then the arguments in capitals
+    summary: str
+    handler: Callable[[Controlled, list[str]], str]
+
+    @property
+    def arguments(self) -> int:
+        return sum(word.isupper() for word in self.usage.split())
+
+
+# The words of each command (as one string) -> the command.
+COMMANDS: dict[str, Command] = {
+    " ".join(word for word in command.usage.split() if not word.isupper()): command
+    for command in (
+        Command("help", "this list", show_help),
+        Command("show info", "the process: version, pid, uptime, connections, reloads, dropped log lines", show_info),
+        Command("show conns", "one line per open connection", show_conns),
+        Command("show servers", "one line per server: state up, down or maint, counters", show_servers),
+        Command("kill conn ID", "end connection ID (result=shutdown)", kill_conn),
+        Command("disable server UPSTREAM ADDRESS", "no new connections to it, open ones finish", _maintenance(True)),
+        Command("enable server UPSTREAM ADDRESS", "back in service", _maintenance(False)),
+        Command("reload", "re-read the configuration file, like SIGHUP", reload),
+    )
+}
+
+
+def execute(target: Controlled, line: str) -> str:
+    """The answer to one command line, without the final empty line; errors start with `error: `."""
+    words = line.split()
+    if not words:
+        return ""
+    for size in (2, 1):
+        command = COMMANDS.get(" ".join(words[:size]))
+        if command is not None:
+            args = words[size:]
+            if len(args) != command.arguments:
+                return f"error: usage: {command.usage}"
+            try:
+                return command.handler(target, args)
+            except CommandError as exc:
+                return f"error: {exc}"
+    given = " ".join(words[:2])
+    close = difflib.get_close_matches(given, COMMANDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else "; try 'help'"
+    return f"error: unknown command {given!r}{hint}"
+
+
+# -- the socket ----------------------------------------------------------------------------
+
+
+def bind_admin_socket(path: str) -> socket.socket:
+    """A listening UNIX socket at `path`, mode 0600; StartupError if it cannot be made there.
+
+    A socket file that nobody answers on is what an earlier process left (killed before it
+    could remove it): replaced. One that answers belongs to a running process: refused.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"admin socket {path}: {describe_os_error(exc)}") from None
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise StartupError(f"admin socket {path}: the path exists and is not a socket")
+        if _answers(path):
+            raise StartupError(f"admin socket {path}: another process is serving on it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)  # made 0600: no moment when others could connect
+    try:
+        sock.bind(path)
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"admin socket {path}: {describe_os_error(exc)}") from None
+    finally:
+        os.umask(umask)
+    return sock
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
+
+
+class AdminSocket(Dispatcher):
+    """The listening admin socket; each client it accepts is an AdminClient."""
+
+    def __init__(self, reactor: Reactor, path: str, target: Controlled, log: EventLog) -> None:
+        super().__init__(reactor, bind_admin_socket(path))
+        self.path = path
+        self.target = target
+        self.log = log
+        self.clients: set[AdminClient] = set()
+        self._inode = os.stat(path).st_ino
+        self._paused: Timer | None = None
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return self._paused is None
+
+    def handle_read(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _peer = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the client waits in the backlog, not spinning the loop
+                self.log.warning("admin_accept_paused", error=describe_os_error(exc), retry_s=ACCEPT_PAUSE)
+                self._paused = self.reactor.call_later(ACCEPT_PAUSE, self._resume)
+                self.interest_changed()
+                return
+            sock.setblocking(False)
+            self.clients.add(AdminClient(self, sock))
+
+    def _resume(self) -> None:
+        self._paused = None
+        self.interest_changed()
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.log.failure("admin_failed", exc)  # the socket stays open for the next client
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._paused is not None:
+            self._paused.cancel()
+        for client in list(self.clients):
+            client.close()
+        super().close()
+        try:
+            if os.stat(self.path).st_ino == self._inode:  # still ours, not a successor's
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class AdminClient(Dispatcher):
+    """One admin connection: reads command lines, queues their answers, bounded in both ways."""
+
+    def __init__(self, server: AdminSocket, sock: socket.socket) -> None:
+        super().__init__(server.reactor, sock)
+        self.server = server
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+        self.ending = False  # no more commands: close once what is queued is sent
+        self.last_active = self.reactor.now
+        self._idle: Timer | None = self.reactor.call_later(IDLE_TIMEOUT, self._check_idle)
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return not self.ending
+
+    def writable(self) -> bool:
+        return bool(self.outgoing)
+
+    def handle_read(self) -> None:
+        try:
+            data = self.socket.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.last_active = self.reactor.now
+        if not data:
+            self._end(bytes(self.incoming))
+            return
+        self.incoming += data
+        while not self.ending and not self.closed:
+            end = self.incoming.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self.incoming[:end])
+            del self.incoming[: end + 1]
+            self._command(line)
+        if len(self.incoming) > MAX_LINE and not self.closed:
+            self.incoming.clear()
+            self._answer(f"error: line longer than {MAX_LINE} bytes")
+            self._end(b"")
+
+    def _end(self, last: bytes) -> None:
+        """The client has said all it will: answer a last line without its newline, then close."""
+        if last.strip():
+            self._command(last)
+        self.ending = True
+        self.interest_changed()
+        if not self.outgoing:
+            self.close()
+
+    def _command(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").strip()
+        if text:
+            self._answer(execute(self.server.target, text))
+
+    def _answer(self, answer: str) -> None:
+        if self.closed:  # the command ended this client (it was its own connection's handler)
+            return
+        data = (answer + "\n\n" if answer else "\n").encode("utf-8", "backslashreplace")
+        if len(self.outgoing) + len(data) > MAX_OUTPUT:
+            self.server.log.warning("admin_client_dropped", reason=f"more than {MAX_OUTPUT} bytes of answers unread")
+            self.close()
+            return
+        self.outgoing += data
+        self.handle_write()
+        self.interest_changed()
+
+    def handle_write(self) -> None:
+        try:
+            sent = self.socket.send(self.outgoing)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self.outgoing[:sent]
+        self.last_active = self.reactor.now
+        if not self.outgoing:
+            self.interest_changed()
+            if self.ending:
+                self.close()
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self.closed:
+            return
+        remaining = IDLE_TIMEOUT - (self.reactor.now - self.last_active)
+        if remaining > 0:
+            self._idle = self.reactor.call_later(remaining, self._check_idle)
+        else:
+            self.close()
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.server.log.failure("admin_failed", exc)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.server.clients.discard(self)
+        super().close()
+
+
+# -- the client side (`pairproxy ctl`) -------------------------------------------------------
+
+
+def ask(path: str, command: str, timeout: float = ANSWER_TIMEOUT) -> str:
+    """Send one command to the admin socket at `path`; its answer without the final empty line.
+
+    StartupError (exit status 1) when the socket is missing, refuses, or does not answer in time.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(command.encode("utf-8") + b"\n")
+        answer = bytearray()
+        while not (answer.endswith(b"\n\n") or answer == b"\n"):
+            data = sock.recv(65536)
+            if not data:
+                raise StartupError(f"admin socket {path}: closed before the end of the answer")
+            answer += data
+    except TimeoutError:
+        raise StartupError(f"admin socket {path}: no answer in {timeout:g}s") from None
+    except OSError as exc:
+        raise StartupError(f"admin socket {path}: {describe_os_error(exc)}") from None
+    finally:
+        sock.close()
+    return answer.decode("utf-8", "replace")[:-1].removesuffix("\n")

@@ -1,0 +1,452 @@
+"""End to end: the admin socket and `pairproxy ctl` on a running proxy; the `admin:` section; the snapshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from proxy.config import schema
+from proxy.config.loader import ConfigError, parse_config
+from proxy.config.units import Address
+from proxy.log import EventLog
+from proxy.output import Output
+from proxy.policy.upstreams import CONNECT_BUCKETS, ConnectTimes
+from proxy.serve import admin
+from proxy.serve.server import Server
+from tests.support import (
+    WAIT,
+    connect,
+    echo_handler,
+    logfmt,
+    recv_digest,
+    recv_exactly,
+    run_cli,
+    source_handler,
+    wait_until,
+)
+from tests.test_run import tagged, write
+
+
+def ctl(sock_path, *words: str, cwd=None):
+    return run_cli(["ctl", "-s", str(sock_path), *words], cwd=cwd)
+
+
+def ok(sock_path, *words: str) -> str:
+    done = ctl(sock_path, *words)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def admin_proxy(tmp_path, start_proxy, upstreams: list[str], *, balance: str = "round_robin", extra: str = ""):
+    """A proxy with listener `web` over upstream `app` and an admin socket; (proxy, socket path)."""
+    servers = ", ".join(f'"{address}"' for address in upstreams)
+    path = write(
+        tmp_path,
+        f"""\
+        admin: {{socket: admin.sock}}
+        upstreams:
+          app: {{balance: {balance}, servers: [{servers}]{extra}}}
+        listeners:
+          - {{name: web, listen: "127.0.0.1:0", upstream: app}}
+        """,
+    )
+    return start_proxy("run", "-c", str(path)), tmp_path / "admin.sock"
+
+
+# -- commands on live connections ----------------------------------------------------------
+
+
+def test_show_info_conns_and_servers_describe_an_open_connection(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    with connect(proxy.address) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        info = dict(line.split(": ", 1) for line in ok(sock, "show", "info").splitlines())
+        assert info["pid"] == str(proxy.pid)
+        assert (info["connections"], info["listeners"], info["workers"], info["draining"]) == ("1", "1", "1", "false")
+        conns = ok(sock, "show", "conns").splitlines()
+        assert len(conns) == 1
+        row = logfmt(conns[0])
+        assert row["listener"] == "web" and row["route"] == "0" and row["state"] == "relaying"
+        assert row["server"] == upstream.address and (row["bytes_up"], row["bytes_down"]) == ("5", "5")
+        servers = [logfmt(line) for line in ok(sock, "show", "servers").splitlines()]
+        assert [(s["upstream"], s["server"], s["state"], s["active"], s["total"]) for s in servers] == [
+            ("app", upstream.address, "up", "1", "1")
+        ]
+    assert wait_until(lambda: ok(sock, "show", "conns") == "")  # nothing open: an empty answer, nothing printed
+    assert "help" in ok(sock, "help") and "kill conn ID" in ok(sock, "help")
+
+
+def test_kill_conn_closes_the_client_and_logs_it(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    with connect(proxy.address) as client, connect(proxy.address) as other:
+        for each in (client, other):
+            each.sendall(b"x")
+            assert recv_exactly(each, 1) == b"x"
+        conn = {logfmt(line)["client"]: logfmt(line)["conn"] for line in ok(sock, "show", "conns").splitlines()}
+        victim = conn["{}:{}".format(*client.getsockname())]
+        assert ok(sock, "kill", "conn", victim) == "ok\n"
+        assert client.recv(1) == b""
+        line = proxy.wait_access(1)[0]
+        assert (line["conn"], line["result"], line["reason"]) == (victim, "shutdown", "killed by admin")
+        other.sendall(b"y")  # the other connection is untouched
+        assert recv_exactly(other, 1) == b"y"
+    done = ctl(sock, "kill", "conn", victim)
+    assert (done.returncode, done.stderr) == (1, f"pairproxy: no open connection {victim}\n")
+
+
+def test_a_disabled_server_gets_no_new_connections_until_enabled(tmp_path, start_proxy, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address, two.address])
+
+    def tags(count: int) -> list[bytes]:
+        found = []
+        for _ in range(count):
+            with connect(proxy.address) as client:
+                found.append(recv_exactly(client, 4))
+        return found
+
+    with connect(proxy.address) as held:  # open on `one` while it is disabled: it goes on
+        assert recv_exactly(held, 4) == b"one:"
+        assert ok(sock, "disable", "server", "app", one.address) == "ok\n"
+        assert tags(4) == [b"two:"] * 4
+        held.sendall(b"still")
+        assert recv_exactly(held, 5) == b"still"
+    states = {logfmt(line)["server"]: logfmt(line)["state"] for line in ok(sock, "show", "servers").splitlines()}
+    assert states == {one.address: "maint", two.address: "up"}
+    proxy.send_signal(signal.SIGHUP)  # maintenance stays with a server a reload keeps
+    proxy.wait_for(" reloaded ")
+    assert tags(2) == [b"two:"] * 2
+    assert ok(sock, "enable", "server", "app", one.address) == "ok\n"
+    assert b"one:" in tags(2)
+    assert "server_disabled" in proxy.log_text() and "server_enabled" in proxy.log_text()
+    done = ctl(sock, "disable", "server", "app", "127.0.0.1:1")
+    assert (done.returncode, done.stderr) == (1, "pairproxy: no server 127.0.0.1:1 in upstream app\n")
+
+
+def test_a_server_in_maintenance_stays_there_when_health_checks_pass(tmp_path, start_proxy, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    checks = ", health_check: {interval: 50ms, rise: 1, fall: 1}"
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address, two.address], balance="first", extra=checks)
+    ok(sock, "disable", "server", "app", one.address)
+    time.sleep(0.3)  # several rounds of checks, all passing
+    with connect(proxy.address) as client:
+        assert recv_exactly(client, 4) == b"two:"
+
+
+def test_reload_answers_ok_or_the_errors(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    assert ok(sock, "reload") == "ok\n"
+    assert "reloads: 1" in ok(sock, "show", "info")
+    config = tmp_path / "pairproxy.yaml"
+    config.write_text(config.read_text() + "bogus: 1\n")
+    done = ctl(sock, "reload")
+    assert done.returncode == 1
+    assert done.stderr.startswith("pairproxy: ") and "unknown key 'bogus'" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert "reloads: 1" in ok(sock, "show", "info")
+
+
+def test_unknown_commands_and_wrong_arguments_are_errors(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    done = ctl(sock, "shwo", "conns")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "pairproxy: unknown command 'shwo conns' (did you mean 'show conns'?)\n",
+    )
+    done = ctl(sock, "kill", "conn")
+    assert (done.returncode, done.stderr) == (1, "pairproxy: usage: kill conn ID\n")
+
+
+def test_several_commands_on_one_connection_each_answer_ends_with_an_empty_line(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(WAIT)
+        client.connect(str(sock))
+        client.sendall(b"show conns\nkill conn 999\nshow servers\n")
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := client.recv(65536):
+            answer += data
+    text = answer.decode()
+    # No connections: the empty answer, its empty line alone.
+    assert text.startswith("\nerror: no open connection 999\n\nupstream=app ")
+    assert text.endswith("\n\n") and text.count("\n\n") == 2
+
+
+# -- the socket file ------------------------------------------------------------------------
+
+
+def test_the_socket_is_private_and_removed_at_a_clean_exit(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    mode = os.stat(sock).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert proxy.stop() == 0
+    assert not sock.exists()
+
+
+def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "admin.sock"))  # bound, never listening, closed: what a killed process leaves
+    stale.close()
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    assert "pid: " in ok(sock, "show", "info")
+    done = run_cli(["run", "-c", str(tmp_path / "pairproxy.yaml")], cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == f"pairproxy: admin socket {sock}: another process is serving on it\n"
+    assert f"pid: {proxy.pid}" in ok(sock, "show", "info")  # the first one still owns it
+
+
+# -- hostile clients ------------------------------------------------------------------------
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # the proxy gave up on this client, as it should
+
+
+def test_hostile_admin_clients_stall_no_traffic(tmp_path, start_proxy, start_upstream):
+    size = 32 * 1024 * 1024
+    upstream = start_upstream(source_handler(size))
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    long_line, deaf = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    senders = []
+    try:
+        for client, data in ((long_line, b"x" * 10_000_000), (deaf, b"help\n" * 200_000)):
+            client.settimeout(WAIT)
+            client.connect(str(sock))
+            sender = threading.Thread(target=_send_quietly, args=(client, data), daemon=True)
+            sender.start()
+            senders.append(sender)
+        with connect(proxy.address) as transfer:
+            started = time.monotonic()
+            assert recv_digest(transfer)[0] == size
+            assert time.monotonic() - started < WAIT
+        try:
+            assert long_line.recv(100).startswith(b"error: line longer than 4096 bytes\n\n")
+        except ConnectionResetError:
+            pytest.fail("the long line got no error line")
+        proxy.wait_for("admin_client_dropped")  # the client that never reads
+        for sender in senders:
+            sender.join(WAIT)
+            assert not sender.is_alive()
+    finally:
+        long_line.close()
+        deaf.close()
+    assert "connections: 0" in ok(sock, "show", "info")
+    assert proxy.access_lines()[0]["result"] == "closed"
+
+
+# -- pairproxy ctl ----------------------------------------------------------------------------
+
+
+def test_ctl_finds_the_socket_in_the_config_file(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, _sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    done = run_cli(["ctl", "show", "info"], cwd=tmp_path)  # -c pairproxy.yaml by default
+    assert done.returncode == 0 and f"pid: {proxy.pid}" in done.stdout
+
+
+def test_ctl_exit_codes_without_a_socket(tmp_path):
+    missing = tmp_path / "nothing.sock"
+    done = ctl(missing, "show", "info")
+    assert (done.returncode, done.stderr) == (1, f"pairproxy: admin socket {missing}: no such file or directory\n")
+    refusing = socket.socket(socket.AF_UNIX)
+    refusing.bind(str(tmp_path / "dead.sock"))  # nobody listens: refused
+    try:
+        done = ctl(tmp_path / "dead.sock", "show", "info")
+    finally:
+        refusing.close()
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"pairproxy: admin socket {tmp_path / 'dead.sock'}: connection refused\n",
+    )
+    done = run_cli(["ctl", "show", "info"], cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "pairproxy: no admin socket given (-s PATH) and no pairproxy.yaml to find it in\n",
+    )
+    write(tmp_path, "listeners: [{listen: 8080, upstream: '127.0.0.1:9000'}]\n")
+    done = run_cli(["ctl", "show", "info"], cwd=tmp_path)
+    assert done.returncode == 2 and "has no admin socket" in done.stderr
+
+
+# -- the configuration --------------------------------------------------------------------------
+
+LISTENERS = "listeners: [{listen: 8080, upstream: '127.0.0.1:9000'}]\n"
+
+
+def test_the_admin_section_is_read_relative_to_the_config_file(tmp_path):
+    text = "admin: {socket: run/admin.sock, http: '127.0.0.1:0'}\n" + LISTENERS
+    admin = parse_config(text, "t.yaml", tmp_path).config.admin
+    assert admin.socket == str(tmp_path / "run" / "admin.sock")
+    assert admin.http == Address("127.0.0.1", 0)
+    assert parse_config(LISTENERS).config.admin is None
+
+
+@pytest.mark.parametrize(
+    ("admin", "error"),
+    [
+        ("{sockett: a.sock}", "t.yaml:1:9: unknown key 'sockett' in admin (did you mean 'socket'?)"),
+        ("{http: nope}", "t.yaml:1:15: http: bad address 'nope': port 'nope' is not a number"),
+        ("{socket: ''}", "t.yaml:1:17: socket: must be a non-empty string, got ''"),
+        ("{socket: " + "a" * 120 + "}", "is too long for a UNIX socket (at most 107 bytes)"),
+        ("[a]", "t.yaml:1:8: admin must be a mapping of keys, got a list"),
+    ],
+)
+def test_admin_section_errors_are_located(admin, error):
+    text = f"admin: {admin}\n" + LISTENERS
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "t.yaml")
+    assert error in str(raised.value)
+
+
+# -- the snapshot -------------------------------------------------------------------------------
+
+
+def test_connect_times_are_a_cumulative_histogram():
+    times = ConnectTimes()
+    for seconds in (0.0001, 0.0005, 0.003, 0.2, 60.0):
+        times.observe(seconds)
+    data = times.to_json()
+    buckets = dict((bound, count) for bound, count in data["buckets"])
+    assert [bound for bound, _ in data["buckets"]] == list(CONNECT_BUCKETS)
+    assert (buckets[0.0005], buckets[0.001], buckets[0.005], buckets[0.25], buckets[10.0]) == (2, 2, 3, 4, 4)
+    assert buckets[float("inf")] == data["count"] == 5
+    assert data["sum"] == pytest.approx(60.2036)
+
+
+@contextmanager
+def serving(config: schema.Config) -> Iterator[Server]:
+    """A Server in this process, its loop on a thread; stopped (not closed) when the block ends,
+    so that what it holds can be looked at from the test's thread afterwards."""
+    server = Server(config, EventLog("error"))
+    server.bind(signals=False)
+    loop = threading.Thread(target=server.reactor.loop, daemon=True)
+    loop.start()
+    try:
+        yield server
+    finally:
+        server.reactor.call_soon_threadsafe(server.reactor.stop)
+        loop.join(WAIT)
+
+
+def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
+    monkeypatch.setattr(admin, "IDLE_TIMEOUT", 0.5)
+    text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
+    with serving(parse_config(text, "t.yaml").config) as server, socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(WAIT)
+        client.connect(str(tmp_path / "admin.sock"))
+        started = time.monotonic()
+        client.sendall(b"help\n")
+        assert client.recv(65536).startswith(b"help ")
+        assert client.recv(1) == b""
+        assert 0.5 <= time.monotonic() - started < WAIT
+    server.close()
+    assert not (tmp_path / "admin.sock").exists()
+
+
+def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        admin: {{socket: admin.sock}}
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), "--workers", "2", wait_listening=2)
+    with connect(proxy.address) as client:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+    assert not (tmp_path / "admin.sock").exists()
+
+
+def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
+    upstream = start_upstream(echo_handler)
+    text = f"""\
+        upstreams:
+          app: {{servers: ["{upstream.address}", "127.0.0.1:1"]}}
+        listeners:
+          - {{name: web, listen: "127.0.0.1:0", routes: [{{name: main, upstream: app}}]}}
+        """
+    with serving(parse_config(textwrap.dedent(text), "t.yaml").config) as server:
+        address = server.listeners[next(iter(server.listeners))].dispatcher.socket.getsockname()
+        for payload in (b"abc", b"defgh"):
+            with connect(address) as client:
+                client.sendall(payload)
+                assert recv_exactly(client, len(payload)) == payload
+        held = connect(address)
+        held.sendall(b"1234")
+        assert recv_exactly(held, 4) == b"1234"
+        assert wait_until(lambda: server.listeners[next(iter(server.listeners))].stats.closed["main", "closed"] == 2)
+    try:
+        snapshot = json.loads(json.dumps(server.snapshot()))  # plain data all through
+        assert set(snapshot) == {"info", "listeners", "servers", "conns", "process"}
+        (listener,) = snapshot["listeners"]
+        assert (listener["name"], listener["active"], listener["connections_total"]) == ("web", 1, 3)
+        assert (listener["bytes_up_total"], listener["bytes_down_total"]) == (12, 12)
+        assert listener["closed"] == [{"route": "main", "result": "closed", "count": 2}]
+        good, bad = snapshot["servers"]
+        assert (good["server"], good["state"], good["total"], good["active"], good["failures"]) == (
+            upstream.address,
+            "up",
+            3,
+            1,
+            0,
+        )
+        # round robin: the dead server was tried by one of the three, which then went to the good one
+        assert bad["failures"] == 1 and bad["state"] == "down" and bad["total"] == 0
+        assert good["connect_seconds"]["count"] == 3 and good["connect_seconds"]["buckets"][-1][1] == 3
+        (conn,) = snapshot["conns"]
+        assert (conn["route"], conn["state"], conn["bytes_up"], conn["bytes_down"]) == ("main", "relaying", 4, 4)
+        info, process = snapshot["info"], snapshot["process"]
+        assert (info["connections"], info["listeners"], info["workers"], info["log_dropped"]) == (1, 1, 1, 0)
+        assert process["open_fds"] > 0 and process["resident_memory_bytes"] > 0 and process["max_fds"] > 0
+        assert 0 < time.time() - process["start_time_seconds"] < 3600 and process["cpu_seconds_total"] > 0
+    finally:
+        held.close()
+        server.close()
+
+
+def test_dropped_log_lines_stay_counted_after_the_recovery_report():
+    read_fd, write_fd = os.pipe()
+    output = Output(write_fd, limit=100)
+    output.on_recovered = lambda lines, _size: b"lost\n"
+    try:
+        for _ in range(2000):  # 100 KB of lines: more than the pipe and the queue together hold
+            output.write(b"x" * 49 + b"\n")
+        dropped = output.dropped_total
+        assert dropped == output.dropped_lines > 0
+        os.set_blocking(read_fd, False)
+        while True:
+            try:
+                os.read(read_fd, 1 << 20)
+            except BlockingIOError:
+                break
+        output.drain()
+        assert (output.dropped_lines, output.dropped_total) == (0, dropped)
+    finally:
+        output.close()
+        os.close(read_fd)
+        os.close(write_fd)
