@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import WAIT, connect, echo_handler, logfmt, recv_all, recv_exactly, wait_until
+from tests.support import WAIT, connect, echo_handler, logfmt, recv_all, recv_exactly, run_cli, wait_until
 
 ODD_NAME = 'we"b\\1'  # a quote and a backslash: both must be escaped in label values
 
@@ -248,3 +248,25 @@ def test_the_status_page_in_a_real_browser(served, tmp_path):
     assert good.address in page and "bad" in page
     assert "UP" in page
     assert client_address in page
+
+
+def test_an_admin_port_in_use_stops_the_start(tmp_path, start_upstream):
+    good = start_upstream(echo_handler)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, good.address)
+        path.write_text(path.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"', 1))
+        result = run_cli(["run", "-c", str(path)])
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"pairproxy: admin http: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert " listening " not in result.stderr
+
+
+def test_workers_leave_the_admin_http_alone(tmp_path, start_proxy, start_upstream):
+    good = start_upstream(echo_handler)
+    proxy = start_proxy("run", "-c", str(write_config(tmp_path, good.address)), "--workers", "2", wait_listening=4)
+    assert through(proxy.listener_address(ODD_NAME), b"hi") == b"hi"
+    assert "admin_listening" not in proxy.log_text()
