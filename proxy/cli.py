@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from proxy import __version__
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
-from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.config.loader import ConfigError, LoadedConfig, load_admin_socket, load_config
 from proxy.config.schema import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT,
@@ -197,8 +197,7 @@ def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
     if path is None:
         if not Path(args.config).exists():
             raise UsageError(f"no admin socket given (-s PATH) and no {args.config} to find it in")
-        admin_config = _load(args).config.admin
-        path = admin_config.socket if admin_config is not None else None
+        path = load_admin_socket(args.config)
         if path is None:
             raise UsageError(f"{args.config} has no admin socket (admin: {{socket: PATH}}); give -s PATH")
     answer = admin.ask(path, " ".join(args.words))

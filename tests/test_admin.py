@@ -35,6 +35,7 @@ from tests.support import (
     wait_until,
 )
 from tests.test_run import tagged, write
+from tests.test_upstreams import pool, ports
 
 
 def ctl(sock_path, *words: str, cwd=None):
@@ -153,7 +154,7 @@ def test_reload_answers_ok_or_the_errors(tmp_path, start_proxy, start_upstream):
     assert "reloads: 1" in ok(sock, "show", "info")
     config = tmp_path / "pairproxy.yaml"
     config.write_text(config.read_text() + "bogus: 1\n")
-    done = ctl(sock, "reload")
+    done = run_cli(["ctl", "reload"], cwd=tmp_path)  # the socket is still found in the broken file
     assert done.returncode == 1
     assert done.stderr.startswith("pairproxy: ") and "unknown key 'bogus'" in done.stderr
     assert len(done.stderr.splitlines()) == 1
@@ -323,6 +324,32 @@ def test_admin_section_errors_are_located(admin, error):
 # -- the snapshot -------------------------------------------------------------------------------
 
 
+def test_server_state_and_its_last_change():
+    servers = pool(1, 2)
+    one, two = servers.servers
+    one.changed_at = two.changed_at = 5.0
+    servers.connect_failed(one, 10.0)  # a passive back-off of 1 s
+    assert (one.state(10.5), one.last_change(10.5), one.failures) == ("down", 0.5, 1)
+    assert (one.state(12.0), one.last_change(12.0)) == ("up", 1.0)  # up again since the back-off ended at 11
+    servers.connect_succeeded(one, 12.0, 0.002)
+    assert (one.state(13.0), one.last_change(13.0), one.connect_times.count) == ("up", 2.0, 1)
+    one.set_maintenance(True, 20.0)
+    assert (one.state(25.0), one.last_change(25.0)) == ("maint", 5.0)
+    assert servers.check_result(one, True) is False and one.state(25.0) == "maint"  # checks do not bring it back
+    assert ports(servers.candidates("10.0.0.1", 25.0)) == [2]
+    two.checked_up = False  # every server down or in maintenance: the down ones are tried, never the other
+    assert ports(servers.candidates("10.0.0.1", 25.0)) == [2]
+    one.set_maintenance(False, 30.0)
+    assert ports(servers.candidates("10.0.0.1", 31.0)) == [1]
+
+
+def test_commands_take_the_arguments_their_usage_names():
+    assert admin.Command("kill conn ID", "", admin.kill_conn).takes(["7"])
+    assert not admin.Command("kill conn ID", "", admin.kill_conn).takes(["7", "8"])
+    rest = admin.Command("dump on FILTER...", "", admin.kill_conn)  # a room left for such commands
+    assert rest.takes(["route=api"]) and rest.takes(["route=api", "client=10.0.0.0/8"]) and not rest.takes([])
+
+
 def test_connect_times_are_a_cumulative_histogram():
     times = ConnectTimes()
     for seconds in (0.0001, 0.0005, 0.003, 0.2, 60.0):
@@ -336,10 +363,10 @@ def test_connect_times_are_a_cumulative_histogram():
 
 
 @contextmanager
-def serving(config: schema.Config) -> Iterator[Server]:
+def serving(config: schema.Config, config_path=None) -> Iterator[Server]:
     """A Server in this process, its loop on a thread; stopped (not closed) when the block ends,
     so that what it holds can be looked at from the test's thread afterwards."""
-    server = Server(config, EventLog("error"))
+    server = Server(config, EventLog("error"), config_path=config_path)
     server.bind(signals=False)
     loop = threading.Thread(target=server.reactor.loop, daemon=True)
     loop.start()
@@ -363,6 +390,36 @@ def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
         assert 0.5 <= time.monotonic() - started < WAIT
     server.close()
     assert not (tmp_path / "admin.sock").exists()
+
+
+def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(admin, "MAX_OUTPUT", 100)  # less than the answer to `help`
+    text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
+    with serving(parse_config(text, "t.yaml").config) as server:
+        answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
+    server.close()
+    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("like SIGHUP")
+
+
+def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(tmp_path, f'listeners: [{{name: web, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}]\n')
+    with serving(parse_config(path.read_text(), str(path)).config, path) as server:
+        (frontend,) = server.listeners.values()
+        address = frontend.dispatcher.socket.getsockname()
+        for count in (1, 2):
+            with connect(address) as client:
+                client.sendall(b"ab")
+                assert recv_exactly(client, 2) == b"ab"
+            if count == 1:
+                server.reactor.call_soon_threadsafe(server.reload)
+                assert wait_until(lambda: server.reloads == 1)
+        assert wait_until(lambda: sum(frontend.stats.closed.values()) == 2)
+    try:
+        (listener,) = server.snapshot()["listeners"]
+        assert (listener["connections_total"], listener["bytes_up_total"], listener["bytes_down_total"]) == (2, 4, 4)
+    finally:
+        server.close()
 
 
 def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):

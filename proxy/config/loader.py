@@ -83,6 +83,30 @@ def load_config(path: str | Path) -> LoadedConfig:
     ConfigError is the only exception this raises, whatever the file holds: a reload relies on it.
     """
     path = Path(path)
+    return parse_config(_read_text(path), str(path), path.parent)
+
+
+def load_admin_socket(path: str | Path) -> str | None:
+    """Only `admin.socket` of a route table file, for `pairproxy ctl`: the rest is not looked at,
+    so a file broken elsewhere (being edited, before a `reload`) still names its socket.
+    ConfigError when that part itself is wrong."""
+    path = Path(path)
+    source = str(path)
+    root = _compose(_read_text(path), source)
+    reader = _Reader(source, path.parent)
+    found: str | Invalid | None = None
+    if isinstance(root, yaml.MappingNode):
+        for key_node, value_node in reader.merged(root, 0):
+            if key_node.value == "admin":
+                fields = reader.mapping(value_node, "admin", ADMIN.keys)
+                if "socket" in fields:
+                    found = reader.socket_path(fields["socket"][1], "socket")
+    if reader.errors:
+        raise ConfigError(reader.errors)
+    return found if isinstance(found, str) else None
+
+
+def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -94,7 +118,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         line = data.count(b"\n", 0, exc.start) + 1
         column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
         raise ConfigError([f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})"]) from None
-    return parse_config(text, str(path), path.parent)
+    return text
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:

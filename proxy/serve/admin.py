@@ -8,7 +8,8 @@ handler: adding a command is adding an entry.
 
 A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
 gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
-dropped), and a client idle for IDLE_TIMEOUT is closed. The socket is made with mode 0600,
+dropped; one answer alone is always sent, whatever its length), and a client idle for
+IDLE_TIMEOUT is closed. The socket is made with mode 0600,
 refused when another process answers on its path, and removed at exit.
 """
 
@@ -29,7 +30,7 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
 
 MAX_LINE = 4096  # bytes of one command line
-MAX_OUTPUT = 1024 * 1024  # bytes of answers queued for one client that does not read them
+MAX_OUTPUT = 1024 * 1024  # bytes of answers that may pile up for a client that does not read them
 IDLE_TIMEOUT = 60.0  # seconds a client may do nothing
 READ_SIZE = 8192
 ACCEPT_BATCH = 16
@@ -114,13 +115,16 @@ def show_help(_target: Controlled, _args: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    usage: str  # the words, then the arguments in capitals
+    usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
     summary: str
     handler: Callable[[Controlled, list[str]], str]
 
-    @property
-    def arguments(self) -> int:
-        return sum(word.isupper() for word in self.usage.split())
+    def takes(self, args: list[str]) -> bool:
+        """Whether `args` are as many as the usage names."""
+        named = [word for word in self.usage.split() if word.isupper()]
+        if named and named[-1].endswith("..."):
+            return len(args) >= len(named)
+        return len(args) == len(named)
 
 
 # The words of each command (as one string) -> the command.
@@ -148,7 +152,7 @@ def execute(target: Controlled, line: str) -> str:
         command = COMMANDS.get(" ".join(words[:size]))
         if command is not None:
             args = words[size:]
-            if len(args) != command.arguments:
+            if not command.takes(args):
                 return f"error: usage: {command.usage}"
             try:
                 return command.handler(target, args)
@@ -321,7 +325,9 @@ class AdminClient(Dispatcher):
         if self.closed:  # the command ended this client (it was its own connection's handler)
             return
         data = (answer + "\n\n" if answer else "\n").encode("utf-8", "backslashreplace")
-        if len(self.outgoing) + len(data) > MAX_OUTPUT:
+        # One answer is always taken, however long (`show conns` of many connections): what is
+        # bounded is answers piling up behind earlier ones the client has not read.
+        if self.outgoing and len(self.outgoing) + len(data) > MAX_OUTPUT:
             self.server.log.warning("admin_client_dropped", reason=f"more than {MAX_OUTPUT} bytes of answers unread")
             self.close()
             return

@@ -250,8 +250,7 @@ class Frontend:
         self.local_address = sock.getsockname()[:2]
         # On 0.0.0.0 or [::] the address a client reached is only known per connection.
         self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
-        self.active = 0
-        self.pairs: set[Pair] = set()  # its open connections, for snapshots
+        self.pairs: set[Pair] = set()  # its open connections (max_connections, snapshots)
         self.stats = ListenerStats()
         self.apply(table)
 
@@ -267,10 +266,9 @@ class Frontend:
     def accept(self, sock: socket.socket, peer: tuple) -> None:
         table = self.table
         pair = Pair(self.runtime, table.settings, sock, peer, self.finished)
-        self.active += 1
         self.stats.connections_total += 1
         self.pairs.add(pair)
-        if self.active > table.config.max_connections:
+        if len(self.pairs) > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
             return
         admission = Admission(self, table, pair, peer)
@@ -281,7 +279,6 @@ class Frontend:
         return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
     def finished(self, pair: Pair) -> None:
-        self.active -= 1
         self.pairs.discard(pair)
         self.stats.finished(pair)
         self.on_finished()

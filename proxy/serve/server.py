@@ -113,7 +113,8 @@ class Server:
         self._interrupts = 0
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None  # answers /ready with 503 while draining, closed at exit
-        self.started = time.time()
+        self.started = time.time()  # Unix time, to show; uptime is measured on the monotonic clock
+        self._started_monotonic = time.monotonic()
         self.reloads = 0
 
     @staticmethod
@@ -313,7 +314,7 @@ class Server:
     def snapshot(self) -> dict:
         """Everything the admin surfaces show, as plain JSON-able data (see docs/operations.md)."""
         now = self.reactor.now
-        uptime = time.time() - self.started
+        uptime = time.monotonic() - self._started_monotonic
         listeners = [
             frontend.stats.to_json(frontend.name, frontend.dispatcher.address, list(frontend.pairs))
             for frontend in self.listeners.values()
