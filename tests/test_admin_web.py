@@ -6,12 +6,14 @@ and an operator's browser see.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import termios
 import textwrap
 import threading
 import time
@@ -176,16 +178,40 @@ def _flood(address, size: int, outcome: list) -> None:
         outcome.append(exc)
 
 
+def _deaf_client(address, request: bytes) -> socket.socket:
+    """A client with a tiny receive window that sends `request` and then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window follows
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    sock.sendall(request)
+    return sock
+
+
 def test_hostile_admin_clients_stall_nothing(served):
     _proxy, admin, web, _bad, _good = served
+    held = []  # open connections, so that /conns is far larger than the deaf client's window
+    try:
+        for _ in range(HELD):
+            client = connect(web)
+            held.append(client)
+            client.sendall(b".")
+            assert recv_exactly(client, 1) == b"."
+        _hostile_clients_meanwhile(admin, web)
+    finally:
+        for client in held:
+            client.close()
+
+
+HELD = 200
+
+
+def _hostile_clients_meanwhile(admin, web) -> None:
     flood: list = []
     flooder = threading.Thread(target=_flood, args=(admin, 10 * 1024 * 1024, flood), daemon=True)
     flooder.start()
-    # A client that asks for a page and never reads it, one that never finishes its head.
-    deaf = connect(admin)
-    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    deaf.sendall(b"GET /status HTTP/1.1\r\n\r\n")
-    slow = connect(admin)
+    deaf = _deaf_client(admin, b"GET /conns HTTP/1.1\r\n\r\n")
+    slow = connect(admin)  # never finishes its head
     slow.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
     started = time.monotonic()
     try:
@@ -196,6 +222,12 @@ def test_hostile_admin_clients_stall_nothing(served):
         flooder.join(WAIT)
         assert not flooder.is_alive()
         assert flood and (isinstance(flood[0], OSError) or flood[0].startswith(b"HTTP/1.1 431"))
+        # The deaf client's answer did not fit its window: it waited (in the kernel's send buffer
+        # here, which on loopback holds megabytes; past that in the proxy), and arrives whole.
+        waiting = int.from_bytes(fcntl.ioctl(deaf, termios.FIONREAD, b"\0\0\0\0"), "little")
+        answer = recv_all(deaf)
+        assert waiting < len(answer) // 2
+        assert len(json.loads(answer.partition(b"\r\n\r\n")[2])["conns"]) == HELD
         # The one that never finished its head is closed once idle for 10 s.
         slow.settimeout(20)
         assert slow.recv(100) == b""
