@@ -1,12 +1,14 @@
 """End to end: the HTTP admin listener of `pairproxy run` (/metrics, /ready, /status, /conns).
 
 Real traffic through the real command, then what a scraper, a load balancer's readiness probe
-and an operator's browser see.
+and an operator's browser see; and one test in process, where a socketpair's small buffer makes
+an answer outgrow the kernel's buffers.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -23,7 +25,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config.units import Address
+from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
+from proxy.serve.http_admin import AdminHttp
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_all, recv_exactly, run_cli, wait_until
+from tests.test_admin_render import snapshot
 
 ODD_NAME = 'we"b\\1'  # a quote and a backslash: both must be escaped in label values
 
@@ -302,3 +309,44 @@ def test_workers_leave_the_admin_http_alone(tmp_path, start_proxy, start_upstrea
     proxy = start_proxy("run", "-c", str(write_config(tmp_path, good.address)), "--workers", "2", wait_listening=4)
     assert through(proxy.listener_address(ODD_NAME), b"hi") == b"hi"
     assert "admin_listening" not in proxy.log_text()
+
+
+def test_an_answer_larger_than_the_socket_buffers_never_blocks_the_loop():
+    """In process, on a socketpair with a small send buffer: the loop goes on while the client
+    does not read, and the answer arrives whole once it does."""
+    conns = 2000
+    big = snapshot(conns=conns)
+    log = EventLog(stream=io.StringIO())
+    reactor = Reactor(log)
+    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), lambda: big, lambda: False)
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    theirs.settimeout(WAIT)
+    admin.accept(ours, ("local", 0))
+    theirs.sendall(b"GET /conns HTTP/1.1\r\n\r\n")
+    reading = threading.Event()
+    alive_before_reading: list[bool] = []
+    received: list[bytes] = []
+
+    def reader() -> None:
+        time.sleep(1.0)
+        reading.set()
+        received.append(recv_all(theirs))
+        reactor.call_soon_threadsafe(reactor.stop)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    reactor.call_later(0.3, lambda: alive_before_reading.append(not reading.is_set()))
+    reactor.call_later(WAIT, reactor.stop)
+    try:
+        reactor.loop()
+        thread.join(WAIT)
+    finally:
+        admin.close()
+        reactor.close()
+        theirs.close()
+    assert alive_before_reading == [True]
+    head, _, body = received[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) > 100 * 4096
+    assert len(json.loads(body)["conns"]) == conns
