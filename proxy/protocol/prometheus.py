@@ -102,7 +102,7 @@ def render(snapshot: Snapshot) -> str:
     out += _family(
         "pairproxy_server_up",
         "gauge",
-        "1 if the server takes connections (health checks pass), 0 if down or in maintenance.",
+        "1 if the server takes connections now, 0 if down (health checks, back-off) or in maintenance.",
         [("", _server_labels(each), int(each["state"] == "up")) for each in servers],
     )
     out += _family(
