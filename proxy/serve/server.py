@@ -47,6 +47,7 @@ from proxy.serve.admin import AdminSocket
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import DumpOutputs, Frontend, Table
 from proxy.serve.health import HealthChecker
+from proxy.serve.http_admin import AdminHttp
 from proxy.serve.stats import connection_row, process_stats, server_rows
 from proxy.serve.systemd import Systemd
 
@@ -117,6 +118,7 @@ class Server:
         self.draining = False
         self._interrupts = 0
         self.admin: AdminSocket | None = None
+        self.admin_http: AdminHttp | None = None  # answers /ready with 503 while draining, closed at exit
         self.started = time.time()  # Unix time, to show; uptime is measured on the monotonic clock
         self._started_monotonic = time.monotonic()
         self.reloads = 0
@@ -165,6 +167,12 @@ class Server:
             except StartupError:
                 self.close()
                 raise
+        if admin is not None and admin.http is not None and self.worker[1] == 1:
+            try:
+                self.admin_http = AdminHttp(self.reactor, self.log, admin.http, self.snapshot, lambda: self.draining)
+            except StartupError as exc:
+                self.close()
+                raise StartupError(f"admin http: {exc}") from None
         build = self._build(self.config)
         if build.problems:
             build.discard()
@@ -422,6 +430,8 @@ class Server:
     def close(self) -> None:
         if self.admin is not None:
             self.admin.close()
+        if self.admin_http is not None:
+            self.admin_http.close()
         for pair in list(self.runtime.pairs):
             pair.finish("shutdown")
         for checker in self.health:
