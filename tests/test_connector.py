@@ -259,14 +259,14 @@ def test_an_exception_in_connected_ends_the_attempt_and_reaches_the_observer(rea
     registered = len(reactor.map)
     connector = Connector(reactor, resolver, candidates(Address("127.0.0.1", listening)), 2.0, recorder)
     events = []
-    select = reactor.selector.select
+    poll = reactor.poller.poll
 
-    def counting_select(timeout=None):
-        ready = select(timeout)
+    def counting_poll(timeout=None):
+        ready = poll(timeout)
         events.extend(ready)
         return ready
 
-    reactor.selector.select = counting_select
+    reactor.poller.poll = counting_poll
     reactor.call_later(0.3, reactor.stop)
     connector.start()
     reactor.loop()

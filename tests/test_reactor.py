@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import selectors
+import select
 import socket
 import threading
 import time
@@ -15,6 +15,7 @@ import pytest
 from proxy.log import EventLog
 from proxy.loop import reactor as reactor_module
 from proxy.loop.dispatcher import Dispatcher, State
+from proxy.loop.poller import READ, WRITE, EpollPoller, SelectorsPoller
 from proxy.loop.reactor import Reactor
 
 SAFETY = 5.0  # every loop in this file is also stopped by a timer this far out
@@ -25,9 +26,17 @@ def log_stream():
     return io.StringIO()
 
 
+@pytest.fixture(params=[EpollPoller, SelectorsPoller])
+def poller(request):
+    """Every reactor test runs on epoll itself and on the selectors module's fallback."""
+    if request.param is EpollPoller and not hasattr(select, "epoll"):
+        pytest.skip("no epoll on this platform")
+    return request.param
+
+
 @pytest.fixture
-def reactor(log_stream):
-    reactor = Reactor(EventLog(stream=log_stream))
+def reactor(log_stream, poller):
+    reactor = Reactor(EventLog(stream=log_stream), poller())
     reactor.call_later(SAFETY, reactor.stop)
     yield reactor
     reactor.close()
@@ -85,25 +94,25 @@ class Exploder(Reader):
         raise RuntimeError("boom in handle_read")
 
 
-class CountingSelector:
-    """Passes everything to the reactor's real selector, and counts the calls that change it.
+class CountingPoller:
+    """Passes everything to the reactor's real poller, and counts the calls that change it.
 
     Not a mock: the events still come from the kernel. At each unregister it also records
     whether the descriptor was still open, which is what "unregister before close" means.
     """
 
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self._selector = selector
+    def __init__(self, poller) -> None:
+        self._poller = poller
         self.calls: list[tuple[str, int, int | None]] = []
         self.open_at_unregister: list[bool] = []
 
     def register(self, fileobj, events, data=None):
         self.calls.append(("register", fileobj, events))
-        return self._selector.register(fileobj, events, data)
+        return self._poller.register(fileobj, events, data)
 
     def modify(self, fileobj, events, data=None):
         self.calls.append(("modify", fileobj, events))
-        return self._selector.modify(fileobj, events, data)
+        return self._poller.modify(fileobj, events, data)
 
     def unregister(self, fileobj):
         self.calls.append(("unregister", fileobj, None))
@@ -112,20 +121,18 @@ class CountingSelector:
             self.open_at_unregister.append(True)
         except OSError:
             self.open_at_unregister.append(False)
-        return self._selector.unregister(fileobj)
+        return self._poller.unregister(fileobj)
 
     def __getattr__(self, name):
-        return getattr(self._selector, name)
+        return getattr(self._poller, name)
 
 
 @pytest.fixture
 def counting(reactor):
-    selector = CountingSelector(reactor.selector)
-    reactor.selector = selector
-    return selector
+    poller = CountingPoller(reactor.poller)
+    reactor.poller = poller
+    return poller
 
-
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 # -- timers ------------------------------------------------------------------------------
 
@@ -434,13 +441,13 @@ def test_interest_changes_become_modify_unregister_and_register(reactor, countin
     reader.interest_changed()
     run_one_pass(reactor)
     assert counting.calls[1:] == [("unregister", reader.fd, None)]
-    assert reader.fd not in reactor.selector.get_map()
+    assert reader.mask == 0
 
     reader.want_read = True
     reader.interest_changed()
     run_one_pass(reactor)
     assert counting.calls[2:] == [("register", reader.fd, READ)]
-    assert reactor.selector.get_key(reader.fd).events == READ
+    assert reader.mask == READ
 
 
 def test_interest_is_not_polled_without_interest_changed(reactor, counting, socketpairs):
@@ -480,7 +487,7 @@ def test_close_is_idempotent_and_unregisters_before_closing(reactor, counting, s
     run_one_pass(reactor)
     fd = reader.fd
     assert reactor.map[fd] is reader
-    assert fd in reactor.selector.get_map()
+    assert reader.mask == READ
 
     reader.close()
     assert counting.calls[-1] == ("unregister", fd, None)
@@ -488,7 +495,7 @@ def test_close_is_idempotent_and_unregisters_before_closing(reactor, counting, s
     assert reader.closed
     assert left.fileno() == -1
     assert fd not in reactor.map
-    assert fd not in reactor.selector.get_map()
+    assert reader.mask == 0
 
     calls = list(counting.calls)
     reader.close()

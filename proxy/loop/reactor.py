@@ -1,17 +1,21 @@
-"""The event loop: one selector, an explicit map of dispatchers, a timer heap, a wake-up fd.
+"""The event loop: one poller, an explicit map of dispatchers, a timer heap, a wake-up fd.
 
 Theory of operation
 -------------------
 Each pass of `loop()`:
 
 1. Re-read interest for the dispatchers marked dirty since the last pass, and only those.
-   A dispatcher's mask is `readable()`/`writable()` folded into selector events; the selector
-   is touched only when that mask differs from the registered one (0 means unregistered).
-2. Wait in `select()` until an fd is ready or the earliest timer is due (no wait at all when
+   A dispatcher's mask is `readable()`/`writable()` folded into READ/WRITE; the poller (epoll,
+   see poller.py) is touched only when that mask differs from the registered one (0 means
+   unregistered).
+2. Wait in `poll()` until an fd is ready or the earliest timer is due (no wait at all when
    callbacks are queued).
-3. Dispatch each ready fd to its dispatcher (stored as the selector key's data): a read event
-   calls `handle_read_event`, a write event `handle_write_event`. An exception escaping a
-   dispatcher goes to that dispatcher's `handle_error`, never out of the loop.
+3. Dispatch each ready fd to its dispatcher (the reactor's own map): a read event calls
+   `handle_read_event`, a write event `handle_write_event`. An exception escaping a dispatcher
+   goes to that dispatcher's `handle_error`, never out of the loop. A dispatcher closed earlier
+   in the same batch has left the map, so its remaining events find nobody. The map gains
+   dispatchers only in step 1, so a new one that reuses a closed descriptor's number never
+   gets events from the batch that saw the old one close.
 4. Run due timers, then callbacks queued with `call_soon`. An exception escaping one goes to
    the `handle_error` of the object the callback is a bound method of, when it has one.
 
@@ -24,7 +28,6 @@ Nothing here is global: every dispatcher is handed the reactor it lives on.
 from __future__ import annotations
 
 import heapq
-import selectors
 import signal
 import socket
 import time
@@ -33,13 +36,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy.loop.dispatcher import State
+from proxy.loop.poller import READ, WRITE, Poller, best_poller
 
 if TYPE_CHECKING:
     from proxy.log import EventLog
     from proxy.loop.dispatcher import Dispatcher
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 # The longest single wait: epoll refuses timeouts past the platform's time_t, and a timer may be
 # due centuries away (a huge idle_timeout); waking once an hour to look again costs nothing.
 MAX_WAIT = 3600.0
@@ -70,11 +72,11 @@ def _nothing(*_args: Any) -> None:
 
 
 class Reactor:
-    """The loop over one selector. Dispatchers register themselves through `mark_dirty`."""
+    """The loop over one poller. Dispatchers register themselves through `mark_dirty`."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, poller: Poller | None = None) -> None:
         self.log = log
-        self.selector = selectors.DefaultSelector()
+        self.poller = poller if poller is not None else best_poller()
         self.map: dict[int, Dispatcher] = {}
         self.now = time.monotonic()
         self._dirty: set[Dispatcher] = set()
@@ -89,7 +91,8 @@ class Reactor:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.selector.register(self._wake_r.fileno(), EVENT_READ, None)
+        self._wake_fd = self._wake_r.fileno()
+        self.poller.register(self._wake_fd, READ)
 
     # -- interest ------------------------------------------------------------------------
 
@@ -100,40 +103,40 @@ class Reactor:
     def forget(self, dispatcher: Dispatcher) -> None:
         """Unregister `dispatcher` at once (it is about to close its socket)."""
         self._dirty.discard(dispatcher)
+        fd = dispatcher.fd
         if dispatcher.mask:
-            self.selector.unregister(dispatcher.fd)
+            self.poller.unregister(fd)
             dispatcher.mask = 0
-        if self.map.get(dispatcher.fd) is dispatcher:
-            del self.map[dispatcher.fd]
+        if self.map.get(fd) is dispatcher:
+            del self.map[fd]
 
     def transfer(self, old: Dispatcher, new: Dispatcher) -> None:
         """`new` takes over `old`'s registration (same fd); its interest is re-read next pass."""
         self._dirty.discard(old)
         if old.mask:
-            # Same events, new data: the selector swaps its key without a system call.
-            self.selector.modify(old.fd, old.mask, new)
+            # Same events: the map names the new dispatcher, and the kernel is not asked anything.
             self.map[new.fd] = new
             new.mask, old.mask = old.mask, 0
         self.mark_dirty(new)
 
     def _apply_interest(self) -> None:
         dirty = self._dirty
-        selector = self.selector
+        poller = self.poller
         while dirty:
             dispatcher = dirty.pop()
             if dispatcher.closed:
                 continue
-            mask = (EVENT_READ if dispatcher.readable() else 0) | (EVENT_WRITE if dispatcher.writable() else 0)
+            mask = (READ if dispatcher.readable() else 0) | (WRITE if dispatcher.writable() else 0)
             old = dispatcher.mask
             if mask == old:
                 continue
             if not old:
-                selector.register(dispatcher.fd, mask, dispatcher)
+                poller.register(dispatcher.fd, mask, dispatcher)
                 self.map[dispatcher.fd] = dispatcher
             elif not mask:
-                selector.unregister(dispatcher.fd)
+                poller.unregister(dispatcher.fd)
             else:
-                selector.modify(dispatcher.fd, mask, dispatcher)
+                poller.modify(dispatcher.fd, mask, dispatcher)
             dispatcher.mask = mask
 
     # -- timers and callbacks ------------------------------------------------------------
@@ -246,27 +249,27 @@ class Reactor:
     def loop(self) -> None:
         """Serve until `stop()` is called."""
         self._running = True
-        select = self.selector.select
-        read, write = EVENT_READ, EVENT_WRITE
+        poll = self.poller.poll
+        dispatchers = self.map
+        wake_fd = self._wake_fd
+        not_write, not_read = ~WRITE, ~READ  # EPOLLHUP and EPOLLERR count as both
         closed = State.CLOSED
         while self._running:
             if self._dirty:
                 self._apply_interest()
-            events = select(self._timeout())
+            events = poll(self._timeout())
             self.now = time.monotonic()
-            for key, mask in events:
-                dispatcher = key.data
+            for fd, mask in events:
+                dispatcher = dispatchers.get(fd)
                 if dispatcher is None:
-                    self._drain_wakeups()
+                    if fd == wake_fd:
+                        self._drain_wakeups()
                     continue
-                # A handler earlier in this batch may have closed this dispatcher (its pair
-                # ended); its events are stale then.
-                if dispatcher.state is closed:
-                    continue
+                wanted = dispatcher.mask
                 try:
-                    if mask & read:
+                    if mask & not_write and wanted & READ:
                         dispatcher.handle_read_event()
-                    if mask & write and dispatcher.state is not closed:
+                    if mask & not_read and wanted & WRITE and dispatcher.state is not closed:
                         dispatcher.handle_write_event()
                 except Exception as exc:
                     dispatcher.handle_error(exc)
@@ -286,6 +289,6 @@ class Reactor:
         if self._wakeup_fd_set:
             signal.set_wakeup_fd(-1)
             self._wakeup_fd_set = False
-        self.selector.close()
+        self.poller.close()
         self._wake_r.close()
         self._wake_w.close()
