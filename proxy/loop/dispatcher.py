@@ -24,6 +24,11 @@ class State(enum.Enum):
 class Dispatcher:
     """Base class: override the `handle_*` methods and the two interest predicates."""
 
+    # True for a socket no other descriptor refers to (a pair's side): closing it takes it out of
+    # epoll by itself, so the reactor skips the system call that would. A shared socket (a
+    # listener handed to workers) would stay registered, and must be unregistered first.
+    private_fd = False
+
     def __init__(self, reactor: Reactor, sock: socket.socket, state: State = State.OPEN) -> None:
         self.reactor = reactor
         self.socket = sock
@@ -80,7 +85,7 @@ class Dispatcher:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.reactor.forget(self)
+        self.reactor.forget(self, closing=True)
         self.socket.close()
 
     def detach(self) -> socket.socket:

@@ -24,6 +24,8 @@ WRITE = 0x004  # EPOLLOUT's value
 class EpollPoller:
     """epoll, level-triggered, called directly."""
 
+    drops_closed = True  # closing a descriptor's last reference takes it out of the set
+
     def __init__(self) -> None:
         self._epoll = select.epoll()
 
@@ -57,6 +59,8 @@ class EpollPoller:
 
 class SelectorsPoller:
     """The selectors module's best selector, for platforms without epoll."""
+
+    drops_closed = False  # it keeps its own map, which only unregister empties
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()

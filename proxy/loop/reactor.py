@@ -100,12 +100,13 @@ class Reactor:
         """Ask for `dispatcher`'s interest to be re-read before the next wait."""
         self._dirty.add(dispatcher)
 
-    def forget(self, dispatcher: Dispatcher) -> None:
-        """Unregister `dispatcher` at once (it is about to close its socket)."""
+    def forget(self, dispatcher: Dispatcher, *, closing: bool = False) -> None:
+        """Unregister `dispatcher` at once (`closing`: its socket is about to be closed)."""
         self._dirty.discard(dispatcher)
         fd = dispatcher.fd
         if dispatcher.mask:
-            self.poller.unregister(fd)
+            if not (closing and dispatcher.private_fd and self.poller.drops_closed):
+                self.poller.unregister(fd)
             dispatcher.mask = 0
         if self.map.get(fd) is dispatcher:
             del self.map[fd]

@@ -129,6 +129,8 @@ class Side(Dispatcher):
     `peer` is None until the owner joins two sides (`join`).
     """
 
+    private_fd = True  # a connection's socket is never shared: closing it leaves epoll by itself
+
     def __init__(
         self,
         owner: SideOwner,

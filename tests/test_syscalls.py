@@ -1,0 +1,115 @@
+"""System calls per proxied connection, counted by strace: the number may fall, never rise.
+
+A connection (accept, connect, one small request and answer, both half-closes) is measured as
+the difference between runs of 60 and 260 connections made one after the other, so start-up
+and shut-down cancel out. epoll_wait is left out: how many waits a connection takes depends on
+how the kernel's wake-ups fall, not on the proxy. Each budget is today's count; lower it when a
+change saves a call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import WAIT, Upstream, echo_handler, recv_all, wait_until
+
+# The calls one plain connection costs: the client's accept (and the accept that finds the
+# queue empty), the upstream's socket, connect and its SO_ERROR, TCP_NODELAY, the accepted
+# socket made non-blocking (and CPython's getsockname when it wraps it), four interest changes,
+# a read and a send each way, the two reads of the end of stream, one half-close, two closes.
+BUDGET = {
+    "accept4": 2,
+    "socket": 1,
+    "connect": 1,
+    "getsockopt": 1,
+    "setsockopt": 1,
+    "ioctl": 1,
+    "getsockname": 1,
+    "epoll_ctl": 4,
+    "recvfrom": 4,
+    "sendto": 2,
+    "shutdown": 1,
+    "close": 2,
+}
+
+
+def strace_path() -> str:
+    path = shutil.which("strace")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("strace is not installed (.ci/run installs it)")
+        pytest.skip("strace is not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def counted_calls(strace: str, tmp_path: Path, upstream: str, connections: int) -> dict[str, int]:
+    """strace -c of a `forward` serving `connections` connections one after the other."""
+    port = free_port()
+    summary = tmp_path / f"strace-{connections}.txt"
+    command = [strace, "-f", "-c", "-o", str(summary), sys.executable, "-m", "proxy"]
+    command += ["forward", f"127.0.0.1:{port}", upstream, "--log-level", "warning"]
+    errors = tmp_path / f"stderr-{connections}.txt"
+    with open(errors, "wb") as stderr:
+        tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
+        for index in range(connections):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+                client.sendall(b"request %d" % index)
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client) == b"request %d" % index
+        time.sleep(0.2)  # the proxy's last closes
+        children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGTERM)  # the proxy; strace then writes its summary
+        tracer.wait(WAIT * 3)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait(WAIT)
+    text = summary.read_text()
+    counts = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3])
+    assert counts, f"no strace summary: {errors.read_text(errors='replace')[-2000:]}"
+    return counts
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_plain_connection_costs_no_more_system_calls_than_its_budget(tmp_path):
+    strace = strace_path()
+    upstream = Upstream(echo_handler)
+    try:
+        few = counted_calls(strace, tmp_path, upstream.address, 60)
+        many = counted_calls(strace, tmp_path, upstream.address, 260)
+    finally:
+        upstream.close()
+    per_connection = {
+        name: (many.get(name, 0) - few.get(name, 0)) / 200 for name in set(few) | set(many) if name != "epoll_wait"
+    }
+    over = {name: round(count, 2) for name, count in per_connection.items() if count > BUDGET.get(name, 0) + 0.1}
+    assert not over, f"more system calls per connection than budgeted {BUDGET}: {over}"
+    assert sum(per_connection.values()) <= sum(BUDGET.values()) + 0.2
