@@ -158,7 +158,13 @@ class ProxyProcess:
 
     def pipe_count(self) -> int:
         fds = f"/proc/{self.pid}/fd"
-        return sum(os.readlink(f"{fds}/{fd}").startswith("pipe:") for fd in os.listdir(fds))
+        count = 0
+        for fd in os.listdir(fds):
+            try:
+                count += os.readlink(f"{fds}/{fd}").startswith("pipe:")
+            except FileNotFoundError:
+                pass  # closed between the listing and the look: not a pipe any more
+        return count
 
 
 class PeakRss:
