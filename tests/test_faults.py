@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import threading
 import time
 
 import pytest
 
+from proxy.config.loader import load_config
 from tests.support import (
+    WAIT,
     PeakRss,
     connect,
     echo_handler,
@@ -21,6 +24,8 @@ from tests.support import (
     source_handler,
     wait_until,
 )
+from tests.test_admission import listener_address, serving
+from tests.test_run import write
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -267,3 +272,64 @@ def test_upload_through_many_toxics_arrives_whole(start_proxy, start_upstream):
     reply, _ = _round_trip(proxy.address, data)
     assert reply.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
     assert proxy.wait_access()[0]["faults"] == "bandwidth,latency,slicer"
+
+
+def _on_loop(server, call, *args):
+    """`call(*args)` run on the server's loop thread, as the admin socket would: its result or its exception."""
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", call(*args)))
+        except ValueError as exc:
+            outcome.append(("error", str(exc)))
+        done.set()
+
+    server.reactor.call_soon_threadsafe(run)
+    assert done.wait(WAIT)
+    return outcome[0]
+
+
+def test_faults_added_and_removed_at_run_time_apply_to_new_connections(tmp_path, start_upstream):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        listeners:
+          - name: web
+            listen: 127.0.0.1:0
+            routes:
+              - {{name: api, upstream: "{upstream.address}"}}
+        """,
+    )
+    with serving(load_config(path).config) as (server, lines):
+        address = listener_address(server)
+        assert _round_trip(address, b"a")[0] == b"a"
+        assert _on_loop(server, server.add_fault, "api", "latency:latency=200ms") == (
+            "ok",
+            "api: added latency:latency=200ms,jitter=0ms,stream=downstream",
+        )
+        assert _on_loop(server, server.add_fault, "web", "slicer:average_size=1") == (
+            "ok",
+            "web: added slicer:average_size=1,size_variation=0,delay=0ms,stream=downstream",
+        )
+        assert _on_loop(server, server.list_faults) == (
+            "ok",
+            [
+                "web: slicer:average_size=1,size_variation=0,delay=0ms,stream=downstream",
+                "api: latency:latency=200ms,jitter=0ms,stream=downstream",
+            ],
+        )
+        reply, took = _round_trip(address, b"b")
+        assert reply == b"b" and took >= 0.15
+        assert _on_loop(server, server.remove_fault, "api", "latency") == ("ok", "api: removed 1 latency fault")
+        assert _round_trip(address, b"c")[0] == b"c"
+        assert wait_until(lambda: len(lines.events("access")) == 3)
+        assert [line.get("faults") for line in lines.events("access")] == [None, "slicer,latency", "slicer"]
+        assert _on_loop(server, server.add_fault, "ap", "latency:latency=1s") == (
+            "error",
+            "no listener or route named 'ap' (did you mean 'api'?)",
+        )
+        assert _on_loop(server, server.add_fault, "api", "latncy:latency=1s")[0] == "error"
+        assert _on_loop(server, server.remove_fault, "api", "latency") == ("error", "api has no latency fault")

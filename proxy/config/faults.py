@@ -23,6 +23,7 @@ FAULT_KEYS: dict[str, tuple[str, ...]] = {
     "limit_data": ("bytes",),
 }
 FAULT_TYPES = tuple(FAULT_KEYS)
+Faults = tuple[FaultConfig, ...]
 COMMON_KEYS = ("stream", "toxicity")
 # Keys without which the toxic would mean nothing (a rate of 0, slices of 0 bytes).
 _REQUIRED = {"bandwidth": "rate", "slicer": "average_size", "limit_data": "bytes"}
@@ -87,7 +88,7 @@ def format_fault(fault: FaultConfig) -> str:
     return f"{fault.type}:{','.join(items)}"
 
 
-def fault_names(faults: tuple[FaultConfig, ...]) -> str:
+def fault_names(faults: Faults) -> str:
     """`latency,slicer`: the types of `faults`, each once, in order (for the access line)."""
     return ",".join(dict.fromkeys(fault.type for fault in faults))
 
