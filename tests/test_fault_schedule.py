@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config.faults import format_fault, parse_fault
+from proxy.config.faults import COMMON_KEYS, FAULT_KEYS, format_fault, parse_fault
 from proxy.config.schema import FaultConfig, ListenerConfig, RouteConfig
 from proxy.config.units import parse_address
 from proxy.policy.faults import NEVER, FaultPlan, Schedule, TokenBucket, jitter_delay, slice_sizes
@@ -108,3 +109,8 @@ def test_a_route_s_faults_add_to_its_listener_s_and_toxicity_is_a_share():
     assert 400 <= sum(len(faults) == 2 for faults in drawn) <= 600
     plain = ListenerConfig(name="l", listen=parse_address("127.0.0.1:0"), routes=(RouteConfig("u"),))
     assert FaultPlan.of(plain) is None
+
+
+def test_the_keys_of_every_type_are_the_fields_of_a_fault():
+    keys = {key for keys in FAULT_KEYS.values() for key in keys} | set(COMMON_KEYS) | {"type"}
+    assert keys == {field.name for field in dataclasses.fields(FaultConfig)}

@@ -333,3 +333,20 @@ def test_faults_added_and_removed_at_run_time_apply_to_new_connections(tmp_path,
         )
         assert _on_loop(server, server.add_fault, "api", "latncy:latency=1s")[0] == "error"
         assert _on_loop(server, server.remove_fault, "api", "latency") == ("error", "api has no latency fault")
+
+
+def test_run_fault_applies_to_every_listener(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    path = write(
+        tmp_path,
+        f"""\
+        listeners:
+          - {{name: a, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+          - {{name: b, listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), "--fault", "latency:latency=200ms", wait_listening=2)
+    for name in ("a", "b"):
+        reply, took = _round_trip(proxy.listener_address(name), b"x")
+        assert reply == b"x" and took >= 0.15
+    assert [line["faults"] for line in proxy.wait_access(2)] == ["latency", "latency"]

@@ -27,6 +27,9 @@ its buffer has drained. When both writing halves are shut, the pair is finished 
 A reset (or any "peer gone" errno) on either side aborts both, and the other side is closed
 with SO_LINGER 0 so that its peer sees a reset too (`reset`).
 
+Faults on purpose: a listener with toxics has a FaultPlan; once open, a pair that drew some
+puts them between its sides (faults.py), and copies rather than splices.
+
 Every way a pair ends goes through `finish(result, reason)`, which writes the access-log line.
 
 Sides report to the pair through side.py's `SideOwner` (end of stream, write half shut, peer
@@ -153,9 +156,9 @@ class Pair:
     dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
     capture: ConnectionCapture | None = None
     _dump_pending = False  # a dump plan may still want this connection
-    # The toxics this connection drew, set once open; class-level: one without faults never sets them.
-    toxics: Toxics | None = None
-    fault_names: str | None = None  # for the access line: `faults=latency,slicer`
+    # The toxics this connection drew, for the access line (`faults=latency,slicer`); class-level:
+    # a connection without faults never sets it.
+    fault_names: str | None = None
 
     def __init__(
         self,
@@ -345,8 +348,7 @@ class Pair:
             client.tap = upstream.tap = self.tap
             self.dump_events.opened(self.conn, client.address, upstream.address)
         if applied:
-            self.toxics = Toxics(self, applied, self.runtime.rng)
-            self.fault_names = self.toxics.names
+            self.fault_names = Toxics(self, applied, self.runtime.rng).names  # it lives on the sides it shadows
         if self.timeline:
             client.watch_first_byte(self._first_byte)
             upstream.watch_first_byte(self._first_byte)
