@@ -131,6 +131,7 @@ def test_timeout_stops_data_and_closes_after_it(start_proxy, start_upstream):
         assert 0.4 <= time.monotonic() - started < 3.0
     line = proxy.wait_access()[0]
     assert (line["result"], line["reason"], line["faults"]) == ("timeout", "fault: timeout", "timeout")
+    assert (line["bytes_up"], line["bytes_down"]) == ("5", "0")  # the echo was read, and held: never delivered
 
 
 def test_reset_peer_resets_both_sides(start_proxy, start_upstream):

@@ -163,6 +163,7 @@ class FaultedStream:
             self.timer.cancel()
             self.timer = None
         self.consumer.outgoing.budget.remove(self.held)
+        self.producer.bytes_read -= self.held  # never delivered: the access line does not count them
         self.held = 0
         self.queue.clear()
         for side in (self.producer, self.consumer):
