@@ -19,6 +19,7 @@ from tests.support import (
     pattern,
     recv_all,
     recv_digest,
+    recv_exactly,
     run_cli,
     sink_handler,
     source_handler,
@@ -26,6 +27,7 @@ from tests.support import (
 )
 from tests.test_admission import listener_address, serving
 from tests.test_run import write
+from tests.test_tls_e2e import ca, client_context, echo_through, pki, server_context, tls_connect, tls_upstream  # noqa: F401
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -351,3 +353,21 @@ def test_run_fault_applies_to_every_listener(start_proxy, start_upstream, tmp_pa
         reply, took = _round_trip(proxy.listener_address(name), b"x")
         assert reply == b"x" and took >= 0.15
     assert [line["faults"] for line in proxy.wait_access(2)] == ["latency", "latency"]
+
+
+def test_toxics_both_ways_between_tls_sides(pki, start_proxy, start_upstream):  # noqa: F811 - the fixture
+    upstream = start_upstream(tls_upstream(server_context(pki, "upstream"), b"hi:"))
+    proxy = start_proxy(
+        "forward", "127.0.0.1:0", upstream.address,
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"],
+        "--upstream-tls", "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test",
+        "--fault", "slicer:average_size=1000,size_variation=500,stream=upstream",
+        "--fault", "bandwidth:rate=1MiB",
+    )  # fmt: skip
+    data = pattern(256 * KiB, seed=9)
+    with tls_connect(proxy.address, client_context(pki), "proxy.test") as client:
+        assert recv_exactly(client, 3) == b"hi:"
+        started = time.monotonic()
+        assert echo_through(client, data, step=64 * KiB) == data
+        assert time.monotonic() - started >= 0.15  # 256 KiB at 1 MiB/s
+    assert proxy.wait_access()[0]["faults"] == "slicer,bandwidth"
