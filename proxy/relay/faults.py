@@ -13,6 +13,10 @@ class methods stay untouched, so other connections pay nothing. Bytes a toxic ho
 the consumer's send buffer: against `buffer_size` (past it the producer is PAUSED, as by a full
 buffer) and against the process's budget. They are dumped as they are released: the hex dump
 shows what the consumer was given, and when (the pcap records what the sockets carried anyway).
+
+`Toxics` shadows the client side's `close` too: every way a pair ends closes it, and that stops
+the timers and gives back what the toxics held. Until then the toxics live on the side objects
+whose methods they shadow; the pair keeps only their names, for its access line.
 """
 
 from __future__ import annotations
