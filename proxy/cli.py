@@ -18,6 +18,7 @@ from proxy import __version__
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
 from proxy.config.checks import standard_output_clash
 from proxy.config.dumping import parse_dump_condition
+from proxy.config.faults import parse_fault
 from proxy.config.loader import ConfigError, LoadedConfig, load_admin_socket, load_config
 from proxy.config.schema import (
     DEFAULT_BUFFER_SIZE,
@@ -94,6 +95,7 @@ _snaplen = _argument(_parse_size_at_least(1, "1 byte"), "size")
 _pcap_max = _argument(_parse_size_at_least(MIN_PCAP_MAX_SIZE, "64KiB"), "size")
 _output_path = _argument(_parse_output_path, "file")
 _dump_filter = _argument(parse_dump_condition, "filter")
+_fault = _argument(parse_fault, "fault")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,6 +149,17 @@ def _add_dump_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fault_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="TYPE:KEY=VALUE,...",
+        help="a toxic on every connection, e.g. latency:latency=100ms,stream=downstream; repeatable",
+    )
+
+
 def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides:
     """What the dump flags say, or UsageError for flags that do not go together."""
     if args.pcap_max is not None and args.pcap is None:
@@ -159,7 +172,12 @@ def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides
         raise UsageError("--pcap - cannot be shared by workers; give a file")
     pcap = None if args.pcap is None else PcapConfig(args.pcap, args.pcap_max, args.pcap_keep or DEFAULT_PCAP_KEEP)
     return DumpOverrides(
-        hexdump=args.hexdump, pcap=pcap, snaplen=args.snaplen, dump_only=tuple(args.dump_only), dump_file=args.dump_file
+        hexdump=args.hexdump,
+        pcap=pcap,
+        snaplen=args.snaplen,
+        dump_only=tuple(args.dump_only),
+        dump_file=args.dump_file,
+        faults=tuple(args.fault),
     )
 
 
@@ -209,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
     _add_keylog_option(tls)
     _add_dump_options(forward)
+    _add_fault_option(forward)
     _add_log_options(forward)
 
     run = commands.add_parser(
@@ -221,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_keylog_option(run)
     _add_dump_options(run)
+    _add_fault_option(run)
     _add_log_options(run)
 
     check = commands.add_parser(

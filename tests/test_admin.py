@@ -141,6 +141,29 @@ def test_dump_on_and_off_reach_open_and_new_connections(tmp_path, start_proxy, s
     assert events == [["conn=1", "open"], ["conn=2", "open"], ["conn=2", "close"], ["conn=1", "close"]]
 
 
+def test_fault_add_list_and_remove_change_new_connections(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, admin = admin_proxy(tmp_path, start_proxy, [upstream.address])
+
+    def round_trip() -> float:
+        start = time.monotonic()
+        with connect(proxy.address) as client:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+        return time.monotonic() - start
+
+    assert ok(admin, "fault", "list").strip() == "no faults"
+    assert "web" in ok(admin, "fault", "add", "web", "latency:latency=400ms")
+    assert ok(admin, "fault", "list").strip().startswith("web: latency")
+    assert round_trip() >= 0.35, "the toxic delays what the upstream sends back"
+    assert "removed 1 latency" in ok(admin, "fault", "remove", "web", "latency")
+    assert round_trip() < 0.3
+    refused = ctl(admin, "fault", "add", "web", "latncy:latency=1s")
+    assert refused.returncode == 1 and "latency" in refused.stdout + refused.stderr, "did you mean"
+    refused = ctl(admin, "fault", "add", "nowhere", "latency:latency=1s")
+    assert refused.returncode == 1 and "no listener or route named 'nowhere'" in refused.stdout + refused.stderr
+
+
 def test_a_disabled_server_gets_no_new_connections_until_enabled(tmp_path, start_proxy, start_upstream):
     one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
     proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address, two.address])
@@ -431,7 +454,7 @@ def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypat
     with serving(parse_config(text, "t.yaml").config) as server:
         answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
     server.close()
-    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("for new and open connections")
+    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("the toxics in force, one per line")
 
 
 def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, start_upstream):

@@ -35,6 +35,7 @@ from proxy.config.checks import (
     unused_upstreams,
 )
 from proxy.config.dumping import parse_dump_condition
+from proxy.config.faults import check_fault_key, make_fault, parse_fault_type, parse_fault_value
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
     MIN_MAX_BUFFERED,
@@ -43,6 +44,7 @@ from proxy.config.schema import (
     AdminConfig,
     Config,
     DumpCondition,
+    FaultConfig,
     HealthCheckConfig,
     ListenerConfig,
     ListenerTlsConfig,
@@ -608,6 +610,40 @@ class _Reader:
         found = (self.parsed(item, what, parse) for item in self.items(node, what))
         return tuple(dict.fromkeys(condition for condition in found if not isinstance(condition, Invalid)))
 
+    def faults(self, node: yaml.Node, what: str) -> tuple[FaultConfig, ...]:
+        """Toxics such as `{type: latency, latency: 100ms}`; invalid ones are reported and left out."""
+        found = (self.fault(item) for item in self.sequence(node, what))
+        return tuple(dict.fromkeys(fault for fault in found if not isinstance(fault, Invalid)))
+
+    def fault(self, node: yaml.Node) -> FaultConfig | Invalid:
+        fields = self.mapping(node, "fault", any_name=True)
+        if not isinstance(node, yaml.MappingNode):
+            return INVALID
+        if "type" not in fields:
+            self.error(node, "fault needs a 'type:' (latency, bandwidth, slicer, slow_close, timeout, ...)")
+            return INVALID
+        kind = self.parsed(fields.pop("type")[1], "type", parse_fault_type)
+        if isinstance(kind, Invalid):
+            return INVALID
+        values, valid = {}, True
+        for key, (key_node, value_node) in fields.items():
+            try:
+                check_fault_key(kind, key)
+            except ValueError as exc:
+                self.error(key_node, str(exc))
+                valid = False
+                continue
+            value = self.parsed(value_node, key, lambda value, key=key: parse_fault_value(key, value))
+            valid = valid and not isinstance(value, Invalid)
+            values[key] = value
+        if not valid:
+            return INVALID
+        try:
+            return make_fault(kind, values)
+        except ValueError as exc:
+            self.error(node, str(exc))
+            return INVALID
+
     def certificate(self, node: yaml.Node, fields: Fields, *, served: bool = False) -> CertificatePair | Invalid:
         """cert + key from a mapping, checked to load and to belong together.
 
@@ -917,6 +953,7 @@ LISTENER = Section(
         "pcap": _Reader.pcap,
         "snaplen": _Reader.size,
         "dump_only": _Reader.dump_only,
+        "faults": _Reader.faults,
     },
     by_hand=("listen", "upstream", "routes"),
 )
@@ -925,7 +962,7 @@ ROUTE = Section(
     {
         "name": _Reader.text,
         "match": _Reader.match,
-        **{key: LISTENER.parsers[key] for key in ("hexdump", "pcap", "snaplen", "dump_only")},
+        **{key: LISTENER.parsers[key] for key in ("hexdump", "pcap", "snaplen", "dump_only", "faults")},
     },
     by_hand=("upstream",),
 )

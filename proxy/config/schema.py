@@ -122,6 +122,30 @@ class DumpCondition:
     value: object
 
 
+FAULT_STREAMS = ("downstream", "upstream")  # server to client (Toxiproxy's default), client to server
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """One toxic, with Toxiproxy's names: only the keys of its `type` mean anything.
+
+    Durations in seconds, sizes in bytes, `rate` in bytes per second; proxy/config/faults.py
+    reads and writes them as people spell them.
+    """
+
+    type: str  # latency, bandwidth, slicer, slow_close, timeout, reset_peer, limit_data
+    stream: str = "downstream"  # one of FAULT_STREAMS
+    toxicity: float = 1.0  # the chance, decided once per connection, that it applies
+    latency: float = 0.0
+    jitter: float = 0.0
+    rate: int = 0
+    average_size: int = 0
+    size_variation: int = 0
+    delay: float = 0.0
+    timeout: float = 0.0  # timeout: 0 never closes; reset_peer: 0 resets at once
+    bytes: int = 0
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     upstream: str
@@ -133,6 +157,7 @@ class RouteConfig:
     pcap: PcapConfig | None = None
     snaplen: int | None = None
     dump_only: tuple[DumpCondition, ...] = ()
+    faults: tuple[FaultConfig, ...] = ()  # added to the listener's
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,7 @@ class ListenerConfig:
     # With accept_proxy_protocol: the peers whose PROXY header is believed; None trusts every peer.
     proxy_trusted: tuple[IPNetwork, ...] | None = None
     tls: ListenerTlsConfig | None = None
+    faults: tuple[FaultConfig, ...] = ()  # toxics for every connection (a route may add more)
 
 
 @dataclass(frozen=True)
@@ -186,13 +212,15 @@ def listener_key(listener: ListenerConfig) -> str:
 
 @dataclass(frozen=True)
 class DumpOverrides:
-    """The dump flags of `forward` and `run`: the same keys given on every listener, over the file's."""
+    """The dump flags of `forward` and `run`: the same keys given on every listener, over the file's
+    (and `--fault`, whose toxics are added to every listener's)."""
 
     hexdump: bool = False
     pcap: PcapConfig | None = None
     snaplen: int | None = None
     dump_only: tuple[DumpCondition, ...] = ()
     dump_file: str | None = None
+    faults: tuple[FaultConfig, ...] = ()
 
 
 NO_OVERRIDES = DumpOverrides()
@@ -202,8 +230,8 @@ def with_overrides(config: Config, overrides: DumpOverrides) -> Config:
     """`config` as the dump flags change it; applying the same overrides twice changes nothing more.
 
     hexdump, pcap and snaplen given are set on every listener and cleared on its routes (a route's
-    None is the listener's value), so every route takes them; dump_only conditions are added to
-    every listener's; dump_file replaces the file's.
+    None is the listener's value), so every route takes them; dump_only conditions and faults are
+    added to every listener's; dump_file replaces the file's.
     """
     if overrides == NO_OVERRIDES:
         return config
@@ -214,7 +242,8 @@ def with_overrides(config: Config, overrides: DumpOverrides) -> Config:
     for listener in config.listeners:
         routes = tuple(replace(route, **route_changes) for route in listener.routes)
         dump_only = tuple(dict.fromkeys((*listener.dump_only, *overrides.dump_only)))
-        listeners.append(replace(listener, routes=routes, dump_only=dump_only, **listener_changes))
+        faults = tuple(dict.fromkeys((*listener.faults, *overrides.faults)))
+        listeners.append(replace(listener, routes=routes, dump_only=dump_only, faults=faults, **listener_changes))
     dump_file = config.dump_file if overrides.dump_file is None else overrides.dump_file
     return replace(config, listeners=tuple(listeners), dump_file=dump_file)
 

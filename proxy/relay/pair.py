@@ -27,6 +27,9 @@ its buffer has drained. When both writing halves are shut, the pair is finished 
 A reset (or any "peer gone" errno) on either side aborts both, and the other side is closed
 with SO_LINGER 0 so that its peer sees a reset too (`reset`).
 
+Faults on purpose: a listener with toxics has a FaultPlan; once open, a pair that drew some
+puts them between its sides (faults.py), and copies rather than splices.
+
 Every way a pair ends goes through `finish(result, reason)`, which writes the access-log line.
 
 Sides report to the pair through side.py's `SideOwner` (end of stream, write half shut, peer
@@ -42,6 +45,7 @@ gone, failed, handshake done or failed); the pair decides what follows. The pair
 from __future__ import annotations
 
 import itertools
+import random
 import socket
 import ssl
 import time
@@ -56,11 +60,13 @@ from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
 from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Resolver
+from proxy.policy.faults import FaultPlan
 from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
 from proxy.relay.buffer import Budget
 from proxy.relay.capture import ConnectionCapture, RecordingSocket
 from proxy.relay.dumping import DumpPlan, Facts
+from proxy.relay.faults import Toxics
 from proxy.relay.side import Side, StateEnum, Writing
 from proxy.relay.tap import HexdumpWriter, SnappedDump
 from proxy.relay.tls_side import TlsSide
@@ -94,6 +100,7 @@ class Runtime:
         # What every SendBuffer and pipe of the process holds, against `max_buffered`.
         self.budget = Budget(max_buffered)
         self.pairs: set[Pair] = set()
+        self.rng = random.Random()  # which connections get a toxic with a `toxicity` below 1, and their jitter
         # Under `--workers N`, worker i numbers its connections i+1, i+1+N, ...: unique across workers.
         self._next_conn = worker[0] + 1 - worker[1]
         self._conn_step = worker[1]
@@ -113,6 +120,7 @@ class PairSettings:
     buffer_size: int
     dump: DumpPlan | None = None  # None: no connection of this listener is dumped or captured
     splice: bool = False  # move bytes with os.splice where neither side is TLS
+    faults: FaultPlan | None = None  # None: no connection of this listener gets a toxic
 
 
 class Phase(StateEnum):
@@ -146,6 +154,9 @@ class Pair:
     dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
     capture: ConnectionCapture | None = None
     _dump_pending = False  # a dump plan may still want this connection
+    # The toxics this connection drew, for the access line (`faults=latency,slicer`); class-level:
+    # a connection without faults never sets it.
+    fault_names: str | None = None
 
     def __init__(
         self,
@@ -316,9 +327,12 @@ class Pair:
         client, upstream = self.client, self.upstream
         if self._dump_pending:
             self._decide_dump()
+        faults = self.settings.faults
+        applied = () if faults is None else faults.decide(self.route, self.runtime.rng)
         # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
         splice = (
             self.settings.splice
+            and not applied
             and self.tap is None
             and self.capture is None
             and type(client) is Side
@@ -329,6 +343,8 @@ class Pair:
         if self.tap is not None:
             client.tap = upstream.tap = self.tap
             self.dump_events.opened(self.conn, client.address, upstream.address)
+        if applied:
+            self.fault_names = Toxics(self, applied, self.runtime.rng).names  # it lives on the sides it shadows
         if self.timeline:
             client.watch_first_byte(self._first_byte)
             upstream.watch_first_byte(self._first_byte)
@@ -620,5 +636,6 @@ class Pair:
             reason=reason,
             close_by=close_by,
             connect_ms=None if self.connect_ms is None else f"{self.connect_ms:.3f}",
+            faults=self.fault_names,
             **tls_fields,
         )

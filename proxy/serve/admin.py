@@ -51,6 +51,12 @@ class Controlled(Protocol):
 
     def set_dump(self, on: bool, filters: list[str]) -> str: ...
 
+    def add_fault(self, target: str, spec: str) -> str: ...
+
+    def remove_fault(self, target: str, kind: str) -> str: ...
+
+    def list_faults(self) -> list[str]: ...
+
 
 class CommandError(Exception):
     """A command that cannot be done: its message is the answer's one line, after `error: `."""
@@ -105,12 +111,29 @@ def _maintenance(on: bool) -> Callable[[Controlled, list[str]], str]:
 
 def _dump(on: bool) -> Callable[[Controlled, list[str]], str]:
     def handler(target: Controlled, args: list[str]) -> str:
-        try:
-            return target.set_dump(on, args)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
+        return _refused_as_error(lambda: target.set_dump(on, args))
 
     return handler
+
+
+def _refused_as_error(action: Callable[[], str]) -> str:
+    """What `action` answers; its ValueError (a message for people) as the command's error."""
+    try:
+        return action()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def fault_add(target: Controlled, args: list[str]) -> str:
+    return _refused_as_error(lambda: target.add_fault(args[0], args[1]))
+
+
+def fault_remove(target: Controlled, args: list[str]) -> str:
+    return _refused_as_error(lambda: target.remove_fault(args[0], args[1]))
+
+
+def fault_list(target: Controlled, _args: list[str]) -> str:
+    return "\n".join(target.list_faults()) or "no faults"
 
 
 def reload(target: Controlled, _args: list[str]) -> str:
@@ -153,6 +176,9 @@ COMMANDS: dict[str, Command] = {
         Command("reload", "re-read the configuration file, like SIGHUP", reload),
         Command("dump on FILTER...", "hex dump (and capture, where configured) what the filters select", _dump(True)),
         Command("dump off FILTER...", "stop that, for new and open connections", _dump(False)),
+        Command("fault add TARGET SPEC", "add a toxic (TYPE:KEY=VALUE,...) to a listener or route", fault_add),
+        Command("fault remove TARGET TYPE", "remove a listener's or route's toxics of that type", fault_remove),
+        Command("fault list", "the toxics in force, one per line", fault_list),
     )
 }
 

@@ -21,6 +21,7 @@ from proxy.config.schema import ListenerConfig, MatchConfig
 from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
+from proxy.policy.faults import FaultPlan
 from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
@@ -104,6 +105,7 @@ class Table:
                 buffer_size=config.buffer_size,
                 dump=DumpPlan.of(config, name, *dump_outputs),
                 splice=splice,
+                faults=FaultPlan.of(config),
             ),
             policy=policy,
             routes=routes,
