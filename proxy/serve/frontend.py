@@ -13,12 +13,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig
-from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
+from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr, unix_peer
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
 from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
@@ -32,6 +33,7 @@ from proxy.relay.tap import HexdumpWriter
 from proxy.serve.contexts import server_context
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
 DumpOutputs = tuple[HexdumpWriter, SinkFor]  # where a listener's hex dump and captures go
@@ -243,10 +245,12 @@ class Frontend:
         self.reactor = reactor
         self.runtime = runtime
         self.on_finished = on_finished
-        self.dispatcher = Listener(reactor, sock, table.settings.listener, self.accept)
-        self.local_address = sock.getsockname()[:2]
+        self.unix = sock.family == socket.AF_UNIX
+        on_accept = self.accept_unix if self.unix else self.accept
+        self.dispatcher = Listener(reactor, sock, table.settings.listener, on_accept)
+        self.local_address = unix_peer(sock.getsockname()) if self.unix else sock.getsockname()[:2]
         # On 0.0.0.0 or [::] the address a client reached is only known per connection.
-        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
+        self.wildcard = not self.unix and ipaddress.ip_address(self.local_address[0]).is_unspecified
         self.active = 0
         self.apply(table)
 
@@ -259,9 +263,17 @@ class Frontend:
         self.table = table
         self.dispatcher.name = table.settings.listener
 
-    def accept(self, sock: socket.socket, peer: tuple) -> None:
+    def accept_unix(self, sock: socket.socket, peer: str | bytes) -> None:
+        """A client of a UNIX socket: named by its own path, else (unnamed, as most are) by the
+        listener's; who it is, by the credentials the kernel took when it connected."""
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        self.accept(sock, unix_peer(peer) if peer else self.local_address, {"peer_uid": uid, "peer_pid": pid})
+
+    def accept(self, sock: socket.socket, peer: tuple, credentials: dict[str, int] | None = None) -> None:
         table = self.table
         pair = Pair(self.runtime, table.settings, sock, peer, self.finished)
+        if credentials:
+            pair.credentials = credentials
         self.active += 1
         if self.active > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
@@ -270,7 +282,8 @@ class Frontend:
         admission.run(admission.start)
 
     def destination_of(self, pair: Pair) -> tuple:
-        """The address the client reached, for a PROXY header to the upstream."""
+        """The address the client reached, for a PROXY header to the upstream (a UNIX listener's
+        as ("unix", path))."""
         return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
     def finished(self, _pair: Pair) -> None:

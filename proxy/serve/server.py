@@ -27,7 +27,7 @@ from typing import TextIO
 
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import format_sockaddr
+from proxy.config.units import format_any_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -198,7 +198,7 @@ class Server:
             except ProxyError as exc:
                 build.problems.append(str(exc))
                 continue
-            name = listener.name or format_sockaddr(sock.getsockname())
+            name = listener.name or format_any_sockaddr(sock.getsockname())
             try:
                 build.tables[key] = Table.build(
                     listener,
