@@ -89,15 +89,16 @@ def encode_v2(source: Endpoint, destination: Endpoint) -> bytes:
 
 def encode_unix(version: str, source: str, destination: str) -> bytes:
     """The header for a client of a UNIX socket: `source` and `destination` are paths (`@name`
-    for an abstract one, empty for an unnamed client).
+    for an abstract one). An unnamed client (most are) is empty, or the listener's own path
+    (what the access log names it by): no client can be bound where the listener is.
 
     v1 has no UNIX form: `PROXY UNKNOWN`. v2 names both sockets (AF_UNIX), or, when the client
     has no name, says LOCAL: the receiver keeps the connection's own endpoints.
     """
     if version == "v1":
         return b"PROXY UNKNOWN\r\n"
-    if not source:
-        return V2_SIGNATURE + bytes([0x20 | _V2_LOCAL, (_AF_UNSPEC << 4) | _STREAM]) + struct.pack("!H", 0)
+    if not source or source == destination:
+        return V2_SIGNATURE + bytes([0x20 | _V2_LOCAL, _AF_UNSPEC]) + struct.pack("!H", 0)  # UNSPEC, no addresses
     addresses = _unix_path(source) + _unix_path(destination)
     return (
         V2_SIGNATURE
