@@ -6,6 +6,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import uuid
 
 import pytest
 
+from proxy.config.units import UnixAddress, parse_address
 from proxy.protocol import proxyproto
 from tests.support import (
     WAIT,
@@ -523,3 +525,110 @@ def test_a_capture_writes_unix_legs_with_made_up_loopback_addresses(start_proxy,
     names = ("tcp.stream", "ip.src", "ip.dst")
     syns = {row[0]: row[1:] for row in fields(tshark, path, *names, display_filter="tcp.flags == 0x002")}
     assert syns == {"0": ["127.0.0.1", "127.0.0.1"], "1": ["127.0.0.1", "127.0.0.1"]}
+
+
+def test_a_worker_restarted_after_a_crash_serves_the_same_socket(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    config = tmp_path / "pairproxy.yaml"
+    write_config(config, f"listeners:\n  - listen: unix:app.sock\n    upstream: {upstream.address}\n")
+    proxy = start_proxy("run", "-c", str(config), "--workers", "2", wait_listening=2)
+    socket_file = tmp_path / "app.sock"
+    inode = socket_file.stat().st_ino
+    victim = int(logfmt(proxy.wait_for(" worker_started "))["pid"])
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: proxy.log_text().count(" worker_started ") == 3)
+    assert wait_until(lambda: proxy.log_text().count(" listening ") == 3)
+    assert socket_file.stat().st_ino == inode, "the socket the supervisor keeps, not a new one"
+    for index in range(6):
+        with unix_connect(str(socket_file)) as client:
+            client.sendall(b"after %d" % index)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"after %d" % index
+    assert proxy.stop() == 0
+    assert not socket_file.exists()
+
+
+def test_a_health_check_reaches_a_unix_server(start_proxy, start_unix_upstream, tmp_path):
+    upstream = start_unix_upstream(echo_handler, str(tmp_path / "up.sock"))
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        f"""\
+        upstreams:
+          app:
+            health_check: {{interval: 100ms, timeout: 1s, rise: 1, fall: 1}}
+            servers: [{upstream.address}, "unix:nobody.sock"]
+        listeners:
+          - listen: 127.0.0.1:0
+            upstream: app
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(config))
+    down = logfmt(proxy.wait_for(" server_down "))
+    assert down["server"] == f"unix:{tmp_path / 'nobody.sock'}"
+    assert f"server={upstream.address}" not in proxy.log_text()
+
+
+def test_tls_to_a_unix_server_needs_a_server_name(tmp_path):
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        """\
+        upstreams:
+          app:
+            tls: {}
+            servers: ["unix:app.sock"]
+        listeners:
+          - listen: 127.0.0.1:0
+            upstream: app
+        """,
+    )
+    result = run_cli(["check", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"{config}:3:5: upstream 'app': TLS to a UNIX socket server needs 'server_name:',"
+        " the name its certificate is checked for"
+    )
+    result = run_cli(["forward", "127.0.0.1:0", "unix:app.sock", "--upstream-tls"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "TLS to a UNIX socket needs --upstream-server-name" in result.stderr
+
+
+def test_two_listeners_on_one_socket_file_are_a_located_error(tmp_path):
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        f"""\
+        listeners:
+          - listen: unix:app.sock
+            upstream: 127.0.0.1:9
+          - listen: unix:{tmp_path}/./app.sock
+            name: other
+            upstream: 127.0.0.1:9
+        """,
+    )
+    result = run_cli(["check", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{config}:4:5: two listeners on unix:{tmp_path}/app.sock (first at {config}:2:5)"
+
+
+# -- the address forms ---------------------------------------------------------------------------
+
+
+def test_unix_addresses_parse_and_print_as_written():
+    assert parse_address("unix:/run/app.sock") == UnixAddress("/run/app.sock")
+    assert str(parse_address("unix:/run/./x/../app.sock")) == "unix:/run/app.sock"
+    assert parse_address("unix:app.sock", base_dir="/etc/pairproxy") == UnixAddress("/etc/pairproxy/app.sock")
+    assert parse_address("unix:@name") == UnixAddress("name", abstract=True)
+    assert str(parse_address("unix:@name")) == "unix:@name"
+    assert parse_address("unix:@" + "n" * 107).sockaddr == b"\0" + b"n" * 107
+    assert parse_address("unix:/" + "p" * 106).sockaddr == "/" + "p" * 106
+    for text, why in [
+        ("unix:", "expected unix:/PATH or unix:@NAME"),
+        ("unix:@", "expected unix:/PATH or unix:@NAME"),
+        ("unix:/a\0b", "the path holds a NUL character"),
+        ("unix:@" + "n" * 108, "the name is 108 bytes, over the 107 of a UNIX socket"),
+        ("unix:/" + "p" * 107, "the path is 108 bytes, over the 107 of a UNIX socket"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            parse_address(text)

@@ -734,6 +734,10 @@ class _Reader:
             self.error(servers_node, f"{what} has an empty server list")
         if not servers:
             return None
+        tls = options.get("tls")
+        if tls is not None and tls.verify and tls.server_name is None and any(s.address.is_unix for s in servers):
+            message = "TLS to a UNIX socket server needs 'server_name:', the name its certificate is checked for"
+            self.error(fields["tls"][0], f"{what}: {message}")
         return UpstreamConfig(name=name, servers=tuple(servers), **options)
 
     def server(self, node: yaml.Node) -> ServerConfig | Invalid:
