@@ -632,3 +632,12 @@ def test_unix_addresses_parse_and_print_as_written():
     ]:
         with pytest.raises(ValueError, match=re.escape(why)):
             parse_address(text)
+
+
+def test_a_relative_config_path_still_gives_an_absolute_socket_path(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    write_config(
+        tmp_path / "pairproxy.yaml", f"listeners:\n  - listen: unix:app.sock\n    upstream: {upstream.address}\n"
+    )
+    proxy = start_proxy("run", "-c", "pairproxy.yaml")  # run in tmp_path
+    assert proxy.addresses == [f"unix:{tmp_path / 'app.sock'}"]

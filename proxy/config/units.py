@@ -170,7 +170,7 @@ def parse_unix_address(text: str, base_dir: str | None = None) -> UnixAddress:
     if "\0" in text:
         raise ValueError(f"bad address 'unix:{text}': the path holds a NUL character")
     abstract = text.startswith("@")
-    path = text[1:] if abstract else os.path.normpath(os.path.join(base_dir or os.getcwd(), text))
+    path = text[1:] if abstract else os.path.abspath(os.path.join(base_dir or "", text))
     size = len(os.fsencode(path))
     if size > UNIX_PATH_MAX:
         what = "name" if abstract else "path"
