@@ -641,3 +641,23 @@ def test_a_relative_config_path_still_gives_an_absolute_socket_path(start_proxy,
     )
     proxy = start_proxy("run", "-c", "pairproxy.yaml")  # run in tmp_path
     assert proxy.addresses == [f"unix:{tmp_path / 'app.sock'}"]
+
+
+def test_match_source_on_a_unix_listener_is_a_located_error(tmp_path):
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        """\
+        listeners:
+          - listen: unix:app.sock
+            routes:
+              - match: {source: 10.0.0.0/8}
+                upstream: 127.0.0.1:9
+              - upstream: 127.0.0.1:9
+        """,
+    )
+    result = run_cli(["check", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"{config}:4:9: route matches on source, but clients of a UNIX socket listener have no IP address"
+    )
