@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import UnixAddress, parse_address
 from proxy.protocol import proxyproto
 from tests.support import (
@@ -661,3 +662,17 @@ def test_match_source_on_a_unix_listener_is_a_located_error(tmp_path):
     assert result.stderr.strip() == (
         f"{config}:4:9: route matches on source, but clients of a UNIX socket listener have no IP address"
     )
+
+
+@pytest.mark.parametrize(("written", "mode"), [('"0660"', 0o660), ("0660", 0o660), ("660", 0o660), ("'0600'", 0o600)])
+def test_a_mode_is_octal_however_it_is_written(written, mode, tmp_path):
+    text = f"listeners:\n  - listen: unix:app.sock\n    mode: {written}\n    upstream: 127.0.0.1:9\n"
+    listen = parse_config(text, "t.yaml", tmp_path).config.listeners[0].listen
+    assert (listen.path, listen.mode) == (str(tmp_path / "app.sock"), mode)
+
+
+def test_a_mode_that_is_not_octal_is_a_located_error(tmp_path):
+    text = "listeners:\n  - listen: unix:app.sock\n    mode: rw-rw----\n    upstream: 127.0.0.1:9\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "t.yaml", tmp_path)
+    assert caught.value.messages == ["t.yaml:3:11: mode: must be an octal file mode such as \"0660\", got 'rw-rw----'"]

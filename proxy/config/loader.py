@@ -499,12 +499,12 @@ class _Reader:
         return self.parsed(node, what, lambda value: parse_address(value, allow_port_zero=listener, base_dir=base_dir))
 
     def file_mode(self, node: yaml.Node, what: str) -> int | Invalid:
+        """Octal, as chmod reads it: `"0660"`, `0660` or `660`."""
+
         def parse(value: Any) -> int:
-            # YAML reads an unquoted 0660 as the octal number it means; "0660" is octal text.
-            if isinstance(value, str) and _OCTAL_MODE.match(value):
-                return int(value, 8)
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-                return value
+            # From the text as written: YAML would read 0660 as octal but 660 as decimal.
+            if isinstance(node, yaml.ScalarNode) and _OCTAL_MODE.match(node.value):
+                return int(node.value, 8)
             raise ValueError(f'must be an octal file mode such as "0660", got {value!r}')
 
         return self.parsed(node, what, parse)
