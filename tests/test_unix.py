@@ -676,3 +676,17 @@ def test_a_mode_that_is_not_octal_is_a_located_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "t.yaml", tmp_path)
     assert caught.value.messages == ["t.yaml:3:11: mode: must be an octal file mode such as \"0660\", got 'rw-rw----'"]
+
+
+def test_unix_pairs_splice_unless_told_not_to(start_proxy, start_unix_upstream, tmp_path, data_path):
+    upstream = start_unix_upstream(echo_handler, str(tmp_path / "up.sock"))
+    front = tmp_path / "front.sock"
+    proxy = start_proxy("forward", f"unix:{front}", upstream.address, env=splicing(data_path))
+    before = proxy.pipe_count()
+    with unix_connect(str(front)) as client:
+        bulk = pattern(4 * MiB, seed=4)  # past the 1 MiB after which a direction splices
+        for start in range(0, len(bulk), MiB):
+            client.sendall(bulk[start : start + MiB])
+            assert recv_exactly(client, MiB) == bulk[start : start + MiB]
+        during = proxy.pipe_count()
+    assert during - before == (4 if data_path == "splice" else 0)  # a pipe per direction, two ends each
