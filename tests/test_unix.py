@@ -12,6 +12,7 @@ import socket
 import struct
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -690,3 +691,42 @@ def test_unix_pairs_splice_unless_told_not_to(start_proxy, start_unix_upstream, 
             assert recv_exactly(client, MiB) == bulk[start : start + MiB]
         during = proxy.pipe_count()
     assert during - before == (4 if data_path == "splice" else 0)  # a pipe per direction, two ends each
+
+
+def test_an_idle_unix_pair_times_out(start_proxy, start_unix_upstream, tmp_path):
+    upstream = start_unix_upstream(echo_handler, str(tmp_path / "up.sock"))
+    front = tmp_path / "front.sock"
+    proxy = start_proxy("forward", f"unix:{front}", upstream.address, "--idle-timeout", "300ms")
+    with unix_connect(str(front)) as client:
+        client.sendall(b"once")
+        assert recv_exactly(client, 4) == b"once"
+        assert recv_all(client) == b""  # then nothing either way, until the proxy closes it
+    access = proxy.wait_access(1)[0]
+    assert (access["result"], access["reason"]) == ("timeout", "idle")
+
+
+def test_a_client_that_stops_reading_stops_a_unix_upstream(start_proxy, start_unix_upstream, tmp_path, data_path):
+    sent = [0]
+
+    def flood(conn: socket.socket) -> None:
+        block = pattern(64 * 1024)
+        while True:
+            conn.sendall(block)
+            sent[0] += len(block)
+
+    upstream = start_unix_upstream(flood, str(tmp_path / "up.sock"))
+    front = tmp_path / "front.sock"
+    env = splicing(data_path)
+    proxy = start_proxy("forward", f"unix:{front}", upstream.address, "--buffer-size", "64KiB", env=env)
+    with unix_connect(str(front)) as client:
+        assert recv_exactly(client, 1) == pattern(1)
+        assert wait_until(lambda: sent[0] > 0)
+        stalled = None
+        for _ in range(20):  # until the upstream's sends stop moving: the proxy stopped reading it
+            before = sent[0]
+            time.sleep(0.1)
+            if sent[0] == before:
+                stalled = before
+                break
+        assert stalled is not None and stalled < 16 * MiB, f"the upstream kept sending ({sent[0]} bytes)"
+    proxy.wait_access(1)
