@@ -730,3 +730,12 @@ def test_a_client_that_stops_reading_stops_a_unix_upstream(start_proxy, start_un
                 break
         assert stalled is not None and stalled < 16 * MiB, f"the upstream kept sending ({sent[0]} bytes)"
     proxy.wait_access(1)
+
+
+def test_a_dump_filter_on_the_client_address_of_a_unix_listener_is_a_warning(tmp_path):
+    text = "listeners:\n  - listen: unix:app.sock\n    dump_only: [client=10.0.0.0/8]\n    upstream: 127.0.0.1:9\n"
+    loaded = parse_config(text, "t.yaml", tmp_path)
+    assert list(loaded.warnings) == [
+        "t.yaml:3:16: warning: dump_only: 'client=10.0.0.0/8' never holds on a UNIX socket listener"
+        " (its clients have no IP address)"
+    ]

@@ -141,6 +141,8 @@ def dump_filter_warnings(listener: ListenerConfig, places: ListenerPlaces) -> li
                 where = f"route {label!r}"
             elif condition.key == "route" and label is None and condition.value not in labels:
                 where = f"this listener (its routes: {', '.join(labels)})"
+            elif condition.key == "client" and listener.listen.is_unix:
+                where = "a UNIX socket listener (its clients have no IP address)"
             else:
                 continue
             findings.append(Finding(place, f"dump_only: {condition.text!r} never holds on {where}", warning=True))
