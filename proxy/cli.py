@@ -203,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     forward = commands.add_parser(
         "forward", help="forward one local port to one upstream", description="Forward LISTEN to UPSTREAM."
     )
-    forward.add_argument("listen", type=_address, metavar="LISTEN", help="HOST:PORT, [IPv6]:PORT or PORT")
-    forward.add_argument("upstream", type=_upstream_address, metavar="UPSTREAM", help="HOST:PORT")
+    forward.add_argument(
+        "listen", type=_address, metavar="LISTEN", help="HOST:PORT, [IPv6]:PORT, PORT, unix:PATH or unix:@NAME"
+    )
+    forward.add_argument(
+        "upstream", type=_upstream_address, metavar="UPSTREAM", help="HOST:PORT, unix:PATH or unix:@NAME"
+    )
     forward.add_argument("--hexdump", action="store_true", help="dump every forwarded chunk to stdout")
     forward.add_argument(
         "--connect-timeout", type=_timeout, default=DEFAULT_CONNECT_TIMEOUT, metavar="DURATION", help="default: 5s"
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ctl_command(commands)
 
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
-    echo.add_argument("listen", type=_address, metavar="LISTEN")
+    echo.add_argument("listen", type=_address, metavar="LISTEN", help="HOST:PORT, PORT, unix:PATH or unix:@NAME")
     _add_log_options(echo)
     return parser
 
@@ -379,6 +383,8 @@ def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
     client_cert = _certificate(args.upstream_cert, args.upstream_key, "--upstream-cert and --upstream-key")
     if not wanted and client_cert is None:
         return None
+    if args.upstream.is_unix and not (args.upstream_server_name or args.upstream_insecure):
+        raise UsageError("TLS to a UNIX socket needs --upstream-server-name: the name its certificate is checked for")
     return UpstreamTlsConfig(
         ca=_ca(args.upstream_ca, "--upstream-ca"),
         server_name=args.upstream_server_name,

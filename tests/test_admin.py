@@ -454,7 +454,9 @@ def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypat
     with serving(parse_config(text, "t.yaml").config) as server:
         answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
     server.close()
-    assert answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("the toxics in force, one per line")
+    assert (
+        answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("the toxics in force, one per line")
+    )
 
 
 def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, start_upstream):

@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.config.certificates import name_matches
 from proxy.config.schema import Config, DumpCondition, ListenerConfig, MatchConfig
-from proxy.config.units import Address, IPAddress, IPNetwork, canonical_ip, join_host_port
+from proxy.config.units import IPAddress, IPNetwork, SocketAddress, canonical_ip, join_host_port
 
 
 @dataclass(frozen=True, order=True)
@@ -44,7 +44,7 @@ class Bound:
 
     place: Place
     name: str | None
-    listen: Address
+    listen: SocketAddress
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,8 @@ def dump_filter_warnings(listener: ListenerConfig, places: ListenerPlaces) -> li
                 where = f"route {label!r}"
             elif condition.key == "route" and label is None and condition.value not in labels:
                 where = f"this listener (its routes: {', '.join(labels)})"
+            elif condition.key == "client" and listener.listen.is_unix:
+                where = "a UNIX socket listener (its clients have no IP address)"
             else:
                 continue
             findings.append(Finding(place, f"dump_only: {condition.text!r} never holds on {where}", warning=True))
@@ -196,8 +198,10 @@ def _in_effect(listener: ListenerConfig, key: str) -> list[Any]:
     return [value for value in values if value is not None]
 
 
-def _bound_name(listen: Address) -> str | None:
+def _bound_name(listen: SocketAddress) -> str | None:
     """The name a listener without one gets (the address it is bound to), when it is known before binding."""
+    if listen.is_unix:
+        return str(listen)
     if listen.port == 0 or not listen.is_literal:
         return None  # the port, or the address a host name resolves to, is only known once bound
     return join_host_port(str(ipaddress.ip_address(listen.host)), listen.port)
@@ -215,7 +219,7 @@ def _looks_at_source(listener: ListenerConfig) -> bool:
     return listener.allow is not None or bool(listener.deny) or any(route.match.source for route in listener.routes)
 
 
-def _clash(first: Address, later: Address) -> str | None:
+def _clash(first: SocketAddress, later: SocketAddress) -> str | None:
     """Why two listeners cannot both bind, or None when they can (or cannot be told without DNS).
 
     A wildcard takes the port on every address of its family, and `[::]` is dual-stack (Linux's
@@ -223,6 +227,8 @@ def _clash(first: Address, later: Address) -> str | None:
     """
     if first.port != later.port:
         return None
+    if first.is_unix:  # both are: only UNIX addresses have no port
+        return f"two listeners on {later}" if str(first) == str(later) else None
     if first == later:
         return f"two listeners on {later}"
     first_ip, later_ip = _ip(first.host), _ip(later.host)

@@ -51,6 +51,8 @@ def _server(value: str) -> Address:
 
 def canonical_server(address: Address) -> Address:
     """The one spelling of a server's address: IP literals compressed (IPv4-mapped as IPv4), names in lower case."""
+    if address.is_unix:
+        return address
     try:
         host = str(canonical_ip(address.host))
     except ValueError:

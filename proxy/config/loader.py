@@ -12,11 +12,13 @@ This is the only module that imports yaml.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import fields as schema_fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,8 +58,8 @@ from proxy.config.schema import (
     UpstreamTlsConfig,
 )
 from proxy.config.units import (
-    Address,
     IPNetwork,
+    SocketAddress,
     canonical_network,
     did_you_mean,
     parse_address,
@@ -519,8 +521,40 @@ class _Reader:
 
         return self.parsed(node, what, parse)
 
-    def address(self, node: yaml.Node, what: str, *, listener: bool) -> Address | Invalid:
-        return self.parsed(node, what, lambda value: parse_address(value, allow_port_zero=listener))
+    def address(self, node: yaml.Node, what: str, *, listener: bool) -> SocketAddress | Invalid:
+        """`HOST:PORT`, or `unix:PATH` with a relative PATH taken from the configuration file's folder."""
+        base_dir = str(self.base_dir)
+        return self.parsed(node, what, lambda value: parse_address(value, allow_port_zero=listener, base_dir=base_dir))
+
+    def file_mode(self, node: yaml.Node, what: str) -> int | Invalid:
+        """Octal, as chmod reads it: `"0660"`, `0660` or `660`."""
+
+        def parse(value: Any) -> int:
+            # From the text as written: YAML would read 0660 as octal but 660 as decimal.
+            if isinstance(node, yaml.ScalarNode) and _OCTAL_MODE.match(node.value):
+                return int(node.value, 8)
+            raise ValueError(f'must be an octal file mode such as "0660", got {value!r}')
+
+        return self.parsed(node, what, parse)
+
+    def account(self, node: yaml.Node, what: str) -> int | Invalid:
+        """A user (`owner`) or group (`group`) by name or number, as the id the system knows it by."""
+        lookup, kind = (pwd.getpwnam, "user") if what == "owner" else (grp.getgrnam, "group")
+
+        def parse(value: Any) -> int:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            if isinstance(value, str) and value.isdigit():
+                return int(value)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"must be a {kind} name or number, got {value!r}")
+            try:
+                entry = lookup(value)
+            except KeyError:
+                raise ValueError(f"no {kind} named {value!r} on this system") from None
+            return entry[2]
+
+        return self.parsed(node, what, parse)
 
     def networks(self, node: yaml.Node, what: str) -> tuple[IPNetwork, ...]:
         """Addresses and CIDR blocks, IPv4-mapped ones as IPv4, each once."""
@@ -783,6 +817,10 @@ class _Reader:
             self.error(servers_node, f"{what} has an empty server list")
         if not servers:
             return None
+        tls = options.get("tls")
+        if tls is not None and tls.verify and tls.server_name is None and any(s.address.is_unix for s in servers):
+            message = "TLS to a UNIX socket server needs 'server_name:', the name its certificate is checked for"
+            self.error(fields["tls"][0], f"{what}: {message}")
         return UpstreamConfig(name=name, servers=tuple(servers), **options)
 
     def server(self, node: yaml.Node) -> ServerConfig | Invalid:
@@ -836,6 +874,9 @@ class _Reader:
         routes = self.listener_routes(node, fields)
         if isinstance(listen, Invalid):
             return None
+        listen = self.socket_file(listen, fields)
+        if listen.is_unix:
+            self.unix_client_rules(fields, routes or [])
         self.bound.append(Bound(self.place(node), options["name"], listen))
         if routes is None:
             return None
@@ -850,6 +891,33 @@ class _Reader:
         for finding in listener_warnings(listener, places, self.names):
             self.report(finding)
         return listener
+
+    def socket_file(self, listen: SocketAddress, fields: Fields) -> SocketAddress:
+        """`listen` with the `mode`, `owner` and `group` its socket file gets (reported unless it is one)."""
+        given = [key for key in _SOCKET_FILE_KEYS if key in fields]
+        if not given:
+            return listen
+        if not listen.is_unix or listen.abstract:
+            what = "an abstract UNIX socket has no file" if listen.is_unix else f"{listen} is not a UNIX socket"
+            for key in given:
+                self.error(fields[key][0], f"{key} applies to a listener on a socket file (unix:/PATH): {what}")
+            return listen
+        values = {"mode": self.file_mode, "owner": self.account, "group": self.account}
+        found = {key: values[key](fields[key][1], key) for key in given}
+        return replace(listen, **{key: value for key, value in found.items() if not isinstance(value, Invalid)})
+
+    def unix_client_rules(self, fields: Fields, routes: list[tuple[yaml.Node, RouteConfig]]) -> None:
+        """Report the rules that need a client's IP address: a UNIX socket's clients have none."""
+        why = "clients of a UNIX socket listener have no IP address"
+        for key in ("allow", "deny"):
+            if key in fields:
+                self.error(fields[key][0], f"{key}: {why}; use the socket file's mode, owner and group")
+        proxy_node = fields.get("accept_proxy_protocol", (None, None))[1]
+        if isinstance(proxy_node, yaml.MappingNode):
+            self.error(proxy_node, f"accept_proxy_protocol: trusted: {why} to trust")
+        for item, route in routes:
+            if route.match.source:
+                self.error(item, f"route matches on source, but {why}")
 
     def listener_routes(self, node: yaml.Node, fields: Fields) -> list[tuple[yaml.Node, RouteConfig]] | None:
         """The valid routes of a listener, each with its node: from `upstream:` (one route) or `routes:`."""
@@ -900,7 +968,7 @@ class _Reader:
             self.error(node, f"upstream {name!r} is not defined{did_you_mean(name, self.declared)}")
             return INVALID
         try:
-            address = parse_address(value, allow_port_zero=False)
+            address = parse_address(value, allow_port_zero=False, base_dir=str(self.base_dir))
         except ValueError as exc:
             self.error(node, f"upstream: {exc}")
             return INVALID
@@ -934,7 +1002,7 @@ def _at_least_one(reader: _Reader, node: yaml.Node, key: str) -> int | Invalid:
     return reader.integer(node, key, 1)
 
 
-def _upstream_address(reader: _Reader, node: yaml.Node, key: str) -> Address | Invalid:
+def _upstream_address(reader: _Reader, node: yaml.Node, key: str) -> SocketAddress | Invalid:
     return reader.address(node, key, listener=False)
 
 
@@ -955,8 +1023,10 @@ LISTENER = Section(
         "dump_only": _Reader.dump_only,
         "faults": _Reader.faults,
     },
-    by_hand=("listen", "upstream", "routes"),
+    by_hand=("listen", "upstream", "routes", "mode", "owner", "group"),
 )
+_SOCKET_FILE_KEYS = ("mode", "owner", "group")  # a listener's by-hand keys that go into its UnixAddress
+_OCTAL_MODE = re.compile(r"0?[0-7]{3,4}\Z")
 LISTENER_TLS = Section({"client_ca": _Reader.ca_file}, by_hand=("cert", "key", "certificates"))
 ROUTE = Section(
     {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from proxy.config.certificates import CertificatePair
-from proxy.config.units import Address, IPNetwork
+from proxy.config.units import Address, IPNetwork, SocketAddress
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 15 * 60.0
@@ -41,7 +41,7 @@ DEFAULT_RETRIES = 2
 
 @dataclass(frozen=True)
 class ServerConfig:
-    address: Address
+    address: SocketAddress
     weight: int = 1
     backup: bool = False
 
@@ -163,7 +163,7 @@ class RouteConfig:
 @dataclass(frozen=True)
 class ListenerConfig:
     name: str | None  # None: named after the address it is bound to
-    listen: Address
+    listen: SocketAddress
     routes: tuple[RouteConfig, ...]
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -207,7 +207,8 @@ class Config:
 
 def listener_key(listener: ListenerConfig) -> str:
     """What makes a listener 'the same' across reloads: its address (or, on port 0, its name too)."""
-    return str(listener.listen) if listener.listen.port else f"{listener.name}@{listener.listen}"
+    listen = listener.listen
+    return str(listen) if listen.port or listen.is_unix else f"{listener.name}@{listen}"
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,8 @@ def with_overrides(config: Config, overrides: DumpOverrides) -> Config:
 
 
 def forward_config(
-    listen: Address,
-    upstream: Address,
+    listen: SocketAddress,
+    upstream: SocketAddress,
     *,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,

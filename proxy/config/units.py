@@ -1,5 +1,8 @@
 """Parsing of the three value kinds users type: addresses, durations and sizes.
 
+An address is TCP (`HOST:PORT`) or a UNIX socket (`unix:/path`, `unix:@name` for Linux's
+abstract namespace).
+
 Shared by the YAML loader and the command line so both accept exactly the same spellings.
 Every parser raises ValueError with a message fit to show a person after a location prefix
 (`did_you_mean` names the closest of the right words).
@@ -10,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,8 +47,45 @@ class Address:
             return False
         return True
 
+    is_unix = False
+
     def __str__(self) -> str:
         return join_host_port(self.host, self.port)
+
+
+UNIX_PREFIX = "unix:"
+UNIX_HOST = "unix"  # the host of a UNIX peer as `unix_peer` gives it
+UNIX_PATH_MAX = 107  # bytes of sun_path a path may use: 108 with the kernel's terminating NUL
+
+
+@dataclass(frozen=True, order=True)
+class UnixAddress:
+    """A UNIX stream socket: a filesystem `path` (absolute), or a name in the abstract namespace.
+
+    `mode`, `owner`, `group` are what a listener sets on the socket file it creates (None: the
+    umask's and the process's own). A UNIX address has no port: `port` is None, never 0.
+    """
+
+    path: str  # the file's absolute path, or the abstract name without its `@`
+    abstract: bool = False
+    mode: int | None = None
+    owner: int | None = None
+    group: int | None = None
+
+    is_unix = True
+    is_literal = False  # nothing to resolve, but no IP literal either
+    port = None
+
+    @property
+    def sockaddr(self) -> str | bytes:
+        """What bind() and connect() take: the path, or the name after a NUL byte."""
+        return b"\0" + os.fsencode(self.path) if self.abstract else self.path
+
+    def __str__(self) -> str:
+        return f"{UNIX_PREFIX}@{self.path}" if self.abstract else UNIX_PREFIX + self.path
+
+
+SocketAddress = Address | UnixAddress
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -59,20 +100,41 @@ def join_host_port(host: str, port: int) -> str:
 
 
 def format_sockaddr(sockaddr: tuple) -> str:
-    """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family."""
+    """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family.
+
+    A UNIX peer is passed around as the pair `unix_peer` makes, which this prints as `unix:/path`.
+    """
     return join_host_port(sockaddr[0], sockaddr[1])
 
 
-def parse_address(text: str | int, *, allow_port_zero: bool = True) -> Address:
-    """Parse `HOST:PORT`, `[IPv6]:PORT`, `PORT` or `:PORT` (the last two mean 127.0.0.1).
+def unix_peer(sockaddr: str | bytes) -> tuple[str, str]:
+    """A UNIX socket address as the kernel gives it, as ("unix", "/path" | "@name" | "")."""
+    if isinstance(sockaddr, bytes):
+        name = sockaddr[1:] if sockaddr[:1] == b"\0" else sockaddr
+        sockaddr = ("@" if sockaddr[:1] == b"\0" else "") + os.fsdecode(name)
+    return (UNIX_HOST, sockaddr)
+
+
+def format_any_sockaddr(sockaddr: tuple | str | bytes) -> str:
+    """`format_sockaddr` for a socket of any family, UNIX ones included (`unix:/path`, `unix:@name`)."""
+    return format_sockaddr(sockaddr if isinstance(sockaddr, tuple) else unix_peer(sockaddr))
+
+
+def parse_address(
+    text: str | int, *, allow_port_zero: bool = True, base_dir: str | None = None
+) -> Address | UnixAddress:
+    """Parse `HOST:PORT`, `[IPv6]:PORT`, `PORT` or `:PORT` (the last two mean 127.0.0.1), or a UNIX
+    socket: `unix:PATH` (relative to `base_dir`, the current folder if None) or `unix:@NAME`.
 
     A bare port binds to loopback so that it never exposes a service by accident.
     """
     if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise ValueError(f"address must be HOST:PORT, got {text!r}")
+        raise ValueError(f"address must be HOST:PORT or unix:PATH, got {text!r}")
     raw = str(text).strip()
     if not raw:
         raise ValueError("address is empty")
+    if raw.startswith(UNIX_PREFIX):
+        return parse_unix_address(raw[len(UNIX_PREFIX) :], base_dir)
     if raw.startswith("["):
         close = raw.find("]")
         if close < 0 or raw[close + 1 : close + 2] != ":":
@@ -95,6 +157,27 @@ def parse_address(text: str | int, *, allow_port_zero: bool = True) -> Address:
     if port == 0 and not allow_port_zero:
         raise ValueError(f"bad address {raw!r}: port 0 is only meaningful for a listener")
     return Address(host, port)
+
+
+def parse_unix_address(text: str, base_dir: str | None = None) -> UnixAddress:
+    """`/path`, `relative/path` (from `base_dir`, else the current folder) or `@name` (abstract).
+
+    The kernel silently cuts a longer path short, so a path or name that does not fit sun_path
+    is refused here, after it is made absolute.
+    """
+    if not text or text == "@":
+        raise ValueError(f"bad address 'unix:{text}': expected unix:/PATH or unix:@NAME")
+    if "\0" in text:
+        raise ValueError(f"bad address 'unix:{text}': the path holds a NUL character")
+    abstract = text.startswith("@")
+    path = text[1:] if abstract else os.path.abspath(os.path.join(base_dir or "", text))
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX:
+        what = "name" if abstract else "path"
+        raise ValueError(
+            f"bad address 'unix:{text}': the {what} is {size} bytes, over the {UNIX_PATH_MAX} of a UNIX socket"
+        )
+    return UnixAddress(path, abstract)
 
 
 def _check_host(raw: str, host: str) -> None:

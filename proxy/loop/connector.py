@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from proxy.config.units import Address
+from proxy.config.units import SocketAddress
 from proxy.errors import OUT_OF_DESCRIPTORS
 from proxy.loop.dispatcher import Dispatcher, State
 from proxy.loop.reactor import Reactor, Timer
@@ -34,7 +34,7 @@ class Candidate(Protocol):
     """A server to try, as whoever chose it knows it; the connector needs only its address."""
 
     @property
-    def address(self) -> Address: ...
+    def address(self) -> SocketAddress: ...
 
 
 class ConnectObserver(Protocol):

@@ -7,17 +7,25 @@ Under `run --workers` a worker binds nothing itself: the supervisor binds a SO_R
 per address (`bind_reuseport_group`) and hands each worker its socket (`hand_over`), which
 `bind_listening_socket` then returns. A worker binding on its own could join another instance's
 group unnoticed, since the kernel lets any socket of the same user with SO_REUSEPORT in.
+
+A UNIX socket has no SO_REUSEPORT: the workers share one listening socket, which the process
+that bound it keeps for later workers (`bind_reuseport_group` hands out copies) until
+`close_unix_listeners`. Binding a path takes over a socket file left by a process that died
+(nothing answers on it), never a live one; the file gets the listener's mode, owner and group
+before anyone can connect, and the process that created it removes it when it closes the socket.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import socket
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
-from proxy.config.units import Address, format_sockaddr
+from proxy.config.units import SocketAddress, UnixAddress, format_any_sockaddr
 from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
@@ -32,7 +40,7 @@ _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 AcceptCallback = Callable[[socket.socket, tuple], None]
 
 
-def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> socket.socket:
+def bind_listening_socket(address: SocketAddress, *, reuse_port: bool = False) -> socket.socket:
     """A non-blocking socket listening on `address`; StartupError with the reason if not.
 
     `reuse_port` is a worker of several: its socket is the one the supervisor handed over.
@@ -42,14 +50,19 @@ def bind_listening_socket(address: Address, *, reuse_port: bool = False) -> sock
     return _listen(address, reuse_port=False)
 
 
-def bind_reuseport_group(address: Address, count: int, *, join: bool = False) -> list[socket.socket]:
+def bind_reuseport_group(address: SocketAddress, count: int, *, join: bool = False) -> list[socket.socket]:
     """`count` sockets listening on `address` with SO_REUSEPORT, each with its own accept queue.
 
     Unless it `join`s a group this process already has there, the first socket binds without
     SO_REUSEPORT: that bind fails if anyone listens on the address, another pairproxy with
     workers included. It gets the option only once it listens, so that the address is never
     free between that check and the group. A port 0 becomes one port for the whole group.
+
+    On a UNIX address: `count` copies of the one socket this process keeps listening there.
     """
+    if address.is_unix:
+        first = _unix_listeners.get(str(address)) or _listen_unix(address)
+        return [first.dup() for _ in range(count)]
     first = _listen(address, reuse_port=join)
     first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     group = [first]
@@ -64,7 +77,9 @@ def bind_reuseport_group(address: Address, count: int, *, join: bool = False) ->
     return group
 
 
-def _listen(address: Address, *, reuse_port: bool) -> socket.socket:
+def _listen(address: SocketAddress, *, reuse_port: bool) -> socket.socket:
+    if address.is_unix:
+        return _listen_unix(address)
     family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
     try:
         infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -88,6 +103,103 @@ def _listen(address: Address, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
+class _UnixListeningSocket(socket.socket):
+    """A UNIX socket this process bound: closing it removes its file, if that is still the same one.
+
+    Only in the process that bound it (a forked child closes its inherited copy and leaves the
+    file), and not through copies made by dup() or sent to a worker.
+    """
+
+    key = path = ""  # its address as text, and its file (copies have neither)
+    created: tuple[int, int, int] | None = None  # (pid, st_dev, st_ino) once it has a file
+
+    def close(self) -> None:
+        created, self.created = self.created, None
+        if _unix_listeners.get(self.key) is self:
+            del _unix_listeners[self.key]
+        if created is not None and created[0] == os.getpid():
+            try:
+                found = os.lstat(self.path)
+                if (found.st_dev, found.st_ino) == created[1:]:
+                    os.unlink(self.path)
+            except OSError:
+                pass  # gone, or not ours to remove
+        super().close()
+
+
+# The UNIX listening sockets this process bound, by address text.
+_unix_listeners: dict[str, _UnixListeningSocket] = {}
+
+
+def _listen_unix(address: UnixAddress) -> socket.socket:
+    sock = _UnixListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.key, sock.path = str(address), address.path
+    doing = ""  # what failed, when it is not the bind or the listen
+    try:
+        try:
+            sock.bind(address.sockaddr)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or address.abstract or not _left_by_the_dead(address.path):
+                raise
+            os.unlink(address.path)
+            sock.bind(address.sockaddr)
+        if not address.abstract:
+            found = os.lstat(address.path)
+            sock.created = (os.getpid(), found.st_dev, found.st_ino)
+            doing = "cannot set the socket file's mode: "
+            if address.mode is not None:
+                os.chmod(address.path, address.mode)
+            doing = "cannot set the socket file's owner and group: "
+            if address.owner is not None or address.group is not None:
+                os.chown(
+                    address.path,
+                    -1 if address.owner is None else address.owner,
+                    -1 if address.group is None else address.group,
+                )
+        doing = ""
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except StartupError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()  # removes the file it made
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {address}: {doing}{reason}") from None
+    _unix_listeners[sock.key] = sock
+    return sock
+
+
+def _left_by_the_dead(path: str) -> bool:
+    """True when `path` is a socket file nobody accepts on: what a process that died leaves behind.
+
+    StartupError when it is no socket at all: that file is somebody's, not ours to replace.
+    """
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise StartupError(f"cannot listen on unix:{path}: the file exists and is not a socket")
+    except FileNotFoundError:
+        return False  # gone meanwhile: the bind's error stands
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False  # someone is there, busy (a full backlog), or we may not look: in use
+    finally:
+        probe.close()
+    return False
+
+
+def close_unix_listeners(keep: Collection[str] = ()) -> None:
+    """Close the UNIX listening sockets this process bound, but those on the addresses in `keep`."""
+    for key, sock in list(_unix_listeners.items()):
+        if key not in keep:
+            sock.close()
+
+
 # What the supervisor handed this worker, by address text: a listening socket, or why there is none.
 _handed: dict[str, socket.socket | str] = {}
 
@@ -108,7 +220,7 @@ def discard_handed() -> None:
     _handed.clear()
 
 
-def _take_handed(address: Address) -> socket.socket:
+def _take_handed(address: SocketAddress) -> socket.socket:
     handed = _handed.pop(str(address), None)
     if handed is None:
         raise StartupError(f"cannot listen on {address}: the supervisor bound no socket for it (send it SIGHUP)")
@@ -137,7 +249,7 @@ class Listener(Dispatcher):
         super().__init__(reactor, sock)
         self.name = name
         self.on_accept = on_accept
-        self.address = format_sockaddr(sock.getsockname())
+        self.address = format_any_sockaddr(sock.getsockname())
         self.paused = False
         self._backoff = EMFILE_BACKOFF_FIRST
         self._resume_timer = None

@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from proxy.config.units import Address
+from proxy.config.units import SocketAddress
 from proxy.loop.reactor import Reactor
 
 # (family, sockaddr) pairs in the order the lookup gave them, or the error that resolution hit
@@ -104,12 +104,15 @@ class Lane:
         self._busy = 0
         self._closed = False
 
-    def resolve(self, address: Address, callback: ResolvedCallback) -> Lookup:
+    def resolve(self, address: SocketAddress, callback: ResolvedCallback) -> Lookup:
         """Resolve `address`; `callback(result)` runs on the loop, at once when the answer is known
-        now (a literal address, or a full queue). Cancel the returned Lookup to withdraw."""
+        now (a literal or UNIX address, or a full queue). Cancel the returned Lookup to withdraw."""
         if address.is_literal:
             family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
             callback([(family, (address.host, address.port))])
+            return _ANSWERED
+        if address.is_unix:
+            callback([(socket.AF_UNIX, address.sockaddr)])
             return _ANSWERED
         query = self._queries.get(address.host)
         if query is None:

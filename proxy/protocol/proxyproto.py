@@ -11,6 +11,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from proxy.config.units import UNIX_HOST
+
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the specification's bound, CRLF included
@@ -21,6 +23,7 @@ _V2_LOCAL, _V2_PROXY = 0x0, 0x1
 _AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3
 _STREAM = 0x1
 _V2_ADDRESS_SIZES = {_AF_INET: 12, _AF_INET6: 36, _AF_UNIX: 216}
+_UNIX_PATH_SIZE = 108  # each of the two paths of an AF_UNIX address block
 
 Endpoint = tuple[str, int]
 
@@ -84,8 +87,42 @@ def encode_v2(source: Endpoint, destination: Endpoint) -> bytes:
     )
 
 
+def encode_unix(version: str, source: str, destination: str) -> bytes:
+    """The header for a client of a UNIX socket: `source` and `destination` are paths (`@name`
+    for an abstract one). An unnamed client (most are) is empty, or the listener's own path
+    (what the access log names it by): no client can be bound where the listener is.
+
+    v1 has no UNIX form: `PROXY UNKNOWN`. v2 names both sockets (AF_UNIX), or, when the client
+    has no name, says LOCAL: the receiver keeps the connection's own endpoints.
+    """
+    if version == "v1":
+        return b"PROXY UNKNOWN\r\n"
+    if not source or source == destination:
+        return V2_SIGNATURE + bytes([0x20 | _V2_LOCAL, _AF_UNSPEC]) + struct.pack("!H", 0)  # UNSPEC, no addresses
+    addresses = _unix_path(source) + _unix_path(destination)
+    return (
+        V2_SIGNATURE
+        + bytes([0x20 | _V2_PROXY, (_AF_UNIX << 4) | _STREAM])
+        + struct.pack("!H", len(addresses))
+        + addresses
+    )
+
+
+def _unix_path(text: str) -> bytes:
+    """A path as sun_path holds it, NUL-padded to 108 bytes; `@name` is abstract (a leading NUL)."""
+    raw = (
+        b"\0" + text[1:].encode("utf-8", "surrogateescape")
+        if text.startswith("@")
+        else text.encode("utf-8", "surrogateescape")
+    )
+    return raw[:_UNIX_PATH_SIZE].ljust(_UNIX_PATH_SIZE, b"\0")
+
+
 def encode(version: str, source: Endpoint, destination: Endpoint) -> bytes:
-    """The header of `version` ("v1" or "v2")."""
+    """The header of `version` ("v1" or "v2"); a source whose host is `unix` is a UNIX socket's client
+    (see proxy/config/units.py's `unix_peer`), and `destination` then the listener's socket."""
+    if source[0] == UNIX_HOST:
+        return encode_unix(version, source[1], destination[1])
     if version == "v1":
         return encode_v1(source, destination)
     if version == "v2":

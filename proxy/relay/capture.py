@@ -12,6 +12,10 @@ ClientHello, TLS) come before that. So the capture holds its packets, bounded, u
 decides: `commit` writes them and goes on writing live; `discard` drops them, and the pair puts
 its plain sockets back, so a connection that is not captured copies or splices like any other.
 A connection that is never wrapped pays nothing at all.
+
+A leg over a UNIX socket has no IP addresses: it is written between made-up loopback ones
+(127.0.0.1, a port from the connection's number to 1 on the client's leg, 2 on the upstream's),
+and its comment says so with the socket's path (`leg=client unix=/run/app.sock`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import termios
 import time
 from typing import Any
 
+from proxy.config.units import unix_peer
 from proxy.errors import Meaning, classify
 from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConversation
 from proxy.relay.pcap_sink import PcapSink
@@ -31,6 +36,8 @@ PENDING_LIMIT = 1024 * 1024  # bytes of packets held before the decision; beyond
 UNREAD_SHOWN = 256 * 1024  # of what a peer sent and the proxy never read, shown at close
 _INT = struct.Struct("i")
 _INT_ZERO = _INT.pack(0)
+_MADE_UP_HOST = "127.0.0.1"  # a UNIX leg's addresses in the capture
+_MADE_UP_PORTS = 1024  # the first of the client ports made up from connection numbers
 
 
 class Leg:
@@ -194,13 +201,24 @@ class ConnectionCapture:
 
     def client_leg(self, sock: socket.socket, peer: tuple) -> RecordingSocket:
         """Record the accepted socket `sock` from `peer`; its handshake has just happened."""
+        if sock.family == socket.AF_UNIX:
+            return self._record_unix(sock, sock.getsockname(), Peer.SERVER, "client")
         conversation = TcpConversation(peer, sock.getsockname(), local=Peer.SERVER)
         return self._record(sock, conversation, Peer.SERVER, "client")
 
     def upstream_leg(self, sock: socket.socket) -> RecordingSocket:
         """Record the socket the proxy connected to an upstream server with."""
+        if sock.family == socket.AF_UNIX:
+            return self._record_unix(sock, sock.getpeername(), Peer.CLIENT, "upstream")
         conversation = TcpConversation(sock.getsockname(), sock.getpeername(), local=Peer.CLIENT)
         return self._record(sock, conversation, Peer.CLIENT, "upstream")
+
+    def _record_unix(self, sock: socket.socket, path: str | bytes, local: Peer, label: str) -> RecordingSocket:
+        """Record a UNIX leg between made-up loopback addresses; `path` is the socket file it reached."""
+        made_up_client = (_MADE_UP_HOST, _MADE_UP_PORTS + self.conn % (65536 - _MADE_UP_PORTS))
+        made_up_server = (_MADE_UP_HOST, 1 if label == "client" else 2)
+        conversation = TcpConversation(made_up_client, made_up_server, local=local)
+        return self._record(sock, conversation, local, f"{label} unix={unix_peer(path)[1]}")
 
     def _record(self, sock: socket.socket, conversation: TcpConversation, local: Peer, label: str) -> RecordingSocket:
         leg = Leg(self, conversation, local, label)

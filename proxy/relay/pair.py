@@ -44,6 +44,7 @@ gone, failed, handshake done or failed); the pair decides what follows. The pair
 
 from __future__ import annotations
 
+import errno
 import itertools
 import random
 import socket
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
-from proxy.config.units import Address, format_sockaddr, parse_address
+from proxy.config.units import Address, SocketAddress, format_sockaddr, parse_address
 from proxy.errors import StateError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.connector import ConnectAttempt, Connector
@@ -157,6 +158,7 @@ class Pair:
     # The toxics this connection drew, for the access line (`faults=latency,slicer`); class-level:
     # a connection without faults never sets it.
     fault_names: str | None = None
+    credentials: dict[str, int] | None = None  # a UNIX client's peer_uid and peer_pid, for the access line
 
     def __init__(
         self,
@@ -189,7 +191,7 @@ class Pair:
         self.connect_ms: float | None = None  # from the start of the connect to the upstream ready
         self.client = self._side(Side, client_sock, "client", format_sockaddr(client_address), "client->upstream")
         self.upstream: Side | None = None
-        self.server: Address | None = None
+        self.server: SocketAddress | None = None
         self.preamble: PreambleReader | None = None
         self.pool: Pool | None = None
         self._untried: Iterator[ServerState] = iter(())  # candidates the connector has not reached yet
@@ -289,10 +291,15 @@ class Pair:
         self.pool.connection_started(server)
         self._server_state = server
         sock = attempt.socket
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = format_sockaddr(attempt.sockaddr)
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+            address = str(server.address)  # a UNIX socket: no Nagle to turn off, and a path for an address
         if self.capture is not None:
             sock = self.capture.upstream_leg(sock)  # type: ignore[assignment]
-        address = format_sockaddr(attempt.sockaddr)
         if self.timeline:
             connect_ms = (self.runtime.reactor.now - self._connect_from) * 1000
             self.event("connected", server=address, connect_ms=f"{connect_ms:.3f}")
@@ -304,7 +311,8 @@ class Pair:
             return
         self._to(Phase.HANDSHAKING)
         context, server_name = self._upstream_tls
-        session = TlsSession(context, server_side=False, server_hostname=server_name or server.address.host)
+        hostname = server_name or (None if server.address.is_unix else server.address.host)
+        session = TlsSession(context, server_side=False, server_hostname=hostname)
         upstream = self._side(TlsSide, sock, "upstream", address, "upstream->client", session=session)
         self.upstream = upstream
         attempt.hand_over(upstream)
@@ -404,9 +412,10 @@ class Pair:
             except ValueError:
                 pass  # an address no filter can name (an IPv6 zone)
         try:
-            client_host = parse_address(self.client.address).host
+            client = parse_address(self.client.address)
         except ValueError:
-            client_host = ""
+            client = None
+        client_host = client.host if isinstance(client, Address) else ""  # a UNIX client has no address
         return Facts(self.conn, self.settings.listener, self.route, client_host, servers)
 
     def set_dumped(self, writer: HexdumpWriter | None) -> bool:
@@ -622,6 +631,8 @@ class Pair:
         tls_fields = {"sni": self.sni, **self.client.log_fields()}
         if upstream is not None:
             tls_fields.update(upstream.log_fields())
+        if self.credentials is not None:
+            tls_fields.update(self.credentials)
         self.runtime.log.info(
             "access",
             conn=self.conn,

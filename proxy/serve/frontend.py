@@ -13,12 +13,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig
-from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr
+from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr, unix_peer
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
 from proxy.policy.faults import FaultPlan
@@ -34,6 +35,7 @@ from proxy.serve.contexts import server_context
 from proxy.serve.stats import ListenerStats
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
 # Where a listener's hex dump and captures go, and the dump rules turned on at run time.
@@ -253,10 +255,12 @@ class Frontend:
         self.reactor = reactor
         self.runtime = runtime
         self.on_finished = on_finished
-        self.dispatcher = Listener(reactor, sock, table.settings.listener, self.accept)
-        self.local_address = sock.getsockname()[:2]
+        self.unix = sock.family == socket.AF_UNIX
+        on_accept = self.accept_unix if self.unix else self.accept
+        self.dispatcher = Listener(reactor, sock, table.settings.listener, on_accept)
+        self.local_address = unix_peer(sock.getsockname()) if self.unix else sock.getsockname()[:2]
         # On 0.0.0.0 or [::] the address a client reached is only known per connection.
-        self.wildcard = ipaddress.ip_address(self.local_address[0]).is_unspecified
+        self.wildcard = not self.unix and ipaddress.ip_address(self.local_address[0]).is_unspecified
         self.pairs: set[Pair] = set()  # its open connections (max_connections, snapshots)
         self.stats = ListenerStats()
         self.apply(table)
@@ -270,9 +274,17 @@ class Frontend:
         self.table = table
         self.dispatcher.name = table.settings.listener
 
-    def accept(self, sock: socket.socket, peer: tuple) -> None:
+    def accept_unix(self, sock: socket.socket, peer: str | bytes) -> None:
+        """A client of a UNIX socket: named by its own path, else (unnamed, as most are) by the
+        listener's; who it is, by the credentials the kernel took when it connected."""
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        self.accept(sock, unix_peer(peer) if peer else self.local_address, {"peer_uid": uid, "peer_pid": pid})
+
+    def accept(self, sock: socket.socket, peer: tuple, credentials: dict[str, int] | None = None) -> None:
         table = self.table
         pair = Pair(self.runtime, table.settings, sock, peer, self.finished)
+        if credentials:
+            pair.credentials = credentials
         self.stats.connections_total += 1
         self.pairs.add(pair)
         if len(self.pairs) > table.config.max_connections:
@@ -282,7 +294,8 @@ class Frontend:
         admission.run(admission.start)
 
     def destination_of(self, pair: Pair) -> tuple:
-        """The address the client reached, for a PROXY header to the upstream."""
+        """The address the client reached, for a PROXY header to the upstream (a UNIX listener's
+        as ("unix", path))."""
         return pair.client.socket.getsockname()[:2] if self.wildcard else self.local_address
 
     def finished(self, pair: Pair) -> None:

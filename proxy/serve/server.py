@@ -32,7 +32,7 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import did_you_mean, format_sockaddr, parse_address
+from proxy.config.units import did_you_mean, format_any_sockaddr, parse_address
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -234,7 +234,7 @@ class Server:
             except ProxyError as exc:
                 build.problems.append(str(exc))
                 continue
-            name = listener.name or format_sockaddr(sock.getsockname())
+            name = listener.name or format_any_sockaddr(sock.getsockname())
             try:
                 build.tables[key] = Table.build(
                     listener,

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import Config, DumpOverrides, ListenerConfig, listener_key
-from proxy.config.units import Address
+from proxy.config.units import SocketAddress
 from proxy.errors import ProxyError, StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import bind_reuseport_group, discard_handed, hand_over
+from proxy.loop.listener import bind_reuseport_group, close_unix_listeners, discard_handed, hand_over
 from proxy.loop.reactor import Reactor
 from proxy.serve.systemd import Systemd
 
@@ -173,11 +173,12 @@ class Supervisor:
             self.reactor.close()
             for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
                 sock.close()
+            close_unix_listeners()  # and their files go
         if self.failure is not None:
             raise StartupError(self.failure)
         return 0
 
-    def _address(self, listener: ListenerConfig) -> Address:
+    def _address(self, listener: ListenerConfig) -> SocketAddress:
         port = self.pins.get(listener_key(listener))
         return listener.listen if port is None else replace(listener.listen, port=port)
 
@@ -229,6 +230,7 @@ class Supervisor:
         self.systemd.close()
         for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
             sock.close()
+        close_unix_listeners()  # the supervisor's own: their files stay
         ready = False
         try:
             if not _take_handed_records(link, SERVE):
@@ -372,6 +374,7 @@ class Supervisor:
             # worker started later must begin with the table they kept, not the refused one.
             if not refused:
                 self.config, self._served, self.pins = config, served, pins
+            close_unix_listeners(keep={str(listener.listen) for listener in self.config.listeners})
         for index, pending in enumerate(records):
             link = self.links.get(index)
             try:
