@@ -80,7 +80,9 @@ SERVER_KEYS = ("upstream", "server", "state", "active", "total", "failures", "la
 
 
 def show_conns(target: Controlled, _args: list[str]) -> str:
-    return "\n".join(_logfmt(row, CONN_KEYS) for row in target.snapshot()["conns"])
+    rows = target.snapshot()["conns"]
+    # Under `run --workers` each row also names the worker that has the connection.
+    return "\n".join(_logfmt(row, CONN_KEYS + (("worker",) if "worker" in row else ())) for row in rows)
 
 
 def show_servers(target: Controlled, _args: list[str]) -> str:
@@ -111,6 +113,12 @@ def _dump(on: bool) -> Callable[[Controlled, list[str]], str]:
             raise CommandError(str(exc)) from None
 
     return handler
+
+
+def dump_answer(on: bool, changed: int, rules: int) -> str:
+    """The answer to `dump on|off`: how many open connections it changed, how many rules are on."""
+    state = "dumped" if on else "no longer dumped"
+    return f"{changed} open connection{'' if changed == 1 else 's'} {state}; {rules} run-time rules"
 
 
 def reload(target: Controlled, _args: list[str]) -> str:
