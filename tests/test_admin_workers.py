@@ -3,16 +3,23 @@ for the whole process tree (each worker asked over its own pair)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, wait_until
+from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
+from proxy.serve.worker_admin import WorkerAdminPair, Workers, frame
+from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
 from tests.test_admin import ctl, ok
+from tests.test_admin_render import snapshot
 from tests.test_admin_web import admin_address, http, labels, metrics, through
 from tests.test_run import tagged, write
 
@@ -136,6 +143,91 @@ def test_a_disabled_server_gets_no_new_connection_from_any_worker(tree, start_up
     assert (done.returncode, done.stderr) == (1, "pairproxy: no server 127.0.0.1:1 in upstream app\n")
     assert ok(sock_path, "reload") == "ok\n"
     assert wait_until(lambda: proxy.log_text().count(" reloaded ") == WORKERS)
+
+
+def test_a_restarted_worker_keeps_what_the_operator_changed(tree, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address, two.address)
+    assert ok(sock_path, "disable", "server", "app", one.address) == "ok\n"
+    os.kill(worker_pids(proxy)[1], signal.SIGKILL)
+    proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") == WORKERS + 1)
+    found = set()
+    for _ in range(20):
+        with connect(proxy.address) as client:
+            found.add(recv_exactly(client, 4))
+    assert found == {b"two:"}
+    states = [logfmt(line)["state"] for line in ok(sock_path, "show", "servers").splitlines()]
+    assert states == ["maint", "up"]
+
+
+def test_reload_answers_the_problems_the_supervisor_found(tree, tmp_path):
+    _proxy, sock_path, _address = tree()
+    (tmp_path / "pairproxy.yaml").write_text("listeners: [}\n")
+    done = ctl(sock_path, "reload")
+    assert done.returncode == 1 and done.stderr.startswith("pairproxy: ") and "pairproxy.yaml:1:" in done.stderr
+
+
+def test_a_live_admin_socket_stops_the_start_of_workers(tmp_path, tree):
+    _proxy, sock_path, _address = tree()
+    config = write(
+        tmp_path,
+        f"""\
+        admin: {{socket: {sock_path}}}
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: "127.0.0.1:1"}}
+        """,
+        name="second.yaml",
+    )
+    result = run_cli(["run", "-c", str(config), "--workers", "2"])
+    assert result.returncode == 1
+    refused = f"pairproxy: admin socket {sock_path}: another process is serving on it"
+    assert result.stderr.strip().splitlines()[-1] == refused
+    assert " worker_started " not in result.stderr
+    assert sock_path.exists()  # still the first one's
+
+
+def test_a_worker_sends_a_large_answer_without_blocking_its_loop():
+    """In process, on a socketpair with a small send buffer: the worker's loop goes on while the
+    supervisor has not read its answer, and a late answer is told apart from the next one's."""
+    big = snapshot(conns=2000)
+    log = EventLog(stream=io.StringIO())
+    reactor = Reactor(log)
+    server = SimpleNamespace(reactor=reactor, log=log, snapshot=lambda: big, kill_conn=lambda conn: conn == 7)
+    worker_end, supervisor_end = socket.socketpair()
+    worker_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pair = WorkerAdminPair(server, worker_end)
+    workers = Workers(1, log, lambda: [], lambda: False)
+    workers.add(0, supervisor_end)
+    ticks: list[float] = []
+    results: list[object] = []
+
+    def supervisor() -> None:
+        workers.channels[0].send(frame({"id": 99, "op": "snapshot"}))  # asked, then not read for a while
+        time.sleep(1.0)
+        results.append(workers.kill_conn(7))
+        results.append(workers.snapshot())
+        reactor.call_soon_threadsafe(reactor.stop)
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        reactor.call_later(0.1, tick)
+
+    thread = threading.Thread(target=supervisor, daemon=True)
+    thread.start()
+    reactor.call_soon(tick)
+    reactor.call_later(WAIT, reactor.stop)
+    try:
+        reactor.loop()
+        thread.join(WAIT)
+    finally:
+        pair.close()
+        workers.remove(0)
+        reactor.close()
+    assert len(ticks) >= 8  # the loop went on for the second the answer waited
+    killed, merged = results
+    assert killed is True
+    assert len(merged["conns"]) == 2000 and {row["worker"] for row in merged["conns"]} == {0}
+    assert merged["info"]["missing_workers"] == 0
 
 
 def test_a_stopped_worker_is_left_out_within_the_bound(tree):

@@ -215,24 +215,38 @@ class WorkerChannel:
 
 
 class Workers:
-    """What the supervisor's admin endpoints control (admin.Controlled): every live worker at once."""
+    """What the supervisor's admin endpoints control (admin.Controlled): every live worker at once.
+
+    What an operator changed (servers in maintenance, run-time dump rules) is kept here too and
+    told to a worker that starts again, so that a restart does not undo it.
+    """
 
     def __init__(
-        self,
-        count: int,
-        channels: dict[int, WorkerChannel],
-        log: EventLog,
-        reload: Callable[[], list[str]],
-        draining: Callable[[], bool],
+        self, count: int, log: EventLog, reload: Callable[[], list[str]], draining: Callable[[], bool]
     ) -> None:
         self.count = count
-        self.channels = channels  # worker index -> its pair, kept up to date by the supervisor
+        self.channels: dict[int, WorkerChannel] = {}  # worker index -> the supervisor's end of its pair
         self.log = log
         self._reload = reload
         self._draining = draining
         self.started = time.time()
         self._started_monotonic = time.monotonic()
-        self._last_id = 0
+        self._last_id = 0  # answers to id 0 are never waited for
+        self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
+        self._dump_rules: list[list[str]] = []  # the filters of each rule turned on, in order
+
+    def add(self, index: int, sock: socket.socket) -> None:
+        """Worker `index` started with `sock` as the other end of its pair: it is asked from now on,
+        and told first what the operator changed (it reads that once it serves)."""
+        channel = self.channels[index] = WorkerChannel(index, sock, self.log)
+        for (upstream, address), on in self._maintenance.items():
+            request = {"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on}
+            channel.send(frame({"id": 0, **request}))
+        for filters in self._dump_rules:
+            channel.send(frame({"id": 0, "op": "change_dump", "on": True, "filters": filters}))
+
+    def remove(self, index: int) -> None:
+        self.channels.pop(index).close()
 
     def ask(self, request: dict[str, Any], timeout: float = ASK_TIMEOUT) -> dict[int, Any]:
         """The result of `request` from every worker that answered within `timeout`, by index.
@@ -305,12 +319,19 @@ class Workers:
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
         answers = self.ask({"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on})
-        return bool(answers) and all(answers.values())
+        known = bool(answers) and all(answers.values())
+        if known:
+            self._maintenance[upstream, address] = on
+        return known
 
     def set_dump(self, on: bool, filters: list[str]) -> str:
         for text in filters:
             parse_dump_condition(text)  # a filter that is not one is said here, once, not by each worker
         answers = self.ask({"op": "change_dump", "on": on, "filters": filters})
+        if on and filters not in self._dump_rules:
+            self._dump_rules.append(filters)
+        elif not on and filters in self._dump_rules:
+            self._dump_rules.remove(filters)
         changed = sum(count for count, _rules in answers.values())
         rules = max((rules for _count, rules in answers.values()), default=0)
         return dump_answer(on, changed, rules)

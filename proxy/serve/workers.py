@@ -44,7 +44,7 @@ from proxy.loop.reactor import Reactor
 from proxy.serve.admin import AdminSocket
 from proxy.serve.http_admin import AdminHttp
 from proxy.serve.systemd import Systemd
-from proxy.serve.worker_admin import WorkerAdminPair, WorkerChannel, Workers
+from proxy.serve.worker_admin import WorkerAdminPair, Workers
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server
@@ -145,8 +145,7 @@ class Supervisor:
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
-        self.channels: dict[int, WorkerChannel] = {}  # worker index -> the supervisor's end of its admin pair
-        self.target = Workers(count, self.channels, log, self._reload, lambda: self.stopping)
+        self.target = Workers(count, log, self._reload, lambda: self.stopping)  # and the workers' admin pairs
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
@@ -204,7 +203,7 @@ class Supervisor:
 
     def _supervisor_sockets(self) -> list[socket.socket]:
         """The sockets only the supervisor may hold: links, admin pairs, admin endpoints and their clients."""
-        sockets = [*self.links.values(), *(channel.socket for channel in self.channels.values())]
+        sockets = [*self.links.values(), *(channel.socket for channel in self.target.channels.values())]
         sockets += [sock for group in self._groups.values() for sock in group]
         if self.admin is not None:
             sockets += [self.admin.socket, *(client.socket for client in self.admin.clients)]
@@ -253,7 +252,7 @@ class Supervisor:
         worker_admin_end.close()
         link.setblocking(False)
         self.links[index] = link
-        self.channels[index] = WorkerChannel(index, admin_pair, self.log)
+        self.target.add(index, admin_pair)
         self.workers[pid] = index
         self._started_at[index] = time.monotonic()
         self.log.info("worker_started", worker=index, pid=pid)
@@ -304,7 +303,7 @@ class Supervisor:
     def _report(self, index: int) -> str | None:
         """What a worker said on its link before it exited (readiness is remembered); its error."""
         link = self.links.pop(index)
-        self.channels.pop(index).close()
+        self.target.remove(index)
         error = None
         try:
             while (received := _receive(link)) is not None:
