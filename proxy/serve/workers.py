@@ -14,6 +14,11 @@ supervisor holds: the worker reports `ready` (bound) or why it failed on it, tak
 it (the sockets of new addresses, or why they could not be bound, then `reload`), and drains
 like on SIGTERM when it reads end of file: a worker never outlives its supervisor.
 
+With `admin:` in the file the supervisor serves the admin socket and the HTTP admin for the
+whole tree (bound before the forks; a worker closes them): each worker has a second pair, an
+admin pair, on which the supervisor asks it for its snapshot or passes a command on
+(proxy/serve/worker_admin.py).
+
 The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
 around each fork, back to their defaults in the child until the worker's server installs its
 own) and passes stops on. A worker that fails (exits non-zero, not killed by a signal) before its
@@ -145,7 +150,7 @@ class Supervisor:
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
-        self.target = Workers(count, log, self._reload, lambda: self.stopping)  # and the workers' admin pairs
+        self.target = Workers(count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
