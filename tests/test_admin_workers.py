@@ -200,10 +200,12 @@ def test_a_worker_sends_a_large_answer_without_blocking_its_loop():
     workers.add(0, supervisor_end)
     ticks: list[float] = []
     results: list[object] = []
+    reading: list[float] = []
 
     def supervisor() -> None:
         workers.channels[0].send(frame({"id": 99, "op": "snapshot"}))  # asked, then not read for a while
         time.sleep(1.0)
+        reading.append(time.monotonic())
         results.append(workers.kill_conn(7))
         results.append(workers.snapshot())
         reactor.call_soon_threadsafe(reactor.stop)
@@ -223,7 +225,7 @@ def test_a_worker_sends_a_large_answer_without_blocking_its_loop():
         pair.close()
         workers.remove(0)
         reactor.close()
-    assert len(ticks) >= 8  # the loop went on for the second the answer waited
+    assert len([tick for tick in ticks if tick < reading[0]]) >= 3  # the loop went on while the answer waited
     killed, merged = results
     assert killed is True
     assert len(merged["conns"]) == 2000 and {row["worker"] for row in merged["conns"]} == {0}
@@ -238,7 +240,7 @@ def test_a_stopped_worker_is_left_out_within_the_bound(tree):
     try:
         began = time.monotonic()
         info = dict(line.split(": ", 1) for line in ok(sock_path, "show", "info").splitlines())
-        assert time.monotonic() - began < 2.0 + 3.0  # the bound, and the time `ctl` takes to start
+        assert time.monotonic() - began < 2.0 + 5.0  # the bound, and the time `ctl` takes to start
         assert info["missing_workers"] == "1"
         assert {row["worker"] for row in conns(sock_path)} == {"0"}
         assert metrics(address)[("pairproxy_workers_missing", ())] == 1
