@@ -2,9 +2,9 @@
 
 One command per line; each answer is some lines and then an empty line, and a client may send
 several commands on one connection. The commands read a snapshot (`Server.snapshot()`, plain
-data) or call a few small methods of what they control (`Controlled`), so that a supervisor
-can one day answer them for its workers. `COMMANDS` maps the words of each command to its
-handler: adding a command is adding an entry.
+data) or call a few small methods of what they control (`Controlled`), so that under
+`run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
+`COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
 
 A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
 gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
@@ -39,7 +39,7 @@ ANSWER_TIMEOUT = 30.0  # seconds `pairproxy ctl` waits for an answer (a reload m
 
 
 class Controlled(Protocol):
-    """What the commands act on (the Server)."""
+    """What the commands act on: the Server, or the supervisor's Workers."""
 
     def snapshot(self) -> dict: ...
 
