@@ -480,23 +480,6 @@ def test_listener_counters_survive_a_reload_that_keeps_the_listener(tmp_path, st
         server.close()
 
 
-def test_workers_leave_the_admin_socket_alone(tmp_path, start_proxy, start_upstream):
-    upstream = start_upstream(echo_handler)
-    path = write(
-        tmp_path,
-        f"""\
-        admin: {{socket: admin.sock}}
-        listeners:
-          - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}
-        """,
-    )
-    proxy = start_proxy("run", "-c", str(path), "--workers", "2", wait_listening=2)
-    with connect(proxy.address) as client:
-        client.sendall(b"hi")
-        assert recv_exactly(client, 2) == b"hi"
-    assert not (tmp_path / "admin.sock").exists()
-
-
 def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
     upstream = start_upstream(echo_handler)
     text = f"""\

@@ -304,13 +304,6 @@ def test_an_admin_port_in_use_stops_the_start(tmp_path, start_upstream):
     assert " listening " not in result.stderr
 
 
-def test_workers_leave_the_admin_http_alone(tmp_path, start_proxy, start_upstream):
-    good = start_upstream(echo_handler)
-    proxy = start_proxy("run", "-c", str(write_config(tmp_path, good.address)), "--workers", "2", wait_listening=4)
-    assert through(proxy.listener_address(ODD_NAME), b"hi") == b"hi"
-    assert "admin_listening" not in proxy.log_text()
-
-
 def test_an_answer_larger_than_the_socket_buffers_never_blocks_the_loop():
     """In process, on a socketpair with a small send buffer: the loop goes on while the client
     does not read, and the answer arrives whole once it does."""

@@ -144,6 +144,13 @@ def render(snapshot: Snapshot) -> str:
     out += _family(
         "pairproxy_reloads_total", "counter", "Configuration reloads put in force.", [("", (), info["reloads"])]
     )
+    if "missing_workers" in info:  # `run --workers N`: the supervisor's scrape of its workers
+        out += _family(
+            "pairproxy_workers_missing",
+            "gauge",
+            "Workers that did not answer this scrape in time: their counters are left out of it.",
+            [("", (), info["missing_workers"])],
+        )
     out += _family(
         "process_cpu_seconds_total",
         "counter",

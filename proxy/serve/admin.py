@@ -2,9 +2,9 @@
 
 One command per line; each answer is some lines and then an empty line, and a client may send
 several commands on one connection. The commands read a snapshot (`Server.snapshot()`, plain
-data) or call a few small methods of what they control (`Controlled`), so that a supervisor
-can one day answer them for its workers. `COMMANDS` maps the words of each command to its
-handler: adding a command is adding an entry.
+data) or call a few small methods of what they control (`Controlled`), so that under
+`run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
+`COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
 
 A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
 gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
@@ -39,7 +39,7 @@ ANSWER_TIMEOUT = 30.0  # seconds `pairproxy ctl` waits for an answer (a reload m
 
 
 class Controlled(Protocol):
-    """What the commands act on (the Server)."""
+    """What the commands act on: the Server, or the supervisor's Workers."""
 
     def snapshot(self) -> dict: ...
 
@@ -86,7 +86,9 @@ SERVER_KEYS = ("upstream", "server", "state", "active", "total", "failures", "la
 
 
 def show_conns(target: Controlled, _args: list[str]) -> str:
-    return "\n".join(_logfmt(row, CONN_KEYS) for row in target.snapshot()["conns"])
+    rows = target.snapshot()["conns"]
+    # Under `run --workers` each row also names the worker that has the connection.
+    return "\n".join(_logfmt(row, CONN_KEYS + (("worker",) if "worker" in row else ())) for row in rows)
 
 
 def show_servers(target: Controlled, _args: list[str]) -> str:
@@ -134,6 +136,12 @@ def fault_remove(target: Controlled, args: list[str]) -> str:
 
 def fault_list(target: Controlled, _args: list[str]) -> str:
     return "\n".join(target.list_faults()) or "no faults"
+
+
+def dump_answer(on: bool, changed: int, rules: int) -> str:
+    """The answer to `dump on|off`: how many open connections it changed, how many rules are on."""
+    state = "dumped" if on else "no longer dumped"
+    return f"{changed} open connection{'' if changed == 1 else 's'} {state}; {rules} run-time rules"
 
 
 def reload(target: Controlled, _args: list[str]) -> str:

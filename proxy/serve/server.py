@@ -46,7 +46,7 @@ from proxy.relay.pair import Runtime
 from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
-from proxy.serve.admin import AdminSocket
+from proxy.serve.admin import AdminSocket, dump_answer
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import DumpOutputs, Frontend, Table
 from proxy.serve.health import HealthChecker
@@ -368,6 +368,10 @@ class Server:
     def set_dump(self, on: bool, filters: list[str]) -> str:
         """Dump (and capture, where a capture is configured) the connections `filters` select,
         new ones and open ones (`on`), or stop that. ValueError for a filter that is not one."""
+        return dump_answer(on, *self.change_dump(on, filters))
+
+    def change_dump(self, on: bool, filters: list[str]) -> tuple[int, int]:
+        """`set_dump`'s change: (open connections changed, run-time rules now)."""
         rule = tuple(parse_dump_condition(text) for text in filters)
         if on and rule not in self.dump_rules:
             self.dump_rules.append(rule)
@@ -378,8 +382,7 @@ class Server:
             frontend.apply(frontend.table.with_dump_rules(outputs))
         writer = self.hexdump if on else None
         changed = sum(pair.set_dumped(writer) for pair in list(self.runtime.pairs) if pair.facts().hold(rule))
-        state = "dumped" if on else "no longer dumped"
-        return f"{changed} open connection{'' if changed == 1 else 's'} {state}; {len(self.dump_rules)} run-time rules"
+        return changed, len(self.dump_rules)
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
         """Put a server in maintenance (`on`) or back in service; False if there is no such server."""

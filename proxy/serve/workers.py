@@ -14,6 +14,11 @@ supervisor holds: the worker reports `ready` (bound) or why it failed on it, tak
 it (the sockets of new addresses, or why they could not be bound, then `reload`), and drains
 like on SIGTERM when it reads end of file: a worker never outlives its supervisor.
 
+With `admin:` in the file the supervisor serves the admin socket and the HTTP admin for the
+whole tree (bound before the forks; a worker closes them): each worker has a second pair, an
+admin pair, on which the supervisor asks it for its snapshot or passes a command on
+(proxy/serve/worker_admin.py).
+
 The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
 around each fork, back to their defaults in the child until the worker's server installs its
 own) and passes stops on. A worker that fails (exits non-zero, not killed by a signal) before its
@@ -41,7 +46,10 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import bind_reuseport_group, close_unix_listeners, discard_handed, hand_over
 from proxy.loop.reactor import Reactor
+from proxy.serve.admin import AdminSocket
+from proxy.serve.http_admin import AdminHttp
 from proxy.serve.systemd import Systemd
+from proxy.serve.worker_admin import WorkerAdminPair, Workers
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server
@@ -142,6 +150,9 @@ class Supervisor:
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
+        self.target = Workers(count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
+        self.admin: AdminSocket | None = None
+        self.admin_http: AdminHttp | None = None
         self.stopping = False
         self.failure: str | None = None
         self._groups: dict[str, list[socket.socket]] = {}  # listener key -> the first start's sockets
@@ -157,6 +168,7 @@ class Supervisor:
         self.reactor.add_signal_handler(signal.SIGINT, lambda: self._stop(signal.SIGINT))
         self.reactor.add_signal_handler(signal.SIGHUP, self._reload)
         try:
+            self._bind_admin()
             passed = self.systemd.assign(self.config.listeners)
             for listener in self.config.listeners:
                 group = _group(listener, passed, self.count)
@@ -170,13 +182,40 @@ class Supervisor:
             self.reactor.call_later(REAP_INTERVAL, self._reap)
             self.reactor.loop()
         finally:
+            if self.admin is not None:
+                self.admin.close()  # and its file
+            if self.admin_http is not None:
+                self.admin_http.close()
             self.reactor.close()
-            for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
+            for sock in self._supervisor_sockets():
                 sock.close()
             close_unix_listeners()  # and their files go
         if self.failure is not None:
             raise StartupError(self.failure)
         return 0
+
+    def _bind_admin(self) -> None:
+        """Serve the admin endpoints for every worker, before any fork (a worker closes them)."""
+        admin = self.config.admin
+        if admin is not None and admin.socket is not None:
+            self.admin = AdminSocket(self.reactor, admin.socket, self.target, self.log)
+        if admin is not None and admin.http is not None:
+            try:
+                self.admin_http = AdminHttp(
+                    self.reactor, self.log, admin.http, self.target.snapshot, lambda: self.stopping
+                )
+            except StartupError as exc:
+                raise StartupError(f"admin http: {exc}") from None
+
+    def _supervisor_sockets(self) -> list[socket.socket]:
+        """The sockets only the supervisor may hold: links, admin pairs, admin endpoints and their clients."""
+        sockets = [*self.links.values(), *(channel.socket for channel in self.target.channels.values())]
+        sockets += [sock for group in self._groups.values() for sock in group]
+        if self.admin is not None:
+            sockets += [self.admin.socket, *(client.socket for client in self.admin.clients)]
+        if self.admin_http is not None:
+            sockets += [self.admin_http.dispatcher.socket, *(client.socket for client in self.admin_http.clients)]
+        return sockets
 
     def _address(self, listener: ListenerConfig) -> SocketAddress:
         port = self.pins.get(listener_key(listener))
@@ -184,6 +223,7 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         link, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        admin_pair, worker_admin_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         passed = self.systemd.assign(self.config.listeners)
         for listener in self.config.listeners:
             address = self._address(listener)
@@ -207,28 +247,32 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:  # the worker
                 link.close()
+                admin_pair.close()
                 self.log.output.after_fork()
-                status = self._serve(index, worker_end)
+                status = self._serve(index, worker_end, worker_admin_end)
                 self.log.output.flush()
                 os._exit(status)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         worker_end.close()
+        worker_admin_end.close()
         link.setblocking(False)
         self.links[index] = link
+        self.target.add(index, admin_pair)
         self.workers[pid] = index
         self._started_at[index] = time.monotonic()
         self.log.info("worker_started", worker=index, pid=pid)
 
-    def _serve(self, index: int, link: socket.socket) -> int:
+    def _serve(self, index: int, link: socket.socket, admin_pair: socket.socket) -> int:
         from proxy.serve.server import Server  # the worker's own reactor and threads start after the fork
 
         for signum in SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         # Only the supervisor may hold the other ends of the links, and only their workers their sockets.
+        # The admin socket is closed, not removed: its file is the supervisor's.
         self.systemd.close()
-        for sock in [*self.links.values(), *(sock for group in self._groups.values() for sock in group)]:
+        for sock in self._supervisor_sockets():
             sock.close()
         close_unix_listeners()  # the supervisor's own: their files stay
         ready = False
@@ -247,6 +291,7 @@ class Supervisor:
             server.bind()
             discard_handed()
             SupervisorLink(server, link)
+            WorkerAdminPair(server, admin_pair)
             _send(link, READY)
             ready = True
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -265,6 +310,7 @@ class Supervisor:
     def _report(self, index: int) -> str | None:
         """What a worker said on its link before it exited (readiness is remembered); its error."""
         link = self.links.pop(index)
+        self.target.remove(index)
         error = None
         try:
             while (received := _receive(link)) is not None:
@@ -336,19 +382,20 @@ class Supervisor:
             except ProcessLookupError:
                 pass  # it exited; the reaper will notice
 
-    def _reload(self) -> None:
-        """Bind the new addresses for the workers, then have them reload (each logs what it found).
+    def _reload(self) -> list[str]:
+        """Bind the new addresses for the workers, then have them reload (each logs what it found);
+        the problems the supervisor found (a file that does not load, an address it cannot bind).
 
         A worker started later must begin with the same table, so the supervisor keeps the newest
         valid one too. An address it cannot bind reaches the workers as that error.
         """
         self.systemd.reloading()
-        problem = None
+        problems: list[str] = []
         try:
             config = load_config(self.config_path).config
         except ConfigError as exc:
             config = None  # every worker logs the errors and keeps its table; restarts keep the old one too
-            problem = exc.messages[0]
+            problems = exc.messages
         records: list[list[tuple[bytes, str, socket.socket | None]]] = [[] for _ in range(self.count)]
         if config is not None:
             keys = {listener_key(listener) for listener in config.listeners}
@@ -361,7 +408,8 @@ class Supervisor:
                 try:
                     group = _group(listener, passed, self.count)
                 except ProxyError as exc:
-                    refused, problem = True, str(exc)
+                    refused = True
+                    problems.append(str(exc))
                     for pending in records:
                         pending.append((REFUSE, f"{listener.listen} {exc}", None))
                     continue
@@ -389,7 +437,8 @@ class Supervisor:
                     if sock is not None:
                         sock.close()
         # Handed on, not yet done: each worker logs how its own reload went.
-        self.systemd.reloaded(len(self.config.listeners), problem)
+        self.systemd.reloaded(len(self.config.listeners), problems[0] if problems else None)
+        return problems
 
     def _stop(self, signum: int) -> None:
         """Pass the stop on; a second SIGINT reaches the workers as their own second one."""
