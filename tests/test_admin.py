@@ -164,6 +164,91 @@ def test_fault_add_list_and_remove_change_new_connections(tmp_path, start_proxy,
     assert refused.returncode == 1 and "no listener or route named 'nowhere'" in refused.stdout + refused.stderr
 
 
+def dumping_proxy(tmp_path, start_proxy, upstream, listener: str, top: str = ""):
+    """A proxy with an admin socket and listener `web` (with `listener`'s extra keys); (proxy, socket)."""
+    path = write(
+        tmp_path,
+        f"""\
+        admin: {{socket: admin.sock}}
+        {top}
+        upstreams:
+          app: {{servers: ["{upstream.address}"]}}
+        listeners:
+          - {{name: web, listen: "127.0.0.1:0", upstream: app{listener}}}
+        """,
+    )
+    return start_proxy("run", "-c", str(path)), tmp_path / "admin.sock"
+
+
+def echoes(client, text: bytes) -> None:
+    client.sendall(text)
+    assert recv_exactly(client, len(text)) == text
+
+
+def test_dump_on_dumps_new_connections_of_a_capturing_listener_too(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    listener = f', pcap: "{tmp_path}/c.pcapng"'
+    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, listener, top=f'dump_file: "{tmp_path}/d.txt"')
+    ok(admin, "dump", "on", "listener=web")
+    with connect(proxy.address) as client:
+        echoes(client, b"new after on")
+    proxy.wait_access(1)
+    assert proxy.stop() == 0
+    assert "|new after on|" in (tmp_path / "d.txt").read_text()
+
+
+def test_dump_on_is_refused_where_a_capture_has_standard_output(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    _proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, ', pcap: "-"')
+    refused = ctl(admin, "dump", "on", "listener=web")
+    assert refused.returncode == 1
+    assert refused.stderr == "pairproxy: a capture goes to standard output: the hex dump needs a dump_file\n"
+
+
+def test_dump_off_stops_the_dump_of_a_faulted_connection(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    listener = ", hexdump: true, faults: [{type: latency, latency: 1ms}]"
+    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, listener)
+    with connect(proxy.address) as client:
+        echoes(client, b"dumped first")
+        ok(admin, "dump", "off", "listener=web")
+        echoes(client, b"not after off")
+    proxy.wait_access(1)
+    assert proxy.stop() == 0
+    dump = proxy.stdout_path.read_text()
+    assert "|dumped first|" in dump and "|not after off|" not in dump
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_dump_on_and_off_reach_a_connection_still_being_admitted(on, tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, ", accept_proxy_protocol: true")
+    if not on:
+        ok(admin, "dump", "on", "listener=web")
+    with connect(proxy.address) as client:
+        assert wait_until(lambda: "admitting" in ok(admin, "show", "conns")), "accepted, waiting for its header"
+        ok(admin, "dump", "on" if on else "off", "listener=web")
+        client.sendall(b"PROXY TCP4 10.0.0.1 10.0.0.2 1111 2222\r\n")
+        echoes(client, b"after the rule")
+    proxy.wait_access(1)
+    assert proxy.stop() == 0
+    assert ("|after the rule|" in proxy.stdout_path.read_text()) is on
+
+
+def test_dump_on_cuts_an_open_connection_at_the_snap_length(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, ", snaplen: 8")
+    with connect(proxy.address) as client:
+        echoes(client, b"x")
+        ok(admin, "dump", "on", "listener=web")
+        echoes(client, b"12345678-and-the-rest")
+    proxy.wait_access(1)
+    assert proxy.stop() == 0
+    dump = proxy.stdout_path.read_text()
+    assert "|1234567|" in dump and "-and-the-rest" not in dump, "the snap length counts from the stream's start"
+    assert "conn=1 client->upstream truncated offset=8" in dump
+
+
 def test_a_disabled_server_gets_no_new_connections_until_enabled(tmp_path, start_proxy, start_upstream):
     one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
     proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address, two.address])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -424,3 +425,22 @@ def test_a_connection_that_never_reached_its_upstream_is_captured_too(tshark, st
         assert (resets, fins) == ([], [[str(proxy.port)]])
     events = [line.split()[2] for line in proxy.stdout_path.read_text().splitlines()]
     assert events == ["open", "close"]
+
+
+def test_a_reload_changes_the_rotation_of_a_capture_already_open(tshark, start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    config = tmp_path / "pairproxy.yaml"
+    listener = f"  - {{name: web, listen: 127.0.0.1:0, upstream: {upstream.address}, pcap: PCAP}}\n"
+    config.write_text("listeners:\n" + listener.replace("PCAP", "c.pcapng"))
+    proxy = start_proxy("run")
+    config.write_text("listeners:\n" + listener.replace("PCAP", "{file: c.pcapng, max_size: 64KiB, keep: 2}"))
+    proxy.send_signal(signal.SIGHUP)
+    proxy.wait_for(" reloaded ")
+    with connect(proxy.address) as client:
+        for _ in range(10):
+            client.sendall(b"z" * 30000)
+            assert recv_exactly(client, 30000) == b"z" * 30000
+    proxy.wait_access(1)
+    assert proxy.stop() == 0
+    assert sorted(path.name for path in tmp_path.glob("c.pcapng*")) == ["c.pcapng", "c.pcapng.1", "c.pcapng.2"]
+    assert (tmp_path / "c.pcapng").stat().st_size <= 64 * 1024

@@ -209,12 +209,12 @@ def test_a_capture_to_an_unread_pipe_stays_bounded_and_goes_on_in_a_new_section(
             client.sendall(chunk)
             assert recv_exactly(client, len(chunk)) == chunk
     assert peak.growth < 48 * 1024, f"RSS grew by {peak.growth} KiB"
-    # The reader comes back: what was queued drains, the loss is logged, and the capture goes on
-    # in a new section that Wireshark reads like the first.
+    # The reader comes back: what was queued drains, the loss is logged, and the capture goes on.
     assert stdout.unread() > 0, "the reader really is behind"
+    os.set_blocking(stdout.reader, False)
     deadline = time.monotonic() + WAIT
     while b"pcap_dropped" not in (tmp_path / "stderr").read_bytes() and time.monotonic() < deadline:
-        stdout.data += _read_available(stdout.reader)
+        stdout.data += _read_available(stdout.reader) or time.sleep(0.01) or b""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         client.sendall(b"after the stall")
         assert recv_exactly(client, 15) == b"after the stall"
@@ -545,3 +545,53 @@ def test_dump_event_lines_carry_no_control_characters():
     dump.closed(1, "closed")
     text = dump.output.stream.getvalue()
     assert text.count("\n") == 2 and _is_screen_safe(text.replace("\n", ""))
+
+
+def test_a_capture_whose_interface_block_was_dropped_writes_nothing_that_needs_it(tmp_path):
+    # A second listener's interface block is dropped while the queue is full; its packets, which
+    # would fit once the queue has room again, must wait for the new section that declares it.
+    from proxy.config.schema import PcapConfig
+    from proxy.protocol.pcapng import Peer, TcpConversation
+    from proxy.relay.pcap_sink import PcapSink
+
+    tshark = find_tshark()
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, SMALL_PIPE)
+    warnings = []
+    path = str(tmp_path / "unused.pcapng")
+    sink = PcapSink(PcapConfig(path), path, lambda event, **_fields: warnings.append(event))
+    sink._close_file()
+    sink.output = Output(writer, 256 * 1024)  # the capture's stream, to a pipe nobody reads yet
+    sink.output.on_recovered = sink._recovered
+    sink._start_section()
+    first = TcpConversation(("10.0.0.1", 1000), ("10.0.0.2", 80), local=Peer.SERVER)
+    second = TcpConversation(("10.0.0.3", 1000), ("10.0.0.2", 81), local=Peer.SERVER)
+    for packet in first.open() + first.send(Peer.CLIENT, os.urandom(400_000)):
+        sink.write("a", 1, packet)
+    assert sink.output.queued > 190_000 and sink.lost_packets, "the queue is full"
+    packets = second.open()
+    sink.write("b" * 200, 1, packets[0])  # its interface block does not fit
+    data = bytearray()
+    os.set_blocking(reader, False)
+    while len(data) < 120_000:  # room again, but not drained
+        data += _read_available(reader)
+        sink.output.drain()
+    for packet in packets[1:]:
+        sink.write("b" * 200, 1, packet)
+    while sink.output.queue or sink.lost_packets:
+        data += _read_available(reader)
+        sink.output.drain()
+    for packet in second.send(Peer.CLIENT, b"after"):
+        sink.write("b" * 200, 1, packet)
+    while sink.output.queue:
+        data += _read_available(reader)
+        sink.output.drain()
+    data += _read_available(reader)
+    os.close(writer)
+    os.close(reader)
+    (tmp_path / "capture.pcapng").write_bytes(data)
+    assert warnings == ["pcap_dropped"]
+    names = ["-e", "frame.section_number", "-e", "frame.interface_name", "-e", "ip.src"]
+    rows = run_tshark(tshark, "-r", str(tmp_path / "capture.pcapng"), "-T", "fields", *names).splitlines()
+    assert {row.split("\t")[0] for row in rows} == {"1"}, "one section"
+    assert "\t".join(["1", "b" * 200, "10.0.0.3"]) in rows, "the second listener's packets after the recovery"

@@ -739,3 +739,30 @@ def test_a_dump_filter_on_the_client_address_of_a_unix_listener_is_a_warning(tmp
         "t.yaml:3:16: warning: dump_only: 'client=10.0.0.0/8' never holds on a UNIX socket listener"
         " (its clients have no IP address)"
     ]
+
+
+def test_a_captured_unix_leg_ends_as_its_peer_saw_it_not_with_a_reset(start_proxy, start_unix_upstream, tmp_path):
+    tshark = find_tshark()
+    seen = []
+
+    def reader(conn: socket.socket) -> None:
+        data = b""
+        while chunk := conn.recv(100):
+            data += chunk
+        seen.append(data)  # an orderly end: a UNIX socket has no reset
+
+    upstream = start_unix_upstream(reader, str(tmp_path / "app.sock"))
+    capture = tmp_path / "capture.pcapng"
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address, "--pcap", str(capture))
+    client = socket.create_connection(proxy.address, timeout=WAIT)
+    client.sendall(b"half a request")
+    assert wait_until(lambda: "half a request" in capture.read_bytes().decode("latin-1"))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # the client resets; the proxy aborts the upstream leg
+    assert proxy.wait_access(1)[0]["result"] == "reset"
+    assert wait_until(lambda: seen == [b"half a request"])
+    assert proxy.stop() == 0
+    rows = fields(tshark, str(capture), "tcp.stream", "tcp.flags.reset", "tcp.flags.fin")
+    upstream_leg = [row for row in rows if row[0] == "1"]
+    assert not [row for row in upstream_leg if row[1] == "1"], "no RST on the UNIX leg"
+    assert [row for row in upstream_leg if row[2] == "1"], "its end, as a FIN"

@@ -300,6 +300,13 @@ class PcapngWriter:
         body = struct.pack("<HHI", LINKTYPE_RAW, 0, SNAPLEN) + _options((_IF_NAME, name.encode()))
         return index, _block(_IDB, body)
 
+    def withdraw_interface(self) -> None:
+        """The block of the last interface declared was not written after all (the caller could
+        not): its index is given out again by the next `interface()`."""
+        if not self._interfaces:
+            raise ValueError("no interface to withdraw")
+        self._interfaces -= 1
+
     def packet(
         self,
         interface: int,

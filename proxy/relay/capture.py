@@ -165,7 +165,8 @@ class RecordingSocket:
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
         self.raw.setsockopt(level, option, value)
-        if level == socket.SOL_SOCKET and option == socket.SO_LINGER and value[:4] == b"\x01\0\0\0":
+        abortive = level == socket.SOL_SOCKET and option == socket.SO_LINGER and value[:4] == b"\x01\0\0\0"
+        if abortive and self.raw.family != socket.AF_UNIX:  # a UNIX socket has no reset: its peer reads an end
             self.leg.abortive = True
 
     def close(self) -> None:

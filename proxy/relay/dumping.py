@@ -109,12 +109,11 @@ class DumpPlan:
         """The final answer for a connection, once routed and connected, or over."""
         route = facts.route
         target = self.base if route is None else self.routes.get(route, self.base)
-        if target.active and facts.hold(target.conditions):
-            hexdump = target.hexdump
-        elif any(facts.hold(rule) for rule in self.rules):
-            hexdump = True
-        else:
+        held = target.active and facts.hold(target.conditions)
+        ruled = any(facts.hold(rule) for rule in self.rules)
+        if not held and not ruled:
             return NOTHING
+        hexdump = ruled or target.hexdump
         tap: HexdumpWriter | SnappedDump | None = None
         if hexdump:
             tap = self.writer if target.snaplen is None else SnappedDump(self.writer, target.snaplen)

@@ -33,8 +33,9 @@ from proxy.relay.side import Reading, Side
 
 if TYPE_CHECKING:
     from proxy.relay.pair import Pair
+    from proxy.relay.tap import HexdumpWriter, SnappedDump
 
-_SHADOWED = ("forward", "shut_write_when_drained", "handle_write", "resume")
+_SHADOWED = ("forward", "shut_write_when_drained", "handle_write", "resume", "set_tap")
 
 
 class FaultedStream:
@@ -60,6 +61,7 @@ class FaultedStream:
         consumer.shut_write_when_drained = self.end  # type: ignore[method-assign]
         consumer.handle_write = self.handle_write  # type: ignore[method-assign]
         producer.resume = self.resume  # type: ignore[method-assign]
+        producer.set_tap = self.set_tap  # type: ignore[method-assign]
 
     # -- the consumer's shadowed methods -------------------------------------------------
 
@@ -102,6 +104,10 @@ class FaultedStream:
         outgoing = self.consumer.outgoing
         if not self.schedule.exhausted and self.held + outgoing.size <= outgoing.low:
             type(producer).resume(producer)
+
+    def set_tap(self, tap: HexdumpWriter | SnappedDump | None) -> None:
+        """The producer's dump, turned on or off at run time: it is written here, at release."""
+        self.tap = tap
 
     # -- releasing -----------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
@@ -418,19 +418,32 @@ class Pair:
         client_host = client.host if isinstance(client, Address) else ""  # a UNIX client has no address
         return Facts(self.conn, self.settings.listener, self.route, client_host, servers)
 
-    def set_dumped(self, writer: HexdumpWriter | None) -> bool:
-        """Start the hex dump of this open connection from now on (`writer`), or stop its dump and
-        capture (None); False if it is not relaying. A direction already spliced is not dumped."""
+    def replan_dump(self, plan: DumpPlan | None) -> bool:
+        """Decide the dump with `plan` (the run-time rules changed) if this connection has not
+        decided yet, and say so; a capture can only start at accept, so none starts here."""
+        if self.phase is Phase.RELAYING or self.phase is Phase.DRAINING or self.phase is Phase.CLOSED:
+            return False
+        self.settings = replace(self.settings, dump=plan)
+        self._dump_pending = plan is not None and plan.may_dump(self.conn)
+        return True
+
+    def set_dumped(self, tap: HexdumpWriter | SnappedDump | None, events: HexdumpWriter | None = None) -> bool:
+        """Start the hex dump of this open connection from now on through `tap` (its open and close
+        lines to `events`), or stop its dump and capture (None); False if it is not relaying. A
+        direction already spliced is not dumped."""
         if self.phase is not Phase.RELAYING and self.phase is not Phase.DRAINING:
             return False
         client, upstream = self.client, self.upstream
-        if writer is not None:
+        if tap is not None:
             if self.tap is None:
-                self.tap = self.dump_events = writer
-                writer.opened(self.conn, client.address, upstream.address)
-                client.tap = upstream.tap = writer
+                self.tap, self.dump_events = tap, events
+                events.opened(self.conn, client.address, upstream.address)
+                client.set_tap(tap)
+                upstream.set_tap(tap)
             return True
-        self.tap = client.tap = upstream.tap = None
+        self.tap = None
+        client.set_tap(None)
+        upstream.set_tap(None)
         if self.capture is not None:
             self.capture.discard()
             self.capture = None

@@ -2,9 +2,11 @@
 
 The sink frames packets as pcapng (proxy/protocol/pcapng.py) and writes them through a bounded
 output queue (proxy/output.py), so a reader that does not keep up (`--pcap - | wireshark`)
-never slows serving: a block that does not fit is dropped whole. A capture that lost blocks goes
-on in a new section of the same stream, and the log says how much was lost; Wireshark then shows
-the gap as what it is, segments that were not captured.
+never slows serving: a block that does not fit is dropped whole, and so is everything after it
+until the queue has drained (a packet must never follow the interface block it needs, lost).
+Then the log says how much was lost and the capture goes on in the same section; Wireshark
+shows the gap as what it is, segments that were not captured. An interface whose block was lost
+is declared again, under a new index.
 
 Each listener is one interface, declared in a section before its first packet. With a
 `max_size`, the file is rotated before a block would take it past that size: PATH becomes
@@ -43,10 +45,11 @@ def worker_path(path: str, worker: int, workers: int) -> str:
 class PcapSink:
     """One capture target: sections, interfaces, rotation and drops.
 
-    `write` takes one packet of a listener's connection; `generation` counts the sections begun
-    so far, so that a connection can say who it is again (its comment) on its first packet in a
-    new one. `warn(event, **fields)` logs what went wrong: packets lost to a stalled reader (once
-    it has caught up), a rotation that failed. A capture never fails the connections it watches.
+    `write` takes one packet of a listener's connection; `generation` counts the new files and
+    the recoveries from drops so far, so that a connection can say who it is again (its comment)
+    on its first packet after one. `warn(event, **fields)` logs what went wrong: packets lost to a
+    stalled reader (once it has caught up), a rotation that failed. A capture never fails the
+    connections it watches.
     """
 
     def __init__(self, config: PcapConfig, path: str, warn: Callable[..., None]) -> None:
@@ -55,6 +58,9 @@ class PcapSink:
         self.warn = warn
         self.generation = 0
         self.lost_packets = 0
+        self.lost_bytes = 0
+        # A block was dropped: nothing more is written until the reader has caught up.
+        self._broken = False
         self._writer = PcapngWriter()
         self._interfaces: dict[str, int] = {}
         self._fd: int | None = None
@@ -73,23 +79,27 @@ class PcapSink:
         return output
 
     def _start_section(self) -> None:
+        """A new section of a new file: what the last file lost does not hold this one back."""
         self.generation += 1
         self._interfaces.clear()
+        self._broken = False
         self._put(self._writer.header())
 
     def _put(self, block: bytes) -> bool:
+        if self._broken or not self.output.write(block):
+            self._broken = True
+            self.lost_bytes += len(block)
+            return False
         self._size += len(block)
-        return self.output.write(block)
+        return True
 
-    def _recovered(self, _lines: int, size: int) -> bytes:
-        """The reader caught up after drops: a new section (interfaces are declared again)."""
-        self.warn("pcap_dropped", file=self.path, packets=self.lost_packets, bytes=size)
-        self.lost_packets = 0
+    def _recovered(self, _lines: int, _size: int) -> bytes:
+        """The reader caught up after drops: writing goes on, each connection saying again who it is."""
+        self.warn("pcap_dropped", file=self.path, packets=self.lost_packets, bytes=self.lost_bytes)
+        self.lost_packets = self.lost_bytes = 0
+        self._broken = False
         self.generation += 1
-        self._interfaces.clear()
-        header = self._writer.header()
-        self._size += len(header)
-        return header
+        return b""
 
     def write(
         self,
@@ -105,8 +115,11 @@ class PcapSink:
             if self._rotation_due(len(packet.ip) + 512):
                 self._rotate()
             interface, block = self._writer.interface(listener)
+            if not self._put(block):
+                self._writer.withdraw_interface()
+                self.lost_packets += 1
+                return
             self._interfaces[listener] = interface
-            self._put(block)
         block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
         if self._rotation_due(len(block)):
             self._rotate()

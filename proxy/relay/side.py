@@ -370,6 +370,10 @@ class Side(Dispatcher):
         if peer.pending() <= (peer.pipe or peer.outgoing).low:  # else the peer's drain resumes us
             self.resume()
 
+    def set_tap(self, tap: HexdumpWriter | SnappedDump | None) -> None:
+        """Dump what this side delivers from now on through `tap` (None: stop)."""
+        self.tap = tap
+
     def start_reading(self) -> None:
         """The pair is open: from now on, what this side receives goes to its peer."""
         self._read_to(Reading.READING)

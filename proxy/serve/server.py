@@ -140,7 +140,9 @@ class Server:
         """The capture target `config` names, opened once and shared by every listener naming it."""
         path = worker_path(config.path, *self.worker)
         sink = self.sinks.get(path)
-        if sink is None:
+        if sink is not None:
+            sink.config = config  # a reload may change its rotation: the file stays open
+        else:
             try:
                 sink = PcapSink(config, path, self.log.warning)
             except OSError as exc:
@@ -373,15 +375,30 @@ class Server:
     def change_dump(self, on: bool, filters: list[str]) -> tuple[int, int]:
         """`set_dump`'s change: (open connections changed, run-time rules now)."""
         rule = tuple(parse_dump_condition(text) for text in filters)
+        if on and self.config.dump_file in (None, STANDARD_OUTPUT) and STANDARD_OUTPUT in self.sinks:
+            raise ValueError("a capture goes to standard output: the hex dump needs a dump_file")
         if on and rule not in self.dump_rules:
             self.dump_rules.append(rule)
         elif not on:
             self.dump_rules = [kept for kept in self.dump_rules if kept != rule]
         outputs = self._dump_outputs()
+        plans = {}
         for frontend in self.listeners.values():
             frontend.apply(frontend.table.with_dump_rules(outputs))
-        writer = self.hexdump if on else None
-        changed = sum(pair.set_dumped(writer) for pair in list(self.runtime.pairs) if pair.facts().hold(rule))
+            plans[frontend.name] = frontend.table.settings.dump
+        changed = 0
+        for pair in list(self.runtime.pairs):
+            listener = pair.settings.listener
+            if listener in plans and pair.replan_dump(plans[listener]):
+                continue  # not relaying yet: it decides with the new rules when it is
+            facts = pair.facts()
+            if not facts.hold(rule):
+                continue
+            tap = None
+            if on:
+                plan = plans.get(listener)
+                tap = (plan.decide(facts).tap if plan is not None else None) or self.hexdump
+            changed += pair.set_dumped(tap, self.hexdump)
         return changed, len(self.dump_rules)
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
