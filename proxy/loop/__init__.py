@@ -1,4 +1,4 @@
-"""The event loop, asyncore-shaped: a reactor over one selector, dispatchers, and the dispatchers
+"""The event loop, asyncore-shaped: a reactor over one poller (epoll), dispatchers, and the dispatchers
 every server needs (a listener, a connector, a name resolver).
 
 It knows sockets, timers and signals, nothing of pairs, routes or YAML. It may import

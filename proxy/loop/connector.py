@@ -11,7 +11,7 @@ attempt that worked, `attempt_failed` for each candidate that could not be reach
 tracking can learn from it), and `unreachable` when the list is exhausted, or at once with
 `local=True` when this process itself is short of descriptors or ports (no server is to blame).
 The observer owns the connected attempt: it hands the socket to a dispatcher of its own
-(`hand_over`, which keeps the selector registration) or closes it. Whatever the observer raises
+(`hand_over`, which keeps the poller registration) or closes it. Whatever the observer raises
 goes to its `handle_error`, once the connector has stopped and closed any socket it still held.
 """
 

@@ -11,6 +11,8 @@ import enum
 import socket
 from typing import TYPE_CHECKING
 
+from proxy.errors import Meaning, classify
+
 if TYPE_CHECKING:
     from proxy.loop.reactor import Reactor
 
@@ -33,7 +35,7 @@ class Dispatcher:
         self.reactor = reactor
         self.socket = sock
         self.fd = sock.fileno()
-        self.mask = 0  # the events registered with the selector; owned by the reactor
+        self.mask = 0  # the events registered with the poller; owned by the reactor
         self.state = state
 
     # -- interest ------------------------------------------------------------------------
@@ -95,7 +97,21 @@ class Dispatcher:
         return self.socket
 
     def hand_over(self, successor: Dispatcher) -> None:
-        """Give this socket and its selector registration to `successor`, a dispatcher made
+        """Give this socket and its poller registration to `successor`, a dispatcher made
         for the same socket; this one is done. Cheaper than detach and register again."""
         self.state = State.CLOSED
         self.reactor.transfer(self, successor)
+
+
+class PeerDispatcher(Dispatcher):
+    """A dispatcher for one peer's connection (an echo client, an admin client): what an exception
+    means (errors.classify) decides, and a peer that went away is closed quietly."""
+
+    def handle_error(self, exc: BaseException) -> None:
+        meaning = classify(exc)
+        if meaning is Meaning.TRY_LATER:
+            return
+        if meaning is Meaning.PEER_GONE:
+            self.close()
+        else:
+            super().handle_error(exc)

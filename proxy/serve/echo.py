@@ -11,9 +11,8 @@ import signal
 import socket
 
 from proxy.config.units import Address
-from proxy.errors import Meaning, classify
 from proxy.log import EventLog
-from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.dispatcher import PeerDispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import Listener, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
@@ -23,7 +22,7 @@ ECHO_BUFFER = 1024 * 1024
 READ_SIZE = 64 * 1024
 
 
-class EchoConnection(Dispatcher):
+class EchoConnection(PeerDispatcher):
     def __init__(self, reactor: Reactor, sock: socket.socket) -> None:
         super().__init__(reactor, sock)
         self.outgoing = SendBuffer(ECHO_BUFFER)
@@ -56,16 +55,6 @@ class EchoConnection(Dispatcher):
             self.close()
             return
         self.interest_changed()  # cheap: the reactor touches the selector only if the mask moved
-
-    def handle_error(self, exc: BaseException) -> None:
-        """What an exception means (errors.classify) decides: a client gone is closed quietly."""
-        meaning = classify(exc)
-        if meaning is Meaning.TRY_LATER:
-            return
-        if meaning is Meaning.PEER_GONE:
-            self.close()
-        else:
-            super().handle_error(exc)
 
 
 def serve_echo(address: Address, log: EventLog) -> None:

@@ -15,9 +15,8 @@ import socket
 from collections.abc import Callable
 
 from proxy.config.units import Address
-from proxy.errors import Meaning, classify
 from proxy.log import EventLog
-from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.dispatcher import PeerDispatcher
 from proxy.loop.listener import Listener, bind_listening_socket
 from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol import prometheus
@@ -86,7 +85,7 @@ class AdminHttp:
             client.close()
 
 
-class AdminClient(Dispatcher):
+class AdminClient(PeerDispatcher):
     """One admin HTTP client: read a head, answer, linger a moment, close."""
 
     def __init__(self, admin: AdminHttp, sock: socket.socket) -> None:
@@ -159,15 +158,6 @@ class AdminClient(Dispatcher):
             self.timer = self.reactor.call_later(left, self._idle_check)
         else:
             self.close()
-
-    def handle_error(self, exc: BaseException) -> None:
-        meaning = classify(exc)
-        if meaning is Meaning.TRY_LATER:
-            return
-        if meaning is Meaning.PEER_GONE:
-            self.close()
-        else:
-            super().handle_error(exc)
 
     def close(self) -> None:
         if self.closed:
