@@ -154,12 +154,17 @@ class Peer:
                     "--host=127.0.0.1", f"--dest_port={upstream}"]  # fmt: skip
         elif name.startswith("pairproxy"):
             env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
-            if name == "pairproxy-w2":
+            if name in ("pairproxy-w2", "pairproxy-admin"):
                 cfg = workdir / f"pp-{port}.yaml"
-                cfg.write_text(f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}'}}\n")
-                argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--workers", "2"]
-                argv += ["--log-level", "warning"]
-                proc = start(argv, f"{PROXY_CPU},{LOAD_CPU}", env=env, cwd=ROOT)
+                table = f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}'}}\n"
+                if name == "pairproxy-admin":  # both admin endpoints configured, and left idle
+                    table += f"admin: {{socket: '{workdir}/admin-{port}.sock', http: '127.0.0.1:0'}}\n"
+                cfg.write_text(table)
+                argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--log-level", "warning"]
+                if name == "pairproxy-w2":
+                    argv += ["--workers", "2"]
+                cpus = f"{PROXY_CPU},{LOAD_CPU}" if name == "pairproxy-w2" else PROXY_CPU
+                proc = start(argv, cpus, env=env, cwd=ROOT)
             else:
                 argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
                         "--log-level", "warning"]  # fmt: skip
@@ -183,6 +188,7 @@ PEERS = [
     Peer("pairproxy", None),
     Peer("pairproxy-copy", None),
     Peer("pairproxy-w2", None),
+    Peer("pairproxy-admin", None),
 ]
 
 
