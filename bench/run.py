@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -152,6 +153,8 @@ class Peer:
         elif name == "twisted":
             argv = [tools["twistd"], "-n", "--pidfile=", "portforward", f"--port=tcp:{port}:interface=127.0.0.1",
                     "--host=127.0.0.1", f"--dest_port={upstream}"]  # fmt: skip
+        elif name == "uvloop":
+            argv = [sys.executable, str(ROOT / "bench" / "uvloop_forward.py"), str(port), str(upstream)]
         elif name.startswith("pairproxy"):
             env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
             if name in ("pairproxy-w2", "pairproxy-admin"):
@@ -185,6 +188,7 @@ PEERS = [
     Peer("nginx", "nginx"),
     Peer("socat", "socat"),
     Peer("twisted", "twistd"),
+    Peer("uvloop", "uvloop"),
     Peer("pairproxy", None),
     Peer("pairproxy-copy", None),
     Peer("pairproxy-w2", None),
@@ -394,6 +398,8 @@ def find_tools(twistd: str | None) -> dict[str, str | None]:
     tools = {name: shutil.which(name) for name in names}
     if twistd:
         tools["twistd"] = twistd
+    # The asyncio + uvloop reference forwarder runs on this interpreter, when it has uvloop.
+    tools["uvloop"] = sys.executable if importlib.util.find_spec("uvloop") else None
     return tools
 
 
