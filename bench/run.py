@@ -260,7 +260,9 @@ def iperf(port: int, seconds: float, reverse: bool, tools) -> Measure:
     if reverse:
         argv.append("-R")
     report = json.loads(run_load(argv, seconds + 30))
-    received = report["end"]["sum_received"]
+    received = report["end"].get("sum_received")
+    if received is None:  # iperf3 says why in the report, with exit status 0 at times
+        raise RuntimeError(f"iperf3 failed: {report.get('error', 'no result')}")
     return Measure(received["bits_per_second"] / 1e9, received["bytes"] / 1e9)  # Gbit/s; per GB
 
 

@@ -53,12 +53,27 @@ class Side(asyncio.Protocol):
 
 
 class Client(Side):
-    """The accepted side: it connects the upstream, and reads only once that is done."""
+    """The accepted side: it connects the upstream, and reads only once that is done (what came
+    before, a read already under way, is held and sent first)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.early: list[bytes] = []
         transport.pause_reading()  # type: ignore[attr-defined]
         self.connecting = asyncio.ensure_future(self.connect())  # held: a task nobody holds may be collected
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+            self.transport.pause_reading()
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is None:
+            self.ended = True  # passed on once the upstream is there
+            return True
+        return super().eof_received()
 
     async def connect(self) -> None:
         try:
@@ -68,6 +83,11 @@ class Client(Side):
 
     def upstream_ready(self, upstream: Side) -> None:
         self.peer = upstream
+        for data in self.early:
+            upstream.transport.write(data)
+        self.early.clear()
+        if self.ended:
+            upstream.transport.write_eof()
         self.transport.resume_reading()
 
 
