@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import pytest
 
 WAIT = 10.0  # seconds: the default deadline for anything the tests wait on
 
@@ -393,3 +396,16 @@ def exhaust_descriptors(limit: int = 64) -> list[socket.socket]:
     except OSError:
         pass
     return hoard
+
+
+def required_tool(*names: str) -> str:
+    """The path of the first of `names` installed. A tool a user would run (tshark, strace,
+    chromium) is installed by .ci/run: under CI=true its absence fails the test, elsewhere the
+    test is skipped."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{names[0]} is not installed (.ci/run installs it)")
+    pytest.skip(f"{names[0]} is not installed")

@@ -11,7 +11,6 @@ import fcntl
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +28,17 @@ from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 from proxy.serve.http_admin import AdminHttp
-from tests.support import WAIT, connect, echo_handler, logfmt, recv_all, recv_exactly, run_cli, wait_until
+from tests.support import (
+    WAIT,
+    connect,
+    echo_handler,
+    logfmt,
+    recv_all,
+    recv_exactly,
+    required_tool,
+    run_cli,
+    wait_until,
+)
 from tests.test_admin_render import snapshot
 
 ODD_NAME = 'we"b\\1'  # a quote and a backslash: both must be escaped in label values
@@ -245,17 +254,9 @@ def _hostile_clients_meanwhile(admin, web) -> None:
     assert http(admin, "/ready")[0] == 200
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_the_status_page_in_a_real_browser(served, tmp_path):
     """What an operator's browser shows: the listeners, the servers and their states."""
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing (the CI script installs it)")
-        pytest.skip("chromium is not installed")
+    browser = required_tool("chromium", "chromium-browser")
     proxy, admin, web, _bad, good = served
     with connect(web) as client:  # one live connection to list
         client_address = f"127.0.0.1:{client.getsockname()[1]}"

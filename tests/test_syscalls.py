@@ -10,7 +10,6 @@ change saves a call.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.support import WAIT, Upstream, echo_handler, recv_all, wait_until
+from tests.support import WAIT, Upstream, echo_handler, recv_all, required_tool, wait_until
 
 # The calls one plain connection costs: the client's accept (and the accept that finds the
 # queue empty), the upstream's socket, connect and its SO_ERROR, TCP_NODELAY, the accepted
@@ -40,15 +37,6 @@ BUDGET = {
     "shutdown": 1,
     "close": 2,
 }
-
-
-def strace_path() -> str:
-    path = shutil.which("strace")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("strace is not installed (.ci/run installs it)")
-        pytest.skip("strace is not installed")
-    return path
 
 
 def free_port() -> int:
@@ -100,7 +88,7 @@ def _accepts(port: int) -> bool:
 
 
 def test_a_plain_connection_costs_no_more_system_calls_than_its_budget(tmp_path):
-    strace = strace_path()
+    strace = required_tool("strace")
     upstream = Upstream(echo_handler)
     try:
         few = counted_calls(strace, tmp_path, upstream.address, 60)

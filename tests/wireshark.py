@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
-import pytest
+from tests.support import required_tool
 
 
 def find_tshark() -> str:
     """tshark's path; the test fails under CI (.ci/run installs it) and is skipped elsewhere without it."""
-    path = shutil.which("tshark")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tshark is not installed (.ci/run installs it)")
-        pytest.skip("tshark is not installed")
-    return path
+    return required_tool("tshark")
 
 
 def run_tshark(tshark: str, *args: str) -> str:
