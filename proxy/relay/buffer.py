@@ -70,6 +70,9 @@ class SendBuffer:
     will reuse). `front` is the chunk to send next; `consume(n)` drops `n` bytes from the
     front after a send took them. What it holds counts against `budget` (a private one, with
     no limit to speak of, when none is given).
+
+    The queue itself is made by the first append: most connections never queue a byte (a socket
+    takes what it is given), and an empty deque costs about 600 bytes, two per idle pair.
     """
 
     __slots__ = ("_chunks", "size", "high", "low", "budget")
@@ -77,7 +80,7 @@ class SendBuffer:
     def __init__(self, high: int, low: int | None = None, budget: Budget | None = None) -> None:
         if high <= 0:
             raise ValueError("high watermark must be positive")
-        self._chunks: deque[memoryview] = deque()
+        self._chunks: deque[memoryview] | None = None
         self.size = 0
         self.high = high
         self.low = high // 4 if low is None else min(low, high)
@@ -101,7 +104,10 @@ class SendBuffer:
 
     def append(self, chunk: bytes | memoryview) -> None:
         if chunk:
-            self._chunks.append(memoryview(chunk))
+            chunks = self._chunks
+            if chunks is None:
+                chunks = self._chunks = deque()
+            chunks.append(memoryview(chunk))
             self.size += len(chunk)
             self.budget.add(len(chunk))
 
@@ -142,5 +148,6 @@ class SendBuffer:
 
     def clear(self) -> None:
         held, self.size = self.size, 0
-        self._chunks.clear()
+        if self._chunks is not None:
+            self._chunks.clear()
         self.budget.remove(held)
