@@ -170,7 +170,7 @@ class Peer:
                 proc = start(argv, cpus, env=env, cwd=ROOT)
             else:
                 argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
-                        "--log-level", "warning"]  # fmt: skip
+                        "--log-level", "warning", *FEATURE_FLAGS.get(name, ())]  # fmt: skip
                 proc = start(argv, PROXY_CPU, env=env, cwd=ROOT)
             wait_port(port)
             return proc
@@ -180,6 +180,14 @@ class Peer:
         wait_port(port)
         return proc
 
+
+# What a feature costs the connections that use it: every connection dumped, captured or faulted
+# (to /dev/null, so that the disk is not what is measured; a latency of 0 still takes the path).
+FEATURE_FLAGS = {
+    "pairproxy-dump": ("--hexdump", "--dump-file", "/dev/null"),
+    "pairproxy-pcap": ("--pcap", "/dev/null"),
+    "pairproxy-fault": ("--fault", "latency:latency=0ms"),
+}
 
 PEERS = [
     Peer("direct", None),
@@ -193,6 +201,9 @@ PEERS = [
     Peer("pairproxy-copy", None),
     Peer("pairproxy-w2", None),
     Peer("pairproxy-admin", None),
+    Peer("pairproxy-dump", None),
+    Peer("pairproxy-pcap", None),
+    Peer("pairproxy-fault", None),
 ]
 
 
