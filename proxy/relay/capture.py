@@ -187,7 +187,7 @@ class RecordingSocket:
 class ConnectionCapture:
     """The capture of one connection: its legs, and its packets before and after the decision."""
 
-    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "decided", "pending", "pending_size", "legs")
+    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "decided", "pending", "pending_size")
 
     def __init__(self, conn: int, listener: str) -> None:
         self.conn = conn
@@ -198,7 +198,6 @@ class ConnectionCapture:
         self.decided = False
         self.pending: list[tuple[Leg, int, Packet, int | None]] = []
         self.pending_size = 0
-        self.legs: list[Leg] = []
 
     def client_leg(self, sock: socket.socket, peer: tuple) -> RecordingSocket:
         """Record the accepted socket `sock` from `peer`; its handshake has just happened."""
@@ -223,7 +222,6 @@ class ConnectionCapture:
 
     def _record(self, sock: socket.socket, conversation: TcpConversation, local: Peer, label: str) -> RecordingSocket:
         leg = Leg(self, conversation, local, label)
-        self.legs.append(leg)
         self.emit(leg, conversation.open())
         return RecordingSocket(sock, leg)
 

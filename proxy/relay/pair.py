@@ -349,7 +349,8 @@ class Pair:
         client.join(upstream, splice=splice)
         upstream.join(client, splice=splice)
         if self.tap is not None:
-            client.tap = upstream.tap = self.tap
+            client.set_tap(self.tap)
+            upstream.set_tap(self.tap)
             self.dump_events.opened(self.conn, client.address, upstream.address)
         if applied:
             self.fault_names = Toxics(self, applied, self.runtime.rng).names  # it lives on the sides it shadows
