@@ -171,6 +171,9 @@ class Pool:
         without trying: a fully down pool then recovers on the first connect that works. Servers
         in maintenance are never offered.
         """
+        servers = self.servers
+        if len(servers) == 1:  # the usual port forward: nothing to order, and no strategy moves
+            return [] if servers[0].maintenance else [servers[0]]
         limit = 1 + max(0, self.config.retries)
         ordered = self._ordered_groups(client_ip, limit, lambda server: server.available(now))
         return ordered or self._ordered_groups(client_ip, limit, lambda server: not server.maintenance)
