@@ -61,7 +61,8 @@ def _reason(code: int) -> str:
 
 
 class ConnectAttempt(Dispatcher):
-    """One non-blocking connect; the first writability tells how it went (SO_ERROR)."""
+    """One non-blocking connect; the first writability tells how it went: a connect that worked
+    when the poller reports nothing more, else whatever SO_ERROR says."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, sockaddr: tuple, connector: Connector) -> None:
         super().__init__(reactor, sock, State.CONNECTING)
@@ -72,8 +73,10 @@ class ConnectAttempt(Dispatcher):
     def writable(self) -> bool:
         return self.state is State.CONNECTING
 
-    def handle_connect(self) -> None:
-        self.connector.attempt_finished(self, self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    def handle_connect(self, events: int) -> None:
+        failed = events & self.reactor.poller.failure_events
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if failed else 0
+        self.connector.attempt_finished(self, code)
 
     def handle_error(self, exc: BaseException) -> None:
         if isinstance(exc, OSError):
@@ -158,7 +161,7 @@ class Connector:
         while self._sockaddrs:
             family, sockaddr = self._sockaddrs.pop(0)
             try:
-                sock = socket.socket(family, _NONBLOCKING_STREAM)
+                sock = socket.SocketType(family, _NONBLOCKING_STREAM)  # the C type: see Listener
             except OSError as exc:
                 if exc.errno in _LOCAL_SHORTAGE:
                     self._give_up(_reason(exc.errno))

@@ -56,25 +56,23 @@ class Dispatcher:
 
     # -- events, as the reactor delivers them --------------------------------------------
 
-    def handle_read_event(self) -> None:
-        self.handle_read()
-
-    def handle_write_event(self) -> None:
+    def handle_write_event(self, events: int) -> None:
+        """Writable (`events` as the poller gave them): the connect's outcome while connecting."""
         if self.state is State.CONNECTING:
             self.state = State.OPEN
-            self.handle_connect()
+            self.handle_connect(events)
         else:
             self.handle_write()
 
     # -- handlers ------------------------------------------------------------------------
 
     def handle_read(self) -> None:
-        pass
+        """Readable. The reactor calls it directly: a read is the hot path, with no layer between."""
 
     def handle_write(self) -> None:
         pass
 
-    def handle_connect(self) -> None:
+    def handle_connect(self, events: int) -> None:
         pass
 
     def handle_error(self, exc: BaseException) -> None:

@@ -250,6 +250,11 @@ class Listener(Dispatcher):
         self.name = name
         self.on_accept = on_accept
         self.address = format_any_sockaddr(sock.getsockname())
+        # What each accepted socket is made with, as plain ints: socket.accept() would read the
+        # listener's family and type through properties that build enum members, per client.
+        # The socket is socket.SocketType, the C type under socket.socket: the same methods, but
+        # its construction and close are not Python functions (a connection has two sockets).
+        self._family, self._proto = int(sock.family), sock.proto
         self.paused = False
         self._backoff = EMFILE_BACKOFF_FIRST
         self._resume_timer = None
@@ -259,10 +264,11 @@ class Listener(Dispatcher):
         return not self.paused
 
     def handle_read(self) -> None:
-        accept = self.socket.accept
+        accept = self.socket._accept  # the descriptor alone; socket.accept() wraps it at a higher cost
+        family, proto = self._family, self._proto
         for _ in range(ACCEPT_BATCH):
             try:
-                client, peer = accept()
+                fd, peer = accept()
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -273,6 +279,7 @@ class Listener(Dispatcher):
                     continue
                 raise
             self._backoff = EMFILE_BACKOFF_FIRST
+            client = socket.SocketType(family, socket.SOCK_STREAM, proto, fd)
             client.setblocking(False)
             self.on_accept(client, peer)
 

@@ -19,12 +19,16 @@ import selectors
 
 READ = 0x001  # EPOLLIN's value
 WRITE = 0x004  # EPOLLOUT's value
+_EPOLLERR, _EPOLLHUP = 0x008, 0x010
 
 
 class EpollPoller:
     """epoll, level-triggered, called directly."""
 
     drops_closed = True  # closing a descriptor's last reference takes it out of the set
+    # The events that may mean a connect failed: a plain EPOLLOUT is a connect that worked, so
+    # only these make it worth asking the socket (SO_ERROR) how it went.
+    failure_events = _EPOLLERR | _EPOLLHUP
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -61,6 +65,7 @@ class SelectorsPoller:
     """The selectors module's best selector, for platforms without epoll."""
 
     drops_closed = False  # it keeps its own map, which only unregister empties
+    failure_events = WRITE  # a select-style poller says "writable" either way: always ask
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()

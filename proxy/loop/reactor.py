@@ -11,7 +11,7 @@ Each pass of `loop()`:
 2. Wait in `poll()` until an fd is ready or the earliest timer is due (no wait at all when
    callbacks are queued).
 3. Dispatch each ready fd to its dispatcher (the reactor's own map): a read event calls
-   `handle_read_event`, a write event `handle_write_event`. An exception escaping a dispatcher
+   `handle_read`, a write event `handle_write_event` (the connect's outcome, or `handle_write`). An exception escaping a dispatcher
    goes to that dispatcher's `handle_error`, never out of the loop. A dispatcher closed earlier
    in the same batch has left the map, so its remaining events find nobody. The map gains
    dispatchers only in step 1, so a new one that reuses a closed descriptor's number never
@@ -269,9 +269,9 @@ class Reactor:
                 wanted = dispatcher.mask
                 try:
                     if mask & not_write and wanted & READ:
-                        dispatcher.handle_read_event()
+                        dispatcher.handle_read()
                     if mask & not_read and wanted & WRITE and dispatcher.state is not closed:
-                        dispatcher.handle_write_event()
+                        dispatcher.handle_write_event(mask)
                 except Exception as exc:
                     dispatcher.handle_error(exc)
             if self._timers:
