@@ -30,12 +30,12 @@ class Dispatcher:
     # epoll by itself, so the reactor skips the system call that would. A shared socket (a
     # listener handed to workers) would stay registered, and must be unregistered first.
     private_fd = False
+    mask = 0  # the events registered with the poller (none yet); owned by the reactor
 
     def __init__(self, reactor: Reactor, sock: socket.socket, state: State = State.OPEN) -> None:
         self.reactor = reactor
         self.socket = sock
         self.fd = sock.fileno()
-        self.mask = 0  # the events registered with the poller; owned by the reactor
         self.state = state
 
     # -- interest ------------------------------------------------------------------------

@@ -149,16 +149,36 @@ class Pair:
     It is the owner (side.py's SideOwner) of both its sides.
     """
 
-    # The dump and the capture, decided once routed and connected (or at the end). Class-level
-    # defaults: a connection that is not dumped never sets them.
+    # What a connection has not reached yet, as class-level defaults: a pair sets each only when
+    # it gets there, which keeps making one (per accept) cheap.
+    route: str | int | None = None
+    result: str | None = None
+    upstream: Side | None = None
+    server: SocketAddress | None = None
+    preamble: PreambleReader | None = None
+    pool: Pool | None = None
+    connector: Connector | None = None
+    connect_ms: float | None = None  # from the start of the connect to the upstream ready
+    sni: str | None = None  # the server name a passthrough peek found
+    note: str | None = None  # why routing fell back, when it did (for `reason=`)
+    credentials: dict[str, int] | None = None  # a UNIX client's peer_uid and peer_pid, for the access line
+    _first_eof: str | None = None  # the side whose end of stream came first
+    _connect_from = 0.0
+    _untried: Iterator[ServerState] = iter(())  # candidates the connector has not reached yet
+    _on_client_tls: Callable[[Pair], None] | None = None
+    _server_state: ServerState | None = None
+    _preface = b""
+    _payload = b""
+    _upstream_tls: tuple[ssl.SSLContext, str | None] | None = None
+    _handshake_timer: Timer | None = None
+    _idle_timer: Timer | None = None  # an idle_timeout of 0 means none
+    _kernel_queued: tuple[int, ...] = ()  # send-queue sizes at the last idle check
+    # The dump and the capture, decided once routed and connected (or at the end).
     tap: HexdumpWriter | SnappedDump | None = None
     dump_events: HexdumpWriter | None = None  # where this connection's open and close lines go
     capture: ConnectionCapture | None = None
     _dump_pending = False  # a dump plan may still want this connection
-    # The toxics this connection drew, for the access line (`faults=latency,slicer`); class-level:
-    # a connection without faults never sets it.
-    fault_names: str | None = None
-    credentials: dict[str, int] | None = None  # a UNIX client's peer_uid and peer_pid, for the access line
+    fault_names: str | None = None  # the toxics this connection drew, for the access line (`faults=latency,slicer`)
 
     def __init__(
         self,
@@ -171,7 +191,6 @@ class Pair:
         reactor = runtime.reactor
         self.runtime = runtime
         self.settings = settings
-        self.route: str | int | None = None
         self.conn = runtime.next_conn_id()
         self.on_finish = on_finish
         plan = settings.dump
@@ -181,34 +200,14 @@ class Pair:
                 self.capture = ConnectionCapture(self.conn, settings.listener)
                 client_sock = self.capture.client_leg(client_sock, client_address)  # type: ignore[assignment]
         self.started = reactor.now
+        self._idle_from = self.started  # besides the sides' own last_active: when admission ended
         self.phase = Phase.ADMITTING
-        self._idle_from = reactor.now  # besides the sides' own last_active: when admission ended
-        self.result: str | None = None
         # Taken once: below debug level, no timeline event costs more than this test.
         self.timeline = runtime.timeline
-        self._first_eof: str | None = None  # the side whose end of stream came first
-        self._connect_from = 0.0
-        self.connect_ms: float | None = None  # from the start of the connect to the upstream ready
         self.client = self._side(Side, client_sock, "client", format_sockaddr(client_address), "client->upstream")
-        self.upstream: Side | None = None
-        self.server: SocketAddress | None = None
-        self.preamble: PreambleReader | None = None
-        self.pool: Pool | None = None
-        self._untried: Iterator[ServerState] = iter(())  # candidates the connector has not reached yet
-        self._on_client_tls: Callable[[Pair], None] | None = None
-        self._server_state: ServerState | None = None
-        self._preface = b""
-        self._payload = b""
-        self._upstream_tls: tuple[ssl.SSLContext, str | None] | None = None
-        self._handshake_timer: Timer | None = None
-        self.sni: str | None = None  # the server name a passthrough peek found
-        self.note: str | None = None  # why routing fell back, when it did (for `reason=`)
-        self._kernel_queued: tuple[int, ...] = ()  # send-queue sizes at the last idle check
         runtime.pairs.add(self)
-        self._idle_timer: Timer | None = None  # an idle_timeout of 0 means none
         if settings.idle_timeout:
             self._idle_timer = reactor.call_later(settings.idle_timeout, self._check_idle)
-        self.connector: Connector | None = None
         if self.timeline:
             self.event("accepted", client=self.client.address, listener=settings.listener)
 
@@ -306,7 +305,8 @@ class Pair:
         if self._upstream_tls is None:
             self.upstream = self._side(Side, sock, "upstream", address, "upstream->client")
             attempt.hand_over(self.upstream)
-            self.upstream.outgoing.append(self._preface)
+            if self._preface:
+                self.upstream.outgoing.append(self._preface)
             self._open()
             return
         self._to(Phase.HANDSHAKING)

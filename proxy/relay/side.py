@@ -130,6 +130,20 @@ class Side(Dispatcher):
     """
 
     private_fd = True  # a connection's socket is never shared: closing it leaves epoll by itself
+    # Where a new side starts, as class-level defaults (two sides per connection: cheap to make).
+    peer: Side | None = None
+    tap: HexdumpWriter | SnappedDump | None = None  # set by the owner when the pair is dumped
+    bytes_read = 0
+    last_active = 0.0  # when bytes last moved (never yet); the owner's idle check reads it
+    read = Reading.IDLE
+    write = Writing.OPEN
+    # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
+    # flow, not requests and answers however many), what it reads goes socket -> the peer's
+    # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
+    # recv and a send do.
+    splice = Splice.OFF
+    splice_left = 0  # of SPLICE_AFTER, while COUNTING
+    pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
 
     def __init__(
         self,
@@ -150,25 +164,12 @@ class Side(Dispatcher):
         self.name = name  # "client" or "upstream", for log reasons
         self.address = address
         self.direction = direction  # of the bytes read from this socket, for the hex dump
-        self.peer: Side | None = None
         self.scratch = scratch  # the process's one read buffer
-        self.tap: HexdumpWriter | SnappedDump | None = None  # set by the owner when the pair is dumped
         self.conn = conn  # the connection's number, for the dump
         self.outgoing = SendBuffer(buffer_size, budget=budget)
         self.buffer_size = buffer_size
-        self.read_size = min(buffer_size, len(scratch))
-        self.bytes_read = 0
-        self.last_active = 0.0  # when bytes last moved (never yet); the owner's idle check reads it
-        self.read = Reading.IDLE
-        self.write = Writing.OPEN
-        # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
-        # flow, not requests and answers however many), what it reads goes socket -> the peer's
-        # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
-        # recv and a send do.
-        self.splice = Splice.OFF
-        self.splice_left = 0  # of SPLICE_AFTER, while COUNTING
-        self.bulk_read = min(BULK_READ, self.read_size)
-        self.pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
+        self.read_size = read_size = min(buffer_size, len(scratch))
+        self.bulk_read = min(BULK_READ, read_size)
 
     # -- state ---------------------------------------------------------------------------
 
