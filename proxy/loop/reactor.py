@@ -11,11 +11,11 @@ Each pass of `loop()`:
 2. Wait in `poll()` until an fd is ready or the earliest timer is due (no wait at all when
    callbacks are queued).
 3. Dispatch each ready fd to its dispatcher (the reactor's own map): a read event calls
-   `handle_read`, a write event `handle_write_event` (the connect's outcome, or `handle_write`). An exception escaping a dispatcher
-   goes to that dispatcher's `handle_error`, never out of the loop. A dispatcher closed earlier
-   in the same batch has left the map, so its remaining events find nobody. The map gains
-   dispatchers only in step 1, so a new one that reuses a closed descriptor's number never
-   gets events from the batch that saw the old one close.
+   `handle_read`, a write event `handle_write_event` (the connect's outcome, or `handle_write`).
+   An exception escaping a dispatcher goes to that dispatcher's `handle_error`, never out of the
+   loop. A dispatcher closed earlier in the same batch has left the map, so its remaining events
+   find nobody. The map gains dispatchers only in step 1, so a new one that reuses a closed
+   descriptor's number never gets events from the batch that saw the old one close.
 4. Run due timers, then callbacks queued with `call_soon`. An exception escaping one goes to
    the `handle_error` of the object the callback is a bound method of, when it has one.
 
