@@ -26,13 +26,21 @@ class ListenerStats:
         self.connections_total = 0
         self.bytes_up = 0  # of connections that have finished
         self.bytes_down = 0
-        self.closed: Counter[tuple[str, str]] = Counter()  # (route, result) -> connections
+        # (route, result) -> connections, keyed as the pair has them (named as text in snapshots)
+        self.closed: Counter[tuple[str | int | None, str | None]] = Counter()
 
     def finished(self, pair: Pair) -> None:
         self.bytes_up += pair.client.bytes_read
         if pair.upstream is not None:
             self.bytes_down += pair.upstream.bytes_read
-        self.closed[(route_name(pair), pair.result or "")] += 1
+        self.closed[(pair.route, pair.result)] += 1
+
+    def closed_by_name(self) -> Counter[tuple[str, str]]:
+        """The finished connections per (route name, result), as snapshots and metrics name them."""
+        named: Counter[tuple[str, str]] = Counter()
+        for (route, result), count in self.closed.items():
+            named[("" if route is None else str(route), result or "")] += count
+        return named
 
     def to_json(self, name: str, address: str, pairs: list[Pair]) -> dict:
         """The snapshot's row for this listener, `pairs` being its open connections."""
@@ -47,14 +55,9 @@ class ListenerStats:
             "bytes_down_total": self.bytes_down + down,
             "closed": [
                 {"route": route, "result": result, "count": count}
-                for (route, result), count in sorted(self.closed.items())
+                for (route, result), count in sorted(self.closed_by_name().items())
             ],
         }
-
-
-def route_name(pair: Pair) -> str:
-    """The route's name, or its index as text; empty while (or when never) routed."""
-    return "" if pair.route is None else str(pair.route)
 
 
 def connection_row(pair: Pair, now: float) -> dict:
