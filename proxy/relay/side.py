@@ -220,8 +220,9 @@ class Side(Dispatcher):
         if self.splice is _SPLICE_ON:
             self.splice_read()
             return
-        count = self.receive()
-        if count is None:
+        try:  # receive(), inlined: this is the per-chunk path
+            count = self.socket.recv_into(self.scratch, self.read_size)
+        except (BlockingIOError, InterruptedError):
             return
         if not count:
             self.end_of_stream()

@@ -290,8 +290,10 @@ class Frontend:
         if len(self.pairs) > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
             return
-        admission = Admission(self, table, pair, peer)
-        admission.run(admission.start)
+        try:  # Admission.run(start), without the extra call per accept
+            Admission(self, table, pair, peer).start()
+        except Exception as exc:
+            pair.failed(pair.client, exc)
 
     def destination_of(self, pair: Pair) -> tuple:
         """The address the client reached, for a PROXY header to the upstream (a UNIX listener's
