@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """pairproxy beside its peers: bulk throughput, request rate and latency, connection rate,
-redis, and memory per idle connection, in one run on one machine.
+redis, and memory per idle connection, in one run on one machine; and what terminating TLS and
+sending a PROXY header cost, beside HAProxy doing the same.
 
 Every proxy forwards a loopback port to the same upstream. The proxy under test is pinned to
 one CPU and the load generators and upstreams to the other; peers are interleaved
@@ -113,10 +114,17 @@ def rss_kib(pid: int) -> int:
 @dataclass
 class Peer:
     name: str
-    needs: str | None  # the program it needs, or None
+    needs: tuple[str, ...] = ()  # the programs (or modules) it needs
+    workloads: tuple[str, ...] | None = None  # the workloads it takes; None: every one
+    upstream: str | None = None  # the upstream it forwards to, when not the workload's own
+    client_tls: bool = False  # the load generator speaks TLS to it
+    haproxy: str = "haproxy"  # the HAProxy row doing the same job, for the "vs HAProxy" column
 
     def available(self, tools: dict[str, str | None]) -> bool:
-        return self.needs is None or tools.get(self.needs) is not None
+        return all(tools.get(need) is not None for need in self.needs)
+
+    def takes(self, workload: str) -> bool:
+        return self.workloads is None or workload in self.workloads
 
     def launch(self, port: int, upstream: int, workdir: Path, tools: dict[str, str | None]) -> subprocess.Popen | None:
         """Start forwarding 127.0.0.1:port to 127.0.0.1:upstream; None means a direct connection."""
@@ -127,17 +135,8 @@ class Peer:
             argv = [tools["socat"], f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
                     f"TCP:127.0.0.1:{upstream},nodelay"]  # fmt: skip
         elif name.startswith("haproxy"):
-            splice = "    option splice-auto\n" if name.endswith("splice") else ""
             cfg = workdir / f"{name}-{port}.cfg"
-            # HAProxy refuses to start when the descriptors it may need (two per connection, two
-            # per pipe, a few more) exceed the hard limit: 20,000 here fits 9,950 and 16 pipes.
-            cfg.write_text(
-                "global\n    nbthread 1\n    maxconn 9950\n    maxpipes 16\n"
-                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
-                f"{splice}"
-                f"frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n"
-                f"backend be\n    server s1 127.0.0.1:{upstream}\n"
-            )
+            cfg.write_text(haproxy_config(name, port, upstream, workdir))
             argv = [tools["haproxy"], "-db", "-f", str(cfg)]
         elif name == "nginx":
             cfg = workdir / f"nginx-{port}.conf"
@@ -157,11 +156,11 @@ class Peer:
             argv = [sys.executable, str(ROOT / "bench" / "uvloop_forward.py"), str(port), str(upstream)]
         elif name.startswith("pairproxy"):
             env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
-            if name in ("pairproxy-w2", "pairproxy-admin"):
+            if self.client_tls:
+                env["OPENSSL_CONF"] = str(workdir / NO_TICKETS)
+            table = pairproxy_table(name, port, upstream, workdir)
+            if table is not None:
                 cfg = workdir / f"pp-{port}.yaml"
-                table = f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}'}}\n"
-                if name == "pairproxy-admin":  # both admin endpoints configured, and left idle
-                    table += f"admin: {{socket: '{workdir}/admin-{port}.sock', http: '127.0.0.1:0'}}\n"
                 cfg.write_text(table)
                 argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--log-level", "warning"]
                 if name == "pairproxy-w2":
@@ -181,6 +180,69 @@ class Peer:
         return proc
 
 
+def haproxy_config(name: str, port: int, upstream: int, workdir: Path) -> str:
+    # HAProxy refuses to start when the descriptors it may need (two per connection, two per
+    # pipe, a few more) exceed the hard limit: 20,000 here fits 9,950 and 16 pipes.
+    tuning = "    maxconn 9950\n    maxpipes 16\n"
+    bind = server = splice = ""
+    if name == "haproxy-splice":
+        splice = "    option splice-auto\n"
+    elif name == "haproxy-tls":  # a full handshake per connection, as pairproxy-tls: no tickets, no cache
+        tuning += "    tune.ssl.cachesize 0\n"
+        bind = f" ssl crt {workdir / SERVER_PEM} no-tls-tickets"
+    elif name == "haproxy-proxy":
+        server = " send-proxy-v2"
+    return (
+        f"global\n    nbthread 1\n{tuning}"
+        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
+        f"{splice}"
+        f"frontend fe\n    bind 127.0.0.1:{port}{bind}\n    default_backend be\n"
+        f"backend be\n    server s1 127.0.0.1:{upstream}{server}\n"
+    )
+
+
+def pairproxy_table(name: str, port: int, upstream: int, workdir: Path) -> str | None:
+    """The YAML file a `run` peer serves; None for the peers that use `forward`."""
+    listener = f"{{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}'}}"
+    if name == "pairproxy-w2":
+        return f"listeners:\n  - {listener}\n"
+    if name == "pairproxy-admin":  # both admin endpoints configured, and left idle
+        return f"listeners:\n  - {listener}\nadmin: {{socket: '{workdir}/admin-{port}.sock', http: '127.0.0.1:0'}}\n"
+    if name == "pairproxy-tls":
+        tls = f"{{cert: '{workdir / SERVER_CERT}', key: '{workdir / SERVER_KEY}'}}"
+        return f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}', tls: {tls}}}\n"
+    if name == "pairproxy-proxy":
+        return (
+            f"upstreams:\n  app: {{servers: ['127.0.0.1:{upstream}'], proxy_protocol: v2}}\n"
+            f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: app}}\n"
+        )
+    return None
+
+
+# -- certificates ------------------------------------------------------------------------
+
+SERVER_CERT, SERVER_KEY, SERVER_PEM, NO_TICKETS = "server.crt", "server.key", "server.pem", "no-tickets.cnf"
+
+
+def make_certificates(workdir: Path) -> None:
+    """A throwaway CA and a certificate for 127.0.0.1, as pairproxy (cert, key) and HAProxy (one PEM) take them.
+
+    wrk resumes TLS sessions, so a new connection would cost a resumed handshake, not a full one:
+    both TLS peers issue no session tickets (pairproxy has no setting for it; OpenSSL's
+    configuration file, given to its process alone, has one) and HAProxy keeps no session cache.
+    """
+    import trustme  # only here: without it the TLS peers are skipped, the rest runs
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(workdir / SERVER_KEY)
+    for index, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(workdir / SERVER_CERT, append=index > 0)
+    cert.private_key_and_cert_chain_pem.write_to_path(workdir / SERVER_PEM)
+    (workdir / NO_TICKETS).write_text(
+        "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = defaults\n[defaults]\nNumTickets = 0\n"
+    )
+
+
 # What a feature costs the connections that use it: every connection dumped, captured or faulted
 # (to /dev/null, so that the disk is not what is measured; a latency of 0 still takes the path).
 FEATURE_FLAGS = {
@@ -189,22 +251,29 @@ FEATURE_FLAGS = {
     "pairproxy-fault": ("--fault", "latency:latency=0ms"),
 }
 
+HTTP = ("keepalive", "conn_rate")
 PEERS = [
-    Peer("direct", None),
-    Peer("haproxy", "haproxy"),
-    Peer("haproxy-splice", "haproxy"),
-    Peer("nginx", "nginx"),
-    Peer("socat", "socat"),
-    Peer("twisted", "twistd"),
-    Peer("uvloop", "uvloop"),
-    Peer("pairproxy", None),
-    Peer("pairproxy-copy", None),
-    Peer("pairproxy-w2", None),
-    Peer("pairproxy-admin", None),
-    Peer("pairproxy-dump", None),
-    Peer("pairproxy-pcap", None),
-    Peer("pairproxy-fault", None),
+    Peer("direct"),
+    Peer("haproxy", ("haproxy",)),
+    Peer("haproxy-splice", ("haproxy",)),
+    Peer("nginx", ("nginx",)),
+    Peer("socat", ("socat",)),
+    Peer("twisted", ("twistd",)),
+    Peer("uvloop", ("uvloop",)),
+    Peer("pairproxy"),
+    Peer("pairproxy-copy"),
+    Peer("pairproxy-w2"),
+    Peer("pairproxy-admin"),
+    Peer("pairproxy-dump"),
+    Peer("pairproxy-pcap"),
+    Peer("pairproxy-fault"),
+    # Terminating TLS from the client, and sending a PROXY v2 header to an upstream that wants one.
+    Peer("haproxy-tls", ("haproxy", "trustme"), HTTP, client_tls=True, haproxy="haproxy-tls"),
+    Peer("pairproxy-tls", ("trustme",), HTTP, client_tls=True, haproxy="haproxy-tls"),
+    Peer("haproxy-proxy", ("haproxy",), HTTP, upstream="http_proxy", haproxy="haproxy-proxy"),
+    Peer("pairproxy-proxy", (), HTTP, upstream="http_proxy", haproxy="haproxy-proxy"),
 ]
+PEERS_BY_NAME = {peer.name: peer for peer in PEERS}
 
 
 # -- the upstreams -----------------------------------------------------------------------
@@ -223,6 +292,8 @@ class Upstreams:
             self.procs.append(start([self.tools["iperf3"], "-s", "-p", str(self.ports["iperf3"])], LOAD_CPU))
         if self.tools.get("nginx") and self.tools.get("wrk"):
             port = self.ports["http"] = free_port()
+            # The same files from a second server that wants a PROXY v2 header first (the -proxy peers).
+            proxied = self.ports["http_proxy"] = free_port()
             www = self.workdir / "www"
             www.mkdir(exist_ok=True)
             (www / "small").write_bytes(b"x" * 512)
@@ -230,8 +301,9 @@ class Upstreams:
             cfg.write_text(
                 f"worker_processes 1;\ndaemon off;\nmaster_process off;\npid {self.workdir}/http.pid;\n"
                 "error_log /dev/null crit;\nworker_rlimit_nofile 65536;\nevents { worker_connections 20000; }\n"
-                f"http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port} backlog=4096;"
-                f" root {www}; }} }}\n"
+                f"http {{ access_log off; keepalive_requests 1000000;"
+                f" server {{ listen 127.0.0.1:{port} backlog=4096; root {www}; }}"
+                f" server {{ listen 127.0.0.1:{proxied} backlog=4096 proxy_protocol; root {www}; }} }}\n"
             )
             self.procs.append(start([self.tools["nginx"], "-c", str(cfg), "-p", str(self.workdir)], LOAD_CPU))
         if self.tools.get("redis-server") and self.tools.get("redis-benchmark"):
@@ -285,8 +357,9 @@ def _latency_ms(text: str, label: str) -> float:
     return float(match.group(1)) * scale
 
 
-def wrk(port: int, seconds: float, keepalive: bool, tools) -> Measure:
-    argv = [tools["wrk"], "-t1", "-c50", f"-d{max(1, int(seconds))}s", "--latency", f"http://127.0.0.1:{port}/small"]
+def wrk(port: int, seconds: float, keepalive: bool, tls: bool, tools) -> Measure:
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/small"
+    argv = [tools["wrk"], "-t1", "-c50", f"-d{max(1, int(seconds))}s", "--latency", url]
     if not keepalive:
         argv[1:1] = ["-H", "Connection: close"]
     text = run_load(argv, seconds + 30)
@@ -324,13 +397,13 @@ def idle_memory(port: int, proxy_pid: int | None, connections: int) -> Measure:
 
 
 WORKLOADS = {
-    # name: (upstream, unit, unit of work for CPU, runner)
-    "bulk_up": ("iperf3", "Gbit/s", "GB", lambda p, t, tools: iperf(p, t.seconds, False, tools)),
-    "bulk_down": ("iperf3", "Gbit/s", "GB", lambda p, t, tools: iperf(p, t.seconds, True, tools)),
-    "keepalive": ("http", "req/s", "req", lambda p, t, tools: wrk(p, t.seconds, True, tools)),
-    "conn_rate": ("http", "conn/s", "conn", lambda p, t, tools: wrk(p, t.seconds, False, tools)),
-    "redis": ("redis", "req/s", "req", lambda p, t, tools: redis(p, t.redis_requests, 1, tools)),
-    "redis_p16": ("redis", "req/s", "req", lambda p, t, tools: redis(p, t.redis_requests * 4, 16, tools)),
+    # name: (upstream, unit, unit of work for CPU, runner(port, peer, settings, tools))
+    "bulk_up": ("iperf3", "Gbit/s", "GB", lambda p, _, t, tools: iperf(p, t.seconds, False, tools)),
+    "bulk_down": ("iperf3", "Gbit/s", "GB", lambda p, _, t, tools: iperf(p, t.seconds, True, tools)),
+    "keepalive": ("http", "req/s", "req", lambda p, peer, t, tools: wrk(p, t.seconds, True, peer.client_tls, tools)),
+    "conn_rate": ("http", "conn/s", "conn", lambda p, peer, t, tools: wrk(p, t.seconds, False, peer.client_tls, tools)),
+    "redis": ("redis", "req/s", "req", lambda p, _, t, tools: redis(p, t.redis_requests, 1, tools)),
+    "redis_p16": ("redis", "req/s", "req", lambda p, _, t, tools: redis(p, t.redis_requests * 4, 16, tools)),
     "idle_memory": ("hold", "KiB/conn", "conn", None),
 }
 
@@ -345,7 +418,7 @@ class Settings:
 
 def measure(peer: Peer, workload: str, ups: Upstreams, settings: Settings, workdir: Path, tools) -> dict:
     upstream_name, _, _, runner = WORKLOADS[workload]
-    upstream = ups.ports[upstream_name]
+    upstream = ups.ports[peer.upstream or upstream_name]
     port = upstream if peer.name == "direct" else free_port()
     proc = peer.launch(port, upstream, workdir, tools)
     try:
@@ -356,7 +429,7 @@ def measure(peer: Peer, workload: str, ups: Upstreams, settings: Settings, workd
             count = min(settings.idle_connections, 500) if peer.name == "socat" else settings.idle_connections
             result = idle_memory(port, pid, count)
         else:
-            result = runner(port, settings, tools)
+            result = runner(port, peer, settings, tools)
         cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
     finally:
         if proc:
@@ -389,10 +462,10 @@ def markdown(summary: dict) -> str:
         lines += [f"### {workload} ({unit}; {better})"]
         lines += ["", f"| peer | median | min-max | vs HAProxy | vs direct | proxy CPU µs/{work_unit} | extra |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
-        haproxy = by_peer.get("haproxy", {}).get("median")
         direct = by_peer.get("direct", {}).get("median")
         for peer, entry in by_peer.items():
             median = entry["median"]
+            haproxy = by_peer.get(PEERS_BY_NAME[peer].haproxy, {}).get("median")
             vs_haproxy = f"{median / haproxy:.2f}x" if haproxy else "-"
             vs_direct = f"{median / direct:.2f}x" if direct and workload != "idle_memory" else "-"
             extra = ", ".join(
@@ -413,6 +486,7 @@ def find_tools(twistd: str | None) -> dict[str, str | None]:
         tools["twistd"] = twistd
     # The asyncio + uvloop reference forwarder runs on this interpreter, when it has uvloop.
     tools["uvloop"] = sys.executable if importlib.util.find_spec("uvloop") else None
+    tools["trustme"] = "trustme" if importlib.util.find_spec("trustme") else None  # certificates for the TLS peers
     return tools
 
 
@@ -445,6 +519,8 @@ def main() -> int:
     workloads = [w for w in args.workloads.split(",") if w in WORKLOADS]
     with tempfile.TemporaryDirectory(prefix="pairproxy-bench-") as tmp:
         workdir = Path(tmp)
+        if any("trustme" in peer.needs for peer in peers):
+            make_certificates(workdir)
         ups = Upstreams(workdir, tools)
         ups.start()
         workloads = [w for w in workloads if WORKLOADS[w][0] in ups.ports]
@@ -452,7 +528,7 @@ def main() -> int:
         try:
             for round_number in range(settings.rounds):
                 for workload in workloads:
-                    for peer in peers:  # interleaved: A B C A B C ...
+                    for peer in [peer for peer in peers if peer.takes(workload)]:  # interleaved: A B C A B C ...
                         try:
                             sample = measure(peer, workload, ups, settings, workdir, tools)
                         except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as exc:
