@@ -5,7 +5,7 @@ Theory of operation
 Each pass of `loop()`:
 
 1. Re-read interest for the dispatchers marked dirty since the last pass, and only those.
-   A dispatcher's mask is `readable()`/`writable()` folded into READ/WRITE; the poller (epoll,
+   A dispatcher's mask is its `interest()`: `readable()`/`writable()` as READ/WRITE; the poller (epoll,
    see poller.py) is touched only when that mask differs from the registered one (0 means
    unregistered).
 2. Wait in `poll()` until an fd is ready or the earliest timer is due (no wait at all when
@@ -72,14 +72,15 @@ def _nothing(*_args: Any) -> None:
 
 
 class Reactor:
-    """The loop over one poller. Dispatchers register themselves through `mark_dirty`."""
+    """The loop over one poller. Dispatchers register themselves by joining `dirty`
+    (`interest_changed`)."""
 
     def __init__(self, log: EventLog, poller: Poller | None = None) -> None:
         self.log = log
         self.poller = poller if poller is not None else best_poller()
         self.map: dict[int, Dispatcher] = {}
         self.now = time.monotonic()
-        self._dirty: set[Dispatcher] = set()
+        self.dirty: set[Dispatcher] = set()  # whose interest to re-read before the next wait
         # (when, seq, timer): tuples compare in C, and seq keeps equal times in scheduling order.
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = 0
@@ -96,13 +97,9 @@ class Reactor:
 
     # -- interest ------------------------------------------------------------------------
 
-    def mark_dirty(self, dispatcher: Dispatcher) -> None:
-        """Ask for `dispatcher`'s interest to be re-read before the next wait."""
-        self._dirty.add(dispatcher)
-
     def forget(self, dispatcher: Dispatcher, *, closing: bool = False) -> None:
         """Unregister `dispatcher` at once (`closing`: its socket is about to be closed)."""
-        self._dirty.discard(dispatcher)
+        self.dirty.discard(dispatcher)
         fd = dispatcher.fd
         if dispatcher.mask:
             if not (closing and dispatcher.private_fd and self.poller.drops_closed):
@@ -113,21 +110,22 @@ class Reactor:
 
     def transfer(self, old: Dispatcher, new: Dispatcher) -> None:
         """`new` takes over `old`'s registration (same fd); its interest is re-read next pass."""
-        self._dirty.discard(old)
+        self.dirty.discard(old)
         if old.mask:
             # Same events: the map names the new dispatcher, and the kernel is not asked anything.
             self.map[new.fd] = new
             new.mask, old.mask = old.mask, 0
-        self.mark_dirty(new)
+        self.dirty.add(new)
 
     def _apply_interest(self) -> None:
-        dirty = self._dirty
+        dirty = self.dirty
         poller = self.poller
+        closed = State.CLOSED
         while dirty:
             dispatcher = dirty.pop()
-            if dispatcher.closed:
+            if dispatcher.state is closed:
                 continue
-            mask = (READ if dispatcher.readable() else 0) | (WRITE if dispatcher.writable() else 0)
+            mask = dispatcher.interest()
             old = dispatcher.mask
             if mask == old:
                 continue
@@ -256,7 +254,7 @@ class Reactor:
         not_write, not_read = ~WRITE, ~READ  # EPOLLHUP and EPOLLERR count as both
         closed = State.CLOSED
         while self._running:
-            if self._dirty:
+            if self.dirty:
                 self._apply_interest()
             events = poll(self._timeout())
             self.now = time.monotonic()

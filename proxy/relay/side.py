@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, StateError, classify
 from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.poller import READ, WRITE
 from proxy.relay.buffer import Budget, SendBuffer
 from proxy.relay.splice import BULK_READ, SPLICE_AFTER, PipeBuffer
 
@@ -205,6 +206,12 @@ class Side(Dispatcher):
 
     def writable(self) -> bool:
         return self.pending() > 0
+
+    def interest(self) -> int:
+        # readable() and writable() in one call: the reactor asks at every change of state.
+        pipe = self.pipe
+        waiting = self.outgoing.size or (pipe is not None and pipe.size)
+        return (READ if self.read is _READING else 0) | (WRITE if waiting else 0)
 
     # -- reading -------------------------------------------------------------------------
 

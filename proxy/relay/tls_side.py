@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.loop.poller import READ
 from proxy.protocol.tls import TlsError, TlsSession
 from proxy.relay.side import _HANDSHAKING, _READING, Reading, Side
 
@@ -28,6 +29,9 @@ class TlsSide(Side):
     def readable(self) -> bool:
         read = self.read
         return read is _READING or read is _HANDSHAKING
+
+    def interest(self) -> int:
+        return Side.interest(self) | (READ if self.read is _HANDSHAKING else 0)
 
     def start(self) -> None:
         """Begin the handshake (a client sends its ClientHello now) and start reading."""
