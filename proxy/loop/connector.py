@@ -54,6 +54,7 @@ _NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 # Out of descriptors or of local ports: our shortage, not the server's fault (no passive back-off).
 _LOCAL_SHORTAGE = OUT_OF_DESCRIPTORS | {errno.EADDRNOTAVAIL}
+_CONNECTING = State.CONNECTING  # a global: see dispatcher.py
 
 
 def _reason(code: int) -> str:
@@ -65,13 +66,13 @@ class ConnectAttempt(Dispatcher):
     when the poller reports nothing more, else whatever SO_ERROR says."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, sockaddr: tuple, connector: Connector) -> None:
-        super().__init__(reactor, sock, State.CONNECTING)
+        super().__init__(reactor, sock, _CONNECTING)
         self.sockaddr = sockaddr  # the address connected to, as resolved
         self.connector = connector
         self.interest_changed()
 
     def writable(self) -> bool:
-        return self.state is State.CONNECTING
+        return self.state is _CONNECTING
 
     def handle_connect(self, events: int) -> None:
         failed = events & self.reactor.poller.failure_events

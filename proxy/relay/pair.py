@@ -133,6 +133,11 @@ class Phase(StateEnum):
     CLOSED = "closed"  # finished: the access line is written
 
 
+# The members as module constants for the per-connection paths (see side.py).
+_ADMITTING, _CONNECTING, _HANDSHAKING = Phase.ADMITTING, Phase.CONNECTING, Phase.HANDSHAKING
+_RELAYING, _DRAINING, _CLOSED = Phase.RELAYING, Phase.DRAINING, Phase.CLOSED
+_SHUT = Writing.SHUT
+
 _MOVES: dict[Phase, frozenset[Phase]] = {
     Phase.ADMITTING: frozenset({Phase.CONNECTING, Phase.HANDSHAKING, Phase.CLOSED}),
     Phase.HANDSHAKING: frozenset({Phase.ADMITTING, Phase.CONNECTING, Phase.RELAYING, Phase.CLOSED}),
@@ -201,7 +206,7 @@ class Pair:
                 client_sock = self.capture.client_leg(client_sock, client_address)  # type: ignore[assignment]
         self.started = reactor.now
         self._idle_from = self.started  # besides the sides' own last_active: when admission ended
-        self.phase = Phase.ADMITTING
+        self.phase = _ADMITTING
         # Taken once: below debug level, no timeline event costs more than this test.
         self.timeline = runtime.timeline
         self.client = self._side(Side, client_sock, "client", format_sockaddr(client_address), "client->upstream")
@@ -267,7 +272,7 @@ class Pair:
         bytes already read (after a preamble), counted and dumped like any other.
         `upstream_tls` (context, server name) makes the upstream side speak TLS.
         """
-        self._to(Phase.CONNECTING)
+        self._to(_CONNECTING)
         self._connect_from = self.runtime.reactor.now
         self.pool = pool
         self._preface, self._payload = preface, payload
@@ -309,7 +314,7 @@ class Pair:
                 self.upstream.outgoing.append(self._preface)
             self._open()
             return
-        self._to(Phase.HANDSHAKING)
+        self._to(_HANDSHAKING)
         context, server_name = self._upstream_tls
         hostname = server_name or (None if server.address.is_unix else server.address.host)
         session = TlsSession(context, server_side=False, server_hostname=hostname)
@@ -324,7 +329,7 @@ class Pair:
 
     def _open(self) -> None:
         """Both sides are ready: join them and start forwarding."""
-        self._to(Phase.RELAYING)
+        self._to(_RELAYING)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -371,7 +376,7 @@ class Pair:
         The handshake must finish within the listener's `connect_timeout`. `initial` is
         ciphertext a preamble reader already took from the socket.
         """
-        self._to(Phase.HANDSHAKING)
+        self._to(_HANDSHAKING)
         plain = self.client
         session = TlsSession(context, server_side=True)
         if initial:
@@ -422,7 +427,7 @@ class Pair:
     def replan_dump(self, plan: DumpPlan | None) -> bool:
         """Decide the dump with `plan` (the run-time rules changed) if this connection has not
         decided yet, and say so; a capture can only start at accept, so none starts here."""
-        if self.phase is Phase.RELAYING or self.phase is Phase.DRAINING or self.phase is Phase.CLOSED:
+        if self.phase is _RELAYING or self.phase is _DRAINING or self.phase is _CLOSED:
             return False
         self.settings = replace(self.settings, dump=plan)
         self._dump_pending = plan is not None and plan.may_dump(self.conn)
@@ -432,7 +437,7 @@ class Pair:
         """Start the hex dump of this open connection from now on through `tap` (its open and close
         lines to `events`), or stop its dump and capture (None); False if it is not relaying. A
         direction already spliced is not dumped."""
-        if self.phase is not Phase.RELAYING and self.phase is not Phase.DRAINING:
+        if self.phase is not _RELAYING and self.phase is not _DRAINING:
             return False
         client, upstream = self.client, self.upstream
         if tap is not None:
@@ -466,7 +471,7 @@ class Pair:
         if side is self.upstream:
             self._open()
             return
-        self._to(Phase.ADMITTING)  # routing goes on; the client reads no plaintext until then
+        self._to(_ADMITTING)  # routing goes on; the client reads no plaintext until then
         self._handshake_timer.cancel()
         self._handshake_timer = None
         on_ready, self._on_client_tls = self._on_client_tls, None
@@ -495,7 +500,7 @@ class Pair:
         if server is None:
             self.finish(result, f"{side.name}: {reason}", by=by)  # the access line still names self.server
             return
-        self._to(Phase.CONNECTING)
+        self._to(_CONNECTING)
         self._connect_next(itertools.chain((server,), self._untried))
 
     def attempt_failed(self, server: ServerState, reason: str) -> None:
@@ -520,12 +525,12 @@ class Pair:
             self._first_eof = side.name
         if self.timeline:
             self.event("half_close", by=side.name)
-        if self.phase is Phase.RELAYING:
-            self._to(Phase.DRAINING)
+        if self.phase is _RELAYING:
+            self._to(_DRAINING)
         side.peer.shut_write_when_drained()
 
     def write_shut(self, side: Side) -> None:
-        if side.peer.write is Writing.SHUT:
+        if side.peer.write is _SHUT:
             self.finish("closed")
 
     def peer_gone(self, side: Side, exc: OSError) -> None:
@@ -548,10 +553,10 @@ class Pair:
     def _check_idle(self) -> None:
         self._idle_timer = None
         phase = self.phase
-        if phase is Phase.CLOSED:
+        if phase is _CLOSED:
             return
         now = self.runtime.reactor.now
-        if phase is Phase.ADMITTING or phase is Phase.HANDSHAKING:
+        if phase is _ADMITTING or phase is _HANDSHAKING:
             # Still being admitted: that step's own timeout bounds it, and its reason is the one
             # to log. The idle clock starts over when it is done.
             self._idle_timer = self.runtime.reactor.call_later(self.settings.idle_timeout, self._check_idle)
@@ -591,9 +596,9 @@ class Pair:
         what the proxy decided (timeouts, limits, denials, no route, shutdown, its own errors).
         An orderly close was ended by the side whose end of stream came first.
         """
-        if self.phase is Phase.CLOSED:
+        if self.phase is _CLOSED:
             return
-        self._to(Phase.CLOSED)
+        self._to(_CLOSED)
         self.result = result
         close_by = (self._first_eof or by) if result == "closed" else by
         for timer in (self._idle_timer, self._handshake_timer):

@@ -69,11 +69,15 @@ class Splice(StateEnum):
     ON = "on"  # reads go socket -> the peer's pipe -> the peer's socket
 
 
-# The members the per-event paths test, as module constants: looking a member up on its Enum
-# class costs several times what the `is` does (Python 3.11).
-_READING, _PAUSED, _HANDSHAKING = Reading.READING, Reading.PAUSED, Reading.HANDSHAKING
-_DRAINING_TO_SHUT, _SHUT = Writing.DRAINING_TO_SHUT, Writing.SHUT
-_SPLICE_OFF, _SPLICE_ON = Splice.OFF, Splice.ON
+# The members as module constants for the per-event and per-connection paths: on Python 3.11
+# reading a member off its Enum class goes through the metaclass's __getattr__ hook, about four
+# times what reading a global costs.
+_IDLE, _READING, _PAUSED, _HANDSHAKING, _EOF = (
+    Reading.IDLE, Reading.READING, Reading.PAUSED, Reading.HANDSHAKING, Reading.EOF
+)  # fmt: skip
+_OPEN, _DRAINING_TO_SHUT, _SHUT = Writing.OPEN, Writing.DRAINING_TO_SHUT, Writing.SHUT
+_SPLICE_OFF, _SPLICE_COUNTING, _SPLICE_READY, _SPLICE_ON = Splice.OFF, Splice.COUNTING, Splice.READY, Splice.ON
+_TRY_LATER, _PEER_GONE = Meaning.TRY_LATER, Meaning.PEER_GONE
 
 _READ_MOVES: dict[Reading, frozenset[Reading]] = {
     Reading.IDLE: frozenset({Reading.HANDSHAKING, Reading.READING}),
@@ -136,13 +140,13 @@ class Side(Dispatcher):
     tap: HexdumpWriter | SnappedDump | None = None  # set by the owner when the pair is dumped
     bytes_read = 0
     last_active = 0.0  # when bytes last moved (never yet); the owner's idle check reads it
-    read = Reading.IDLE
-    write = Writing.OPEN
+    read = _IDLE
+    write = _OPEN
     # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
     # flow, not requests and answers however many), what it reads goes socket -> the peer's
     # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
     # recv and a send do.
-    splice = Splice.OFF
+    splice = _SPLICE_OFF
     splice_left = 0  # of SPLICE_AFTER, while COUNTING
     pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
 
@@ -194,7 +198,7 @@ class Side(Dispatcher):
         """`peer` is the side this one forwards to from now on; `splice`: bulk may go by pipe."""
         self.peer = peer
         if splice:
-            self._splice_to(Splice.COUNTING)
+            self._splice_to(_SPLICE_COUNTING)
             self.splice_left = SPLICE_AFTER
 
     def readable(self) -> bool:
@@ -240,15 +244,15 @@ class Side(Dispatcher):
 
     def end_of_stream(self) -> None:
         """The remote end shut its writing half: read no more, and tell the owner."""
-        self._read_to(Reading.EOF)
+        self._read_to(_EOF)
         self.owner.end_of_stream(self)
 
     def _count_bulk(self, count: int) -> None:
-        if self.splice is Splice.COUNTING:
+        if self.splice is _SPLICE_COUNTING:
             self.splice_left -= count
             if self.splice_left > 0:
                 return
-            self._splice_to(Splice.READY)
+            self._splice_to(_SPLICE_READY)
         self.start_splicing()
 
     def start_splicing(self) -> None:
@@ -261,9 +265,9 @@ class Side(Dispatcher):
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
-            self._splice_to(Splice.OFF)  # no descriptors to spare: this direction keeps copying
+            self._splice_to(_SPLICE_OFF)  # no descriptors to spare: this direction keeps copying
             return
-        self._splice_to(Splice.ON)
+        self._splice_to(_SPLICE_ON)
 
     def splice_read(self) -> None:
         peer = self.peer
@@ -271,7 +275,7 @@ class Side(Dispatcher):
         lingering = pipe.size
         room = pipe.high - lingering
         if room <= 0:
-            self._read_to(Reading.PAUSED)
+            self._read_to(_PAUSED)
             return
         try:
             count = pipe.fill_from(self.fd, min(room, self.read_size))
@@ -294,7 +298,7 @@ class Side(Dispatcher):
                 if budget.over:
                     self.hold_for_budget()
                 elif pipe.size >= pipe.high:
-                    self._read_to(Reading.PAUSED)
+                    self._read_to(_PAUSED)
 
     def deliver(self, data: memoryview) -> None:
         """Count, dump and forward bytes this side received; pause if the peer is full."""
@@ -363,13 +367,13 @@ class Side(Dispatcher):
         if budget.over and self.peer.pending():
             budget.hold(self)
             return
-        if self.read is Reading.PAUSED:
-            self._read_to(Reading.READING)
+        if self.read is _PAUSED:
+            self._read_to(_READING)
 
     def hold_for_budget(self) -> None:
         """The process holds more than `max_buffered`: stop reading until the budget drains."""
-        if self.read is Reading.READING:
-            self._read_to(Reading.PAUSED)
+        if self.read is _READING:
+            self._read_to(_PAUSED)
         self.outgoing.budget.hold(self)
 
     def budget_released(self) -> None:
@@ -385,7 +389,7 @@ class Side(Dispatcher):
 
     def start_reading(self) -> None:
         """The pair is open: from now on, what this side receives goes to its peer."""
-        self._read_to(Reading.READING)
+        self._read_to(_READING)
 
     def watch_first_byte(self, seen: Callable[[Side], None]) -> None:
         """Call `seen(self)` once, before the first bytes this side delivers (for the timeline).
@@ -406,7 +410,7 @@ class Side(Dispatcher):
     def shut_write_when_drained(self) -> None:
         """The peer's stream ended: shut our writing half once what it sent us has gone out."""
         if self.pending():
-            self._write_to(Writing.DRAINING_TO_SHUT)
+            self._write_to(_DRAINING_TO_SHUT)
         else:
             self._shut_write()
 
@@ -414,17 +418,17 @@ class Side(Dispatcher):
         try:
             done = self.shutdown_write(last=self.peer.write is _SHUT)
         except OSError as exc:
-            if classify(exc) is not Meaning.PEER_GONE or self.read is not Reading.EOF:
+            if classify(exc) is not _PEER_GONE or self.read is not _EOF:
                 self.handle_error(exc)  # may run while the other side is served, but this socket failed
                 return
             # That peer had ended its own sending and then closed outright: nothing of ours
             # was lost but a TLS close_notify it no longer wanted.
             done = True
         if not done:
-            if self.write is Writing.OPEN:
-                self._write_to(Writing.DRAINING_TO_SHUT)
+            if self.write is _OPEN:
+                self._write_to(_DRAINING_TO_SHUT)
             return
-        self._write_to(Writing.SHUT)
+        self._write_to(_SHUT)
         self.owner.write_shut(self)
 
     def shutdown_write(self, last: bool) -> bool:
@@ -472,9 +476,9 @@ class Side(Dispatcher):
             super().handle_error(exc)  # the pair is released: there is no connection left to end
             return
         meaning = classify(exc)
-        if meaning is Meaning.TRY_LATER:
+        if meaning is _TRY_LATER:
             return
-        if meaning is Meaning.PEER_GONE:
+        if meaning is _PEER_GONE:
             self.owner.peer_gone(self, exc)
         else:
             self.owner.failed(self, exc)
