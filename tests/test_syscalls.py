@@ -101,3 +101,45 @@ def test_a_plain_connection_costs_no_more_system_calls_than_its_budget(tmp_path)
     over = {name: round(count, 2) for name, count in per_connection.items() if count > BUDGET.get(name, 0) + 0.1}
     assert not over, f"more system calls per connection than budgeted {BUDGET}: {over}"
     assert sum(per_connection.values()) <= sum(BUDGET.values()) + 0.2
+
+
+def answer_and_end_in_one_segment(conn: socket.socket) -> None:
+    """Answer the request with bytes and FIN in one segment, so the proxy sees them together."""
+    conn.recv(100)
+    conn.send(b"answer", socket.MSG_MORE)
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(100)  # until the proxy closes
+
+
+def test_the_last_bytes_of_a_stream_leave_with_its_end(tmp_path):
+    """An upstream's last bytes and its FIN reach the client as they left the upstream: sent with
+    MSG_MORE and followed at once by the shutdown (or the close, when the client had ended first),
+    which puts the FIN in the same segment."""
+    strace = required_tool("strace")
+    upstream = Upstream(answer_and_end_in_one_segment)
+    port = free_port()
+    trace = tmp_path / "trace.txt"
+    command = [strace, "-f", "-e", "trace=sendto,shutdown,close", "-o", str(trace), sys.executable, "-m", "proxy"]
+    command += ["forward", f"127.0.0.1:{port}", upstream.address, "--log-level", "warning"]
+    tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+                client.sendall(b"question")
+                assert recv_all(client) == b"answer"
+        time.sleep(0.2)
+    finally:
+        tracer.kill()
+        tracer.wait(WAIT)
+        upstream.close()
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if "(" in line]
+    answers = [index for index, call in enumerate(calls) if call.startswith("sendto(") and '"answer"' in call]
+    assert len(answers) >= 5, calls  # the connections above, and the probe that saw the proxy listen
+    for index in answers:
+        fd = calls[index].split("(", 1)[1].split(",", 1)[0]
+        assert "MSG_MORE" in calls[index], calls[index]
+        after = next(
+            call for call in calls[index + 1 :] if call.startswith((f"shutdown({fd},", f"close({fd})", f"sendto({fd},"))
+        )
+        assert after.startswith((f"shutdown({fd}, SHUT_WR)", f"close({fd})")), (calls[index], after)

@@ -80,6 +80,11 @@ class Dispatcher:
     def handle_read(self) -> None:
         """Readable. The reactor calls it directly: a read is the hot path, with no layer between."""
 
+    def handle_last_read(self) -> None:
+        """Readable, and the peer has shut its writing half: what is left is the last of its
+        stream, then its end. Most dispatchers read it like any other."""
+        self.handle_read()
+
     def handle_write(self) -> None:
         pass
 

@@ -8,7 +8,9 @@ key per descriptor and translates every event in Python.
 
 Events are epoll's bits. A ready descriptor may also carry EPOLLHUP or EPOLLERR, which mean
 "look at it" for reading and writing alike (as the selectors module has it): the reactor reads
-when `events & ~WRITE` and writes when `events & ~READ`, within the interest it registered.
+when `events & ~WRITE` and writes when `events & ~READ`, within the interest it registered. A
+read event with ENDED (EPOLLRDHUP) says the peer's stream has ended: its last bytes and its end
+can be passed on together (epoll only).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import math
 import select
 import selectors
 
-READ = 0x001  # EPOLLIN's value
+_EPOLLIN, _EPOLLERR, _EPOLLHUP = 0x001, 0x008, 0x010
+# The peer shut its writing half (EPOLLRDHUP): on a read event, what is left to read is the last
+# of its stream. Read interest asks for it too; the selectors module never reports it.
+ENDED = 0x2000
+READ = _EPOLLIN | ENDED
 WRITE = 0x004  # EPOLLOUT's value
-_EPOLLERR, _EPOLLHUP = 0x008, 0x010
 
 
 class EpollPoller:
@@ -85,7 +90,7 @@ class SelectorsPoller:
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         return [
-            (key.fd, (READ if mask & selectors.EVENT_READ else 0) | (WRITE if mask & selectors.EVENT_WRITE else 0))
+            (key.fd, (_EPOLLIN if mask & selectors.EVENT_READ else 0) | (WRITE if mask & selectors.EVENT_WRITE else 0))
             for key, mask in self._selector.select(timeout)
         ]
 

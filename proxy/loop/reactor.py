@@ -11,7 +11,8 @@ Each pass of `loop()`:
 2. Wait in `poll()` until an fd is ready or the earliest timer is due (no wait at all when
    callbacks are queued).
 3. Dispatch each ready fd to its dispatcher (the reactor's own map): a read event calls
-   `handle_read`, a write event `handle_write_event` (the connect's outcome, or `handle_write`).
+   `handle_read` (`handle_last_read` when the peer's stream has ended), a write event
+   `handle_write_event` (the connect's outcome, or `handle_write`).
    An exception escaping a dispatcher goes to that dispatcher's `handle_error`, never out of the
    loop. A dispatcher closed earlier in the same batch has left the map, so its remaining events
    find nobody. The map gains dispatchers only in step 1, so a new one that reuses a closed
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy.loop.dispatcher import State
-from proxy.loop.poller import READ, WRITE, Poller, best_poller
+from proxy.loop.poller import ENDED, READ, WRITE, Poller, best_poller
 
 if TYPE_CHECKING:
     from proxy.log import EventLog
@@ -267,7 +268,10 @@ class Reactor:
                 wanted = dispatcher.mask
                 try:
                     if mask & not_write and wanted & READ:
-                        dispatcher.handle_read()
+                        if mask & ENDED:
+                            dispatcher.handle_last_read()
+                        else:
+                            dispatcher.handle_read()
                     if mask & not_read and wanted & WRITE and dispatcher.state is not closed:
                         dispatcher.handle_write_event(mask)
                 except Exception as exc:

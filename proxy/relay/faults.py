@@ -65,8 +65,9 @@ class FaultedStream:
 
     # -- the consumer's shadowed methods -------------------------------------------------
 
-    def take(self, data: memoryview) -> None:
-        """Queue a chunk the producer read (a view it will reuse) on the schedule's times."""
+    def take(self, data: memoryview, flags: int = 0) -> None:
+        """Queue a chunk the producer read (a view it will reuse) on the schedule's times
+        (`flags` is always 0: a faulted pair merges no end, see Side.join)."""
         producer = self.producer
         pieces = self.schedule.plan(len(data), self.reactor.now)
         kept = sum(size for _, size in pieces)

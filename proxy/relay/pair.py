@@ -342,17 +342,11 @@ class Pair:
             self._decide_dump()
         faults = self.settings.faults
         applied = () if faults is None else faults.decide(self.route, self.runtime.rng)
+        plain = not applied and type(client) is Side and type(upstream) is Side
         # Bulk bytes can skip Python when nothing looks at them and neither side is TLS.
-        splice = (
-            self.settings.splice
-            and not applied
-            and self.tap is None
-            and self.capture is None
-            and type(client) is Side
-            and type(upstream) is Side
-        )
-        client.join(upstream, splice=splice)
-        upstream.join(client, splice=splice)
+        splice = plain and self.settings.splice and self.tap is None and self.capture is None
+        client.join(upstream, splice=splice, merge_end=plain)
+        upstream.join(client, splice=splice, merge_end=plain)
         if self.tap is not None:
             client.set_tap(self.tap)
             upstream.set_tap(self.tap)

@@ -95,7 +95,8 @@ class TlsSide(Side):
         if self.read is Reading.READING and not self.closed:
             self.drain_plaintext()
 
-    def forward(self, data: memoryview) -> None:
+    def forward(self, data: memoryview, flags: int = 0) -> None:
+        # `flags` are for a plain socket's send: the records carry no such hint.
         try:
             self.session.write(data)
         except TlsError as exc:
