@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import resource
@@ -155,6 +156,27 @@ def test_upstream_reset_resets_the_client(start_proxy, start_upstream):
         with pytest.raises(ConnectionResetError):
             client.recv(1)
     assert proxy.wait_access(1)[0]["result"] == "reset"
+
+
+def test_an_answer_the_upstream_sent_before_its_reset_reaches_the_client(start_proxy, start_upstream):
+    """An upstream answers and closes with the request unread: its kernel sends the answer, then a
+    reset, and the proxy may see both in one wake-up. The client gets the answer, then the reset."""
+
+    def answer_then_reset(conn):
+        conn.recv(1)  # the rest of the request stays unread: closing now sends a reset
+        conn.sendall(b"413 too large")
+        conn.close()
+
+    upstream = start_upstream(answer_then_reset)
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
+    for _ in range(20):
+        with connect(proxy.address) as client:
+            client.sendall(b"x" * 1000)
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := client.recv(100):
+                    received += chunk
+            assert received == b"413 too large"
 
 
 def test_slow_reader_keeps_proxy_memory_bounded(start_proxy, start_upstream):

@@ -248,26 +248,36 @@ class Side(Dispatcher):
             self._count_bulk(count)
 
     def handle_last_read(self) -> None:
-        """The remote end has shut its writing half: if one read takes all it sent before, those
-        bytes go out with MSG_MORE and the end of stream is read at once, so the peer's shutdown
-        carries the FIN in the same segment as the bytes (one packet and one loop pass fewer for
-        every connection that ends this way, as a response followed by a close does)."""
+        """The remote end has shut its writing half. When a second read confirms that the first
+        took everything before the end, those bytes go out with MSG_MORE and the end follows at
+        once, so the peer's shutdown carries the FIN in the same segment (one packet and one loop
+        pass fewer for every connection that ends this way, as a response and a close do)."""
         if not self.merge_end or self.splice is _SPLICE_ON or self.peer.pending():
             self.handle_read()
             return
-        try:
-            count = self.socket.recv_into(self.scratch, self.read_size)
-        except (BlockingIOError, InterruptedError):
+        count = self.receive()
+        if not count:  # nothing after all, or the end alone
+            if count == 0:
+                self.end_of_stream()
             return
-        if not count:
-            self.end_of_stream()
-            return
-        if count == self.read_size:  # maybe more than one read's worth: no end in this one
-            self.deliver(self.scratch[:count])
-            return
-        self.deliver(self.scratch[:count], _MSG_MORE)
-        if self.read is _READING and not self.closed:
-            self.handle_read()  # the end; were it not there, the next send or the shutdown pushes the bytes
+        scratch, size = self.scratch, self.read_size
+        if count < size:
+            try:
+                more = self.socket.recv_into(scratch[count:], size - count)
+            except (BlockingIOError, InterruptedError):
+                more = None
+            except OSError:
+                self.deliver(scratch[:count])  # a reset came after these bytes: they leave first
+                raise
+            if more == 0:
+                self.deliver(scratch[:count], _MSG_MORE)
+                if not self.closed:
+                    self.end_of_stream()
+                return
+            count += more or 0
+        self.deliver(scratch[:count])
+        if count >= self.bulk_read and self.splice is not _SPLICE_OFF:
+            self._count_bulk(count)
 
     def end_of_stream(self) -> None:
         """The remote end shut its writing half: read no more, and tell the owner."""
