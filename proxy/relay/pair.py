@@ -310,8 +310,10 @@ class Pair:
         if self._upstream_tls is None:
             self.upstream = self._side(Side, sock, "upstream", address, "upstream->client")
             attempt.hand_over(self.upstream)
-            if self._preface:
-                self.upstream.outgoing.append(self._preface)
+            if self._preface:  # sent now: a socket that just connected takes it at once
+                self.upstream.forward(memoryview(self._preface))
+                if self.phase is _CLOSED:
+                    return  # the send failed, and ended the pair
             self._open()
             return
         self._to(_HANDSHAKING)
