@@ -50,6 +50,8 @@ class TlsState(enum.Enum):
     CLOSED = "closed"  # both went, or the session failed (see `error`)
 
 
+_HANDSHAKING = TlsState.HANDSHAKING  # a global for the per-record paths: see relay/side.py
+
 _MOVES: dict[TlsState, frozenset[TlsState]] = {
     TlsState.HANDSHAKING: frozenset({TlsState.OPEN, TlsState.CLOSED}),
     TlsState.OPEN: frozenset({TlsState.CLOSING, TlsState.CLOSED}),
@@ -102,7 +104,7 @@ class TlsSession:
     def _check_usable(self, operation: str) -> None:
         if self.error is not None:
             raise TlsError(self.error)
-        if self.state is TlsState.HANDSHAKING:
+        if self.state is _HANDSHAKING:
             raise TlsStateError(f"cannot {operation} before the TLS handshake is complete")
 
     # -- ciphertext in and out -----------------------------------------------------------
