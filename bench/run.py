@@ -32,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PROXY_CPU, LOAD_CPU = "1", "0"
+# `run --workers 2` gets two cores of its own where there are three or more; on two, it shares
+# the load generator's.
+WORKERS_CPUS = f"{PROXY_CPU},2" if (os.cpu_count() or 1) >= 3 else f"{PROXY_CPU},{LOAD_CPU}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -165,7 +168,7 @@ class Peer:
                 argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--log-level", "warning"]
                 if name == "pairproxy-w2":
                     argv += ["--workers", "2"]
-                cpus = f"{PROXY_CPU},{LOAD_CPU}" if name == "pairproxy-w2" else PROXY_CPU
+                cpus = WORKERS_CPUS if name == "pairproxy-w2" else PROXY_CPU
                 proc = start(argv, cpus, env=env, cwd=ROOT)
             else:
                 argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
