@@ -143,3 +143,44 @@ def test_the_last_bytes_of_a_stream_leave_with_its_end(tmp_path):
             call for call in calls[index + 1 :] if call.startswith((f"shutdown({fd},", f"close({fd})", f"sendto({fd},"))
         )
         assert after.startswith((f"shutdown({fd}, SHUT_WR)", f"close({fd})")), (calls[index], after)
+
+
+def test_a_proxy_header_leaves_with_the_clients_first_bytes(tmp_path):
+    """A PROXY header to the upstream goes with MSG_MORE when the client's first bytes are already
+    there, and those follow at once: the upstream gets both in one segment."""
+    strace = required_tool("strace")
+    upstream = Upstream(echo_handler)
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"upstreams:\n  app: {{servers: ['{upstream.address}'], proxy_protocol: v1}}\n"
+        f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: app}}\n"
+    )
+    trace = tmp_path / "trace.txt"
+    command = [strace, "-f", "-e", "trace=sendto", "-o", str(trace), sys.executable, "-m", "proxy"]
+    command += ["run", "-c", str(config), "--log-level", "warning"]
+    tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+                client.sendall(b"request")
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client).endswith(b"request")
+        time.sleep(0.2)
+    finally:
+        tracer.kill()
+        tracer.wait(WAIT)
+        upstream.close()
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if "sendto(" in line]
+    # The header alone, to the upstream (the echo of header and request back to the client is one call).
+    headers = [index for index, call in enumerate(calls) if '"PROXY TCP4 ' in call and "request" not in call]
+    assert len(headers) >= 5, calls  # the connections above, and the probe that saw the proxy listen
+    together = 0
+    for index in headers:
+        fd = calls[index].split(",", 1)[0]  # "sendto(7"
+        after = next((call for call in calls[index + 1 :] if call.startswith(fd + ",")), "")
+        if after.startswith(fd + ', "request"'):
+            assert "MSG_MORE" in calls[index], calls[index]
+            together += 1
+    assert together >= 5, calls

@@ -137,6 +137,7 @@ class Phase(StateEnum):
 _ADMITTING, _CONNECTING, _HANDSHAKING = Phase.ADMITTING, Phase.CONNECTING, Phase.HANDSHAKING
 _RELAYING, _DRAINING, _CLOSED = Phase.RELAYING, Phase.DRAINING, Phase.CLOSED
 _SHUT = Writing.SHUT
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 _MOVES: dict[Phase, frozenset[Phase]] = {
     Phase.ADMITTING: frozenset({Phase.CONNECTING, Phase.HANDSHAKING, Phase.CLOSED}),
@@ -310,10 +311,10 @@ class Pair:
         if self._upstream_tls is None:
             self.upstream = self._side(Side, sock, "upstream", address, "upstream->client")
             attempt.hand_over(self.upstream)
-            if self._preface:  # sent now: a socket that just connected takes it at once
-                self.upstream.forward(memoryview(self._preface))
+            if self._preface:
+                self._send_preface()
                 if self.phase is _CLOSED:
-                    return  # the send failed, and ended the pair
+                    return  # the client or the upstream failed meanwhile, and ended the pair
             self._open()
             return
         self._to(_HANDSHAKING)
@@ -328,6 +329,25 @@ class Pair:
             self.pool.config.connect_timeout, self._handshake_timed_out, upstream
         )
         upstream.start()
+
+    def _send_preface(self) -> None:
+        """Send the PROXY header now, to the upstream that just connected. When the client's
+        first bytes are here already (read now, unless a preamble left some), the header goes
+        with MSG_MORE and `_open` sends them at once: one segment for both, as the upstream
+        expects them. A client that waits for the server to speak first has sent nothing, and
+        the header leaves on its own."""
+        client = self.client
+        if not self._payload and type(client) is Side:
+            try:
+                count = client.socket.recv_into(client.scratch, client.read_size)
+            except (BlockingIOError, InterruptedError):
+                count = 0
+            except OSError as exc:
+                client.handle_error(exc)  # a reset, say: the pair ends here
+                return
+            if count:  # (an end of stream stays for the side's first read to find)
+                self._payload = client.scratch[:count].tobytes()
+        self.upstream.forward(memoryview(self._preface), _MSG_MORE if self._payload else 0)
 
     def _open(self) -> None:
         """Both sides are ready: join them and start forwarding."""
