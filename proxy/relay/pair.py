@@ -337,17 +337,19 @@ class Pair:
         expects them. A client that waits for the server to speak first has sent nothing, and
         the header leaves on its own."""
         client = self.client
+        error: OSError | None = None
         if not self._payload and type(client) is Side:
             try:
                 count = client.socket.recv_into(client.scratch, client.read_size)
             except (BlockingIOError, InterruptedError):
                 count = 0
-            except OSError as exc:
-                client.handle_error(exc)  # a reset, say: the pair ends here
-                return
+            except OSError as exc:  # a reset, say: it ends the pair once the header is out
+                count, error = 0, exc
             if count:  # (an end of stream stays for the side's first read to find)
                 self._payload = client.scratch[:count].tobytes()
         self.upstream.forward(memoryview(self._preface), _MSG_MORE if self._payload else 0)
+        if error is not None and self.phase is not _CLOSED:
+            client.handle_error(error)  # the upstream has the header: it knows whose reset it gets
 
     def _open(self) -> None:
         """Both sides are ready: join them and start forwarding."""
