@@ -9,12 +9,14 @@ change saves a call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support import WAIT, Upstream, echo_handler, recv_all, required_tool, wait_until
@@ -111,27 +113,38 @@ def answer_and_end_in_one_segment(conn: socket.socket) -> None:
     conn.recv(100)  # until the proxy closes
 
 
-def test_the_last_bytes_of_a_stream_leave_with_its_end(tmp_path):
-    """An upstream's last bytes and its FIN reach the client as they left the upstream: sent with
-    MSG_MORE and followed at once by the shutdown (or the close, when the client had ended first),
-    which puts the FIN in the same segment."""
-    strace = required_tool("strace")
-    upstream = Upstream(answer_and_end_in_one_segment)
-    port = free_port()
+@contextlib.contextmanager
+def traced_proxy(tmp_path: Path, calls: str, port: int, arguments: list[str]) -> Iterator[Path]:
+    """A proxy (`python -m proxy ARGUMENTS`, listening on `port`) under `strace -e trace=CALLS`;
+    yields the trace file, complete once the block has ended."""
     trace = tmp_path / "trace.txt"
-    command = [strace, "-f", "-e", "trace=sendto,shutdown,close", "-o", str(trace), sys.executable, "-m", "proxy"]
-    command += ["forward", f"127.0.0.1:{port}", upstream.address, "--log-level", "warning"]
-    tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [required_tool("strace"), "-f", "-e", f"trace={calls}", "-o", str(trace), sys.executable, "-m", "proxy"]
+    tracer = subprocess.Popen(
+        command + arguments, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
-        for _ in range(5):
-            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-                client.sendall(b"question")
-                assert recv_all(client) == b"answer"
+        yield trace
         time.sleep(0.2)
     finally:
         tracer.kill()
         tracer.wait(WAIT)
+
+
+def test_the_last_bytes_of_a_stream_leave_with_its_end(tmp_path):
+    """An upstream's last bytes and its FIN reach the client as they left the upstream: sent with
+    MSG_MORE and followed at once by the shutdown (or the close, when the client had ended first),
+    which puts the FIN in the same segment."""
+    upstream = Upstream(answer_and_end_in_one_segment)
+    port = free_port()
+    arguments = ["forward", f"127.0.0.1:{port}", upstream.address, "--log-level", "warning"]
+    try:
+        with traced_proxy(tmp_path, "sendto,shutdown,close", port, arguments) as trace:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+                    client.sendall(b"question")
+                    assert recv_all(client) == b"answer"
+    finally:
         upstream.close()
     calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if "(" in line]
     answers = [index for index, call in enumerate(calls) if call.startswith("sendto(") and '"answer"' in call]
@@ -148,7 +161,6 @@ def test_the_last_bytes_of_a_stream_leave_with_its_end(tmp_path):
 def test_a_proxy_header_leaves_with_the_clients_first_bytes(tmp_path):
     """A PROXY header to the upstream goes with MSG_MORE when the client's first bytes are already
     there, and those follow at once: the upstream gets both in one segment."""
-    strace = required_tool("strace")
     upstream = Upstream(echo_handler)
     port = free_port()
     config = tmp_path / "proxy.yaml"
@@ -156,21 +168,14 @@ def test_a_proxy_header_leaves_with_the_clients_first_bytes(tmp_path):
         f"upstreams:\n  app: {{servers: ['{upstream.address}'], proxy_protocol: v1}}\n"
         f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: app}}\n"
     )
-    trace = tmp_path / "trace.txt"
-    command = [strace, "-f", "-e", "trace=sendto", "-o", str(trace), sys.executable, "-m", "proxy"]
-    command += ["run", "-c", str(config), "--log-level", "warning"]
-    tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
-        for _ in range(5):
-            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-                client.sendall(b"request")
-                client.shutdown(socket.SHUT_WR)
-                assert recv_all(client).endswith(b"request")
-        time.sleep(0.2)
+        with traced_proxy(tmp_path, "sendto", port, ["run", "-c", str(config), "--log-level", "warning"]) as trace:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+                    client.sendall(b"request")
+                    client.shutdown(socket.SHUT_WR)
+                    assert recv_all(client).endswith(b"request")
     finally:
-        tracer.kill()
-        tracer.wait(WAIT)
         upstream.close()
     calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if "sendto(" in line]
     # The header alone, to the upstream (the echo of header and request back to the client is one call).
