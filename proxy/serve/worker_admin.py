@@ -114,6 +114,23 @@ class WorkerAdminPair(Dispatcher):
         self.incoming += data
         self._answer_next()
 
+    def answer_waiting(self) -> None:
+        """Answer at once the requests already waiting in the pair: what the operator changed,
+        told before this worker started, applies before its loop accepts a first client."""
+        while not self.closed:
+            try:
+                data = self.socket.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                break  # the supervisor is gone: handle_read will find that end again
+            self.incoming += data
+        while self.incoming and not self.outgoing and not self.closed:
+            waiting = len(self.incoming)
+            self._answer_next()
+            if len(self.incoming) == waiting:
+                break  # not a whole request yet
+
     def _answer_next(self) -> None:
         """Answer the next whole request, unless an answer is still being sent."""
         if self.outgoing or self.closed:

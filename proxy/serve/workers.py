@@ -242,6 +242,9 @@ class Supervisor:
             _send(link, LISTEN, str(address), sock)
             sock.close()
         _send(link, SERVE)
+        # Before the fork: what the operator changed is then waiting in the pair when the worker
+        # starts, and it answers that before it accepts a client (a restart must not undo it).
+        self.target.add(index, admin_pair)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             pid = os.fork()
@@ -252,13 +255,15 @@ class Supervisor:
                 status = self._serve(index, worker_end, worker_admin_end)
                 self.log.output.flush()
                 os._exit(status)
+        except BaseException:
+            self.target.remove(index)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         worker_end.close()
         worker_admin_end.close()
         link.setblocking(False)
         self.links[index] = link
-        self.target.add(index, admin_pair)
         self.workers[pid] = index
         self._started_at[index] = time.monotonic()
         self.log.info("worker_started", worker=index, pid=pid)
@@ -291,7 +296,7 @@ class Supervisor:
             server.bind()
             discard_handed()
             SupervisorLink(server, link)
-            WorkerAdminPair(server, admin_pair)
+            WorkerAdminPair(server, admin_pair).answer_waiting()
             _send(link, READY)
             ready = True
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
