@@ -252,8 +252,6 @@ class Listener(Dispatcher):
         self.address = format_any_sockaddr(sock.getsockname())
         # What each accepted socket is made with, as plain ints: socket.accept() would read the
         # listener's family and type through properties that build enum members, per client.
-        # The socket is socket.SocketType, the C type under socket.socket: the same methods, but
-        # its construction and close are not Python functions (a connection has two sockets).
         self._family, self._proto = int(sock.family), sock.proto
         self.paused = False
         self._backoff = EMFILE_BACKOFF_FIRST
@@ -279,6 +277,8 @@ class Listener(Dispatcher):
                     continue
                 raise
             self._backoff = EMFILE_BACKOFF_FIRST
+            # socket.SocketType, the C type under socket.socket: the same methods, but making
+            # and closing one are not Python functions (a connection has two sockets).
             client = socket.SocketType(family, socket.SOCK_STREAM, proto, fd)
             client.setblocking(False)
             self.on_accept(client, peer)

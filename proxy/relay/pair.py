@@ -68,7 +68,7 @@ from proxy.relay.buffer import Budget
 from proxy.relay.capture import ConnectionCapture, RecordingSocket
 from proxy.relay.dumping import DumpPlan, Facts
 from proxy.relay.faults import Toxics
-from proxy.relay.side import Side, StateEnum, Writing
+from proxy.relay.side import _MSG_MORE, _SHUT, Side, StateEnum
 from proxy.relay.tap import HexdumpWriter, SnappedDump
 from proxy.relay.tls_side import TlsSide
 
@@ -136,8 +136,6 @@ class Phase(StateEnum):
 # The members as module constants for the per-connection paths (see side.py).
 _ADMITTING, _CONNECTING, _HANDSHAKING = Phase.ADMITTING, Phase.CONNECTING, Phase.HANDSHAKING
 _RELAYING, _DRAINING, _CLOSED = Phase.RELAYING, Phase.DRAINING, Phase.CLOSED
-_SHUT = Writing.SHUT
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 _MOVES: dict[Phase, frozenset[Phase]] = {
     Phase.ADMITTING: frozenset({Phase.CONNECTING, Phase.HANDSHAKING, Phase.CLOSED}),
@@ -340,9 +338,7 @@ class Pair:
         error: OSError | None = None
         if not self._payload and type(client) is Side:
             try:
-                count = client.socket.recv_into(client.scratch, client.read_size)
-            except (BlockingIOError, InterruptedError):
-                count = 0
+                count = client.receive()
             except OSError as exc:  # a reset, say: it ends the pair once the header is out
                 count, error = 0, exc
             if count:  # (an end of stream stays for the side's first read to find)
