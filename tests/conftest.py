@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.support import ProxyProcess, Upstream
@@ -48,3 +54,60 @@ def start_upstream():
     yield start
     for server in started:
         server.close()
+
+
+# -- nothing a test starts outlives the run ---------------------------------------------------
+# pytest becomes a child subreaper, so a process a test started stays its descendant even when
+# the process between them dies (strace killed before its tracee, a shell that exec'd away); at
+# the end, any child still alive is named, killed, and fails the run.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_sessionstart(session):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _live_children() -> dict[int, str]:
+    """This process's children that are not zombies (reaped here), by pid, with their command lines."""
+    pids = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            continue
+    alive = {}
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            continue
+        alive[pid] = command.strip()
+    return alive
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    deadline = time.monotonic() + 5  # a process killed at the last teardown may still be exiting
+    while (left := _live_children()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not left:
+        return
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    report = "\n".join(f"  pid {pid}: {command}" for pid, command in left.items())
+    session.config.get_terminal_writer().line(
+        f"\nFAILED: processes started by tests outlived them (killed now):\n{report}", red=True
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
