@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from proxy.config.faults import COMMON_KEYS, FAULT_KEYS, format_fault, parse_fault
 from proxy.config.schema import FaultConfig, ListenerConfig, RouteConfig
 from proxy.config.units import parse_address
-from proxy.policy.faults import NEVER, FaultPlan, Schedule, TokenBucket, jitter_delay, slice_sizes
+from proxy.policy.faults import NEVER, FaultPlan, Schedule, TokenBucket, jitter_delay, slice_size
 
 SPECS = [
     "latency:latency=100ms,jitter=20ms",
@@ -38,31 +38,67 @@ def test_units_are_toxiproxy_s_names_with_the_project_s_units():
     assert (fault.bytes, fault.stream, fault.toxicity) == (100, "downstream", 1.0)
 
 
+def _drain(schedule: Schedule) -> list[tuple[float, int]]:
+    """Every piece the schedule holds, in the order they go."""
+    pieces = []
+    while (piece := schedule.peek()) is not None:
+        schedule.pop()
+        pieces.append(piece)
+    return pieces
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    sizes=st.lists(st.integers(1, 70000), min_size=1, max_size=20),
+    sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=20),
+    pops=st.lists(st.integers(0, 50), min_size=20, max_size=20),
     latency=st.floats(0, 1),
     jitter=st.floats(0, 0.5),
     average=st.integers(1, 5000),
     rate=st.integers(1, 10**7),
     seed=st.integers(0, 2**32),
 )
-def test_every_byte_goes_once_in_order_and_never_early(sizes, latency, jitter, average, rate, seed):
+def test_every_byte_goes_once_in_order_and_never_early(sizes, pops, latency, jitter, average, rate, seed):
     faults = (
         FaultConfig("latency", latency=latency, jitter=jitter),
         FaultConfig("slicer", average_size=average, size_variation=average // 2),
         FaultConfig("bandwidth", rate=rate),
     )
     schedule = Schedule(faults, random.Random(seed))
-    last, now = 0.0, 0.0
-    for size in sizes:
-        pieces = schedule.plan(size, now)
-        assert sum(length for _, length in pieces) == size
-        assert all(length >= 1 for _, length in pieces)
-        for at, _ in pieces:
-            assert at >= max(last, now + max(0.0, latency - jitter)) - 1e-9
-            last = at
+    chunks = []  # (where the chunk ends in the stream, when it was read)
+    pieces = []
+    added, now = 0, 0.0
+    for size, popped in zip(sizes, pops, strict=False):  # chunks added while earlier ones go
+        assert schedule.add(size, now) == size
+        added += size
+        chunks.append((added, now))
+        for _ in range(popped):
+            if (piece := schedule.peek()) is None:
+                break
+            schedule.pop()
+            pieces.append(piece)
         now += 0.01
+    pieces += _drain(schedule)
+    assert sum(length for _, length in pieces) == added
+    assert all(length >= 1 for _, length in pieces)
+    assert [at for at, _ in pieces] == sorted(at for at, _ in pieces)
+    offset, chunk = 0, 0
+    for at, length in pieces:  # each piece lies within one chunk, and goes no earlier than it may
+        end, read_at = chunks[chunk]
+        assert offset + length <= end
+        assert at >= read_at + max(0.0, latency - jitter) - 1e-9
+        offset += length
+        chunk += offset == end
+
+
+def test_a_chunk_is_cut_only_as_its_pieces_are_asked_for():
+    schedule = Schedule((FaultConfig("slicer", average_size=1, delay=1.0),), random.Random(0))
+    schedule.add(1 << 40, 5.0)  # a terabyte in one-byte slices: nothing is cut yet
+    assert schedule.peek() == schedule.peek() == (5.0, 1)
+    schedule.pop()
+    assert schedule.peek() == (6.0, 1)
+    paced = Schedule((FaultConfig("bandwidth", rate=4),), random.Random(0))
+    paced.add(1 << 40, 0.0)
+    assert [at for at, _ in (paced.peek(), paced.pop(), paced.peek())[::2]] == [0.0, 0.25]
 
 
 def test_bandwidth_keeps_the_rate():
@@ -76,21 +112,24 @@ def test_bandwidth_keeps_the_rate():
 def test_slices_and_jitter_stay_in_their_bounds():
     rng = random.Random(1)
     for _ in range(200):
-        sizes = slice_sizes(1000, 8, 4, rng)
-        assert sum(sizes) == 1000 and all(4 <= size <= 12 for size in sizes[:-1])
+        assert 4 <= slice_size(1000, 8, 4, rng) <= 12
+        assert slice_size(3, 8, 4, rng) == 3
         assert 0.05 <= jitter_delay(0.1, 0.05, rng) <= 0.15
+    assert slice_size(1000, 2, 5, rng) >= 1
     assert jitter_delay(0.01, 1.0, random.Random(2)) >= 0.0
 
 
 def test_limit_data_cuts_the_stream_and_timeout_holds_it():
     schedule = Schedule((FaultConfig("limit_data", bytes=10),), random.Random(0))
-    assert schedule.plan(6, 1.0) == [(1.0, 6)]
+    assert schedule.add(6, 1.0) == 6
     assert not schedule.exhausted
-    assert schedule.plan(6, 2.0) == [(2.0, 4)]
+    assert schedule.add(6, 2.0) == 4
     assert schedule.exhausted
-    assert schedule.plan(6, 3.0) == []
+    assert schedule.add(6, 3.0) == 0
+    assert _drain(schedule) == [(1.0, 6), (2.0, 4)]
     held = Schedule((FaultConfig("timeout"),), random.Random(0))
-    assert held.plan(5, 1.0) == [(NEVER, 5)]
+    held.add(5, 1.0)
+    assert held.peek() == (NEVER, 5)
 
 
 def test_a_route_s_faults_add_to_its_listener_s_and_toxicity_is_a_share():

@@ -371,3 +371,58 @@ def test_toxics_both_ways_between_tls_sides(pki, start_proxy, start_upstream):  
         assert echo_through(client, data, step=64 * KiB) == data
         assert time.monotonic() - started >= 0.15  # 256 KiB at 1 MiB/s
     assert proxy.wait_access()[0]["faults"] == "slicer,bandwidth"
+
+
+def _push(client: socket.socket, data: bytes) -> int:
+    """Send what the connection takes without blocking: the byte count."""
+    client.setblocking(False)
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += client.send(data[sent:])
+    except BlockingIOError:
+        pass
+    return sent
+
+
+@pytest.mark.parametrize(
+    "toxic",
+    [
+        "type: slicer, average_size: 1, delay: 1s",  # a byte a second
+        "type: bandwidth, rate: 4",  # a byte every 250 ms
+        "type: slicer, average_size: 1",  # a chunk in one-byte pieces, all due at once
+    ],
+)
+def test_a_slow_toxic_holds_its_bytes_at_their_cost_and_never_stalls_the_loop(
+    toxic, start_upstream, start_proxy, tmp_path
+):  # the proxy, which holds the sink's connections open, is stopped before the servers
+    path = write(
+        tmp_path,
+        f"""\
+        listeners:
+          - name: slow
+            listen: 127.0.0.1:0
+            upstream: "{start_upstream(sink_handler).address}"
+            faults: [{{{toxic}, stream: upstream}}]
+          - {{name: plain, listen: "127.0.0.1:0", upstream: "{start_upstream(echo_handler).address}"}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(path), wait_listening=2)
+    data = pattern(256 * KiB, seed=11)
+    echoes = []
+    with PeakRss(proxy.pid) as rss, connect(proxy.listener_address("plain")) as plain:
+        clients = [connect(proxy.listener_address("slow")) for _ in range(3)]
+        try:
+            for client in clients:
+                assert _push(client, data) > 0
+            for round_ in range(5):  # while the toxic holds what the three clients pushed
+                started = time.monotonic()
+                plain.sendall(b"%d" % round_)
+                assert plain.recv(1) == b"%d" % round_
+                echoes.append(time.monotonic() - started)
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+    assert rss.growth < 16 * 1024, f"RSS grew by {rss.growth} KiB"
+    assert max(echoes) < 0.5, f"one-byte echoes took {', '.join(f'{took:.2f}' for took in echoes)} s"

@@ -5,15 +5,20 @@ proxy/relay/faults.py holds the bytes and runs the timers.
 
 A listener's `FaultPlan` says which toxics each route's connections may get (the listener's,
 then the route's own); `decide` rolls each toxic's `toxicity` once for a connection. A
-`Schedule` is one direction of one connection: given a chunk's size and the time it was read,
-it says how the chunk is cut and when each piece is released (latency, slicer and bandwidth in
-the order they were given; limit_data cuts the stream off; timeout holds it for ever). Release
-times never go backwards, so the order of the bytes is kept.
+`Schedule` is one direction of one connection: it is told each chunk's size and the time it was
+read (`add`), and says which piece goes next and when (`peek`, `pop`): latency, slicer and
+bandwidth in the order they were given; limit_data cuts the stream off; timeout holds it for
+ever. Release times never go backwards, so the order of the bytes is kept.
+
+Pieces are cut one at a time, as they are asked for: each toxic keeps only the piece it is
+cutting (its time, the bytes left, how many it cut), so a chunk cut into a byte a second costs
+what a chunk sent whole does, in memory and in time. A piece never spans two chunks.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,9 +27,7 @@ from proxy.config.schema import FaultConfig, ListenerConfig
 NEVER = float("inf")
 BANDWIDTH_STEPS = 20  # a bandwidth toxic releases about this many pieces a second (at most 16KiB each)
 MAX_BANDWIDTH_PIECE = 16 * 1024
-SHAPING = frozenset({"latency", "slicer", "bandwidth", "limit_data", "timeout"})  # toxics that act on each chunk
-
-Pieces = list[tuple[float, int]]  # (release time, size)
+SHAPING = frozenset({"latency", "slicer", "bandwidth", "timeout"})  # toxics that cut or time each piece
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,9 @@ def jitter_delay(latency: float, jitter: float, rng: random.Random) -> float:
     return max(0.0, latency + rng.uniform(-jitter, jitter))
 
 
-def slice_sizes(size: int, average: int, variation: int, rng: random.Random) -> list[int]:
-    """`size` bytes cut into slices of `average` give or take `variation` (each at least 1 byte)."""
-    sizes = []
-    while size > 0:
-        cut = min(size, max(1, average + rng.randint(-variation, variation)))
-        sizes.append(cut)
-        size -= cut
-    return sizes
+def slice_size(left: int, average: int, variation: int, rng: random.Random) -> int:
+    """The next slice of `left` bytes: `average` give or take `variation`, at least 1 byte."""
+    return min(left, max(1, average + rng.randint(-variation, variation)))
 
 
 class TokenBucket:
@@ -91,19 +89,56 @@ class TokenBucket:
         return max(1, min(self.rate // BANDWIDTH_STEPS, MAX_BANDWIDTH_PIECE))
 
 
+class _Stage:
+    """One shaping toxic at work: the piece it is cutting, and the next cut of it."""
+
+    __slots__ = ("fault", "bucket", "at", "left", "step")
+
+    def __init__(self, fault: FaultConfig) -> None:
+        self.fault = fault
+        self.bucket = TokenBucket(fault.rate) if fault.type == "bandwidth" else None
+        self.at = 0.0  # when the piece in hand reached this toxic
+        self.left = 0  # of its bytes, not cut yet: 0 when the toxic needs another piece
+        self.step = 0  # pieces cut from it so far
+
+    def start(self, at: float, size: int) -> None:
+        self.at, self.left, self.step = at, size, 0
+
+    def cut(self, rng: random.Random) -> tuple[float, int]:
+        """The next piece (release time, size) of the piece in hand."""
+        fault, left = self.fault, self.left
+        kind = fault.type
+        if kind == "slicer":
+            size = slice_size(left, fault.average_size, fault.size_variation, rng)
+            at = self.at + self.step * fault.delay
+        elif self.bucket is not None:
+            size = min(left, self.bucket.piece())
+            at = self.bucket.reserve(size, self.at)
+        elif kind == "latency":
+            size, at = left, self.at + jitter_delay(fault.latency, fault.jitter, rng)
+        else:  # timeout
+            size, at = left, NEVER
+        self.left = left - size
+        self.step += 1
+        return at, size
+
+
 class Schedule:
-    """One faulted direction of one connection: how each chunk read is cut and when it goes."""
+    """One faulted direction of one connection: which piece of the chunks read goes next, and when.
+
+    `add` each chunk as it is read; `peek` says the next piece (release time, size), or None
+    when every byte added has gone; `pop` once that piece has gone. Pieces come in the order of
+    the bytes: the first piece `peek` gives is the first bytes of the first chunk not yet gone.
+    """
 
     def __init__(self, faults: tuple[FaultConfig, ...], rng: random.Random) -> None:
-        # Each shaping toxic in order, with its own bucket when it is a bandwidth.
-        self.stages = [
-            (fault, TokenBucket(fault.rate) if fault.type == "bandwidth" else None)
-            for fault in faults
-            if fault.type in SHAPING
-        ]
+        # Each shaping toxic in order, each cutting what the one before it gave.
+        self.stages = [_Stage(fault) for fault in faults if fault.type in SHAPING]
         self.rng = rng
         limits = [fault.bytes for fault in faults if fault.type == "limit_data"]
         self.allowance: int | None = min(limits) if limits else None  # bytes limit_data still lets through
+        self.waiting: deque[tuple[float, int]] = deque()  # chunks no toxic has started on: (read at, size)
+        self.ahead: tuple[float, int] | None = None  # the piece `peek` gave, until it is popped
         self.last = 0.0  # the last release time given: none goes before it
 
     @property
@@ -111,39 +146,36 @@ class Schedule:
         """limit_data let its last byte through: the stream ends here."""
         return self.allowance == 0
 
-    def plan(self, size: int, now: float) -> Pieces:
-        """The pieces (release time, size) of a chunk of `size` bytes read at `now`, in order."""
+    def add(self, size: int, now: float) -> int:
+        """A chunk of `size` bytes read at `now`: how many of them go (limit_data drops the rest)."""
         if self.allowance is not None:
             size = min(size, self.allowance)
             self.allowance -= size
-        pieces: Pieces = [(now, size)] if size else []
-        for fault, bucket in self.stages:
-            pieces = self._apply(fault, bucket, pieces)
-        ordered = []
-        for at, length in pieces:
-            self.last = max(self.last, at)
-            ordered.append((self.last, length))
-        return ordered
+        if size:
+            self.waiting.append((now, size))
+        return size
 
-    def _apply(self, fault: FaultConfig, bucket: TokenBucket | None, pieces: Pieces) -> Pieces:
-        kind = fault.type
-        if kind == "latency":
-            return [(at + jitter_delay(fault.latency, fault.jitter, self.rng), size) for at, size in pieces]
-        if kind == "timeout":
-            return [(NEVER, size) for _, size in pieces]
-        if kind == "slicer":
-            sliced = []
-            for at, size in pieces:
-                for step, cut in enumerate(slice_sizes(size, fault.average_size, fault.size_variation, self.rng)):
-                    sliced.append((at + step * fault.delay, cut))
-            return sliced
-        if bucket is not None:
-            step = bucket.piece()
-            paced = []
-            for at, size in pieces:
-                while size > 0:
-                    cut = min(size, step)
-                    paced.append((bucket.reserve(cut, at), cut))
-                    size -= cut
-            return paced
-        return pieces  # limit_data: cut before the other toxics, in `plan`
+    def peek(self) -> tuple[float, int] | None:
+        """The next piece (release time, size), or None when nothing is held."""
+        if self.ahead is None:
+            piece = self._cut(len(self.stages))
+            if piece is not None:
+                self.last = max(self.last, piece[0])
+                self.ahead = (self.last, piece[1])
+        return self.ahead
+
+    def pop(self) -> None:
+        """The piece `peek` gave has gone."""
+        self.ahead = None
+
+    def _cut(self, depth: int) -> tuple[float, int] | None:
+        """The next piece out of the first `depth` toxics, or None when they hold nothing."""
+        if not depth:
+            return self.waiting.popleft() if self.waiting else None
+        stage = self.stages[depth - 1]
+        if not stage.left:
+            piece = self._cut(depth - 1)
+            if piece is None:
+                return None
+            stage.start(*piece)
+        return stage.cut(self.rng)

@@ -5,14 +5,21 @@ drew some (proxy/policy/faults.py decides) gets one `Toxics`: per faulted direct
 `FaultedStream`, and the timers that end the connection (`timeout`, `reset_peer`).
 
 A FaultedStream sits where the producer's `deliver` hands bytes to the consumer's `forward`:
-it shadows, on these two side objects only, the consumer's `forward` (take the chunk, cut it
-and queue it with its release times), `shut_write_when_drained` (the end of stream waits
-behind the queue, then `slow_close`'s delay), `handle_write` (once the consumer drained, release
-more) and the producer's `resume` (it reads again only once the queue has drained too). The
-class methods stay untouched, so other connections pay nothing. Bytes a toxic holds count like
-the consumer's send buffer: against `buffer_size` (past it the producer is PAUSED, as by a full
-buffer) and against the process's budget. They are dumped as they are released: the hex dump
-shows what the consumer was given, and when (the pcap records what the sockets carried anyway).
+it shadows, on these two side objects only, the consumer's `forward` (take the chunk and hold
+it), `shut_write_when_drained` (the end of stream waits behind what is held, then
+`slow_close`'s delay), `handle_write` (once the consumer drained, release more) and the
+producer's `resume` (it reads again only once what is held has drained too). The class methods
+stay untouched, so other connections pay nothing.
+
+What a toxic holds is the chunks as they were read, one entry a read; the schedule says how big
+the next piece is and when it goes, and only then is that slice of the front chunk cut and
+sent. Each chunk counts at its cost, its bytes and CHUNK_COST for the objects that hold them,
+against `buffer_size` (past it the producer is PAUSED, as by a full buffer) and against the
+process's budget, so a sender of many small chunks cannot hold more than one of few big ones.
+A pass of the loop releases at most RELEASES_PER_PASS pieces, so a toxic that cuts a chunk
+into many small pieces due at once shares the loop with the other connections. Bytes are
+dumped as they are released: the hex dump shows what the consumer was given, and when (the
+pcap records what the sockets carried anyway).
 
 `Toxics` shadows the client side's `close` too: every way a pair ends closes it, and that stops
 the timers and gives back what the toxics held. Until then the toxics live on the side objects
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING
 from proxy.config.faults import fault_names
 from proxy.config.schema import FaultConfig
 from proxy.loop.reactor import Timer
-from proxy.policy.faults import Schedule
+from proxy.policy.faults import NEVER, Schedule
 from proxy.relay.side import Reading, Side
 
 if TYPE_CHECKING:
@@ -36,6 +43,8 @@ if TYPE_CHECKING:
     from proxy.relay.tap import HexdumpWriter, SnappedDump
 
 _SHADOWED = ("forward", "shut_write_when_drained", "handle_write", "resume", "set_tap")
+CHUNK_COST = 192  # bytes a held chunk costs beyond its payload: its bytes object and schedule entry (~160 measured)
+RELEASES_PER_PASS = 64  # pieces released in one pass of the loop at most; the rest go in the next
 
 
 class FaultedStream:
@@ -48,10 +57,11 @@ class FaultedStream:
         self.consumer = consumer
         self.schedule = Schedule(faults, rng)
         self.close_delay = sum(fault.delay for fault in faults if fault.type == "slow_close")
-        self.queue: deque[tuple[float, memoryview]] = deque()  # (release time, piece), in order
-        self.held = 0
+        self.chunks: deque[bytes] = deque()  # held, one a read, in order
+        self.front_sent = 0  # bytes of the front chunk already released
+        self.held = 0  # bytes of the chunks not released yet
         self.timer: Timer | None = None
-        self.eof = False  # the producer's stream ended: the consumer shuts once the queue is out
+        self.eof = False  # the producer's stream ended: the consumer shuts once the chunks are out
         self.shutting = False
         self.stopped = False
         self.offset = 0  # of the bytes released so far, for the dump
@@ -63,24 +73,24 @@ class FaultedStream:
         producer.resume = self.resume  # type: ignore[method-assign]
         producer.set_tap = self.set_tap  # type: ignore[method-assign]
 
+    @property
+    def cost(self) -> int:
+        """What the held chunks cost, as `buffer_size` and the budget count it."""
+        return self.held + len(self.chunks) * CHUNK_COST
+
     # -- the consumer's shadowed methods -------------------------------------------------
 
     def take(self, data: memoryview, flags: int = 0) -> None:
-        """Queue a chunk the producer read (a view it will reuse) on the schedule's times
+        """Hold a chunk the producer read (a view it will reuse) until the schedule lets it go
         (`flags` is always 0: a faulted pair merges no end, see Side.join)."""
         producer = self.producer
-        pieces = self.schedule.plan(len(data), self.reactor.now)
-        kept = sum(size for _, size in pieces)
+        kept = self.schedule.add(len(data), self.reactor.now)
         if kept < len(data):
             producer.bytes_read -= len(data) - kept  # past limit_data: never delivered, not counted
         if kept:
-            chunk = memoryview(data[:kept].tobytes())
-            offset = 0
-            for at, size in pieces:
-                self.queue.append((at, chunk[offset : offset + size]))
-                offset += size
+            self.chunks.append(data[:kept].tobytes())
             self.held += kept
-            self.consumer.outgoing.budget.add(kept)
+            self.consumer.outgoing.budget.add(kept + CHUNK_COST)
         self.pump()
         if self.stopped:
             return
@@ -90,7 +100,7 @@ class FaultedStream:
             producer.hold_for_budget()
 
     def end(self) -> None:
-        """The producer's stream ended: the consumer shuts its writing half after the queue."""
+        """The producer's stream ended: the consumer shuts its writing half after what is held."""
         self.eof = True
         self.pump()
 
@@ -103,7 +113,7 @@ class FaultedStream:
         """The producer reads again only once the toxic's bytes and the consumer's have drained."""
         producer = self.producer
         outgoing = self.consumer.outgoing
-        if not self.schedule.exhausted and self.held + outgoing.size <= outgoing.low:
+        if not self.schedule.exhausted and self.cost + outgoing.size <= outgoing.low:
             type(producer).resume(producer)
 
     def set_tap(self, tap: HexdumpWriter | SnappedDump | None) -> None:
@@ -114,30 +124,29 @@ class FaultedStream:
 
     def _full(self) -> bool:
         outgoing = self.consumer.outgoing
-        return self.held + outgoing.size >= outgoing.high
+        return self.cost + outgoing.size >= outgoing.high
 
     def pump(self) -> None:
-        """Release every piece that is due, while the consumer takes them; then wait for the next."""
-        queue, consumer = self.queue, self.consumer
+        """Release the pieces that are due, while the consumer takes them; then wait for the next."""
+        schedule, consumer = self.schedule, self.consumer
         now = self.reactor.now
         outgoing = consumer.outgoing
-        while queue and outgoing.size < outgoing.high:
-            at, piece = queue[0]
-            if at > now:
-                if self.timer is None and at != float("inf"):
-                    self.timer = self.reactor.call_later(at - now, self._due)
+        released = 0
+        while outgoing.size < outgoing.high:
+            piece = schedule.peek()
+            if piece is None:
                 break
-            queue.popleft()
-            size = len(piece)
-            self.held -= size
-            outgoing.budget.remove(size)
-            if self.tap is not None:
-                self._dump(piece)
-            self.offset += size
-            type(consumer).forward(consumer, piece)
+            at, size = piece
+            if at > now or released == RELEASES_PER_PASS:
+                if self.timer is None and at != NEVER:
+                    self.timer = self.reactor.call_later(max(0.0, at - now), self._due)
+                break
+            schedule.pop()
+            released += 1
+            self._release(size)
             if self.stopped:
                 return
-        if queue:
+        if self.chunks:
             if self.producer.read is Reading.PAUSED:
                 self.resume()
             return
@@ -151,6 +160,26 @@ class FaultedStream:
                 self._shut()
         elif self.producer.read is Reading.PAUSED:
             self.resume()
+
+    def _release(self, size: int) -> None:
+        """Send the next `size` held bytes (a piece never spans two chunks) to the consumer."""
+        chunks, start = self.chunks, self.front_sent
+        front = chunks[0]
+        piece = memoryview(front)[start : start + size]
+        if start + size == len(front):
+            chunks.popleft()
+            self.front_sent = 0
+            freed = size + CHUNK_COST
+        else:
+            self.front_sent = start + size
+            freed = size
+        self.held -= size
+        consumer = self.consumer
+        consumer.outgoing.budget.remove(freed)
+        if self.tap is not None:
+            self._dump(piece)
+        self.offset += size
+        type(consumer).forward(consumer, piece)
 
     def _dump(self, piece: memoryview) -> None:
         producer = self.producer
@@ -173,10 +202,10 @@ class FaultedStream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.consumer.outgoing.budget.remove(self.held)
+        self.consumer.outgoing.budget.remove(self.cost)
         self.producer.bytes_read -= self.held  # never delivered: the access line does not count them
         self.held = 0
-        self.queue.clear()
+        self.chunks.clear()
         for side in (self.producer, self.consumer):
             for name in _SHADOWED:
                 side.__dict__.pop(name, None)
