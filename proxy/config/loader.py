@@ -40,6 +40,7 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import check_fault_key, make_fault, parse_fault_type, parse_fault_value
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
+    MAX_PCAP_KEEP,
     MIN_MAX_BUFFERED,
     MIN_PCAP_MAX_SIZE,
     PROXY_PROTOCOL_VERSIONS,
@@ -489,10 +490,12 @@ class _Reader:
     def size(self, node: yaml.Node, what: str, minimum: int = 1) -> int | Invalid:
         return self.parsed(node, what, lambda value: _at_least(parse_size(value), minimum, "size"))
 
-    def integer(self, node: yaml.Node, what: str, minimum: int) -> int | Invalid:
+    def integer(self, node: yaml.Node, what: str, minimum: int, maximum: int | None = None) -> int | Invalid:
         def parse(value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"must be a whole number, got {value!r}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"value must be at most {maximum}, got {value}")
             return _at_least(value, minimum, "value")
 
         return self.parsed(node, what, parse)
@@ -1037,7 +1040,10 @@ ROUTE = Section(
     by_hand=("upstream",),
 )
 PCAP = Section(
-    {"max_size": lambda reader, node, key: reader.size(node, key, MIN_PCAP_MAX_SIZE), "keep": _at_least_one},
+    {
+        "max_size": lambda reader, node, key: reader.size(node, key, MIN_PCAP_MAX_SIZE),
+        "keep": lambda reader, node, key: reader.integer(node, key, 1, MAX_PCAP_KEEP),
+    },
     by_hand=("file",),
 )
 MATCH = Section({"sni": _Reader.sni_patterns, "source": _Reader.networks})

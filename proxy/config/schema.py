@@ -97,6 +97,7 @@ class MatchConfig:
 
 MIN_PCAP_MAX_SIZE = 64 * 1024  # below this a rotated file would hold little more than its headers
 DEFAULT_PCAP_KEEP = 10
+MAX_PCAP_KEEP = 1000  # a rotation renames every old file there is: this bounds what it costs the loop
 
 
 @dataclass(frozen=True)
