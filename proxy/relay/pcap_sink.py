@@ -10,8 +10,10 @@ is declared again, under a new index.
 
 Each listener is one interface, declared in a section before its first packet. With a
 `max_size`, the file is rotated before a block would take it past that size: PATH becomes
-PATH.1, PATH.1 becomes PATH.2 and so on, and at most `keep` old files are kept. Every file
-starts with its own section, so each one opens on its own.
+PATH.1, PATH.1 becomes PATH.2 and so on, and at most `keep` old files are kept. A rotation
+renames only the old files there are (the folder is listed once, when the sink opens; the sink
+knows what it renamed since), so it costs the loop one rename per old file, never one per
+number up to `keep`. Every file starts with its own section, so each one opens on its own.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class PcapSink:
         self._interfaces: dict[str, int] = {}
         self._fd: int | None = None
         self._size = 0  # bytes in the current file
+        self._old_files = self._listed_old_files()  # the numbers N of the files PATH.N there are
         self.output: Output | StreamOutput = self._open()
         self._start_section()
 
@@ -77,6 +80,19 @@ class PcapSink:
         output.on_recovered = self._recovered
         self._size = 0
         return output
+
+    def _listed_old_files(self) -> set[int]:
+        """The N of each PATH.N beside the capture (an earlier run's, moved along like this one's)."""
+        if self.path == STANDARD_OUTPUT:
+            return set()
+        folder, name = os.path.split(self.path)
+        prefix = f"{name}."
+        try:
+            names = os.listdir(folder or os.curdir)
+        except OSError:
+            return set()  # a folder we may write but not list: an earlier run's files are replaced, not moved
+        numbers = (entry[len(prefix) :] for entry in names if entry.startswith(prefix))
+        return {int(number) for number in numbers if number.isascii() and number.isdigit() and number[0] != "0"}
 
     def _start_section(self) -> None:
         """A new section of a new file: what the last file lost does not hold this one back."""
@@ -141,19 +157,24 @@ class PcapSink:
         self._close_file()
         keep = self.config.keep
         try:
-            for index in range(keep, 0, -1):
-                older = f"{self.path}.{index}"
-                newer = self.path if index == 1 else f"{self.path}.{index - 1}"
-                try:
-                    os.replace(newer, older)
-                except FileNotFoundError:
-                    pass
+            for number in sorted((number for number in self._old_files if number < keep), reverse=True):
+                self._move(f"{self.path}.{number}", number + 1)
+                self._old_files.discard(number)
+            self._move(self.path, 1)
             self.output = self._open()
         except OSError as exc:
             self.warn("pcap_failed", file=self.path, error=describe_os_error(exc))
             self.config = replace(self.config, max_size=None)  # no more rotations: every write is dropped
             return
         self._start_section()
+
+    def _move(self, source: str, number: int) -> None:
+        """`source` becomes PATH.number, replacing it; a source someone removed meanwhile moves nothing."""
+        try:
+            os.replace(source, f"{self.path}.{number}")
+        except FileNotFoundError:
+            return
+        self._old_files.add(number)
 
     def _close_file(self) -> None:
         self.output.close()
