@@ -334,6 +334,28 @@ def test_rotation_keeps_the_newest_files_each_one_readable(tshark, start_proxy, 
         assert text and all(value.startswith("conn=1 ") for _, value in text), "each file says whose packets"
 
 
+def test_a_listener_name_longer_than_the_rotation_guard_keeps_serving(tshark, start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    name = "edge-" + "n" * 600  # its interface block alone takes a fresh file past 512 bytes
+    (tmp_path / "pairproxy.yaml").write_text(
+        f"listeners:\n  - name: {name}\n    listen: 127.0.0.1:0\n    upstream: {upstream.address}\n"
+        "    pcap: {file: capture.pcapng, max_size: 64KiB, keep: 2}\n"
+    )
+    proxy = start_proxy("run")
+    payload = pattern(MiB, seed=9)
+    with connect(proxy.address) as client:
+        for start in range(0, MiB, 64 * 1024):
+            client.sendall(payload[start : start + 64 * 1024])
+            assert recv_exactly(client, 64 * 1024) == payload[start : start + 64 * 1024]
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+    assert proxy.stop() == 0
+    names = sorted(path.name for path in tmp_path.glob("capture.pcapng*"))
+    assert names == ["capture.pcapng", "capture.pcapng.1", "capture.pcapng.2"]
+    for path in names:
+        rows = fields(tshark, str(tmp_path / path), "frame.interface_name", "tcp.len")
+        assert rows and all(row[0] == name for row in rows), f"{path}: packets of the listener's interface"
+
+
 def test_yaml_captures_one_route_of_a_listener(tshark, start_proxy, start_upstream, tmp_path):
     upstream = start_upstream(echo_handler)
     (tmp_path / "pairproxy.yaml").write_text(

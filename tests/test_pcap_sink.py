@@ -1,14 +1,17 @@
 """The capture sink on real files: what a rotation renames (only the old files that exist, so its
-cost does not grow with `keep`)."""
+cost does not grow with `keep`), and files whose headers alone pass the rotation guard, which
+rotate once per packet at most and never loop."""
 
 from __future__ import annotations
 
+import struct
 import sys
 from pathlib import Path
 
 from proxy.config.schema import MAX_PCAP_KEEP, PcapConfig
 from proxy.protocol.pcapng import MAX_PAYLOAD_IPV4, Peer, TcpConversation
 from proxy.relay.pcap_sink import PcapSink
+from tests.test_pcapng import EPB, IDB, SHB, parse_blocks
 
 KiB = 1024
 _renames: list[tuple[str, str]] | None = None  # os.rename and os.replace calls, while a test counts them
@@ -61,4 +64,27 @@ def test_a_rotation_renames_only_the_old_files_that_exist(tmp_path):
     ], "two rotations, each renaming the files there are, not every number up to keep"
     assert (tmp_path / "capture.pcapng.3").read_bytes() == b"old 1"
     assert (tmp_path / "capture.pcapng.5").read_bytes() == b"old 3"
+    assert warnings == []
+
+
+def test_headers_past_the_guard_rotate_once_per_packet_and_never_loop(tmp_path):
+    capture = tmp_path / "capture.pcapng"
+    listener = "l" * 600  # its interface block alone takes a new file past 512 bytes
+    warnings: list = []
+    sink = rotating_sink(capture, 2, warnings)
+    packets = full_segments(3)
+    for packet in packets:
+        sink.write(listener, 1_700_000_000_000_000, packet, f"conn=1 listener={listener}")
+    sink.close()
+    files = [capture, *(tmp_path / f"capture.pcapng.{index}" for index in (1, 2))]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [path.name for path in files]
+    for path in files:
+        blocks = parse_blocks(path.read_bytes())
+        epbs = [body for kind, body in blocks if kind == EPB]
+        assert [kind for kind, _ in blocks][:2] == [SHB, IDB] and epbs, f"{path.name}: a file that opens"
+        if path.stat().st_size > 64 * KiB:
+            assert len(epbs) == 1, f"{path.name}: only a file's first packet takes it past max_size"
+    oldest_first = [block for path in reversed(files) for block in parse_blocks(path.read_bytes())]
+    lengths = [struct.unpack("<I", body[12:16])[0] for kind, body in oldest_first if kind == EPB]
+    assert lengths == [len(packet.ip) for packet in packets], "every packet, one a file"
     assert warnings == []

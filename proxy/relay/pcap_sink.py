@@ -9,11 +9,13 @@ shows the gap as what it is, segments that were not captured. An interface whose
 is declared again, under a new index.
 
 Each listener is one interface, declared in a section before its first packet. With a
-`max_size`, the file is rotated before a block would take it past that size: PATH becomes
-PATH.1, PATH.1 becomes PATH.2 and so on, and at most `keep` old files are kept. A rotation
-renames only the old files there are (the folder is listed once, when the sink opens; the sink
-knows what it renamed since), so it costs the loop one rename per old file, never one per
-number up to `keep`. Every file starts with its own section, so each one opens on its own.
+`max_size`, a file that holds a packet is rotated before a block would take it past that size
+(a fresh file takes its first packet whatever the size of that packet and of the section's own
+blocks, so a rotation always makes room): PATH becomes PATH.1, PATH.1 becomes PATH.2 and so on,
+and at most `keep` old files are kept. A rotation renames only the old files there are (the
+folder is listed once, when the sink opens; the sink knows what it renamed since), so it costs
+the loop one rename per old file, never one per number up to `keep`. Every file starts with its
+own section, so each one opens on its own.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class PcapSink:
         self._interfaces: dict[str, int] = {}
         self._fd: int | None = None
         self._size = 0  # bytes in the current file
+        self._holds_packets = False  # whether the current file has a packet: only then may it rotate
         self._old_files = self._listed_old_files()  # the numbers N of the files PATH.N there are
         self.output: Output | StreamOutput = self._open()
         self._start_section()
@@ -79,6 +82,7 @@ class PcapSink:
             output = Output(self._fd, DUMP_QUEUE_LIMIT)
         output.on_recovered = self._recovered
         self._size = 0
+        self._holds_packets = False
         return output
 
     def _listed_old_files(self) -> set[int]:
@@ -125,28 +129,45 @@ class PcapSink:
         comment: str | None = None,
         captured: int | None = None,
     ) -> None:
-        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet)."""
-        interface = self._interfaces.get(listener)
-        if interface is None:
-            if self._rotation_due(len(packet.ip) + 512):
-                self._rotate()
-            interface, block = self._writer.interface(listener)
-            if not self._put(block):
+        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet).
+
+        A file that holds a packet is rotated first if this one (with its interface's block, the
+        first time the file sees `listener`) would take it past `max_size`; a fresh file takes its
+        first packet whatever its size, so a file passes `max_size` only by that packet (and its
+        section's fixed blocks), and every rotation is followed by a packet written.
+        """
+        interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
+        if self._rotation_due(len(declaration) + len(block)):
+            if declaration:
+                self._writer.withdraw_interface()
+            self._rotate()
+            interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
+        if declaration:
+            if not self._put(declaration):
                 self._writer.withdraw_interface()
                 self.lost_packets += 1
                 return
             self._interfaces[listener] = interface
-        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
-        if self._rotation_due(len(block)):
-            self._rotate()
-            self.write(listener, timestamp_us, packet, comment, captured)
-            return
-        if not self._put(block):
+        if self._put(block):
+            self._holds_packets = True
+        else:
             self.lost_packets += 1
+
+    def _framed(
+        self, listener: str, timestamp_us: int, packet: Packet, comment: str | None, captured: int | None
+    ) -> tuple[int, bytes, bytes]:
+        """The packet's interface and block, and the block declaring that interface first if this
+        section has not (b"" if it has): its index is given out, to withdraw if it is not written."""
+        interface = self._interfaces.get(listener)
+        declaration = b""
+        if interface is None:
+            interface, declaration = self._writer.interface(listener)
+        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
+        return interface, declaration, block
 
     def _rotation_due(self, size: int) -> bool:
         limit = self.config.max_size
-        return limit is not None and self._fd is not None and self._size + size > limit and self._size > 512
+        return limit is not None and self._fd is not None and self._holds_packets and self._size + size > limit
 
     def _rotate(self) -> None:
         """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH.
