@@ -40,6 +40,7 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import check_fault_key, make_fault, parse_fault_type, parse_fault_value
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
+    MAX_NAME_LENGTH,
     MAX_PCAP_KEEP,
     MIN_MAX_BUFFERED,
     MIN_PCAP_MAX_SIZE,
@@ -515,6 +516,16 @@ class _Reader:
             return value
 
         return self.parsed(node, what, parse)
+
+    def name(self, node: yaml.Node, what: str) -> str | Invalid:
+        """A listener's or route's name: text of at most MAX_NAME_LENGTH characters."""
+        text = self.text(node, what)
+        if isinstance(text, Invalid):
+            return INVALID
+        if len(text) > MAX_NAME_LENGTH:
+            self.error(node, f"{what}: at most {MAX_NAME_LENGTH} characters, got {len(text)}")
+            return INVALID
+        return text
 
     def choice(self, node: yaml.Node, what: str, options: Sequence[str]) -> str | Invalid:
         def parse(value: Any) -> str:
@@ -1011,7 +1022,7 @@ def _upstream_address(reader: _Reader, node: yaml.Node, key: str) -> SocketAddre
 
 LISTENER = Section(
     {
-        "name": _Reader.text,
+        "name": _Reader.name,
         "allow": _Reader.networks,
         "deny": _Reader.networks,
         "accept_proxy_protocol": _Reader.proxy_protocol,  # sets proxy_trusted too
@@ -1033,7 +1044,7 @@ _OCTAL_MODE = re.compile(r"0?[0-7]{3,4}\Z")
 LISTENER_TLS = Section({"client_ca": _Reader.ca_file}, by_hand=("cert", "key", "certificates"))
 ROUTE = Section(
     {
-        "name": _Reader.text,
+        "name": _Reader.name,
         "match": _Reader.match,
         **{key: LISTENER.parsers[key] for key in ("hexdump", "pcap", "snaplen", "dump_only", "faults")},
     },
