@@ -25,6 +25,7 @@ from proxy.config.schema import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PCAP_KEEP,
+    MAX_PCAP_KEEP,
     MIN_PCAP_MAX_SIZE,
     Config,
     DumpOverrides,
@@ -71,6 +72,16 @@ def _parse_positive(text: str) -> int:
 
 
 _positive = _argument(_parse_positive, "count")
+
+
+def _parse_pcap_keep(text: str) -> int:
+    keep = _parse_positive(text)
+    if keep > MAX_PCAP_KEEP:
+        raise ValueError(f"must be at most {MAX_PCAP_KEEP}, got {text!r}")
+    return keep
+
+
+_pcap_keep = _argument(_parse_pcap_keep, "count")
 _size = _argument(parse_size, "size")
 
 
@@ -145,7 +156,10 @@ def _add_dump_options(parser: argparse.ArgumentParser) -> None:
     dumps.add_argument("--pcap", type=_output_path, metavar="FILE", help="capture as pcapng (- : stdout)")
     dumps.add_argument("--pcap-max", type=_pcap_max, metavar="SIZE", help="rotate the capture before it passes SIZE")
     dumps.add_argument(
-        "--pcap-keep", type=_positive, metavar="N", help=f"rotated captures kept (default: {DEFAULT_PCAP_KEEP})"
+        "--pcap-keep",
+        type=_pcap_keep,
+        metavar="N",
+        help=f"rotated captures kept (default: {DEFAULT_PCAP_KEEP}, at most {MAX_PCAP_KEEP})",
     )
 
 

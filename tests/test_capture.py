@@ -14,6 +14,7 @@ import ssl
 import struct
 import textwrap
 import threading
+import time
 
 import pytest
 import trustme
@@ -332,6 +333,45 @@ def test_rotation_keeps_the_newest_files_each_one_readable(tshark, start_proxy, 
         assert path.stat().st_size <= 64 * 1024
         text = comments(tshark, str(path))
         assert text and all(value.startswith("conn=1 ") for _, value in text), "each file says whose packets"
+
+
+def test_keep_at_its_bound_still_echoes_promptly_and_stops_on_sigterm(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    capture = tmp_path / "capture.pcapng"
+    options = ("--pcap", str(capture), "--pcap-max", "64KiB", "--pcap-keep", "1000")
+    proxy = start_proxy("forward", "127.0.0.1:0", upstream.address, *options)
+    payload = pattern(70 * 1024, seed=7)
+    started = time.monotonic()
+    with connect(proxy.address) as client:  # each recv waits at most WAIT
+        client.sendall(payload)
+        assert recv_exactly(client, len(payload)) == payload
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+    assert proxy.stop(timeout=WAIT) == 0
+    assert time.monotonic() - started < WAIT, "rotations cost the loop what the files there are cost"
+    rotated = sorted(path.name for path in tmp_path.glob("capture.pcapng.*"))
+    assert rotated == [f"capture.pcapng.{number}" for number in range(1, len(rotated) + 1)] and rotated
+
+
+def test_a_listener_name_longer_than_the_rotation_guard_keeps_serving(tshark, start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    name = "edge-" + "n" * 600  # its interface block alone takes a fresh file past 512 bytes
+    (tmp_path / "pairproxy.yaml").write_text(
+        f"listeners:\n  - name: {name}\n    listen: 127.0.0.1:0\n    upstream: {upstream.address}\n"
+        "    pcap: {file: capture.pcapng, max_size: 64KiB, keep: 2}\n"
+    )
+    proxy = start_proxy("run")
+    payload = pattern(MiB, seed=9)
+    with connect(proxy.address) as client:
+        for start in range(0, MiB, 64 * 1024):
+            client.sendall(payload[start : start + 64 * 1024])
+            assert recv_exactly(client, 64 * 1024) == payload[start : start + 64 * 1024]
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+    assert proxy.stop() == 0
+    names = sorted(path.name for path in tmp_path.glob("capture.pcapng*"))
+    assert names == ["capture.pcapng", "capture.pcapng.1", "capture.pcapng.2"]
+    for path in names:
+        rows = fields(tshark, str(tmp_path / path), "frame.interface_name", "tcp.len")
+        assert rows and all(row[0] == name for row in rows), f"{path}: packets of the listener's interface"
 
 
 def test_yaml_captures_one_route_of_a_listener(tshark, start_proxy, start_upstream, tmp_path):

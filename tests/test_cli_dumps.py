@@ -47,6 +47,10 @@ FORWARD = ["forward", "127.0.0.1:0", "127.0.0.1:9"]
             [*FORWARD, "--pcap-keep", "0"],
             "pairproxy forward: argument --pcap-keep: expected a whole number of at least 1, got '0'",
         ),
+        (
+            [*FORWARD, "--pcap", "x.pcapng", "--pcap-max", "1MiB", "--pcap-keep", "3000000"],
+            "pairproxy forward: argument --pcap-keep: must be at most 1000, got '3000000'",
+        ),
         ([*FORWARD, "--pcap-max", "1MiB"], "pairproxy: --pcap-max needs --pcap FILE"),
         (
             [*FORWARD, "--pcap", "x.pcapng", "--pcap-keep", "3"],

@@ -285,6 +285,14 @@ def test_routes_with_source_match_and_names():
             "",
             "t.yaml:1:1: the file is empty; it needs at least 'listeners:'",
         ),
+        (
+            f"listeners: [{{name: {'n' * 1001}, listen: 8080, upstream: 9000}}]",
+            "t.yaml:1:20: name: at most 1000 characters, got 1001",
+        ),
+        (
+            f"listeners: [{{listen: 8080, routes: [{{name: {'r' * 1001}, upstream: 9000}}]}}]",
+            "t.yaml:1:44: name: at most 1000 characters, got 1001",
+        ),
     ],
     ids=lambda value: value if len(value) < 30 else None,
 )

@@ -120,6 +120,13 @@ def test_paths_are_relative_to_the_file_and_dash_is_standard_output(tmp_path):
         (
             """\
             listeners:
+              - {listen: 8080, upstream: 9000, pcap: {file: x.pcapng, max_size: 1MiB, keep: 3000000}}
+            """,
+            "t.yaml:2:81: keep: value must be at most 1000, got 3000000",
+        ),
+        (
+            """\
+            listeners:
               - {listen: 8080, upstream: 9000, pcap: {max_size: 1MiB}}
             """,
             "t.yaml:2:42: pcap needs 'file:', the capture's path",

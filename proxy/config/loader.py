@@ -40,6 +40,8 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import check_fault_key, make_fault, parse_fault_type, parse_fault_value
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
+    MAX_NAME_LENGTH,
+    MAX_PCAP_KEEP,
     MIN_MAX_BUFFERED,
     MIN_PCAP_MAX_SIZE,
     PROXY_PROTOCOL_VERSIONS,
@@ -489,10 +491,12 @@ class _Reader:
     def size(self, node: yaml.Node, what: str, minimum: int = 1) -> int | Invalid:
         return self.parsed(node, what, lambda value: _at_least(parse_size(value), minimum, "size"))
 
-    def integer(self, node: yaml.Node, what: str, minimum: int) -> int | Invalid:
+    def integer(self, node: yaml.Node, what: str, minimum: int, maximum: int | None = None) -> int | Invalid:
         def parse(value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"must be a whole number, got {value!r}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"value must be at most {maximum}, got {value}")
             return _at_least(value, minimum, "value")
 
         return self.parsed(node, what, parse)
@@ -512,6 +516,16 @@ class _Reader:
             return value
 
         return self.parsed(node, what, parse)
+
+    def name(self, node: yaml.Node, what: str) -> str | Invalid:
+        """A listener's or route's name: text of at most MAX_NAME_LENGTH characters."""
+        text = self.text(node, what)
+        if isinstance(text, Invalid):
+            return INVALID
+        if len(text) > MAX_NAME_LENGTH:
+            self.error(node, f"{what}: at most {MAX_NAME_LENGTH} characters, got {len(text)}")
+            return INVALID
+        return text
 
     def choice(self, node: yaml.Node, what: str, options: Sequence[str]) -> str | Invalid:
         def parse(value: Any) -> str:
@@ -1008,7 +1022,7 @@ def _upstream_address(reader: _Reader, node: yaml.Node, key: str) -> SocketAddre
 
 LISTENER = Section(
     {
-        "name": _Reader.text,
+        "name": _Reader.name,
         "allow": _Reader.networks,
         "deny": _Reader.networks,
         "accept_proxy_protocol": _Reader.proxy_protocol,  # sets proxy_trusted too
@@ -1030,14 +1044,17 @@ _OCTAL_MODE = re.compile(r"0?[0-7]{3,4}\Z")
 LISTENER_TLS = Section({"client_ca": _Reader.ca_file}, by_hand=("cert", "key", "certificates"))
 ROUTE = Section(
     {
-        "name": _Reader.text,
+        "name": _Reader.name,
         "match": _Reader.match,
         **{key: LISTENER.parsers[key] for key in ("hexdump", "pcap", "snaplen", "dump_only", "faults")},
     },
     by_hand=("upstream",),
 )
 PCAP = Section(
-    {"max_size": lambda reader, node, key: reader.size(node, key, MIN_PCAP_MAX_SIZE), "keep": _at_least_one},
+    {
+        "max_size": lambda reader, node, key: reader.size(node, key, MIN_PCAP_MAX_SIZE),
+        "keep": lambda reader, node, key: reader.integer(node, key, 1, MAX_PCAP_KEEP),
+    },
     by_hand=("file",),
 )
 MATCH = Section({"sni": _Reader.sni_patterns, "source": _Reader.networks})

@@ -95,8 +95,12 @@ class MatchConfig:
     source: tuple[IPNetwork, ...] = ()
 
 
+# A listener's or route's name goes into each captured connection's comment, a pcapng option of
+# at most 65,535 bytes; this many characters of UTF-8 (4 bytes each at most) leave it room.
+MAX_NAME_LENGTH = 1000
 MIN_PCAP_MAX_SIZE = 64 * 1024  # below this a rotated file would hold little more than its headers
 DEFAULT_PCAP_KEEP = 10
+MAX_PCAP_KEEP = 1000  # a rotation renames every old file there is: this bounds what it costs the loop
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,13 @@ shows the gap as what it is, segments that were not captured. An interface whose
 is declared again, under a new index.
 
 Each listener is one interface, declared in a section before its first packet. With a
-`max_size`, the file is rotated before a block would take it past that size: PATH becomes
-PATH.1, PATH.1 becomes PATH.2 and so on, and at most `keep` old files are kept. Every file
-starts with its own section, so each one opens on its own.
+`max_size`, a file that holds a packet is rotated before a block would take it past that size
+(a fresh file takes its first packet whatever the size of that packet and of the section's own
+blocks, so a rotation always makes room): PATH becomes PATH.1, PATH.1 becomes PATH.2 and so on,
+and at most `keep` old files are kept. A rotation renames only the old files there are (the
+folder is listed once, when the sink opens; the sink knows what it renamed since), so it costs
+the loop one rename per old file, never one per number up to `keep`. Every file starts with its
+own section, so each one opens on its own.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class PcapSink:
         self._interfaces: dict[str, int] = {}
         self._fd: int | None = None
         self._size = 0  # bytes in the current file
+        self._holds_packets = False  # whether the current file has a packet: only then may it rotate
+        self._old_files = self._listed_old_files()  # the numbers N of the files PATH.N there are
         self.output: Output | StreamOutput = self._open()
         self._start_section()
 
@@ -76,7 +82,21 @@ class PcapSink:
             output = Output(self._fd, DUMP_QUEUE_LIMIT)
         output.on_recovered = self._recovered
         self._size = 0
+        self._holds_packets = False
         return output
+
+    def _listed_old_files(self) -> set[int]:
+        """The N of each PATH.N beside the capture (an earlier run's, moved along like this one's)."""
+        if self.path == STANDARD_OUTPUT:
+            return set()
+        folder, name = os.path.split(self.path)
+        prefix = f"{name}."
+        try:
+            names = os.listdir(folder or os.curdir)
+        except OSError:
+            return set()  # a folder we may write but not list: an earlier run's files are replaced, not moved
+        numbers = (entry[len(prefix) :] for entry in names if entry.startswith(prefix))
+        return {int(number) for number in numbers if number.isascii() and number.isdigit() and number[0] != "0"}
 
     def _start_section(self) -> None:
         """A new section of a new file: what the last file lost does not hold this one back."""
@@ -109,28 +129,45 @@ class PcapSink:
         comment: str | None = None,
         captured: int | None = None,
     ) -> None:
-        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet)."""
-        interface = self._interfaces.get(listener)
-        if interface is None:
-            if self._rotation_due(len(packet.ip) + 512):
-                self._rotate()
-            interface, block = self._writer.interface(listener)
-            if not self._put(block):
+        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet).
+
+        A file that holds a packet is rotated first if this one (with its interface's block, the
+        first time the file sees `listener`) would take it past `max_size`; a fresh file takes its
+        first packet whatever its size, so a file passes `max_size` only by that packet (and its
+        section's fixed blocks), and every rotation is followed by a packet written.
+        """
+        interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
+        if self._rotation_due(len(declaration) + len(block)):
+            if declaration:
+                self._writer.withdraw_interface()
+            self._rotate()
+            interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
+        if declaration:
+            if not self._put(declaration):
                 self._writer.withdraw_interface()
                 self.lost_packets += 1
                 return
             self._interfaces[listener] = interface
-        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
-        if self._rotation_due(len(block)):
-            self._rotate()
-            self.write(listener, timestamp_us, packet, comment, captured)
-            return
-        if not self._put(block):
+        if self._put(block):
+            self._holds_packets = True
+        else:
             self.lost_packets += 1
+
+    def _framed(
+        self, listener: str, timestamp_us: int, packet: Packet, comment: str | None, captured: int | None
+    ) -> tuple[int, bytes, bytes]:
+        """The packet's interface and block, and the block declaring that interface first if this
+        section has not (b"" if it has): its index is given out, to withdraw if it is not written."""
+        interface = self._interfaces.get(listener)
+        declaration = b""
+        if interface is None:
+            interface, declaration = self._writer.interface(listener)
+        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
+        return interface, declaration, block
 
     def _rotation_due(self, size: int) -> bool:
         limit = self.config.max_size
-        return limit is not None and self._fd is not None and self._size + size > limit and self._size > 512
+        return limit is not None and self._fd is not None and self._holds_packets and self._size + size > limit
 
     def _rotate(self) -> None:
         """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH.
@@ -141,19 +178,24 @@ class PcapSink:
         self._close_file()
         keep = self.config.keep
         try:
-            for index in range(keep, 0, -1):
-                older = f"{self.path}.{index}"
-                newer = self.path if index == 1 else f"{self.path}.{index - 1}"
-                try:
-                    os.replace(newer, older)
-                except FileNotFoundError:
-                    pass
+            for number in sorted((number for number in self._old_files if number < keep), reverse=True):
+                self._move(f"{self.path}.{number}", number + 1)
+                self._old_files.discard(number)
+            self._move(self.path, 1)
             self.output = self._open()
         except OSError as exc:
             self.warn("pcap_failed", file=self.path, error=describe_os_error(exc))
             self.config = replace(self.config, max_size=None)  # no more rotations: every write is dropped
             return
         self._start_section()
+
+    def _move(self, source: str, number: int) -> None:
+        """`source` becomes PATH.number, replacing it; a source someone removed meanwhile moves nothing."""
+        try:
+            os.replace(source, f"{self.path}.{number}")
+        except FileNotFoundError:
+            return
+        self._old_files.add(number)
 
     def _close_file(self) -> None:
         self.output.close()
