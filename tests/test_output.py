@@ -29,6 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.config.units import format_sockaddr
 from proxy.log import EventLog, logfmt_value
 from proxy.output import PIPE_BUF, Output, pieces
 from proxy.relay.tap import HexdumpWriter
@@ -539,12 +540,14 @@ def test_a_debug_traceback_goes_through_the_queue_with_its_text_escaped():
     assert "Traceback" in text and "\x1b" not in text and "\\x1b[2J" in text
 
 
-def test_dump_event_lines_carry_no_control_characters():
+def test_dump_records_carry_no_control_characters():
     dump = HexdumpWriter(io.StringIO())
-    dump.opened(1, "127.0.0.1:1", "lis\x1bten\r\n")
+    odd = format_sockaddr(("unix", "@lis\x1bten\r\n"))  # an endpoint as a pair names it
+    dump.opened(1, "127.0.0.1:1", odd)
+    dump.chunk(1, "client->upstream", 0, memoryview(b"x"), "127.0.0.1:1", odd)
     dump.closed(1, "closed")
     text = dump.output.stream.getvalue()
-    assert text.count("\n") == 2 and _is_screen_safe(text.replace("\n", ""))
+    assert text.count("\n") == 4 and _is_screen_safe(text.replace("\n", ""))
 
 
 def test_a_capture_whose_interface_block_was_dropped_writes_nothing_that_needs_it(tmp_path):

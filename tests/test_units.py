@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 from hypothesis import assume, given
@@ -10,12 +11,16 @@ from hypothesis import strategies as st
 
 from proxy.config.units import (
     Address,
+    UnixAddress,
     canonical_ip,
     canonical_network,
+    escape_name,
+    format_sockaddr,
     parse_address,
     parse_duration,
     parse_positive_duration,
     parse_size,
+    unix_peer,
 )
 
 # -- addresses ---------------------------------------------------------------------------
@@ -195,6 +200,44 @@ def test_parsed_addresses_know_whether_they_need_resolving():
     assert parse_address("[::1]:1").is_literal
     assert parse_address("8080").is_literal
     assert not parse_address("example.org:80").is_literal
+
+
+# -- names someone else chose --------------------------------------------------------------
+
+
+@given(st.binary(max_size=120))
+def test_an_escaped_name_is_printable_ascii_without_a_space(name):
+    text = escape_name(name)
+    assert text.isascii() and text.isprintable() and " " not in text
+    assert not any(quote in text for quote in "\"'")
+
+
+@given(st.binary(max_size=40), st.binary(max_size=40))
+def test_distinct_names_give_distinct_texts(one, other):
+    assume(one != other)
+    assert escape_name(one) != escape_name(other)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (b"plain-name_1.sock", "plain-name_1.sock"),
+        (b"\0e\xff", "\\x00e\\xff"),
+        (b"a\nb c", "a\\x0ab\\x20c"),
+        (b"q\"'\\", "q\\x22\\x27\\x5c"),
+        ("caf\u00e9".encode(), "caf\\xc3\\xa9"),
+    ],
+)
+def test_a_name_keeps_its_printable_bytes_and_escapes_the_rest(name, text):
+    assert escape_name(name) == text
+
+
+def test_unix_addresses_are_written_with_their_names_escaped_wherever_they_come_from():
+    assert format_sockaddr(unix_peer(b"\0\0e\xff\n")) == "unix:@\\x00e\\xff\\x0a"  # as accept gives it
+    assert format_sockaddr(unix_peer("/run/a b.sock")) == "unix:/run/a\\x20b.sock"
+    assert str(UnixAddress("/run/a b.sock")) == "unix:/run/a\\x20b.sock", "as the listener's socket names itself"
+    assert str(UnixAddress(os.fsdecode(b"e\xff"), abstract=True)) == "unix:@e\\xff"
+    assert format_sockaddr(("10.0.0.1", 80)) == "10.0.0.1:80"
 
 
 # -- durations ---------------------------------------------------------------------------

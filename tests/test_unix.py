@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
+import html
+import json
 import os
 import pwd
 import re
@@ -16,10 +19,12 @@ import time
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import UnixAddress, parse_address
 from proxy.protocol import proxyproto
+from proxy.protocol.hexdump import parse_dump_line
 from tests.support import (
     WAIT,
     Upstream,
@@ -33,6 +38,7 @@ from tests.support import (
     run_cli,
     wait_until,
 )
+from tests.test_admin_web import http
 from tests.wireshark import fields, find_tshark, follow
 
 MiB = 1024 * 1024
@@ -489,6 +495,141 @@ def test_proxy_v1_from_a_unix_listener_is_unknown(start_proxy, start_upstream, t
         assert recv_all(client) == b"PROXY UNKNOWN\r\npayload"
 
 
+# -- names a client chose ------------------------------------------------------------------------
+
+# Abstract names a client may bind to: a NUL and a byte that is no UTF-8, a newline and a space,
+# quotes and a backslash, and a newline followed by a record of the hex dump, to be forged.
+FORGED = b"2026-01-01T00:00:00.000000+00:00 conn=999 close result=closed"
+ODD_NAMES = (b"\0e\xff", b"a\nb c", b"q\"'\\", b"x\n" + FORGED + b"\n")
+DUMP_RECORD = re.compile(
+    r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00 conn=(\d+) "
+    r"(open \S+ -> \S+|close result=\w+|(client->upstream|upstream->client) offset=(\d+) len=(\d+) \S+ -> \S+)\Z"
+)
+
+
+def shown(name: bytes) -> str:
+    """How every output names a client bound to the abstract `name`: printable ASCII, no space."""
+    kept = set(range(0x21, 0x7F)) - set(b"\\\"'")
+    return "unix:@" + "".join(chr(b) if b in kept else f"\\x{b:02x}" for b in name)
+
+
+def parse_dump(text: str) -> dict[int, list[tuple[str, bytes]]]:
+    """Each connection's records in a hex dump, as (kind, the bytes its dump lines hold);
+    AssertionError for a line that is neither a record nor a dump line of the chunk before it."""
+    records: dict[int, list[tuple[str, bytes]]] = {}
+    missing = 0  # bytes the last chunk header announced that its dump lines have not given yet
+    for line in text.splitlines():
+        if match := DUMP_RECORD.match(line):
+            assert not missing, f"a chunk cut short before {line!r}"
+            conn, direction = int(match[1]), match[3]
+            records.setdefault(conn, []).append((direction or match[2].split()[0], b""))
+            missing = int(match[5]) if direction else 0
+            continue
+        offset, data = parse_dump_line(line)
+        kind, held = records[conn][-1]
+        assert 0 < len(data) <= missing and offset == len(held), f"not a dump line of its chunk: {line!r}"
+        records[conn][-1] = (kind, held + data)
+        missing -= len(data)
+    assert not missing, "the dump ends inside a chunk"
+    return records
+
+
+@pytest.fixture
+def odd_clients(start_proxy, start_upstream, tmp_path):
+    """A proxy with a dumped UNIX listener, an admin socket and admin HTTP, and one open client per
+    ODD_NAMES (each name made unique): (proxy, admin HTTP address, admin socket, {name: client})."""
+    upstream = start_upstream(echo_handler)
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        f"""\
+        admin: {{socket: admin.sock, http: "127.0.0.1:0"}}
+        listeners:
+          - {{name: front, listen: unix:front.sock, upstream: "{upstream.address}", hexdump: true}}
+        """,
+    )
+    proxy = start_proxy("run", "-c", str(config), "--dump-file", "dump.txt")
+    host, _, port = logfmt(proxy.wait_for("admin_listening"))["address"].rpartition(":")
+    tag = uuid.uuid4().hex[:8].encode()  # the abstract namespace is the whole machine's
+    with contextlib.ExitStack() as open_clients:
+        clients = {}
+        for name in ODD_NAMES:
+            client = unix_connect(str(tmp_path / "front.sock"), bind=b"\0" + name + tag)
+            clients[name + tag] = open_clients.enter_context(client)
+            client.sendall(b"hi")
+            assert recv_exactly(client, 2) == b"hi"
+        yield proxy, (host, int(port)), tmp_path / "admin.sock", clients
+
+
+def test_the_status_page_shows_odd_client_names_escaped(odd_clients):
+    _proxy, admin_http, _sock, clients = odd_clients
+    status, _headers, body = http(admin_http, "/status")
+    assert status == 200
+    page = body.decode("ascii")
+    for name in clients:
+        assert f'<td class="name">{html.escape(shown(name))}</td>' in page
+
+
+def test_conns_and_metrics_parse_with_odd_client_names(odd_clients):
+    _proxy, admin_http, _sock, clients = odd_clients
+    status, _headers, body = http(admin_http, "/conns")
+    assert status == 200
+    assert sorted(conn["client"] for conn in json.loads(body.decode("ascii"))["conns"]) == sorted(map(shown, clients))
+    status, _headers, body = http(admin_http, "/metrics")
+    assert status == 200
+    families = {family.name for family in text_string_to_metric_families(body.decode("ascii"))}
+    assert "pairproxy_connections" in families
+
+
+def test_ctl_show_conns_gives_one_line_per_odd_client(odd_clients):
+    _proxy, _admin_http, sock, clients = odd_clients
+    done = run_cli(["ctl", "-s", str(sock), "show", "conns"])
+    assert done.returncode == 0, done.stderr
+    rows = [logfmt(line) for line in done.stdout.splitlines()]
+    assert sorted(row["client"] for row in rows) == sorted(map(shown, clients))
+    assert {row["state"] for row in rows} == {"relaying"}
+
+
+def test_odd_client_names_end_closed_on_one_access_line_and_forge_no_dump_record(odd_clients):
+    proxy, _admin_http, _sock, clients = odd_clients
+    for client in clients.values():
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b""
+    access = proxy.wait_access(len(clients))
+    assert sorted((line["client"], line["result"]) for line in access) == sorted(
+        (shown(name), "closed") for name in clients
+    )
+    assert proxy.stop() == 0
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT")
+    assert all(stamp.match(line) for line in proxy.lines), proxy.log_text()  # every line is a whole event
+    records = parse_dump((proxy.stdout_path.parent / "dump.txt").read_text("ascii"))
+    assert sorted(records) == sorted(int(line["conn"]) for line in access)
+    for conn in records.values():
+        assert conn == [("open", b""), ("client->upstream", b"hi"), ("upstream->client", b"hi"), ("close", b"")]
+
+
+def test_the_proxy_header_names_an_odd_client_by_its_own_bytes(start_proxy, start_upstream, tmp_path):
+    headers: list[bytes] = []
+    upstream = start_upstream(header_reader(headers))
+    config = tmp_path / "pairproxy.yaml"
+    write_config(
+        config,
+        f"""\
+        upstreams:
+          app: {{proxy_protocol: v2, servers: ["{upstream.address}"]}}
+        listeners:
+          - {{listen: unix:front.sock, upstream: app}}
+        """,
+    )
+    start_proxy("run", "-c", str(config))
+    name = b"\0e\xff\n " + uuid.uuid4().hex[:8].encode()
+    with unix_connect(str(tmp_path / "front.sock"), bind=name) as client:
+        client.sendall(b"x")
+        assert recv_exactly(client, 1) == b"x"
+    assert wait_until(lambda: len(headers) == 1)
+    assert headers[0][16:124].rstrip(b"\0") == name.rstrip(b"\0"), "what the upstream is told is not escaped"
+
+
 # -- the dumps -----------------------------------------------------------------------------------
 
 
@@ -527,6 +668,22 @@ def test_a_capture_writes_unix_legs_with_made_up_loopback_addresses(start_proxy,
     names = ("tcp.stream", "ip.src", "ip.dst")
     syns = {row[0]: row[1:] for row in fields(tshark, path, *names, display_filter="tcp.flags == 0x002")}
     assert syns == {"0": ["127.0.0.1", "127.0.0.1"], "1": ["127.0.0.1", "127.0.0.1"]}
+
+
+def test_a_capture_names_an_odd_unix_socket_escaped(start_proxy, start_unix_upstream, tmp_path):
+    tshark = find_tshark()
+    upstream = start_unix_upstream(echo_handler, str(tmp_path / "up.sock"))
+    name, capture = b"cap\nture \xff" + uuid.uuid4().hex[:8].encode(), tmp_path / "capture.pcapng"
+    proxy = start_proxy("forward", "unix:@" + os.fsdecode(name), upstream.address, "--pcap", str(capture))
+    with unix_connect(b"\0" + name) as client:
+        client.sendall(b"captured")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"captured"
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+    assert proxy.stop() == 0
+    base = f"conn=1 listener={shown(name)} route=0"
+    comments = [row[0] for row in fields(tshark, str(capture), "frame.comment") if row[0]]
+    assert comments == [f"{base} leg=client unix={shown(name)[5:]}", f"{base} leg=upstream unix={tmp_path / 'up.sock'}"]
 
 
 def test_a_worker_restarted_after_a_crash_serves_the_same_socket(start_proxy, start_upstream, tmp_path):

@@ -3,6 +3,12 @@
 An address is TCP (`HOST:PORT`) or a UNIX socket (`unix:/path`, `unix:@name` for Linux's
 abstract namespace).
 
+A UNIX socket's name is any bytes, and a client chooses its own: every output (log, dump, pcap
+comment, admin pages, metrics, `ctl`) shows one as `escape_name` writes it, printable ASCII with
+no space, so that no name can end a line, break a quote or fail an encoding. The text is made
+once, where the address becomes text (`UnixAddress.__str__`, `format_sockaddr`); the name itself
+stays as the kernel gave it for whatever goes on the wire (a PROXY header).
+
 Shared by the YAML loader and the command line so both accept exactly the same spellings.
 Every parser raises ValueError with a message fit to show a person after a location prefix
 (`did_you_mean` names the closest of the right words).
@@ -82,7 +88,7 @@ class UnixAddress:
         return b"\0" + os.fsencode(self.path) if self.abstract else self.path
 
     def __str__(self) -> str:
-        return f"{UNIX_PREFIX}@{self.path}" if self.abstract else UNIX_PREFIX + self.path
+        return UNIX_PREFIX + unix_name_text(f"@{self.path}" if self.abstract else self.path)
 
 
 SocketAddress = Address | UnixAddress
@@ -102,9 +108,33 @@ def join_host_port(host: str, port: int) -> str:
 def format_sockaddr(sockaddr: tuple) -> str:
     """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family.
 
-    A UNIX peer is passed around as the pair `unix_peer` makes, which this prints as `unix:/path`.
+    A UNIX peer is passed around as the pair `unix_peer` makes, which this prints as `unix:/path`
+    (its name escaped: `unix_name_text`).
     """
+    if sockaddr[0] == UNIX_HOST:
+        return UNIX_PREFIX + unix_name_text(sockaddr[1])
     return join_host_port(sockaddr[0], sockaddr[1])
+
+
+# The bytes of a name shown as themselves: printable ASCII but the space, the two quotes and the
+# backslash, which starts every escape (so that two names never read the same).
+_PLAIN_NAME = re.compile(rb"[!#-&(-\[\]-~]*")
+_NAME_BYTES = tuple(chr(byte) if _PLAIN_NAME.fullmatch(bytes([byte])) else f"\\x{byte:02x}" for byte in range(256))
+
+
+def escape_name(raw: bytes) -> str:
+    """A name someone else chose (any bytes) as text every output can take as it is: printable
+    ASCII without a space, every other byte as `\\xNN`. Distinct names give distinct texts."""
+    if _PLAIN_NAME.fullmatch(raw):
+        return raw.decode("ascii")
+    return "".join([_NAME_BYTES[byte] for byte in raw])
+
+
+def unix_name_text(name: str) -> str:
+    """A UNIX socket's name as `unix_peer` gives it (`/path`, `@name`), escaped: `@a\\x0ab\\x20c`."""
+    if name[:1] == "@":
+        return "@" + escape_name(os.fsencode(name[1:]))
+    return escape_name(os.fsencode(name))
 
 
 def unix_peer(sockaddr: str | bytes) -> tuple[str, str]:

@@ -15,7 +15,8 @@ A connection that is never wrapped pays nothing at all.
 
 A leg over a UNIX socket has no IP addresses: it is written between made-up loopback ones
 (127.0.0.1, a port from the connection's number to 1 on the client's leg, 2 on the upstream's),
-and its comment says so with the socket's path (`leg=client unix=/run/app.sock`).
+and its comment says so with the socket's path (`leg=client unix=/run/app.sock`, escaped as
+config/units.py escapes every UNIX socket's name).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import termios
 import time
 from typing import Any
 
-from proxy.config.units import unix_peer
+from proxy.config.units import unix_name_text, unix_peer
 from proxy.errors import Meaning, classify
 from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConversation
 from proxy.relay.pcap_sink import PcapSink
@@ -218,7 +219,7 @@ class ConnectionCapture:
         made_up_client = (_MADE_UP_HOST, _MADE_UP_PORTS + self.conn % (65536 - _MADE_UP_PORTS))
         made_up_server = (_MADE_UP_HOST, 1 if label == "client" else 2)
         conversation = TcpConversation(made_up_client, made_up_server, local=local)
-        return self._record(sock, conversation, local, f"{label} unix={unix_peer(path)[1]}")
+        return self._record(sock, conversation, local, f"{label} unix={unix_name_text(unix_peer(path)[1])}")
 
     def _record(self, sock: socket.socket, conversation: TcpConversation, local: Peer, label: str) -> RecordingSocket:
         leg = Leg(self, conversation, local, label)

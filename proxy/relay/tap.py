@@ -10,7 +10,6 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from proxy.log import escape_text
 from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
 from proxy.protocol.hexdump import dump_lines
 
@@ -19,18 +18,15 @@ def timestamp_us() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _event_text(text: str) -> str:
-    """Text on a dump event line (a listener name): never a control character."""
-    return text if text.isprintable() else escape_text(text)
-
-
 class HexdumpWriter:
     """Writes the contract's hex dump: event lines and, per chunk, a header and dump lines.
 
     Records go to `stream` (stdout by default) through `self.output`, a bounded queue of
     DUMP_QUEUE_LIMIT bytes; a record that does not fit is dropped whole, and once the queue has
     drained one `dump_dropped` line says how many bytes of dump were lost (with the `conn` of the
-    last record dropped). Header and event lines hold endpoints, codes and numbers only.
+    last record dropped). Header and event lines hold endpoints, codes and numbers only, and an
+    endpoint is printable ASCII without a space however odd its name (config/units.py escapes a
+    UNIX socket's once per connection), so no record can end early or forge another.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -47,7 +43,7 @@ class HexdumpWriter:
             self._dropped_conn = conn
 
     def opened(self, conn: int, source: str, destination: str) -> None:
-        self._emit(conn, f"{timestamp_us()} conn={conn} open {_event_text(source)} -> {_event_text(destination)}\n")
+        self._emit(conn, f"{timestamp_us()} conn={conn} open {source} -> {destination}\n")
 
     def closed(self, conn: int, result: str) -> None:
         self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")
