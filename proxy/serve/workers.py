@@ -202,7 +202,11 @@ class Supervisor:
         if admin is not None and admin.http is not None:
             try:
                 self.admin_http = AdminHttp(
-                    self.reactor, self.log, admin.http, self.target.snapshot, lambda: self.stopping
+                    self.reactor,
+                    self.log,
+                    admin.http,
+                    self.target.snapshot,
+                    lambda: "draining" if self.stopping else None,
                 )
             except StartupError as exc:
                 raise StartupError(f"admin http: {exc}") from None
