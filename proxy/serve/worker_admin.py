@@ -112,7 +112,7 @@ class WorkerAdminPair(Dispatcher):
         self.interest_changed()
 
     def readable(self) -> bool:
-        return not self.outgoing  # the supervisor waits for this answer before it asks more
+        return not self.outgoing  # one answer at a time: the next requests wait in the pair
 
     def writable(self) -> bool:
         return bool(self.outgoing)
