@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.serve.http_admin import AdminHttp
+from proxy.serve.http_admin import MAX_CLIENTS, AdminHttp
 from tests.support import (
     WAIT,
     connect,
@@ -227,9 +227,10 @@ def _hostile_clients_meanwhile(admin, web) -> None:
     flooder = threading.Thread(target=_flood, args=(admin, 10 * 1024 * 1024, flood), daemon=True)
     flooder.start()
     deaf = _deaf_client(admin, b"GET /conns HTTP/1.1\r\n\r\n")
-    slow = connect(admin)  # never finishes its head
+    slow = connect(admin)  # never finishes its head, however long it trickles
     slow.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
     started = time.monotonic()
+    trickling = _trickle(slow)
     try:
         payload = os.urandom(4 * 1024 * 1024)
         assert through(web, payload) == payload  # the data path goes on meanwhile
@@ -244,14 +245,58 @@ def _hostile_clients_meanwhile(admin, web) -> None:
         answer = recv_all(deaf)
         assert waiting < len(answer) // 2
         assert len(json.loads(answer.partition(b"\r\n\r\n")[2])["conns"]) == HELD
-        # The one that never finished its head is closed once idle for 10 s.
-        slow.settimeout(20)
-        assert slow.recv(100) == b""
-        assert 8 < time.monotonic() - started < 20
+        # The one that never finished its head gets 408 at the head's deadline, trickle or not.
+        slow.settimeout(12)
+        assert slow.recv(100).startswith(b"HTTP/1.1 408 ")
+        assert 4 < time.monotonic() - started < 9
     finally:
+        trickling.set()
         deaf.close()
         slow.close()
     assert http(admin, "/ready")[0] == 200
+
+
+def _trickle(sock: socket.socket, interval: float = 0.5) -> threading.Event:
+    """Send one more header byte every `interval` until the returned event is set or a send fails."""
+    done = threading.Event()
+
+    def trickle() -> None:
+        while not done.wait(interval):
+            try:
+                sock.send(b"a")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    return done
+
+
+def _ended(sock: socket.socket) -> bool:
+    """Whether the proxy closed `sock` (an end of stream, or a reset for input it never read)."""
+    sock.settimeout(WAIT)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_full_house_of_unfinished_heads_makes_room_for_a_new_client(served):
+    """MAX_CLIENTS clients that never finish their heads: the next one is served, and the oldest
+    of them is shed to make room for it."""
+    _proxy, admin, _web, _bad, _good = served
+    unfinished = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            sock = connect(admin)
+            unfinished.append(sock)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        assert wait_until(lambda: http(admin, "/ready")[::2] == (200, b"ready\n"))
+        assert _ended(unfinished[0])
+        unfinished[-1].sendall(b"a\r\n\r\n")  # the newest kept its place
+        assert recv_all(unfinished[-1]).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in unfinished:
+            sock.close()
 
 
 def test_the_status_page_in_a_real_browser(served, tmp_path):
@@ -312,7 +357,7 @@ def test_an_answer_larger_than_the_socket_buffers_never_blocks_the_loop():
     big = snapshot(conns=conns)
     log = EventLog(stream=io.StringIO())
     reactor = Reactor(log)
-    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), lambda: big, lambda: False)
+    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), lambda: big, lambda: None)
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     ours.setblocking(False)

@@ -10,13 +10,15 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.serve.worker_admin import WorkerAdminPair, Workers, frame
+from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
 from tests.test_admin import ctl, ok
 from tests.test_admin_render import snapshot
@@ -214,27 +216,37 @@ def test_a_live_admin_socket_stops_the_start_of_workers(tmp_path, tree):
 
 
 def test_a_worker_sends_a_large_answer_without_blocking_its_loop():
-    """In process, on a socketpair with a small send buffer: the worker's loop goes on while the
-    supervisor has not read its answer, and a late answer is told apart from the next one's."""
+    """In process, on a socketpair with a small send buffer, the worker's loop and the supervisor's
+    on two threads: the worker's loop goes on while the supervisor has not read its answer, and a
+    late answer is told apart from the next one's."""
     big = snapshot(conns=2000)
     log = EventLog(stream=io.StringIO())
-    reactor = Reactor(log)
+    reactor, supervising = Reactor(log), Reactor(log)
     server = SimpleNamespace(reactor=reactor, log=log, snapshot=lambda: big, kill_conn=lambda conn: conn == 7)
     worker_end, supervisor_end = socket.socketpair()
     worker_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     pair = WorkerAdminPair(server, worker_end)
-    workers = Workers(1, log, lambda: [], lambda: False)
+    workers = Workers(supervising, 1, log, lambda: [], lambda: False)
     workers.add(0, supervisor_end)
     ticks: list[float] = []
     results: list[object] = []
     reading: list[float] = []
 
+    def ask() -> None:
+        def merged(snapshot: dict) -> None:
+            results.append(snapshot)
+            supervising.stop()
+
+        workers.kill_conn(7).then(results.append)
+        workers.snapshot().then(merged)
+
     def supervisor() -> None:
         workers.channels[0].send(frame({"id": 99, "op": "snapshot"}))  # asked, then not read for a while
         time.sleep(1.0)
         reading.append(time.monotonic())
-        results.append(workers.kill_conn(7))
-        results.append(workers.snapshot())
+        supervising.call_soon(ask)
+        supervising.call_later(WAIT, supervising.stop)
+        supervising.loop()
         reactor.call_soon_threadsafe(reactor.stop)
 
     def tick() -> None:
@@ -252,6 +264,7 @@ def test_a_worker_sends_a_large_answer_without_blocking_its_loop():
         pair.close()
         workers.remove(0)
         reactor.close()
+        supervising.close()
     assert len([tick for tick in ticks if tick < reading[0]]) >= 3  # the loop went on while the answer waited
     killed, merged = results
     assert killed is True
@@ -276,6 +289,83 @@ def test_a_stopped_worker_is_left_out_within_the_bound(tree):
     # Its late answers to the questions it missed are told apart from the answer to this one.
     assert wait_until(lambda: "missing_workers: 0" in ok(sock_path, "show", "info"))
     assert sorted(row["client"] for row in conns(sock_path)) == sorted(clients)
+    for client in clients.values():
+        client.close()
+
+
+@contextmanager
+def stopped(*pids: int) -> Iterator[None]:
+    """The workers `pids` stopped with SIGSTOP for the block, and always continued after it."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def timed(action) -> tuple[float, object]:
+    began = time.monotonic()
+    result = action()
+    return time.monotonic() - began, result
+
+
+def test_concurrent_scrapes_wait_for_a_stopped_worker_together_and_ready_waits_for_none(tree):
+    proxy, _sock_path, address = tree()
+    with stopped(worker_pids(proxy)[1]):
+        scrapes: list[tuple[float, object]] = []
+
+        def scrape() -> None:
+            try:
+                scrapes.append(timed(lambda: metrics(address)[("pairproxy_workers_missing", ())]))
+            except OSError as exc:
+                scrapes.append((WAIT, exc))
+
+        threads = [threading.Thread(target=scrape, daemon=True) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # the scrapes are waiting for the stopped worker
+        took, (status, _headers, _body) = timed(lambda: http(address, "/ready"))
+        assert (status, took < 1.0) == (200, True)
+        for thread in threads:
+            thread.join(2 * WAIT)
+        assert [missing for _took, missing in scrapes] == [1] * 5
+        assert max(took for took, _missing in scrapes) < ASK_TIMEOUT + 2.0  # each the deadline, not 2, 4, 6, 8, 10 s
+        # The worker missed its deadline: it is not waited for again before a back-off.
+        took, found = timed(lambda: metrics(address))
+        assert (found[("pairproxy_workers_missing", ())], took < 1.0) == (1, True)
+
+
+def test_ready_is_503_while_no_worker_answers(tree):
+    proxy, _sock_path, address = tree()
+    with stopped(*worker_pids(proxy).values()):
+        answers = []
+
+        def ready() -> bool:
+            answers.append(timed(lambda: http(address, "/ready")[::2]))
+            return answers[-1][1] == (503, b"no worker answers\n")
+
+        assert wait_until(ready, timeout=ASK_TIMEOUT + WAIT, interval=0.3)
+        assert max(took for took, _answer in answers) < 1.0  # decided at once, never waiting
+    assert wait_until(lambda: http(address, "/ready")[::2] == (200, b"ready\n"))
+
+
+def test_kill_conn_of_a_stopped_worker_says_it_may_be_there(tree):
+    proxy, sock_path, _address = tree()
+    clients = open_in_every_worker(proxy, sock_path)
+    row = next(row for row in conns(sock_path) if row["worker"] == "1")
+    with stopped(worker_pids(proxy)[1]):
+        done = ctl(sock_path, "kill", "conn", row["conn"])
+        assert (done.returncode, done.stderr) == (
+            1,
+            f"pairproxy: connection {row['conn']} may be on a worker that did not answer (worker 1)\n",
+        )
+    # The command was passed on all the same: the worker ends it once it reads it.
+    client = clients.pop(row["client"])
+    client.settimeout(WAIT)
+    assert client.recv(16) == b""
+    client.close()
     for client in clients.values():
         client.close()
 

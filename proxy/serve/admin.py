@@ -6,6 +6,11 @@ data) or call a few small methods of what they control (`Controlled`), so that u
 `run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
 `COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
 
+The Server answers at once; the supervisor answers once its workers have (or their deadline
+has passed), without blocking its loop. So what a method of `Controlled` returns may be a
+`Later`, and so may a handler's answer: `execute` gives a `Later` answer in every case. A client's
+commands are answered in the order sent: the next line waits until the answer before it is in.
+
 A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
 gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
 dropped; one answer alone is always sent, whatever its length), and a client idle for
@@ -22,7 +27,7 @@ import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog, logfmt_value
@@ -38,28 +43,103 @@ ACCEPT_PAUSE = 1.0  # seconds the socket stops accepting when the process is out
 ANSWER_TIMEOUT = 30.0  # seconds `pairproxy ctl` waits for an answer (a reload may take a while)
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class Later(Generic[T]):
+    """A value that may not be there yet: `then(step)` runs `step` on it once it is settled (at
+    once if it already is) and is the Later of what `step` returns. A refusal (a ValueError, with
+    a message for people) passes the steps of `then` by, up to the first `otherwise`; a step
+    that raises ValueError refuses its own Later. Anything else a step raises is a bug, and goes
+    to whoever settled the value (a reactor callback, which logs it)."""
+
+    def __init__(self) -> None:
+        self.settled = False
+        self._value: Any = None
+        self._refusal: ValueError | None = None
+        self._steps: list[Callable[[], None]] = []
+
+    @staticmethod
+    def of(value: T | Later[T]) -> Later[T]:
+        """`value` as a Later: itself if it is one, else settled with it."""
+        if isinstance(value, Later):
+            return value
+        later: Later[T] = Later()
+        later.settle(value)
+        return later
+
+    def settle(self, value: T) -> None:
+        self._end(value, None)
+
+    def refuse(self, refusal: ValueError) -> None:
+        self._end(None, refusal)
+
+    def _end(self, value: Any, refusal: ValueError | None) -> None:
+        self.settled, self._value, self._refusal = True, value, refusal
+        steps, self._steps = self._steps, []
+        for step in steps:
+            step()
+
+    def then(self, step: Callable[[T], U]) -> Later[U]:
+        return self._follow(lambda following: following.settle(step(self._value)), pass_refusal=True)
+
+    def otherwise(self, step: Callable[[ValueError], T]) -> Later[T]:
+        """The same value, or what `step` makes of a refusal."""
+
+        def run(following: Later[T]) -> None:
+            if self._refusal is None:
+                following.settle(self._value)
+            else:
+                following.settle(step(self._refusal))
+
+        return self._follow(run, pass_refusal=False)
+
+    def _follow(self, run: Callable[[Later[Any]], None], *, pass_refusal: bool) -> Later[Any]:
+        following: Later[Any] = Later()
+
+        def step() -> None:
+            if pass_refusal and self._refusal is not None:
+                following.refuse(self._refusal)
+                return
+            try:
+                run(following)
+            except ValueError as exc:
+                following.refuse(exc)
+
+        if self.settled:
+            step()
+        else:
+            self._steps.append(step)
+        return following
+
+
 class Controlled(Protocol):
-    """What the commands act on: the Server, or the supervisor's Workers."""
+    """What the commands act on: the Server (answers at once), or the supervisor's Workers
+    (answers Later). A refusal is a ValueError, raised at once or refusing the Later."""
 
-    def snapshot(self) -> dict: ...
+    def snapshot(self) -> dict | Later[dict]: ...
 
-    def kill_conn(self, conn: int) -> bool: ...
+    def kill_conn(self, conn: int) -> bool | Later[bool]: ...
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool: ...
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | Later[bool]: ...
 
     def reload(self) -> list[str]: ...
 
-    def set_dump(self, on: bool, filters: list[str]) -> str: ...
+    def set_dump(self, on: bool, filters: list[str]) -> str | Later[str]: ...
 
-    def add_fault(self, target: str, spec: str) -> str: ...
+    def add_fault(self, target: str, spec: str) -> str | Later[str]: ...
 
-    def remove_fault(self, target: str, kind: str) -> str: ...
+    def remove_fault(self, target: str, kind: str) -> str | Later[str]: ...
 
-    def list_faults(self) -> list[str]: ...
+    def list_faults(self) -> list[str] | Later[list[str]]: ...
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """A command that cannot be done: its message is the answer's one line, after `error: `."""
+
+
+Answer = str | Later[str]
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -77,65 +157,78 @@ def _logfmt(row: dict, keys: tuple[str, ...]) -> str:
     return " ".join(f"{key}={_value(row[key])}" for key in keys)
 
 
-def show_info(target: Controlled, _args: list[str]) -> str:
-    return "\n".join(f"{key}: {_value(value)}" for key, value in target.snapshot()["info"].items())
+def show_info(target: Controlled, _args: list[str]) -> Answer:
+    return Later.of(target.snapshot()).then(
+        lambda snapshot: "\n".join(f"{key}: {_value(value)}" for key, value in snapshot["info"].items())
+    )
 
 
 CONN_KEYS = ("conn", "listener", "route", "client", "server", "state", "age", "idle", "bytes_up", "bytes_down")
 SERVER_KEYS = ("upstream", "server", "state", "active", "total", "failures", "last_change")
 
 
-def show_conns(target: Controlled, _args: list[str]) -> str:
-    rows = target.snapshot()["conns"]
+def _rows(rows: list[dict]) -> str:
     # Under `run --workers` each row also names the worker that has the connection.
     return "\n".join(_logfmt(row, CONN_KEYS + (("worker",) if "worker" in row else ())) for row in rows)
 
 
-def show_servers(target: Controlled, _args: list[str]) -> str:
-    return "\n".join(_logfmt(row, SERVER_KEYS) for row in target.snapshot()["servers"])
+def show_conns(target: Controlled, _args: list[str]) -> Answer:
+    return Later.of(target.snapshot()).then(lambda snapshot: _rows(snapshot["conns"]))
 
 
-def kill_conn(target: Controlled, args: list[str]) -> str:
-    if not args[0].isdigit() or not target.kill_conn(int(args[0])):
-        raise CommandError(f"no open connection {args[0]}")
+def show_servers(target: Controlled, _args: list[str]) -> Answer:
+    return Later.of(target.snapshot()).then(
+        lambda snapshot: "\n".join(_logfmt(row, SERVER_KEYS) for row in snapshot["servers"])
+    )
+
+
+def _ok_if(done: bool, otherwise: str) -> str:
+    if not done:
+        raise CommandError(otherwise)
     return "ok"
 
 
-def _maintenance(on: bool) -> Callable[[Controlled, list[str]], str]:
-    def handler(target: Controlled, args: list[str]) -> str:
+def kill_conn(target: Controlled, args: list[str]) -> Answer:
+    if not args[0].isdigit():
+        raise CommandError(f"no open connection {args[0]}")
+    killed = Later.of(target.kill_conn(int(args[0])))
+    return killed.then(lambda found: _ok_if(found, f"no open connection {args[0]}"))
+
+
+def _maintenance(on: bool) -> Callable[[Controlled, list[str]], Answer]:
+    def handler(target: Controlled, args: list[str]) -> Answer:
         upstream, address = args
-        if not target.set_server_maintenance(upstream, address, on):
-            raise CommandError(f"no server {address} in upstream {upstream}")
-        return "ok"
+        known = Later.of(target.set_server_maintenance(upstream, address, on))
+        return known.then(lambda found: _ok_if(found, f"no server {address} in upstream {upstream}"))
 
     return handler
 
 
-def _dump(on: bool) -> Callable[[Controlled, list[str]], str]:
-    def handler(target: Controlled, args: list[str]) -> str:
+def _dump(on: bool) -> Callable[[Controlled, list[str]], Answer]:
+    def handler(target: Controlled, args: list[str]) -> Answer:
         return _refused_as_error(lambda: target.set_dump(on, args))
 
     return handler
 
 
-def _refused_as_error(action: Callable[[], str]) -> str:
-    """What `action` answers; its ValueError (a message for people) as the command's error."""
+def _refused_as_error(action: Callable[[], Answer]) -> Answer:
+    """What `action` answers; a ValueError it raises (a message for people) as the command's error."""
     try:
         return action()
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
 
-def fault_add(target: Controlled, args: list[str]) -> str:
+def fault_add(target: Controlled, args: list[str]) -> Answer:
     return _refused_as_error(lambda: target.add_fault(args[0], args[1]))
 
 
-def fault_remove(target: Controlled, args: list[str]) -> str:
+def fault_remove(target: Controlled, args: list[str]) -> Answer:
     return _refused_as_error(lambda: target.remove_fault(args[0], args[1]))
 
 
-def fault_list(target: Controlled, _args: list[str]) -> str:
-    return "\n".join(target.list_faults()) or "no faults"
+def fault_list(target: Controlled, _args: list[str]) -> Answer:
+    return Later.of(target.list_faults()).then(lambda faults: "\n".join(faults) or "no faults")
 
 
 def dump_answer(on: bool, changed: int, rules: int) -> str:
@@ -160,7 +253,7 @@ def show_help(_target: Controlled, _args: list[str]) -> str:
 class Command:
     usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
     summary: str
-    handler: Callable[[Controlled, list[str]], str]
+    handler: Callable[[Controlled, list[str]], Answer]
 
     def takes(self, args: list[str]) -> bool:
         """Whether `args` are as many as the usage names."""
@@ -191,8 +284,12 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def execute(target: Controlled, line: str) -> str:
+def execute(target: Controlled, line: str) -> Later[str]:
     """The answer to one command line, without the final empty line; errors start with `error: `."""
+    return Later.of(_answer(target, line)).otherwise(lambda refusal: f"error: {refusal}")
+
+
+def _answer(target: Controlled, line: str) -> Answer:
     words = line.split()
     if not words:
         return ""
@@ -320,12 +417,13 @@ class AdminClient(Dispatcher):
         self.incoming = bytearray()
         self.outgoing = bytearray()
         self.ending = False  # no more commands: close once what is queued is sent
+        self.awaiting = False  # a command's answer is on its way: the lines after it wait
         self.last_active = self.reactor.now
         self._idle: Timer | None = self.reactor.call_later(IDLE_TIMEOUT, self._check_idle)
         self.interest_changed()
 
     def readable(self) -> bool:
-        return not self.ending
+        return not self.ending and not self.awaiting
 
     def writable(self) -> bool:
         return bool(self.outgoing)
@@ -343,31 +441,54 @@ class AdminClient(Dispatcher):
             self._end(bytes(self.incoming))
             return
         self.incoming += data
-        while not self.ending and not self.closed:
+        self._commands()
+
+    def _commands(self) -> None:
+        """Answer the whole lines received, in order, until one's answer is to come later."""
+        while not self.ending and not self.awaiting and not self.closed:
             end = self.incoming.find(b"\n")
             if end < 0:
                 break
             line = bytes(self.incoming[:end])
             del self.incoming[: end + 1]
             self._command(line)
-        if len(self.incoming) > MAX_LINE and not self.closed:
+        if len(self.incoming) > MAX_LINE and not self.awaiting and b"\n" not in self.incoming and not self.closed:
             self.incoming.clear()
             self._answer(f"error: line longer than {MAX_LINE} bytes")
             self._end(b"")
 
     def _end(self, last: bytes) -> None:
-        """The client has said all it will: answer a last line without its newline, then close."""
-        if last.strip():
-            self._command(last)
+        """The client has said all it will: answer a last line without its newline, then close
+        once every answer is sent."""
         self.ending = True
         self.interest_changed()
-        if not self.outgoing:
+        if last.strip():
+            self._command(last)
+        self._close_when_done()
+
+    def _close_when_done(self) -> None:
+        if self.ending and not self.awaiting and not self.outgoing:
             self.close()
 
     def _command(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").strip()
-        if text:
-            self._answer(execute(self.server.target, text))
+        if not text:
+            return
+        answer = execute(self.server.target, text)
+        if answer.settled:
+            answer.then(self._answer)
+        else:
+            self.awaiting = True
+            self.interest_changed()
+            answer.then(self._answered_later)
+
+    def _answered_later(self, answer: str) -> None:
+        self.awaiting = False
+        self._answer(answer)
+        if not self.closed:
+            self.interest_changed()
+            self._commands()
+            self._close_when_done()
 
     def _answer(self, answer: str) -> None:
         if self.closed:  # the command ended this client (it was its own connection's handler)
@@ -395,8 +516,7 @@ class AdminClient(Dispatcher):
         self.last_active = self.reactor.now
         if not self.outgoing:
             self.interest_changed()
-            if self.ending:
-                self.close()
+            self._close_when_done()
 
     def _check_idle(self) -> None:
         self._idle = None

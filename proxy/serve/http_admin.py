@@ -1,16 +1,23 @@
 """The HTTP admin listener: GET /metrics, /ready, /status and /conns on the serving reactor.
 
 One request per connection, answered whole and closed. Whoever reaches the port can send
-anything, so nothing a client does may stall the loop or hold memory it chose: a request head
-is read up to MAX_HEAD (431 past it), a client idle for IDLE_TIMEOUT is closed, at most
-MAX_CLIENTS are served at once (more are closed at accept), and each holds at most its one
-answer, whose size the configuration bounds (the connections listed, the listeners, the
-servers). After answering, what a client still sends is read and dropped for a moment
-(LINGER) before closing, so that a reset does not destroy the answer on its way.
+anything, so nothing a client does may stall the loop or hold memory or a place it chose: a
+request head is read up to MAX_HEAD (431 past it) and must be whole within HEAD_TIMEOUT of the
+accept, however slowly it trickles (408 then); a client whose answer does not move for
+IDLE_TIMEOUT is closed; at most MAX_CLIENTS are served at once, and a new client past them takes
+the place of the oldest one still sending its head or being sent its answer (closed), so slow
+clients cannot keep a load balancer's /ready out. Each client holds at most its one answer,
+whose size the configuration bounds (the connections listed, the listeners, the servers). After
+answering, what a client still sends is read and dropped for a moment (LINGER) before closing,
+so that a reset does not destroy the answer on its way.
+
+An answer may come later (under `run --workers` the supervisor asks its workers first: an
+admin.Later); /ready never waits for one: what `unready()` says decides it at once.
 """
 
 from __future__ import annotations
 
+import enum
 import socket
 from collections.abc import Callable
 
@@ -22,31 +29,47 @@ from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol import prometheus
 from proxy.protocol.http import MAX_HEAD, Request, format_response, head_end, parse_request
 from proxy.protocol.snapshots import Snapshot
+from proxy.serve.admin import Later
 from proxy.serve.status_page import render_conns, render_status
 
-IDLE_TIMEOUT = 10.0  # seconds without a byte read or written
+HEAD_TIMEOUT = 5.0  # seconds from the accept to the end of the request head
+IDLE_TIMEOUT = 10.0  # seconds an answer may wait for its first byte to go, or for the next
 LINGER = 2.0  # seconds an answered client's leftover input is read and dropped
 MAX_CLIENTS = 64
 READ_SIZE = 16 * 1024
 HTML = "text/html; charset=utf-8"
 
 
+def _status_page(snapshot: Snapshot) -> bytes:
+    return render_status(snapshot).encode()
+
+
+# The paths drawn from a snapshot -> (the body made of it, its content type).
+PAGES: dict[str, tuple[Callable[[Snapshot], bytes], str]] = {
+    "/metrics": (lambda snapshot: prometheus.render(snapshot).encode(), prometheus.CONTENT_TYPE),
+    "/status": (_status_page, HTML),
+    "/": (_status_page, HTML),
+    "/conns": (render_conns, "application/json"),
+}
+
+
 class AdminHttp:
-    """The admin HTTP listener: `snapshot()` is what it shows, `draining()` what /ready says."""
+    """The admin HTTP listener: `snapshot()` is what it shows; `unready()` is why /ready says 503
+    (`draining`, say), or None while it says 200."""
 
     def __init__(
         self,
         reactor: Reactor,
         log: EventLog,
         address: Address,
-        snapshot: Callable[[], Snapshot],
-        draining: Callable[[], bool],
+        snapshot: Callable[[], Snapshot | Later[Snapshot]],
+        unready: Callable[[], str | None],
     ) -> None:
         """Binds at once: a StartupError says why it could not."""
         self.reactor = reactor
         self.snapshot = snapshot
-        self.draining = draining
-        self.clients: set[AdminClient] = set()
+        self.unready = unready
+        self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
         self.dispatcher = Listener(reactor, bind_listening_socket(address), "admin", self.accept)
         log.info("admin_listening", address=self.dispatcher.address)
 
@@ -56,33 +79,47 @@ class AdminHttp:
 
     def accept(self, sock: socket.socket, _peer: tuple) -> None:
         if len(self.clients) >= MAX_CLIENTS:
-            sock.close()
-            return
-        self.clients.add(AdminClient(self, sock))
+            oldest = next((client for client in self.clients if client.sheddable), None)
+            if oldest is None:  # all being answered or lingering: each ends within its bound
+                sock.close()
+                return
+            oldest.close()
+        self.clients[AdminClient(self, sock)] = None
 
-    def answer(self, request: Request) -> bytes:
-        """The whole response to one well-formed request."""
+    def answer(self, request: Request) -> Later[bytes]:
+        """The whole response to one well-formed request, now or once the snapshot is there."""
         head_only = request.method == "HEAD"
         if request.method not in ("GET", "HEAD"):
-            return format_response(405, b"only GET and HEAD\n", extra=(("Allow", "GET, HEAD"),))
+            return Later.of(format_response(405, b"only GET and HEAD\n", extra=(("Allow", "GET, HEAD"),)))
         path = request.path
         if path == "/ready":
-            if self.draining():
-                return format_response(503, b"draining\n", head_only=head_only)
-            return format_response(200, b"ready\n", head_only=head_only)
-        if path == "/metrics":
-            text = prometheus.render(self.snapshot())
-            return format_response(200, text.encode(), prometheus.CONTENT_TYPE, head_only=head_only)
-        if path in ("/status", "/"):
-            return format_response(200, render_status(self.snapshot()).encode(), HTML, head_only=head_only)
-        if path == "/conns":
-            return format_response(200, render_conns(self.snapshot()), "application/json", head_only=head_only)
-        return format_response(404, b"not found: try /metrics, /ready, /status or /conns\n", head_only=head_only)
+            reason = self.unready()
+            if reason is not None:
+                return Later.of(format_response(503, f"{reason}\n".encode(), head_only=head_only))
+            return Later.of(format_response(200, b"ready\n", head_only=head_only))
+        page = PAGES.get(path)
+        if page is None:
+            return Later.of(
+                format_response(404, b"not found: try /metrics, /ready, /status or /conns\n", head_only=head_only)
+            )
+        body, kind = page
+        return (
+            Later.of(self.snapshot())
+            .then(lambda snapshot: format_response(200, body(snapshot), kind, head_only=head_only))
+            .otherwise(lambda refusal: format_response(503, f"{refusal}\n".encode(), head_only=head_only))
+        )
 
     def close(self) -> None:
         self.dispatcher.close()
         for client in list(self.clients):
             client.close()
+
+
+class Phase(enum.Enum):
+    HEAD = "head"  # reading the request head, until HEAD_TIMEOUT
+    ANSWERING = "answering"  # the head is whole; the answer is still to come
+    SENDING = "sending"  # the answer goes out, while it moves
+    LINGERING = "lingering"  # answered: leftover input read and dropped for LINGER
 
 
 class AdminClient(PeerDispatcher):
@@ -91,28 +128,30 @@ class AdminClient(PeerDispatcher):
     def __init__(self, admin: AdminHttp, sock: socket.socket) -> None:
         super().__init__(admin.reactor, sock)
         self.admin = admin
+        self.phase = Phase.HEAD
         self.received = bytearray()
-        self.outgoing: memoryview | None = None  # the answer, once there is one
-        self.lingering = False
+        self.outgoing = memoryview(b"")
         self.last_active = self.reactor.now
-        self.timer: Timer = self.reactor.call_later(IDLE_TIMEOUT, self._idle_check)
+        self.timer: Timer = self.reactor.call_later(HEAD_TIMEOUT, self._head_late)
         self.interest_changed()
 
+    @property
+    def sheddable(self) -> bool:
+        """Whether the client is what a full house closes for a new one: slow to ask or to read."""
+        return self.phase is Phase.HEAD or self.phase is Phase.SENDING
+
     def readable(self) -> bool:
-        return self.outgoing is None or self.lingering
+        return self.phase is Phase.HEAD or self.phase is Phase.LINGERING
 
     def writable(self) -> bool:
-        return self.outgoing is not None and not self.lingering
+        return self.phase is Phase.SENDING
 
     def handle_read(self) -> None:
         data = self.socket.recv(READ_SIZE)
-        self.last_active = self.reactor.now
-        if self.lingering:
-            if not data:
-                self.close()
-            return
         if not data:
-            self.close()  # gone before asking anything whole
+            self.close()  # gone, before asking anything whole or after the answer
+            return
+        if self.phase is Phase.LINGERING:
             return
         self.received += data
         end = head_end(self.received)
@@ -126,11 +165,29 @@ class AdminClient(PeerDispatcher):
         except ValueError as exc:
             self.respond(format_response(400, f"{exc}\n".encode()))
             return
-        self.respond(self.admin.answer(request))
+        self._await_answer()
+        self.admin.answer(request).then(self.respond)
+
+    def _head_late(self) -> None:
+        self.respond(format_response(408, f"request head not complete within {HEAD_TIMEOUT:g} s\n".encode()))
+
+    def _await_answer(self) -> None:
+        """The head is whole: no more reading, and the idle bound from now (a bug that never
+        answers must not hold the place for good)."""
+        self.phase = Phase.ANSWERING
+        self.interest_changed()
+        self.timer.cancel()
+        self.last_active = self.reactor.now
+        self.timer = self.reactor.call_later(IDLE_TIMEOUT, self._idle_check)
 
     def respond(self, response: bytes) -> None:
+        if self.closed:  # shed, or the listener closed, while the answer was on its way
+            return
+        if self.phase is Phase.HEAD:
+            self._await_answer()
         self.received = bytearray()
         self.outgoing = memoryview(response)
+        self.phase = Phase.SENDING
         self.interest_changed()
         self.handle_write()
 
@@ -145,7 +202,7 @@ class AdminClient(PeerDispatcher):
         except OSError:
             self.close()
             return
-        self.lingering = True
+        self.phase = Phase.LINGERING
         self.interest_changed()
         self.timer.cancel()
         self.timer = self.reactor.call_later(LINGER, self.close)
@@ -163,5 +220,5 @@ class AdminClient(PeerDispatcher):
         if self.closed:
             return
         self.timer.cancel()
-        self.admin.clients.discard(self)
+        self.admin.clients.pop(self, None)
         super().close()

@@ -174,7 +174,9 @@ class Server:
                 raise
         if admin is not None and admin.http is not None and self.worker[1] == 1:
             try:
-                self.admin_http = AdminHttp(self.reactor, self.log, admin.http, self.snapshot, lambda: self.draining)
+                self.admin_http = AdminHttp(
+                    self.reactor, self.log, admin.http, self.snapshot, lambda: "draining" if self.draining else None
+                )
             except StartupError as exc:
                 self.close()
                 raise StartupError(f"admin http: {exc}") from None

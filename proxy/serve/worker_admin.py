@@ -4,22 +4,33 @@ Each worker gets an admin pair besides its link (the link's records keep their o
 On it, frames go both ways: a 4-byte big-endian length, then that many bytes of JSON. The
 supervisor sends requests `{"id", "op", ...}`; the worker answers `{"id", "result"}` (or
 `{"id", "error"}`) from its Server: `snapshot`, `kill_conn`, `set_server_maintenance`,
-`change_dump`. The worker's end (`WorkerAdminPair`) is a dispatcher on its reactor: a request
+`change_dump`, the faults, and `ping`. The worker's end (`WorkerAdminPair`) is a dispatcher on its reactor: a request
 is bounded (MAX_REQUEST), and an answer (megabytes for 10k connections) is written without
 blocking, reading no new request until it is gone, so one answer is all it ever holds.
 
 The supervisor's end (`Workers`) is what its admin socket and HTTP listener control
-(admin.Controlled). It serves no traffic, so it waits for the answers on its own loop, but
-never longer than ASK_TIMEOUT in all: a worker that does not answer in time (stopped, stuck,
-restarting) is left out and counted in `missing_workers`. Answers carry their request's id,
-so a late answer to an earlier request is recognised and dropped.
+(admin.Controlled). Its loop never waits for a worker: an ask sends the request on every
+worker's pair (a `WorkerChannel`, a dispatcher on the supervisor's reactor) and is pending until
+every worker asked has answered or ASK_TIMEOUT has passed (a reactor timer); then its answer, an
+admin.Later, is settled, and the admin client that asked answers from it. Asks run side by
+side, each with its own deadline. A worker that does not answer in time (stopped, stuck,
+restarting) is left out and counted in `missing_workers`, and is not waited for again until a
+back-off has passed (RETRY_FIRST, doubling up to RETRY_MAX while it keeps missing) or it answers
+something: a stopped worker costs one deadline per back-off, not one per request. Commands that
+change something still reach it (queued in its pair, bounded by MAX_UNSENT), so that it applies
+them once it runs again. Answers carry their request's id, so a late answer to an earlier
+request is recognised and dropped, though it shows the worker is alive.
+
+/ready is answered from what the supervisor already knows, never by waiting: ready while some
+worker answered its last deadline, or answered since. When nothing has asked the workers for
+READY_REFRESH, /ready sends a `ping` (nobody waits for its answer), so that a worker that
+stopped is found out within a deadline even when nobody scrapes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import struct
 import time
@@ -31,14 +42,18 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol.snapshots import Snapshot, merge
-from proxy.serve.admin import dump_answer
+from proxy.serve.admin import Later, dump_answer
 from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server
 
-ASK_TIMEOUT = 2.0  # seconds the supervisor waits, in all, for its workers' answers
+ASK_TIMEOUT = 2.0  # seconds an ask waits, in all, for its workers' answers
+RETRY_FIRST = 2.0  # seconds a worker that missed a deadline is not waited for
+RETRY_MAX = 30.0  # ... doubling while it keeps missing, up to this
+READY_REFRESH = 1.0  # seconds without an ask after which /ready pings the workers
 MAX_REQUEST = 64 * 1024  # bytes of one request frame (requests are a few words)
 MAX_ANSWER = 256 * 1024 * 1024  # bytes of one answer frame: past it the pair is broken
 MAX_UNSENT = 64 * 1024  # bytes of requests a worker may leave unread before it is not asked any more
@@ -80,6 +95,7 @@ def _operations(server: Server) -> dict[str, Callable[[dict], Any]]:
         "add_fault": lambda request: server.add_fault(request["target"], request["spec"]),
         "remove_fault": lambda request: server.remove_fault(request["target"], request["type"]),
         "list_faults": lambda _request: server.list_faults(),
+        "ping": lambda _request: True,
     }
 
 
@@ -96,7 +112,7 @@ class WorkerAdminPair(Dispatcher):
         self.interest_changed()
 
     def readable(self) -> bool:
-        return not self.outgoing  # the supervisor waits for this answer before it asks more
+        return not self.outgoing  # one answer at a time: the next requests wait in the pair
 
     def writable(self) -> bool:
         return bool(self.outgoing)
@@ -178,61 +194,101 @@ class WorkerAdminPair(Dispatcher):
 # -- the supervisor's end --------------------------------------------------------------------
 
 
-class WorkerChannel:
-    """The supervisor's end of one worker's admin pair: requests queued out, answers read in."""
+class WorkerChannel(Dispatcher):
+    """The supervisor's end of one worker's admin pair: requests queued out, answers read in and
+    handed to `Workers.answered` as they come; whether the worker is answering, and when it is
+    waited for again after it missed a deadline."""
 
-    def __init__(self, index: int, sock: socket.socket, log: EventLog) -> None:
+    def __init__(self, workers: Workers, index: int, sock: socket.socket) -> None:
         sock.setblocking(False)
+        super().__init__(workers.reactor, sock)
+        self.workers = workers
         self.index = index
-        self.socket = sock
-        self.log = log
         self.incoming = bytearray()
         self.outgoing = bytearray()
-        self.broken = False  # the worker is gone or said something unreadable: not asked any more
+        self.answering = True  # it answered its last deadline, or something since it missed one
+        self.retry_at = 0.0  # not waited for before this time (time.monotonic)
+        self.retry_delay = RETRY_FIRST
+        self.interest_changed()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return bool(self.outgoing)
+
+    def waited_for(self, now: float) -> bool:
+        return not self.closed and now >= self.retry_at
 
     def send(self, request: bytes) -> bool:
         """Queue a request and send what the pair takes; False if the worker cannot be asked."""
-        if self.broken or len(self.outgoing) > MAX_UNSENT:  # stopped or stuck: it has not read the last ones
+        if self.closed or len(self.outgoing) > MAX_UNSENT:  # stopped or stuck: it has not read the last ones
             return False
         self.outgoing += request
-        self.flush()
-        return not self.broken
+        self.handle_write()
+        self.interest_changed()
+        return not self.closed
 
-    def flush(self) -> None:
+    def handle_write(self) -> None:
         try:
             sent = self.socket.send(self.outgoing)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.broken = True  # exited: the reaper restarts it with a new pair
+            self.close()  # exited: the reaper restarts it with a new pair
             return
         del self.outgoing[:sent]
+        if not self.outgoing:
+            self.interest_changed()
 
-    def receive(self, wanted: int) -> dict | None:
-        """Read what has come; the answer to request `wanted` once it is whole (earlier ones are dropped)."""
-        while True:
-            try:
-                data = self.socket.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self.broken = True
-                break
-            self.incoming += data
+    def handle_read(self) -> None:
+        try:
+            data = self.socket.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.incoming += data
         try:
             while (payload := take_frame(self.incoming, MAX_ANSWER)) is not None:
-                answer = json.loads(payload)
-                if answer.get("id") == wanted:
-                    return answer
+                self.answering = True
+                self.retry_at = 0.0  # alive again: waited for at the next ask
+                self.workers.answered(self.index, json.loads(payload))
         except ValueError as exc:
-            self.log.error("admin_pair_failed", worker=self.index, error=f"answer: {exc}")
-            self.broken = True
-        return None
+            self.workers.log.error("admin_pair_failed", worker=self.index, error=f"answer: {exc}")
+            self.close()
+
+    def on_time(self) -> None:
+        self.retry_delay = RETRY_FIRST
+
+    def missed(self, now: float) -> None:
+        self.answering = False
+        self.retry_at = now + self.retry_delay
+        self.retry_delay = min(self.retry_delay * 2, RETRY_MAX)
+
+    def handle_error(self, exc: BaseException) -> None:
+        self.workers.log.failure("admin_pair_failed", exc, worker=self.index)
+        self.close()
 
     def close(self) -> None:
-        self.socket.close()
+        if self.closed:
+            return
+        super().close()
+        self.workers.gone(self.index)
+
+
+class Ask:
+    """One request to the workers, pending until every worker asked has answered or its deadline."""
+
+    def __init__(self, wanted: int, waiting: set[int], deadline: Timer) -> None:
+        self.id = wanted
+        self.waiting = waiting  # the indexes of the workers whose answer it waits for
+        self.answers: dict[int, dict] = {}
+        self.deadline = deadline
+        self.result: Later[dict[int, Any]] = Later()
 
 
 class Workers:
@@ -243,8 +299,14 @@ class Workers:
     """
 
     def __init__(
-        self, count: int, log: EventLog, reload: Callable[[], list[str]], draining: Callable[[], bool]
+        self,
+        reactor: Reactor,
+        count: int,
+        log: EventLog,
+        reload: Callable[[], list[str]],
+        draining: Callable[[], bool],
     ) -> None:
+        self.reactor = reactor
         self.count = count
         self.channels: dict[int, WorkerChannel] = {}  # worker index -> the supervisor's end of its pair
         self.log = log
@@ -253,13 +315,15 @@ class Workers:
         self.started = time.time()
         self._started_monotonic = time.monotonic()
         self._last_id = 0  # answers to id 0 are never waited for
+        self._pending: dict[int, Ask] = {}  # request id -> the ask waiting for its answers
+        self._last_ask = 0.0  # time.monotonic() of the last ask
         self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
         self._dump_rules: list[list[str]] = []  # the filters of each rule turned on, in order
 
     def add(self, index: int, sock: socket.socket) -> None:
         """Worker `index` started with `sock` as the other end of its pair: it is asked from now on,
         and told first what the operator changed (it reads that once it serves)."""
-        channel = self.channels[index] = WorkerChannel(index, sock, self.log)
+        channel = self.channels[index] = WorkerChannel(self, index, sock)
         for (upstream, address), on in self._maintenance.items():
             request = {"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on}
             channel.send(frame({"id": 0, **request}))
@@ -269,41 +333,85 @@ class Workers:
     def remove(self, index: int) -> None:
         self.channels.pop(index).close()
 
-    def ask(self, request: dict[str, Any], timeout: float = ASK_TIMEOUT) -> dict[int, Any]:
-        """The result of `request` from every worker that answered within `timeout`, by index.
+    def ask(self, request: dict[str, Any], *, changes: bool = False) -> Later[dict[int, Any]]:
+        """The result of `request` from every worker that answers within ASK_TIMEOUT, by index.
 
-        Blocks the supervisor's loop (it serves no traffic) for at most `timeout`. ValueError
-        with a worker's error message if one refused the request.
+        A worker in its back-off is not waited for; it is sent the request all the same when
+        the request `changes` something. Refused (ValueError with a worker's error message) if
+        one refused the request.
         """
+        now = self._last_ask = time.monotonic()
         self._last_id += 1
-        wanted = self._last_id
-        data = frame({"id": wanted, **request})
-        deadline = time.monotonic() + timeout
-        waiting = {channel.socket.fileno(): channel for channel in self.channels.values() if channel.send(data)}
-        answers: dict[int, dict] = {}
-        while waiting and (left := deadline - time.monotonic()) > 0:
-            poller = select.poll()
-            for fd, channel in waiting.items():
-                poller.register(fd, select.POLLIN | (select.POLLOUT if channel.outgoing else 0))
-            for fd, events in poller.poll(left * 1000):
-                channel = waiting[fd]
-                if events & select.POLLOUT:
-                    channel.flush()
-                if events & ~select.POLLOUT:
-                    answer = channel.receive(wanted)
-                    if answer is not None:
-                        answers[channel.index] = answer
-                    if answer is not None or channel.broken:
-                        del waiting[fd]
-        errors = [answer["error"] for answer in answers.values() if "error" in answer]
-        if errors:
-            raise ValueError(errors[0])
-        return {index: answer["result"] for index, answer in answers.items()}
+        data = frame({"id": self._last_id, **request})
+        waiting = set()
+        for index, channel in list(self.channels.items()):
+            waited = channel.waited_for(now)
+            if (waited or changes) and channel.send(data) and waited:
+                waiting.add(index)
+        ask = Ask(self._last_id, waiting, self.reactor.call_later(ASK_TIMEOUT, self._deadline, self._last_id))
+        self._pending[ask.id] = ask
+        if not waiting:
+            self._settle(ask.id)
+        return ask.result
 
-    def snapshot(self) -> Snapshot:
+    def answered(self, index: int, answer: dict) -> None:
+        """A worker's answer, as its channel read it: to its pending ask, if it still waits for it."""
+        ask = self._pending.get(answer.get("id"))
+        if ask is None or index not in ask.waiting:
+            return  # late, or a replayed change's: dropped
+        self.channels[index].on_time()
+        ask.waiting.discard(index)
+        ask.answers[index] = answer
+        if not ask.waiting:
+            self.reactor.call_soon(self._settle, ask.id)  # answered out of the channel's read
+
+    def gone(self, index: int) -> None:
+        """Worker `index`'s pair is closed: no ask waits for it any more."""
+        for ask in list(self._pending.values()):
+            if index in ask.waiting:
+                ask.waiting.discard(index)
+                if not ask.waiting:
+                    self.reactor.call_soon(self._settle, ask.id)
+
+    def _deadline(self, wanted: int) -> None:
+        ask = self._pending.get(wanted)
+        if ask is None:
+            return
+        now = time.monotonic()
+        for index in ask.waiting:
+            channel = self.channels.get(index)
+            if channel is not None:
+                channel.missed(now)
+        self._settle(wanted)
+
+    def _settle(self, wanted: int) -> None:
+        ask = self._pending.pop(wanted, None)
+        if ask is None:
+            return  # settled already
+        ask.deadline.cancel()
+        errors = [answer["error"] for answer in ask.answers.values() if "error" in answer]
+        if errors:
+            ask.result.refuse(ValueError(errors[0]))
+        else:
+            ask.result.settle({index: answer["result"] for index, answer in ask.answers.items()})
+
+    def unready(self) -> str | None:
+        """Why /ready says 503 (`draining`, or no worker answers), or None; at once, from what is
+        known. Pings the workers when nothing has asked them for READY_REFRESH, for the next one."""
+        if self._draining():
+            return "draining"
+        if time.monotonic() - self._last_ask >= READY_REFRESH:
+            self.ask({"op": "ping"})
+        if not any(channel.answering and not channel.closed for channel in self.channels.values()):
+            return "no worker answers"
+        return None
+
+    def snapshot(self) -> Later[Snapshot]:
         """The workers' snapshots as one, each connection tagged with its `worker`; the supervisor's
         own process counted in `process`, and `missing_workers` those that did not answer."""
-        answers = self.ask({"op": "snapshot"})
+        return self.ask({"op": "snapshot"}).then(self._merged)
+
+    def _merged(self, answers: dict[int, Snapshot]) -> Snapshot:
         for index, snapshot in answers.items():
             for row in snapshot["conns"]:
                 row["worker"] = index
@@ -334,39 +442,54 @@ class Workers:
             "process": process_stats(),
         }
 
-    def kill_conn(self, conn: int) -> bool:
-        """Connection ids are unique across workers: at most one has it."""
-        return any(self.ask({"op": "kill_conn", "conn": conn}).values())
+    def kill_conn(self, conn: int) -> Later[bool]:
+        """Connection ids are unique across workers: at most one has it. Refused when none of those
+        that answered had it and some did not answer (they are sent the command all the same)."""
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
-        answers = self.ask({"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on})
-        known = bool(answers) and all(answers.values())
-        if known:
-            self._maintenance[upstream, address] = on
-        return known
+        def killed(answers: dict[int, bool]) -> bool:
+            silent = sorted(set(range(self.count)) - set(answers))
+            if not any(answers.values()) and silent:
+                named = ", ".join(map(str, silent))
+                raise ValueError(f"connection {conn} may be on a worker that did not answer (worker {named})")
+            return any(answers.values())
 
-    def set_dump(self, on: bool, filters: list[str]) -> str:
+        return self.ask({"op": "kill_conn", "conn": conn}, changes=True).then(killed)
+
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> Later[bool]:
+        def known(answers: dict[int, bool]) -> bool:
+            if answers and all(answers.values()):
+                self._maintenance[upstream, address] = on
+                return True
+            return False
+
+        request = {"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on}
+        return self.ask(request, changes=True).then(known)
+
+    def set_dump(self, on: bool, filters: list[str]) -> Later[str]:
         for text in filters:
             parse_dump_condition(text)  # a filter that is not one is said here, once, not by each worker
-        answers = self.ask({"op": "change_dump", "on": on, "filters": filters})
-        if on and filters not in self._dump_rules:
-            self._dump_rules.append(filters)
-        elif not on and filters in self._dump_rules:
-            self._dump_rules.remove(filters)
-        changed = sum(count for count, _rules in answers.values())
-        rules = max((rules for _count, rules in answers.values()), default=0)
-        return dump_answer(on, changed, rules)
 
-    def add_fault(self, target: str, spec: str) -> str:
+        def changed(answers: dict[int, tuple[int, int]]) -> str:
+            if on and filters not in self._dump_rules:
+                self._dump_rules.append(filters)
+            elif not on and filters in self._dump_rules:
+                self._dump_rules.remove(filters)
+            count = sum(count for count, _rules in answers.values())
+            rules = max((rules for _count, rules in answers.values()), default=0)
+            return dump_answer(on, count, rules)
+
+        return self.ask({"op": "change_dump", "on": on, "filters": filters}, changes=True).then(changed)
+
+    def add_fault(self, target: str, spec: str) -> Later[str]:
         """Every worker adds the toxic (its new connections get it, until a reload or a restart)."""
         parse_fault(spec)  # a bad spec is said here, once, not by each worker
-        return self._first(self.ask({"op": "add_fault", "target": target, "spec": spec}))
+        return self.ask({"op": "add_fault", "target": target, "spec": spec}, changes=True).then(self._first)
 
-    def remove_fault(self, target: str, kind: str) -> str:
-        return self._first(self.ask({"op": "remove_fault", "target": target, "type": kind}))
+    def remove_fault(self, target: str, kind: str) -> Later[str]:
+        return self.ask({"op": "remove_fault", "target": target, "type": kind}, changes=True).then(self._first)
 
-    def list_faults(self) -> list[str]:
-        return self._first(self.ask({"op": "list_faults"}), [])
+    def list_faults(self) -> Later[list[str]]:
+        return self.ask({"op": "list_faults"}).then(lambda answers: self._first(answers, []))
 
     @staticmethod
     def _first(answers: dict[int, Any], nobody: Any = "no worker answered") -> Any:

@@ -16,8 +16,9 @@ like on SIGTERM when it reads end of file: a worker never outlives its superviso
 
 With `admin:` in the file the supervisor serves the admin socket and the HTTP admin for the
 whole tree (bound before the forks; a worker closes them): each worker has a second pair, an
-admin pair, on which the supervisor asks it for its snapshot or passes a command on
-(proxy/serve/worker_admin.py).
+admin pair, on which the supervisor asks it for its snapshot or passes a command on, never
+waiting for the answers on its loop (proxy/serve/worker_admin.py). Its /ready says 503 while it
+stops, and while no worker answers.
 
 The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
 around each fork, back to their defaults in the child until the worker's server installs its
@@ -150,7 +151,7 @@ class Supervisor:
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
-        self.target = Workers(count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
+        self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
@@ -201,9 +202,8 @@ class Supervisor:
             self.admin = AdminSocket(self.reactor, admin.socket, self.target, self.log)
         if admin is not None and admin.http is not None:
             try:
-                self.admin_http = AdminHttp(
-                    self.reactor, self.log, admin.http, self.target.snapshot, lambda: self.stopping
-                )
+                target = self.target
+                self.admin_http = AdminHttp(self.reactor, self.log, admin.http, target.snapshot, target.unready)
             except StartupError as exc:
                 raise StartupError(f"admin http: {exc}") from None
 
