@@ -285,6 +285,11 @@ SOCKET_FILES = {
         "app.sock",
         "cannot listen on unix:{}",
     ),
+    "admin": (
+        "admin: {socket: run/admin.sock}\nlisteners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:9\n",
+        "admin.sock",
+        "admin socket {}",
+    ),
 }
 
 

@@ -14,7 +14,7 @@ that bound it keeps for later workers (`bind_reuseport_group` hands out copies) 
 (nothing answers on it), never a live one; the file gets the listener's mode, owner and group
 before anyone can connect, set through a descriptor of the file the bind made (never by name,
 which a symlink may have taken over by then), and the process that created it removes it when it
-closes the socket.
+closes the socket. The admin socket's file is made the same way (`listen_unix`).
 """
 
 from __future__ import annotations
