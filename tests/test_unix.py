@@ -13,10 +13,13 @@ import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,6 +38,7 @@ from tests.support import (
     recv_all,
     recv_digest,
     recv_exactly,
+    required_tool,
     run_cli,
     wait_until,
 )
@@ -278,6 +282,63 @@ def test_a_file_that_is_not_a_socket_is_not_replaced(start_upstream, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"pairproxy: cannot listen on unix:{front}: the file exists and is not a socket"
     assert front.read_text() == "precious"
+
+
+# What a socket file is made for: (configuration, its name in run/, the error line's words for it).
+SOCKET_FILES = {
+    "listener": (
+        'listeners:\n  - listen: unix:run/app.sock\n    mode: "0666"\n    upstream: 127.0.0.1:9\n',
+        "app.sock",
+        "cannot listen on unix:{}",
+    ),
+    "admin": (
+        "admin: {socket: run/admin.sock}\nlisteners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:9\n",
+        "admin.sock",
+        "admin socket {}",
+    ),
+}
+
+
+@pytest.mark.parametrize("plant", [os.symlink, os.link], ids=["symlink", "hard link"])
+@pytest.mark.parametrize("made_for", SOCKET_FILES)
+def test_a_file_swapped_in_after_the_bind_never_gets_the_mode(made_for, plant, tmp_path):
+    """Whoever may write in the socket's folder can swap the new socket file for a link to a file
+    of their choice before its mode is set (strace holds each bind's return for a second to make
+    that moment certain): that file keeps its mode, and the proxy refuses to start."""
+    text, name, words = SOCKET_FILES[made_for]
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o640)
+    (tmp_path / "run").mkdir()
+    socket_file = tmp_path / "run" / name
+    config = tmp_path / "pairproxy.yaml"
+    write_config(config, text)
+    strace = [required_tool("strace"), "-f", "-qq", "-o", os.devnull, "-e", "trace=bind"]
+    slow_bind = ["-e", "inject=bind:delay_exit=1000000"]
+    command = [*strace, *slow_bind, sys.executable, "-m", "proxy", "run", "-c", str(config)]
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as stderr:
+        tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert wait_until(socket_file.is_socket, interval=0.001), "the proxy never bound"
+        swap = tmp_path / "run" / "swap"
+        plant(victim, swap)
+        planted = os.lstat(swap).st_ino
+        os.replace(swap, socket_file)
+        wait_until(lambda: tracer.poll() is not None or victim.stat().st_mode & 0o777 != 0o640)
+    finally:
+        if tracer.poll() is None:  # still serving: stop the proxy, and strace ends with it
+            children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
+            os.kill(int(children[0]), signal.SIGTERM)
+        tracer.wait(WAIT)
+    assert oct(victim.stat().st_mode & 0o7777) == oct(0o640)
+    assert victim.read_text() == "secret"
+    where = words.format(socket_file)
+    assert (tracer.returncode, errors.read_text()) == (
+        1,
+        f"pairproxy: {where}: the socket file was replaced as it was being made\n",
+    )
+    assert os.lstat(socket_file).st_ino == planted, "what took the socket's place is not the proxy's to remove"
 
 
 def test_a_path_longer_than_the_kernel_takes_is_an_error(tmp_path):

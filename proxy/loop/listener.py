@@ -12,7 +12,9 @@ A UNIX socket has no SO_REUSEPORT: the workers share one listening socket, which
 that bound it keeps for later workers (`bind_reuseport_group` hands out copies) until
 `close_unix_listeners`. Binding a path takes over a socket file left by a process that died
 (nothing answers on it), never a live one; the file gets the listener's mode, owner and group
-before anyone can connect, and the process that created it removes it when it closes the socket.
+before anyone can connect, set through a descriptor of the file the bind made (never by name,
+which a symlink may have taken over by then), and the process that created it removes it when it
+closes the socket. The admin socket's file is made the same way (`listen_unix`).
 """
 
 from __future__ import annotations
@@ -132,52 +134,103 @@ _unix_listeners: dict[str, _UnixListeningSocket] = {}
 
 
 def _listen_unix(address: UnixAddress) -> socket.socket:
+    try:
+        sock = listen_unix(address.sockaddr, mode=address.mode, owner=address.owner, group=address.group)
+    except SocketFileError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc}") from None
+    sock.key = str(address)
+    _unix_listeners[sock.key] = sock
+    return sock
+
+
+class SocketFileError(Exception):
+    """Why a UNIX socket could not listen, in words that follow its address in an error line.
+
+    `errno` tells the refusals apart: EADDRINUSE, something answers there; ENOTSOCK, a file
+    that is not a socket is there; None, what the bind made was replaced.
+    """
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.errno = code
+
+
+_REPLACED = "the socket file was replaced as it was being made"
+
+
+def listen_unix(
+    sockaddr: str | bytes, *, mode: int | None = None, owner: int | None = None, group: int | None = None
+) -> socket.socket:
+    """A non-blocking UNIX stream socket listening on `sockaddr` (a path, or an abstract name:
+    bytes after a NUL); SocketFileError if not.
+
+    A socket file nobody accepts on (what a process that died leaves) is replaced, a live one
+    or any other file never. The file gets `mode`, `owner` and `group` before the socket
+    listens, so nobody connects before it has them; closing the socket in the process that bound
+    it removes the file, if that is still the same file.
+    """
     sock = _UnixListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.key, sock.path = str(address), address.path
     doing = ""  # what failed, when it is not the bind or the listen
     try:
         try:
-            sock.bind(address.sockaddr)
+            sock.bind(sockaddr)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or address.abstract or not _left_by_the_dead(address.path):
+            if exc.errno != errno.EADDRINUSE or isinstance(sockaddr, bytes) or not _left_by_the_dead(sockaddr):
                 raise
-            os.unlink(address.path)
-            sock.bind(address.sockaddr)
-        if not address.abstract:
-            found = os.lstat(address.path)
-            sock.created = (os.getpid(), found.st_dev, found.st_ino)
-            doing = "cannot set the socket file's mode: "
-            if address.mode is not None:
-                os.chmod(address.path, address.mode)
-            doing = "cannot set the socket file's owner and group: "
-            if address.owner is not None or address.group is not None:
-                os.chown(
-                    address.path,
-                    -1 if address.owner is None else address.owner,
-                    -1 if address.group is None else address.group,
-                )
+            os.unlink(sockaddr)
+            sock.bind(sockaddr)
+        if isinstance(sockaddr, str):
+            made, found = _open_made_file(sockaddr)
+            try:
+                sock.path, sock.created = sockaddr, (os.getpid(), found.st_dev, found.st_ino)
+                # Through the descriptor, never by name: whoever may write in the folder could
+                # have put a symlink there since the bind, and have its target made writable
+                # and given away. This names the file the descriptor holds, whatever its name.
+                made_file = f"/proc/self/fd/{made}"
+                doing = "cannot set the socket file's mode: "
+                if mode is not None:
+                    os.chmod(made_file, mode)
+                doing = "cannot set the socket file's owner and group: "
+                if owner is not None or group is not None:
+                    os.chown(made_file, -1 if owner is None else owner, -1 if group is None else group)
+            finally:
+                os.close(made)
         doing = ""
         sock.listen(BACKLOG)
         sock.setblocking(False)
-    except StartupError:
-        sock.close()
+    except SocketFileError:
+        sock.close()  # removes the file it made
         raise
     except OSError as exc:
-        sock.close()  # removes the file it made
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        raise StartupError(f"cannot listen on {address}: {doing}{reason}") from None
-    _unix_listeners[sock.key] = sock
+        sock.close()
+        raise SocketFileError(doing + describe_os_error(exc), exc.errno) from None
     return sock
+
+
+def _open_made_file(path: str) -> tuple[int, os.stat_result]:
+    """An O_PATH descriptor of the socket file a bind has just made at `path`, and its stat;
+    SocketFileError if something else is there by now."""
+    try:
+        made = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise SocketFileError(_REPLACED) from None
+    found = os.fstat(made)
+    # A bind makes a socket file with one link, owned by the process's effective user: not a
+    # symlink, nor a hard link to somebody's file, nor a socket someone else bound.
+    if not (stat.S_ISSOCK(found.st_mode) and found.st_nlink == 1 and found.st_uid == os.geteuid()):
+        os.close(made)
+        raise SocketFileError(_REPLACED)
+    return made, found
 
 
 def _left_by_the_dead(path: str) -> bool:
     """True when `path` is a socket file nobody accepts on: what a process that died leaves behind.
 
-    StartupError when it is no socket at all: that file is somebody's, not ours to replace.
+    SocketFileError when it is no socket at all: that file is somebody's, not ours to replace.
     """
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise StartupError(f"cannot listen on unix:{path}: the file exists and is not a socket")
+            raise SocketFileError("the file exists and is not a socket", errno.ENOTSOCK)
     except FileNotFoundError:
         return False  # gone meanwhile: the bind's error stands
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import difflib
 import errno
-import os
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog, logfmt_value
 from proxy.loop.dispatcher import Dispatcher
+from proxy.loop.listener import SocketFileError, listen_unix
 from proxy.loop.reactor import Reactor, Timer
 
 MAX_LINE = 4096  # bytes of one command line
@@ -312,48 +311,24 @@ def _answer(target: Controlled, line: str) -> Answer:
 # -- the socket ----------------------------------------------------------------------------
 
 
+# Its own words for the two refusals, which users of the admin socket know.
+_ADMIN_REFUSALS = {
+    errno.EADDRINUSE: "another process is serving on it",
+    errno.ENOTSOCK: "the path exists and is not a socket",
+}
+
+
 def bind_admin_socket(path: str) -> socket.socket:
     """A listening UNIX socket at `path`, mode 0600; StartupError if it cannot be made there.
 
     A socket file that nobody answers on is what an earlier process left (killed before it
-    could remove it): replaced. One that answers belongs to a running process: refused.
+    could remove it): replaced. One that answers belongs to a running process: refused. The
+    file is made as a listener's is (`listen_unix`), and removed when the socket is closed.
     """
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StartupError(f"admin socket {path}: {describe_os_error(exc)}") from None
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise StartupError(f"admin socket {path}: the path exists and is not a socket")
-        if _answers(path):
-            raise StartupError(f"admin socket {path}: another process is serving on it")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    umask = os.umask(0o177)  # made 0600: no moment when others could connect
-    try:
-        sock.bind(path)
-        sock.listen(64)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"admin socket {path}: {describe_os_error(exc)}") from None
-    finally:
-        os.umask(umask)
-    return sock
-
-
-def _answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    finally:
-        probe.close()
-    return True
+        return listen_unix(path, mode=0o600)
+    except SocketFileError as exc:
+        raise StartupError(f"admin socket {path}: {_ADMIN_REFUSALS.get(exc.errno, str(exc))}") from None
 
 
 class AdminSocket(Dispatcher):
@@ -361,11 +336,9 @@ class AdminSocket(Dispatcher):
 
     def __init__(self, reactor: Reactor, path: str, target: Controlled, log: EventLog) -> None:
         super().__init__(reactor, bind_admin_socket(path))
-        self.path = path
         self.target = target
         self.log = log
         self.clients: set[AdminClient] = set()
-        self._inode = os.stat(path).st_ino
         self._paused: Timer | None = None
         self.interest_changed()
 
@@ -400,12 +373,7 @@ class AdminSocket(Dispatcher):
             self._paused.cancel()
         for client in list(self.clients):
             client.close()
-        super().close()
-        try:
-            if os.stat(self.path).st_ino == self._inode:  # still ours, not a successor's
-                os.unlink(self.path)
-        except OSError:
-            pass
+        super().close()  # and its file, if still the one this process made
 
 
 class AdminClient(Dispatcher):
