@@ -34,7 +34,7 @@ from proxy.config.schema import (
     forward_config,
     with_overrides,
 )
-from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
+from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size, whole_number
 from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.policy import explain
@@ -65,9 +65,10 @@ _timeout = _argument(parse_positive_duration, "duration")
 
 
 def _parse_positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    number = whole_number(text)
+    if number is None or number < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
+    return number
 
 
 _positive = _argument(_parse_positive, "count")

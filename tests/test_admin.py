@@ -314,6 +314,19 @@ def test_unknown_commands_and_wrong_arguments_are_errors(tmp_path, start_proxy, 
     assert (done.returncode, done.stderr) == (1, "pairproxy: usage: kill conn ID\n")
 
 
+def test_a_connection_id_is_ascii_digits_or_a_one_line_error(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    for conn in ("\u00b2", "\u0663", "0", "-1", "1e3"):  # str.isdigit() passes the first two
+        done = ctl(sock, "kill", "conn", conn)
+        assert (done.returncode, done.stderr) == (
+            1,
+            f"pairproxy: kill conn: {conn!r} is not a connection id (a whole number of at least 1)\n",
+        ), conn
+    assert "pid: " in ok(sock, "show", "info")
+    assert "admin_failed" not in proxy.log_text()
+
+
 def test_several_commands_on_one_connection_each_answer_ends_with_an_empty_line(tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])

@@ -5,6 +5,8 @@ several commands on one connection. The commands read a snapshot (`Server.snapsh
 data) or call a few small methods of what they control (`Controlled`), so that under
 `run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
 `COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
+`parse_command` reads a line's words into a command and its arguments, each typed as its
+usage names it (`ARGUMENT_TYPES`), or a CommandError whose one line is the answer.
 
 A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
 gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.config.units import whole_number
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog, logfmt_value
 from proxy.loop.dispatcher import Dispatcher
@@ -95,8 +98,8 @@ def show_servers(target: Controlled, _args: list[str]) -> str:
     return "\n".join(_logfmt(row, SERVER_KEYS) for row in target.snapshot()["servers"])
 
 
-def kill_conn(target: Controlled, args: list[str]) -> str:
-    if not args[0].isdigit() or not target.kill_conn(int(args[0])):
+def kill_conn(target: Controlled, args: list[Any]) -> str:
+    if not target.kill_conn(args[0]):
         raise CommandError(f"no open connection {args[0]}")
     return "ok"
 
@@ -156,23 +159,53 @@ def show_help(_target: Controlled, _args: list[str]) -> str:
     return "\n".join(f"{command.usage:<{width}}  {command.summary}" for command in COMMANDS.values())
 
 
+def _connection_id(text: str) -> int:
+    conn = whole_number(text)
+    if conn is None or conn < 1:
+        raise CommandError(f"{text!r} is not a connection id (a whole number of at least 1)")
+    return conn
+
+
+# How an argument the usages name is read (CommandError if it cannot be); any other stays text.
+ARGUMENT_TYPES: dict[str, Callable[[str], Any]] = {"ID": _connection_id}
+
+
 @dataclass(frozen=True)
 class Command:
     usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
     summary: str
-    handler: Callable[[Controlled, list[str]], str]
+    handler: Callable[[Controlled, list[Any]], str]
+
+    @property
+    def words(self) -> str:
+        return " ".join(word for word in self.usage.split() if not word.isupper())
+
+    @property
+    def arguments(self) -> list[str]:
+        return [word for word in self.usage.split() if word.isupper()]
 
     def takes(self, args: list[str]) -> bool:
         """Whether `args` are as many as the usage names."""
-        named = [word for word in self.usage.split() if word.isupper()]
+        named = self.arguments
         if named and named[-1].endswith("..."):
             return len(args) >= len(named)
         return len(args) == len(named)
 
+    def read(self, args: list[str]) -> list[Any]:
+        """`args` as the handler takes them, each read by its type; CommandError if one is not one."""
+        if not self.takes(args):
+            raise CommandError(f"usage: {self.usage}")
+        named = self.arguments
+        named += named[-1:] * (len(args) - len(named))  # the arguments a last NAME... takes
+        try:
+            return [ARGUMENT_TYPES.get(name, str)(arg) for name, arg in zip(named, args, strict=True)]
+        except CommandError as exc:
+            raise CommandError(f"{self.words}: {exc}") from None
+
 
 # The words of each command (as one string) -> the command.
 COMMANDS: dict[str, Command] = {
-    " ".join(word for word in command.usage.split() if not word.isupper()): command
+    command.words: command
     for command in (
         Command("help", "this list", show_help),
         Command("show info", "the process: version, pid, uptime, connections, reloads, dropped log lines", show_info),
@@ -191,25 +224,31 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def parse_command(words: list[str]) -> tuple[Command, list[Any]]:
+    """The command `words` name, and its arguments as its handler takes them.
+
+    Pure; whatever the words, CommandError (with the answer's one line) is all it raises.
+    """
+    for size in (2, 1):
+        command = COMMANDS.get(" ".join(words[:size]))
+        if command is not None:
+            return command, command.read(words[size:])
+    given = " ".join(words[:2])
+    close = difflib.get_close_matches(given, COMMANDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else "; try 'help'"
+    raise CommandError(f"unknown command {given!r}{hint}")
+
+
 def execute(target: Controlled, line: str) -> str:
     """The answer to one command line, without the final empty line; errors start with `error: `."""
     words = line.split()
     if not words:
         return ""
-    for size in (2, 1):
-        command = COMMANDS.get(" ".join(words[:size]))
-        if command is not None:
-            args = words[size:]
-            if not command.takes(args):
-                return f"error: usage: {command.usage}"
-            try:
-                return command.handler(target, args)
-            except CommandError as exc:
-                return f"error: {exc}"
-    given = " ".join(words[:2])
-    close = difflib.get_close_matches(given, COMMANDS, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else "; try 'help'"
-    return f"error: unknown command {given!r}{hint}"
+    try:
+        command, args = parse_command(words)
+        return command.handler(target, args)
+    except CommandError as exc:
+        return f"error: {exc}"
 
 
 # -- the socket ----------------------------------------------------------------------------
