@@ -293,6 +293,10 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
+    try:
+        command = admin.command_text(args.words)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     path = args.socket
     if path is None:
         if not Path(args.config).exists():
@@ -300,7 +304,7 @@ def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
         path = load_admin_socket(args.config)
         if path is None:
             raise UsageError(f"{args.config} has no admin socket (admin: {{socket: PATH}}); give -s PATH")
-    answer = admin.ask(path, " ".join(args.words))
+    answer = admin.ask(path, command)
     if answer.startswith("error: "):
         raise StartupError(answer.removeprefix("error: "))
     if answer:

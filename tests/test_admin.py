@@ -421,6 +421,25 @@ def test_ctl_finds_the_socket_in_the_config_file(tmp_path, start_proxy, start_up
     assert done.returncode == 0 and f"pid: {proxy.pid}" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("words", "error"),
+    [
+        ([" "], "no command given ('pairproxy ctl help' lists them)"),
+        (["show info\nreload"], "a command is one line: the words hold a line break"),
+        (["show", "caf\udce9"], "the command is not UTF-8 text"),  # a Latin-1 byte in argv, as Python gets it
+        (["x" * 5000], "the command is longer than 4096 bytes"),
+    ],
+)
+def test_ctl_refuses_what_cannot_be_one_command(words, error, tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    args = [os.fsencode(word) for word in ["ctl", "-s", str(sock), *words]]
+    done = run_cli(args)  # within WAIT: the proxy never answers a blank line, and ctl must not wait for one
+    assert (done.returncode, done.stderr) == (2, f"pairproxy: {error}\n")
+    assert "reloads: 0" in ok(sock, "show", "info")  # nothing after a line break was done either
+    assert "admin_failed" not in proxy.log_text()
+
+
 def test_ctl_exit_codes_without_a_socket(tmp_path):
     missing = tmp_path / "nothing.sock"
     done = ctl(missing, "show", "info")

@@ -464,6 +464,26 @@ class AdminClient(Dispatcher):
 # -- the client side (`pairproxy ctl`) -------------------------------------------------------
 
 
+def command_text(words: list[str]) -> str:
+    """The one command line `pairproxy ctl WORDS` sends; ValueError for words that cannot be one.
+
+    The socket would not answer a blank line, would take a line break for the start of another
+    command (done, its answer never read), and cuts off a line past MAX_LINE.
+    """
+    text = " ".join(words)
+    if not text.strip():
+        raise ValueError("no command given ('pairproxy ctl help' lists them)")
+    if "\n" in text:
+        raise ValueError("a command is one line: the words hold a line break")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes in argv that are not UTF-8 (Python holds them as surrogates)
+        raise ValueError("the command is not UTF-8 text") from None
+    if size > MAX_LINE:
+        raise ValueError(f"the command is longer than {MAX_LINE} bytes")
+    return text
+
+
 def ask(path: str, command: str, timeout: float = ANSWER_TIMEOUT) -> str:
     """Send one command to the admin socket at `path`; its answer without the final empty line.
 
