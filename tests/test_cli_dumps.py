@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 
 import pytest
 
@@ -100,6 +102,18 @@ def test_forward_takes_every_dump_flag(start_proxy, start_upstream, tmp_path):
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"
     assert proxy.wait_access(1)[0]["result"] == "closed"
+
+
+def test_files_that_hold_traffic_or_secrets_are_private_whatever_the_umask(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    files = {name: tmp_path / name for name in ("dump.txt", "cap.pcapng", "keys.log")}
+    start_proxy(
+        *("forward", "127.0.0.1:0", upstream.address, "--hexdump", "--dump-file", str(files["dump.txt"])),
+        *("--pcap", str(files["cap.pcapng"]), "--tls-keylog", str(files["keys.log"])),
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in files.items()}
+    assert modes == dict.fromkeys(files, 0o600)
 
 
 def test_run_hexdump_holds_for_every_listener_and_after_a_reload(tmp_path, start_proxy, start_upstream):
