@@ -483,6 +483,7 @@ def test_the_admin_section_is_read_relative_to_the_config_file(tmp_path):
         ("{sockett: a.sock}", "t.yaml:1:9: unknown key 'sockett' in admin (did you mean 'socket'?)"),
         ("{http: nope}", "t.yaml:1:15: http: bad address 'nope': port 'nope' is not a number"),
         ("{socket: ''}", "t.yaml:1:17: socket: must be a non-empty string, got ''"),
+        ('{socket: "a\\ud800"}', "t.yaml:1:17: socket: 'a\\ud800' holds a lone surrogate, which no file name can"),
         ("{socket: " + "a" * 120 + "}", "is too long for a UNIX socket (at most 107 bytes)"),
         ("[a]", "t.yaml:1:8: admin must be a mapping of keys, got a list"),
     ],

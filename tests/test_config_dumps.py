@@ -356,3 +356,10 @@ def test_filters_that_can_hold_or_come_from_defaults_are_not_warned_about():
 )
 def test_standard_output_for_one_stream_is_fine(text):
     assert load(text).config.listeners
+
+
+@pytest.mark.parametrize("key", ["dump_file", "defaults: {pcap"])
+def test_a_path_no_file_can_have_is_a_located_error(key):
+    text = f'{key}: "a\\ud800"' + ("}" if "{" in key else "") + "\nlisteners: [{listen: 8080, upstream: 9000}]"
+    (error,) = errors_of(text)
+    assert error.endswith(": cannot write 'a\\ud800': the path holds a lone surrogate, which no file name can")

@@ -115,6 +115,17 @@ def load_admin_socket(path: str | Path) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _path_problem(text: str) -> str | None:
+    """Why `text` can name no file, or None."""
+    if "\0" in text:
+        return "holds a NUL character"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:  # YAML's "\ud800": a character the file system's encoding has no bytes for
+        return "holds a lone surrogate, which no file name can"
+    return None
+
+
 def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -606,8 +617,9 @@ class _Reader:
         text = self.text(node, what)
         if isinstance(text, Invalid):
             return INVALID
-        if "\0" in text:
-            self.error(node, f"{what}: cannot write {text!r}: the path holds a NUL character")
+        problem = _path_problem(text)
+        if problem is not None:
+            self.error(node, f"{what}: cannot write {text!r}: the path {problem}")
             return INVALID
         return text if text == "-" else os.path.abspath(self.base_dir / text)
 
@@ -793,8 +805,9 @@ class _Reader:
         text = self.text(node, what)
         if isinstance(text, Invalid):
             return INVALID
-        if "\0" in text:
-            self.error(node, f"{what}: {text!r} holds a NUL character")
+        problem = _path_problem(text)
+        if problem is not None:
+            self.error(node, f"{what}: {text!r} {problem}")
             return INVALID
         path = os.path.abspath(self.base_dir / text)
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
