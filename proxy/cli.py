@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from proxy import __version__
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
-from proxy.config.checks import standard_output_clash
+from proxy.config.checks import CAPTURE, HEX_DUMP, KEY_LOG, OutputFile, output_clashes, standard_output_clash
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
 from proxy.config.loader import ConfigError, LoadedConfig, load_admin_socket, load_config
@@ -37,6 +37,7 @@ from proxy.config.schema import (
 from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size, whole_number
 from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
+from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve import admin
 from proxy.serve.contexts import use_keylog
@@ -186,6 +187,25 @@ def _check_standard_output(config: Config, workers: int = 1) -> None:
     clash = standard_output_clash(config, workers)
     if clash is not None:
         raise UsageError(clash)
+
+
+def _check_outputs(args: argparse.Namespace, overrides: DumpOverrides, loaded: tuple[OutputFile, ...] = ()) -> None:
+    """UsageError when two outputs would write one file: the flags' (and the key log's), and
+    those of the file (`loaded`) that no flag replaces."""
+    outputs = []
+    if overrides.dump_file not in (None, "-"):
+        outputs.append(OutputFile(HEX_DUMP, overrides.dump_file, "--dump-file"))
+    if overrides.pcap is not None and overrides.pcap.path != "-":
+        outputs.append(OutputFile.capture(overrides.pcap, "--pcap"))
+    keylog = _keylog_wanted(args)
+    if keylog is not None:
+        outputs.append(OutputFile(KEY_LOG, os.path.abspath(keylog[1]), keylog[0]))
+    replaced = {HEX_DUMP: overrides.dump_file is not None, CAPTURE: overrides.pcap is not None}
+    outputs += [output for output in loaded if not replaced.get(output.kind)]
+    clashes = output_clashes(outputs, file_identity)
+    if clashes:
+        output, message = clashes[0]
+        raise UsageError(f"{output.origin}: {message}")
 
 
 def _add_keylog_option(parser: argparse.ArgumentParser) -> None:
@@ -344,6 +364,7 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
     )
     config = with_overrides(config, overrides)
     _check_standard_output(config)
+    _check_outputs(args, overrides)
     _start_keylog(args, log)
     server = Server(config, log, splice=_splice_wanted())
     server.bind()
@@ -404,16 +425,23 @@ def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
     Called once per process before any TLS context exists; `run --workers` forks after it, so the
     supervisor warns once for all. A file that cannot be opened stops the start (exit status 1).
     """
-    source, path = "--tls-keylog", args.tls_keylog
-    if not path:
-        source, path = "SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE")
-    if not path:
+    wanted = _keylog_wanted(args)
+    if wanted is None:
         return
+    source, path = wanted
     try:
         path = use_keylog(path)
     except OSError as exc:
         raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
     log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+
+
+def _keylog_wanted(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Who asks for a key log (the flag, else SSLKEYLOGFILE) and where it goes, or None."""
+    source, path = "--tls-keylog", args.tls_keylog
+    if not path:
+        source, path = "SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE")
+    return (source, path) if path else None
 
 
 def _splice_wanted() -> bool:
@@ -432,6 +460,7 @@ def _run(args: argparse.Namespace, log: EventLog) -> int:
     overrides = _dump_overrides(args, args.workers)
     loaded = _load(args)
     _check_standard_output(with_overrides(loaded.config, overrides), args.workers)
+    _check_outputs(args, overrides, loaded.outputs)
     path, splice = Path(args.config), _splice_wanted()
     _start_keylog(args, log)
     if args.workers > 1:

@@ -267,6 +267,16 @@ def open_private(path: str, *, append: bool) -> int:
     return os.open(path, flags, PRIVATE_MODE)
 
 
+def file_identity(path: str) -> tuple:
+    """What `path` names on disk, equal for every path to one file: its device and inode when it
+    exists (hard links, symbolic ones), else the path with its links resolved (a file not made yet)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
+
+
 def output_for(stream: TextIO, limit: int) -> Output | StreamOutput:
     """The output for a Python stream: its descriptor when it has one."""
     try:
