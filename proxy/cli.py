@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from proxy import __version__
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
-from proxy.config.checks import standard_output_clash
+from proxy.config.checks import CAPTURE, HEX_DUMP, KEY_LOG, OutputFile, output_clashes, standard_output_clash
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
 from proxy.config.loader import ConfigError, LoadedConfig, load_admin_socket, load_config
@@ -35,9 +35,10 @@ from proxy.config.schema import (
     forward_config,
     with_overrides,
 )
-from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
+from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size, whole_number
 from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
+from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve import admin
 from proxy.serve.contexts import use_keylog
@@ -66,9 +67,10 @@ _timeout = _argument(parse_positive_duration, "duration")
 
 
 def _parse_positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    number = whole_number(text)
+    if number is None or number < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
+    return number
 
 
 _positive = _argument(_parse_positive, "count")
@@ -201,6 +203,25 @@ def _check_standard_output(config: Config, workers: int = 1) -> None:
         raise UsageError(clash)
 
 
+def _check_outputs(args: argparse.Namespace, overrides: DumpOverrides, loaded: tuple[OutputFile, ...] = ()) -> None:
+    """UsageError when two outputs would write one file: the flags' (and the key log's), and
+    those of the file (`loaded`) that no flag replaces."""
+    outputs = []
+    if overrides.dump_file not in (None, "-"):
+        outputs.append(OutputFile(HEX_DUMP, overrides.dump_file, "--dump-file"))
+    if overrides.pcap is not None and overrides.pcap.path != "-":
+        outputs.append(OutputFile.capture(overrides.pcap, "--pcap"))
+    keylog = _keylog_wanted(args)
+    if keylog is not None:
+        outputs.append(OutputFile(KEY_LOG, os.path.abspath(keylog[1]), keylog[0]))
+    replaced = {HEX_DUMP: overrides.dump_file is not None, CAPTURE: overrides.pcap is not None}
+    outputs += [output for output in loaded if not replaced.get(output.kind)]
+    clashes = output_clashes(outputs, file_identity)
+    if clashes:
+        output, message = clashes[0]
+        raise UsageError(f"{output.origin}: {message}")
+
+
 def _add_keylog_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-keylog",
@@ -306,6 +327,10 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
+    try:
+        command = admin.command_text(args.words)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     path = args.socket
     if path is None:
         if not Path(args.config).exists():
@@ -313,7 +338,7 @@ def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
         path = load_admin_socket(args.config)
         if path is None:
             raise UsageError(f"{args.config} has no admin socket (admin: {{socket: PATH}}); give -s PATH")
-    answer = admin.ask(path, " ".join(args.words))
+    answer = admin.ask(path, command)
     if answer.startswith("error: "):
         raise StartupError(answer.removeprefix("error: "))
     if answer:
@@ -353,6 +378,7 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
     )
     config = with_overrides(config, overrides)
     _check_standard_output(config)
+    _check_outputs(args, overrides)
     _start_keylog(args, log)
     server = Server(config, log, splice=_splice_wanted())
     server.bind()
@@ -413,16 +439,23 @@ def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
     Called once per process before any TLS context exists; `run --workers` forks after it, so the
     supervisor warns once for all. A file that cannot be opened stops the start (exit status 1).
     """
-    source, path = "--tls-keylog", args.tls_keylog
-    if not path:
-        source, path = "SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE")
-    if not path:
+    wanted = _keylog_wanted(args)
+    if wanted is None:
         return
+    source, path = wanted
     try:
         path = use_keylog(path)
     except OSError as exc:
         raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
     log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+
+
+def _keylog_wanted(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Who asks for a key log (the flag, else SSLKEYLOGFILE) and where it goes, or None."""
+    source, path = "--tls-keylog", args.tls_keylog
+    if not path:
+        source, path = "SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE")
+    return (source, path) if path else None
 
 
 def _splice_wanted() -> bool:
@@ -441,6 +474,7 @@ def _run(args: argparse.Namespace, log: EventLog) -> int:
     overrides = _dump_overrides(args, args.workers)
     loaded = _load(args)
     _check_standard_output(with_overrides(loaded.config, overrides), args.workers)
+    _check_outputs(args, overrides, loaded.outputs)
     path, splice = Path(args.config), _splice_wanted()
     _start_keylog(args, log)
     if args.workers > 1:

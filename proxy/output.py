@@ -13,6 +13,9 @@ MSG_DONTWAIT on a duplicate. Regular files and other devices never wait for a re
 be polled, and are written directly. This module holds no reference to a loop:
 `proxy.loop.drain.attach_output` puts an output on one.
 
+The files the proxy writes traffic or secrets to (the hex dump, captures, the TLS key log) are
+opened with `open_private`: a file it creates is its owner's alone (0600), whatever the umask.
+
 Every write to a pipe is whole lines of at most PIPE_BUF bytes, which the kernel writes in one
 piece or not at all: processes sharing a pipe (`run --workers`) never interleave mid-line.
 """
@@ -252,6 +255,26 @@ class StreamOutput:
 
     def close(self) -> None:
         pass
+
+
+PRIVATE_MODE = 0o600
+
+
+def open_private(path: str, *, append: bool) -> int:
+    """A descriptor writing `path`, made with mode 0600 if it does not exist (else its mode stays);
+    `append` keeps what it holds, else it is emptied. OSError as os.open raises it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    return os.open(path, flags, PRIVATE_MODE)
+
+
+def file_identity(path: str) -> tuple:
+    """What `path` names on disk, equal for every path to one file: its device and inode when it
+    exists (hard links, symbolic ones), else the path with its links resolved (a file not made yet)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
 
 
 def output_for(stream: TextIO, limit: int) -> Output | StreamOutput:

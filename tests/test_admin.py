@@ -314,6 +314,19 @@ def test_unknown_commands_and_wrong_arguments_are_errors(tmp_path, start_proxy, 
     assert (done.returncode, done.stderr) == (1, "pairproxy: usage: kill conn ID\n")
 
 
+def test_a_connection_id_is_ascii_digits_or_a_one_line_error(tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    for conn in ("\u00b2", "\u0663", "0", "-1", "1e3"):  # str.isdigit() passes the first two
+        done = ctl(sock, "kill", "conn", conn)
+        assert (done.returncode, done.stderr) == (
+            1,
+            f"pairproxy: kill conn: {conn!r} is not a connection id (a whole number of at least 1)\n",
+        ), conn
+    assert "pid: " in ok(sock, "show", "info")
+    assert "admin_failed" not in proxy.log_text()
+
+
 def test_several_commands_on_one_connection_each_answer_ends_with_an_empty_line(tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
@@ -408,6 +421,25 @@ def test_ctl_finds_the_socket_in_the_config_file(tmp_path, start_proxy, start_up
     assert done.returncode == 0 and f"pid: {proxy.pid}" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("words", "error"),
+    [
+        ([" "], "no command given ('pairproxy ctl help' lists them)"),
+        (["show info\nreload"], "a command is one line: the words hold a line break"),
+        (["show", "caf\udce9"], "the command is not UTF-8 text"),  # a Latin-1 byte in argv, as Python gets it
+        (["x" * 5000], "the command is longer than 4096 bytes"),
+    ],
+)
+def test_ctl_refuses_what_cannot_be_one_command(words, error, tmp_path, start_proxy, start_upstream):
+    upstream = start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
+    args = [os.fsencode(word) for word in ["ctl", "-s", str(sock), *words]]
+    done = run_cli(args)  # within WAIT: the proxy never answers a blank line, and ctl must not wait for one
+    assert (done.returncode, done.stderr) == (2, f"pairproxy: {error}\n")
+    assert "reloads: 0" in ok(sock, "show", "info")  # nothing after a line break was done either
+    assert "admin_failed" not in proxy.log_text()
+
+
 def test_ctl_exit_codes_without_a_socket(tmp_path):
     missing = tmp_path / "nothing.sock"
     done = ctl(missing, "show", "info")
@@ -451,6 +483,7 @@ def test_the_admin_section_is_read_relative_to_the_config_file(tmp_path):
         ("{sockett: a.sock}", "t.yaml:1:9: unknown key 'sockett' in admin (did you mean 'socket'?)"),
         ("{http: nope}", "t.yaml:1:15: http: bad address 'nope': port 'nope' is not a number"),
         ("{socket: ''}", "t.yaml:1:17: socket: must be a non-empty string, got ''"),
+        ('{socket: "a\\ud800"}', "t.yaml:1:17: socket: 'a\\ud800' holds a lone surrogate, which no file name can"),
         ("{socket: " + "a" * 120 + "}", "is too long for a UNIX socket (at most 107 bytes)"),
         ("[a]", "t.yaml:1:8: admin must be a mapping of keys, got a list"),
     ],

@@ -88,6 +88,7 @@ def test_usage_error_is_exactly_one_line():
         ([], "pairproxy: the following arguments are required: COMMAND"),
         (["--bogus"], "pairproxy: "),
         (["run", "--workers", "0"], "pairproxy run: argument --workers: expected a whole number"),
+        (["run", "--workers", "\u0663"], "pairproxy run: argument --workers: expected a whole number of at least 1"),
         (["check", "--log-format", "xml"], "pairproxy check: argument --log-format: invalid choice: 'xml'"),
         (["echo"], "pairproxy echo: the following arguments are required: LISTEN"),
         (["echo", "127.0.0.1:0", "--hexdump"], "pairproxy echo: unrecognized arguments: --hexdump"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 
 import pytest
 
@@ -104,6 +106,62 @@ def test_forward_takes_every_dump_flag(start_proxy, start_upstream, tmp_path):
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"
     assert proxy.wait_access(1)[0]["result"] == "closed"
+
+
+def test_files_that_hold_traffic_or_secrets_are_private_whatever_the_umask(start_proxy, start_upstream, tmp_path):
+    upstream = start_upstream(echo_handler)
+    files = {name: tmp_path / name for name in ("dump.txt", "cap.pcapng", "keys.log")}
+    start_proxy(
+        *("forward", "127.0.0.1:0", upstream.address, "--hexdump", "--dump-file", str(files["dump.txt"])),
+        *("--pcap", str(files["cap.pcapng"]), "--tls-keylog", str(files["keys.log"])),
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in files.items()}
+    assert modes == dict.fromkeys(files, 0o600)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--dump-file", "x", "--pcap", "x"],
+            "--pcap: the capture {x} is also the hex dump's file (--dump-file); give each output its own file",
+        ),
+        (
+            ["--pcap", "x", "--pcap-max", "1MiB", "--dump-file", "x.3"],
+            "--pcap: the capture {x}.3 is also the hex dump's file (--dump-file); give each output its own file",
+        ),
+        (
+            ["--dump-file", "link", "--tls-keylog", "x"],
+            "--tls-keylog: the TLS key log {x} is also the hex dump's file (--dump-file);"
+            " give each output its own file",
+        ),
+    ],
+)
+def test_two_outputs_on_one_file_exit_2_with_one_line(flags, expected, tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "x")  # dangling: it names x all the same
+    result = run_cli([*FORWARD, *flags], cwd=tmp_path)
+    message = expected.format(x=tmp_path / "x")
+    assert (result.returncode, result.stderr, result.stdout) == (2, f"pairproxy: {message}\n", "")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link"]  # nothing was made
+
+
+def test_a_flag_s_output_on_a_file_s_output_names_its_place(tmp_path):
+    path = write(tmp_path, 'dump_file: out\nlisteners: [{listen: "127.0.0.1:0", upstream: 127.0.0.1:9}]\n')
+    result = run_cli(["run", "-c", str(path), "--pcap", "out"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"pairproxy: {path}:1:12: the hex dump {tmp_path / 'out'} is also the capture's file (--pcap);"
+        " give each output its own file\n"
+    )
+    keylog = run_cli(
+        ["run", "-c", str(path), "--dump-file", "hex.txt"], cwd=tmp_path, env={**os.environ, "SSLKEYLOGFILE": "hex.txt"}
+    )
+    assert keylog.returncode == 2
+    assert keylog.stderr == (
+        f"pairproxy: SSLKEYLOGFILE: the TLS key log {tmp_path / 'hex.txt'} is also the hex dump's file (--dump-file);"
+        " give each output its own file\n"
+    )
 
 
 def test_run_hexdump_holds_for_every_listener_and_after_a_reload(tmp_path, start_proxy, start_upstream):

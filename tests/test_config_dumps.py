@@ -12,6 +12,7 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.loader import ConfigError, load_config, parse_config
 from proxy.config.schema import DumpOverrides, PcapConfig, forward_config, with_overrides
 from proxy.config.units import Address
+from tests.support import run_cli
 
 BASE = Path("/srv/pairproxy")
 
@@ -363,3 +364,63 @@ def test_filters_that_can_hold_or_come_from_defaults_are_not_warned_about():
 )
 def test_standard_output_for_one_stream_is_fine(text):
     assert load(text).config.listeners
+
+
+# -- outputs on one file ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "dump_file: out\nlisteners: [{listen: 8080, upstream: 9000, pcap: out}]",
+            "t.yaml:2:50: the capture /srv/pairproxy/out is also the hex dump's file (t.yaml:1:12);"
+            " give each output its own file",
+        ),
+        (
+            "dump_file: out\nadmin: {socket: ./out}\nlisteners: [{listen: 8080, upstream: 9000}]",
+            "t.yaml:2:17: the admin socket /srv/pairproxy/out is also the hex dump's file (t.yaml:1:12);"
+            " give each output its own file",
+        ),
+        (  # a route's capture on the rotated copies of a listener's
+            "listeners:\n"
+            "  - listen: 8080\n"
+            "    pcap: {file: cap, max_size: 1MiB, keep: 2}\n"
+            "    routes: [{upstream: 9000, pcap: cap.2}]",
+            "t.yaml:4:37: the capture /srv/pairproxy/cap.2 is also the capture's file (t.yaml:3:18);"
+            " give each output its own file",
+        ),
+    ],
+)
+def test_two_outputs_on_one_file_are_a_located_error(text, expected):
+    assert expected in errors_of(text)
+
+
+@pytest.mark.parametrize("key", ["dump_file", "defaults: {pcap"])
+def test_a_path_no_file_can_have_is_a_located_error(key):
+    text = f'{key}: "a\\ud800"' + ("}" if "{" in key else "") + "\nlisteners: [{listen: 8080, upstream: 9000}]"
+    (error,) = errors_of(text)
+    assert error.endswith(": cannot write 'a\\ud800': the path holds a lone surrogate, which no file name can")
+
+
+def test_listeners_share_a_capture_and_a_link_is_the_file_it_names(tmp_path):
+    text = 'listeners: [{listen: 8080, upstream: 9000, pcap: cap}, {listen: 8081, upstream: 9001, pcap: "./cap"}]'
+    assert parse_config(text, "t.yaml", tmp_path).config.listeners  # one capture, shared
+    (tmp_path / "hex.txt").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "hex.txt")
+    (tmp_path / "hard").hardlink_to(tmp_path / "hex.txt")
+    for other in ("link", "hard"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"dump_file: hex.txt\n{text.replace('cap}', other + '}', 1)}", "t.yaml", tmp_path)
+        assert f"the capture {tmp_path / other} is also the hex dump's file (t.yaml:1:12)" in str(caught.value)
+
+
+def test_check_reports_outputs_on_one_file_with_the_place(tmp_path):
+    path = tmp_path / "pairproxy.yaml"
+    path.write_text("dump_file: out\nlisteners: [{listen: 8080, upstream: 9000, pcap: out}]\n")
+    done = run_cli(["check", "-c", str(path)])
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"{path}:2:50: the capture {tmp_path / 'out'} is also the hex dump's file ({path}:1:12);"
+        " give each output its own file\n"
+    )

@@ -1,6 +1,7 @@
-"""Properties of the three wire parsers over any input: the PROXY header, the ClientHello peek,
-and the hex dump. Each answers within its contract (decide, wait, or its own error) for any
-bytes, and gives back exactly what its encoder put in, however the bytes are split."""
+"""Properties of the wire parsers over any input: the PROXY header, the ClientHello peek, the
+hex dump and the admin listener's HTTP request head. Each answers within its contract (decide,
+wait, or its own error) for any bytes, and gives back exactly what its encoder put in, however
+the bytes are split."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.config.units import canonical_ip
 from proxy.protocol.hexdump import dump_lines, parse_dump_line
+from proxy.protocol.http import MAX_HEAD, head_end, parse_request
 from proxy.protocol.proxyproto import MAX_HEADER, NEED_MORE, V1_PREFIX, V2_SIGNATURE, ProxyProtocolError, encode, parse
 from proxy.protocol.sni import Hello, peek_server_name
 from tests.test_sni import in_records, synthetic_client_hello
@@ -131,3 +133,36 @@ def test_hexdump_lines_parse_back_to_the_bytes_sixteen_a_line(data):
         assert line.endswith("|") and len(ascii_column) == len(chunk)
         assert all(0x20 <= ord(char) < 0x7F for char in ascii_column)
         assert ascii_column == "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+
+
+# -- the admin listener's HTTP request head -------------------------------------------------
+
+# Heads that reach past the request line: its pieces, spaces and line ends, then anything.
+http_pieces = st.sampled_from(
+    [b"GET", b"HEAD", b"POST", b"/metrics", b"/status?x=1", b"HTTP/1.1", b"HTTP/1.0", b"Host:", b"a: b", b"\xff"]
+)
+http_heads = st.one_of(
+    st.binary(max_size=MAX_HEAD + 64),
+    st.lists(st.one_of(http_pieces, st.sampled_from([b" ", b"\r\n", b"\n", b":", b"\t"]), st.binary(max_size=8))).map(
+        b"".join
+    ),
+)
+
+
+@PROPERTIES
+@given(http_heads)
+def test_http_parse_request_answers_a_request_or_value_error(data):
+    try:
+        request = parse_request(data)
+    except ValueError:
+        return
+    assert len(data) <= MAX_HEAD
+    assert request.version in ("HTTP/1.0", "HTTP/1.1") and request.method and request.target.isprintable()
+    assert all(name == name.lower() and name for name, _ in request.headers)
+
+
+@PROPERTIES
+@given(st.binary(max_size=300))
+def test_http_head_end_is_past_a_blank_line_or_not_found(data):
+    end = head_end(data)
+    assert end == -1 or data[:end].endswith((b"\r\n\r\n", b"\n\n"))

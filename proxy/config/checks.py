@@ -3,19 +3,20 @@
 Pure functions over the schema's dataclasses and the places (FILE:LINE:COLUMN) each part was
 written at: listeners that cannot all bind, routes that can never match, SNI routes no
 certificate covers, allow/deny lists that leave nobody, trusted-proxy warnings and unused
-upstreams, dump filters that can never hold, and dumps that would share standard output. The
-loader reads the file and reports what these return; nothing here reads a file.
+upstreams, dump filters that can never hold, dumps that would share standard output, and
+outputs that would write one file. The loader reads the file and reports what these return;
+nothing here reads a file (what a path names on disk comes as a function, `identity`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.certificates import name_matches
-from proxy.config.schema import Config, DumpCondition, ListenerConfig, MatchConfig
+from proxy.config.schema import Config, DumpCondition, ListenerConfig, MatchConfig, PcapConfig
 from proxy.config.units import IPAddress, IPNetwork, SocketAddress, canonical_ip, join_host_port
 
 
@@ -188,6 +189,46 @@ def standard_output_clash(config: Config, workers: int = 1) -> str | None:
             " give the hex dump a file (dump_file, --dump-file)"
         )
     return None
+
+
+# The kinds of file the proxy writes, as people call them.
+HEX_DUMP, CAPTURE, KEY_LOG, ADMIN_SOCKET = "hex dump", "capture", "TLS key log", "admin socket"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file the proxy writes or makes, and who asks for it: a place in the file, or a flag."""
+
+    kind: str  # HEX_DUMP, CAPTURE, KEY_LOG or ADMIN_SOCKET
+    path: str  # absolute
+    origin: Place | str
+    rotated: int = 0  # the older copies kept beside it by rotation: PATH.1 to PATH.N
+
+    @classmethod
+    def capture(cls, pcap: PcapConfig, origin: Place | str) -> OutputFile:
+        return cls(CAPTURE, pcap.path, origin, pcap.keep if pcap.max_size is not None else 0)
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *(f"{self.path}.{index}" for index in range(1, self.rotated + 1)))
+
+
+def output_clashes(outputs: Sequence[OutputFile], identity: Callable[[str], Hashable]) -> list[tuple[OutputFile, str]]:
+    """Each output that would write a file an earlier one writes, with why, in the earlier one's terms.
+
+    `identity` tells which paths are one file (links resolved). One output asked for in several
+    places (listeners sharing a capture) is one output: the same kind on the same path.
+    """
+    writers: dict[Hashable, OutputFile] = {}
+    clashes = []
+    for output in outputs:
+        own = (output.kind, identity(output.path))
+        for path in output.paths():
+            first = writers.setdefault(identity(path), output)
+            if (first.kind, identity(first.path)) != own:
+                message = f"the {output.kind} {path} is also the {first.kind}'s file ({first.origin})"
+                clashes.append((output, f"{message}; give each output its own file"))
+                break
+    return clashes
 
 
 def _in_effect(listener: ListenerConfig, key: str) -> list[Any]:

@@ -8,7 +8,15 @@ Shared by the YAML loader and the command line. Values are stored in the one for
 from __future__ import annotations
 
 from proxy.config.schema import DUMP_KEYS, DumpCondition
-from proxy.config.units import Address, IPNetwork, canonical_ip, canonical_network, did_you_mean, parse_address
+from proxy.config.units import (
+    Address,
+    IPNetwork,
+    canonical_ip,
+    canonical_network,
+    did_you_mean,
+    parse_address,
+    whole_number,
+)
 
 _EXAMPLES = "conn=ID, listener=NAME, route=NAME, client=CIDR, server=HOST:PORT"
 
@@ -27,9 +35,10 @@ def parse_dump_condition(text: str) -> DumpCondition:
 
 
 def _conn(value: str) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+    conn = whole_number(value)
+    if conn is None or conn < 1:
         raise ValueError(f"conn={value}: a connection id is a whole number of at least 1")
-    return int(value)
+    return conn
 
 
 def _client(value: str) -> IPNetwork:

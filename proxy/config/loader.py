@@ -27,12 +27,16 @@ import yaml
 
 from proxy.config.certificates import CertificatePair, certificate_names, check_ca_file, check_certificate
 from proxy.config.checks import (
+    ADMIN_SOCKET,
+    HEX_DUMP,
     Bound,
     Finding,
     ListenerPlaces,
+    OutputFile,
     Place,
     listener_clashes,
     listener_warnings,
+    output_clashes,
     standard_output_clash,
     unused_upstreams,
 )
@@ -70,6 +74,7 @@ from proxy.config.units import (
     parse_size,
 )
 from proxy.errors import UsageError, describe_os_error
+from proxy.output import file_identity
 
 # -- loading the YAML route table ---------------------------------------------------------
 
@@ -86,6 +91,7 @@ class ConfigError(UsageError):
 class LoadedConfig:
     config: Config
     warnings: tuple[str, ...]
+    outputs: tuple[OutputFile, ...] = ()  # the files the table writes, for the checks with the flags
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -117,6 +123,17 @@ def load_admin_socket(path: str | Path) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _path_problem(text: str) -> str | None:
+    """Why `text` can name no file, or None."""
+    if "\0" in text:
+        return "holds a NUL character"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:  # YAML's "\ud800": a character the file system's encoding has no bytes for
+        return "holds a lone surrogate, which no file name can"
+    return None
+
+
 def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -139,7 +156,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     config = reader.config(root)
     if reader.errors or config is None:
         raise ConfigError(reader.errors or [f"{source}:1:1: no configuration"])
-    return LoadedConfig(config, tuple(reader.warnings))
+    return LoadedConfig(config, tuple(reader.warnings), tuple(reader.outputs))
 
 
 # The schema needs seven levels; a limit keeps PyYAML's recursive composer far from Python's.
@@ -293,6 +310,7 @@ class _Reader:
         self.inline: dict[str, UpstreamConfig] = {}  # the one-server upstreams that routes name by address
         self.names: dict[str, list[str]] = {}  # the DNS names of each served certificate file, read once
         self.stdout_capture: Place | None = None  # the first `pcap: "-"`, where a clash on stdout is reported
+        self.outputs: list[OutputFile] = []  # every file the table writes, where it is written
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting -----------------------------------------------------------------------
@@ -620,8 +638,9 @@ class _Reader:
         text = self.text(node, what)
         if isinstance(text, Invalid):
             return INVALID
-        if "\0" in text:
-            self.error(node, f"{what}: cannot write {text!r}: the path holds a NUL character")
+        problem = _path_problem(text)
+        if problem is not None:
+            self.error(node, f"{what}: cannot write {text!r}: the path {problem}")
             return INVALID
         return text if text == "-" else os.path.abspath(self.base_dir / text)
 
@@ -643,9 +662,12 @@ class _Reader:
         if "keep" in options and "max_size" not in options:
             self.error(fields["keep"][0], "keep: needs max_size (files are only rotated by size)")
             return INVALID
+        pcap = PcapConfig(path, **options)
         if path == "-":
             self.stdout_capture = self.stdout_capture or self.place(path_node)
-        return PcapConfig(path, **options)
+        else:
+            self.outputs.append(OutputFile.capture(pcap, self.place(path_node)))
+        return pcap
 
     def dump_only(self, node: yaml.Node, what: str) -> tuple[DumpCondition, ...]:
         """Filters such as `client=10.0.0.0/8`, each once; invalid ones are reported and left out."""
@@ -784,6 +806,8 @@ class _Reader:
         for finding in listener_clashes(self.bound):
             self.report(finding)
         dump_file = self.output_path(top["dump_file"][1], "dump_file") if "dump_file" in top else None
+        if isinstance(dump_file, str) and dump_file != "-":
+            self.outputs.append(OutputFile(HEX_DUMP, dump_file, self.place(top["dump_file"][1])))
         admin = self.admin(top["admin"][1], "admin") if "admin" in top else None
         config = Config(
             listeners=tuple(listeners),
@@ -797,23 +821,30 @@ class _Reader:
         clash = standard_output_clash(config)
         if clash is not None and self.stdout_capture is not None:
             self.report(Finding(self.stdout_capture, clash))
+        in_the_file = sorted(self.outputs, key=lambda output: output.origin)  # a clash is told where it comes second
+        for output, message in output_clashes(in_the_file, file_identity):
+            assert isinstance(output.origin, Place)
+            self.report(Finding(output.origin, message))
         return config
 
     def admin(self, node: yaml.Node, what: str) -> AdminConfig | Invalid:
         return self.built(node, self.mapping(node, what, ADMIN.keys), ADMIN, AdminConfig)
 
     def socket_path(self, node: yaml.Node, what: str) -> str | Invalid:
-        """Where a UNIX socket is to be made, relative to the configuration file's folder, made absolute."""
+        """Where the admin socket is to be made, relative to the configuration file's folder, made
+        absolute; one of the files the table writes."""
         text = self.text(node, what)
         if isinstance(text, Invalid):
             return INVALID
-        if "\0" in text:
-            self.error(node, f"{what}: {text!r} holds a NUL character")
+        problem = _path_problem(text)
+        if problem is not None:
+            self.error(node, f"{what}: {text!r} {problem}")
             return INVALID
         path = os.path.abspath(self.base_dir / text)
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             self.error(node, f"{what}: {path!r} is too long for a UNIX socket (at most {MAX_SOCKET_PATH} bytes)")
             return INVALID
+        self.outputs.append(OutputFile(ADMIN_SOCKET, path, self.place(node)))
         return path
 
     def upstream(self, name: str, node: yaml.Node) -> UpstreamConfig | None:

@@ -1,4 +1,4 @@
-"""Parsing of the three value kinds users type: addresses, durations and sizes.
+"""Parsing of the value kinds users type: addresses, durations, sizes and whole numbers.
 
 An address is TCP (`HOST:PORT`) or a UNIX socket (`unix:/path`, `unix:@name` for Linux's
 abstract namespace).
@@ -98,6 +98,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the choice closest to a misspelt `word`, or nothing."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def whole_number(text: str) -> int | None:
+    """The number `text` writes in ASCII digits, else None.
+
+    `str.isdigit` alone is not enough: it also passes `²`, which int() refuses, and `٣`, which
+    int() reads as 3.
+    """
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -224,9 +233,9 @@ def _check_host(raw: str, host: str) -> None:
 
 
 def _parse_port(raw: str, port_text: str) -> int:
-    if not (port_text.isascii() and port_text.isdigit()):
+    port = whole_number(port_text)
+    if port is None:
         raise ValueError(f"bad address {raw!r}: port {port_text!r} is not a number")
-    port = int(port_text)
     if port > 65535:
         raise ValueError(f"bad address {raw!r}: port {port} is out of range 0-65535")
     return port

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from proxy.config.schema import PcapConfig
 from proxy.errors import describe_os_error
-from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
+from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, open_private, output_for
 from proxy.protocol.pcapng import Packet, PcapngWriter
 
 STANDARD_OUTPUT = "-"
@@ -78,7 +78,7 @@ class PcapSink:
         if self.path == STANDARD_OUTPUT:
             output = output_for(sys.stdout, DUMP_QUEUE_LIMIT)
         else:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self._fd = open_private(self.path, append=False)
             output = Output(self._fd, DUMP_QUEUE_LIMIT)
         output.on_recovered = self._recovered
         self._size = 0

@@ -5,6 +5,8 @@ several commands on one connection. The commands read a snapshot (`Server.snapsh
 data) or call a few small methods of what they control (`Controlled`), so that under
 `run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
 `COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
+`parse_command` reads a line's words into a command and its arguments, each typed as its
+usage names it (`ARGUMENT_TYPES`), or a CommandError whose one line is the answer.
 
 The Server answers at once; the supervisor answers once its workers have (or their deadline
 has passed), without blocking its loop. So what a method of `Controlled` returns may be a
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from proxy.config.units import whole_number
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog, logfmt_value
 from proxy.loop.dispatcher import Dispatcher
@@ -187,10 +190,8 @@ def _ok_if(done: bool, otherwise: str) -> str:
     return "ok"
 
 
-def kill_conn(target: Controlled, args: list[str]) -> Answer:
-    if not args[0].isdigit():
-        raise CommandError(f"no open connection {args[0]}")
-    killed = Later.of(target.kill_conn(int(args[0])))
+def kill_conn(target: Controlled, args: list[Any]) -> Answer:
+    killed = Later.of(target.kill_conn(args[0]))
     return killed.then(lambda found: _ok_if(found, f"no open connection {args[0]}"))
 
 
@@ -248,23 +249,53 @@ def show_help(_target: Controlled, _args: list[str]) -> str:
     return "\n".join(f"{command.usage:<{width}}  {command.summary}" for command in COMMANDS.values())
 
 
+def _connection_id(text: str) -> int:
+    conn = whole_number(text)
+    if conn is None or conn < 1:
+        raise CommandError(f"{text!r} is not a connection id (a whole number of at least 1)")
+    return conn
+
+
+# How an argument the usages name is read (CommandError if it cannot be); any other stays text.
+ARGUMENT_TYPES: dict[str, Callable[[str], Any]] = {"ID": _connection_id}
+
+
 @dataclass(frozen=True)
 class Command:
     usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
     summary: str
-    handler: Callable[[Controlled, list[str]], Answer]
+    handler: Callable[[Controlled, list[Any]], Answer]
+
+    @property
+    def words(self) -> str:
+        return " ".join(word for word in self.usage.split() if not word.isupper())
+
+    @property
+    def arguments(self) -> list[str]:
+        return [word for word in self.usage.split() if word.isupper()]
 
     def takes(self, args: list[str]) -> bool:
         """Whether `args` are as many as the usage names."""
-        named = [word for word in self.usage.split() if word.isupper()]
+        named = self.arguments
         if named and named[-1].endswith("..."):
             return len(args) >= len(named)
         return len(args) == len(named)
 
+    def read(self, args: list[str]) -> list[Any]:
+        """`args` as the handler takes them, each read by its type; CommandError if one is not one."""
+        if not self.takes(args):
+            raise CommandError(f"usage: {self.usage}")
+        named = self.arguments
+        named += named[-1:] * (len(args) - len(named))  # the arguments a last NAME... takes
+        try:
+            return [ARGUMENT_TYPES.get(name, str)(arg) for name, arg in zip(named, args, strict=True)]
+        except CommandError as exc:
+            raise CommandError(f"{self.words}: {exc}") from None
+
 
 # The words of each command (as one string) -> the command.
 COMMANDS: dict[str, Command] = {
-    " ".join(word for word in command.usage.split() if not word.isupper()): command
+    command.words: command
     for command in (
         Command("help", "this list", show_help),
         Command("show info", "the process: version, pid, uptime, connections, reloads, dropped log lines", show_info),
@@ -283,6 +314,21 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def parse_command(words: list[str]) -> tuple[Command, list[Any]]:
+    """The command `words` name, and its arguments as its handler takes them.
+
+    Pure; whatever the words, CommandError (with the answer's one line) is all it raises.
+    """
+    for size in (2, 1):
+        command = COMMANDS.get(" ".join(words[:size]))
+        if command is not None:
+            return command, command.read(words[size:])
+    given = " ".join(words[:2])
+    close = difflib.get_close_matches(given, COMMANDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else "; try 'help'"
+    raise CommandError(f"unknown command {given!r}{hint}")
+
+
 def execute(target: Controlled, line: str) -> Later[str]:
     """The answer to one command line, without the final empty line; errors start with `error: `."""
     return Later.of(_answer(target, line)).otherwise(lambda refusal: f"error: {refusal}")
@@ -292,20 +338,11 @@ def _answer(target: Controlled, line: str) -> Answer:
     words = line.split()
     if not words:
         return ""
-    for size in (2, 1):
-        command = COMMANDS.get(" ".join(words[:size]))
-        if command is not None:
-            args = words[size:]
-            if not command.takes(args):
-                return f"error: usage: {command.usage}"
-            try:
-                return command.handler(target, args)
-            except CommandError as exc:
-                return f"error: {exc}"
-    given = " ".join(words[:2])
-    close = difflib.get_close_matches(given, COMMANDS, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else "; try 'help'"
-    return f"error: unknown command {given!r}{hint}"
+    try:
+        command, args = parse_command(words)
+        return command.handler(target, args)
+    except CommandError as exc:
+        return f"error: {exc}"
 
 
 # -- the socket ----------------------------------------------------------------------------
@@ -511,6 +548,26 @@ class AdminClient(Dispatcher):
 
 
 # -- the client side (`pairproxy ctl`) -------------------------------------------------------
+
+
+def command_text(words: list[str]) -> str:
+    """The one command line `pairproxy ctl WORDS` sends; ValueError for words that cannot be one.
+
+    The socket would not answer a blank line, would take a line break for the start of another
+    command (done, its answer never read), and cuts off a line past MAX_LINE.
+    """
+    text = " ".join(words)
+    if not text.strip():
+        raise ValueError("no command given ('pairproxy ctl help' lists them)")
+    if "\n" in text:
+        raise ValueError("a command is one line: the words hold a line break")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes in argv that are not UTF-8 (Python holds them as surrogates)
+        raise ValueError("the command is not UTF-8 text") from None
+    if size > MAX_LINE:
+        raise ValueError(f"the command is longer than {MAX_LINE} bytes")
+    return text
 
 
 def ask(path: str, command: str, timeout: float = ANSWER_TIMEOUT) -> str:

@@ -11,6 +11,7 @@ import os
 import ssl
 
 from proxy.config.certificates import CertificatePair, certificate_names
+from proxy.output import open_private
 
 # The key log is one file for the whole process, like the stdlib's own SSLKEYLOGFILE: set once at
 # start, before any context is built; forked workers inherit it and every reload keeps it.
@@ -26,7 +27,7 @@ def use_keylog(path: str) -> str:
     """
     global _keylog
     path = os.path.abspath(path)
-    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.close(open_private(path, append=True))
     _keylog = path
     return path
 

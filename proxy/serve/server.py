@@ -39,6 +39,7 @@ from proxy.loop.drain import attach_output
 from proxy.loop.listener import bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
+from proxy.output import open_private
 from proxy.policy.faults import FaultPlan
 from proxy.policy.upstreams import Pool
 from proxy.relay.dumping import Rule
@@ -128,11 +129,12 @@ class Server:
 
     @staticmethod
     def _dump_stream(path: str | None) -> TextIO | None:
-        """The hex dump's file (appended to), or None for standard output."""
+        """The hex dump's file (appended to, made 0600: it holds traffic, TLS plaintext too), or None
+        for standard output."""
         if path is None or path == STANDARD_OUTPUT:
             return None
         try:
-            return open(path, "a", encoding="utf-8")  # open for the life of the server
+            return os.fdopen(open_private(path, append=True), "a", encoding="utf-8")  # for the life of the server
         except OSError as exc:
             raise StartupError(f"dump file {path}: {describe_os_error(exc)}") from None
 
