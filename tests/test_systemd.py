@@ -68,6 +68,9 @@ def test_watchdog_interval_is_half_of_watchdog_usec_and_only_for_its_pid():
     assert watchdog_interval({}, 42) is None
     with pytest.raises(ValueError, match="WATCHDOG_USEC=soon"):
         watchdog_interval({"WATCHDOG_USEC": "soon"}, 42)
+    for digits in ("\u0663", "\u00b2"):  # ARABIC-INDIC THREE and SUPERSCRIPT TWO pass str.isdigit
+        with pytest.raises(ValueError, match="WATCHDOG_USEC="):
+            watchdog_interval({"WATCHDOG_USEC": digits}, 42)
 
 
 def test_passed_descriptors_only_for_our_pid_with_their_names():
@@ -78,6 +81,9 @@ def test_passed_descriptors_only_for_our_pid_with_their_names():
     assert passed_descriptors({}, 42) == []
     with pytest.raises(ValueError, match="LISTEN_FDS=two"):
         passed_descriptors({"LISTEN_PID": "42", "LISTEN_FDS": "two"}, 42)
+    for digits in ("\u0663", "\u00b2"):
+        with pytest.raises(ValueError, match="LISTEN_FDS="):
+            passed_descriptors({"LISTEN_PID": "42", "LISTEN_FDS": digits}, 42)
     with pytest.raises(ValueError, match="3 names for LISTEN_FDS=2"):
         passed_descriptors({**environ, "LISTEN_FDNAMES": "a:b:c"}, 42)
 

@@ -404,6 +404,16 @@ def test_an_unknown_owner_is_a_located_error(tmp_path):
     assert result.stderr.strip() == f"{config}:3:12: owner: no user named 'no-such-user-here' on this system"
 
 
+def test_an_owner_in_digits_other_than_ascii_is_a_name(tmp_path):
+    # "\u0663" (ARABIC-INDIC DIGIT THREE) passes str.isdigit and int() reads it as 3: it must not
+    # give the socket file to user 3.
+    config = tmp_path / "pairproxy.yaml"
+    config.write_text('listeners:\n  - listen: unix:app.sock\n    owner: "\u0663"\n    upstream: 127.0.0.1:9\n')
+    result = run_cli(["check", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{config}:3:12: owner: no user named '\u0663' on this system"
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [

@@ -72,6 +72,7 @@ from proxy.config.units import (
     parse_duration,
     parse_positive_duration,
     parse_size,
+    whole_number,
 )
 from proxy.errors import UsageError, describe_os_error
 from proxy.output import file_identity
@@ -576,8 +577,8 @@ class _Reader:
         def parse(value: Any) -> int:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value
-            if isinstance(value, str) and value.isdigit():
-                return int(value)
+            if isinstance(value, str) and (number := whole_number(value)) is not None:
+                return number
             if not isinstance(value, str) or not value:
                 raise ValueError(f"must be a {kind} name or number, got {value!r}")
             try:

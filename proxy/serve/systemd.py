@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config.schema import ListenerConfig, listener_key
-from proxy.config.units import Address, format_sockaddr
+from proxy.config.units import Address, format_sockaddr, whole_number
 from proxy.errors import StartupError, describe_os_error
 from proxy.loop.reactor import Reactor, Timer
 
@@ -61,9 +61,10 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
     owner = environ.get("WATCHDOG_PID")
     if owner and owner != str(pid):
         return None
-    if not usec.isdigit() or int(usec) == 0:
+    microseconds = whole_number(usec)
+    if not microseconds:
         raise ValueError(f"WATCHDOG_USEC={usec}: expected a positive whole number of microseconds")
-    return int(usec) / 2e6
+    return microseconds / 2e6
 
 
 def passed_descriptors(environ: Mapping[str, str], pid: int) -> list[tuple[int, str | None]]:
@@ -74,9 +75,10 @@ def passed_descriptors(environ: Mapping[str, str], pid: int) -> list[tuple[int, 
     if environ.get("LISTEN_PID") != str(pid):
         return []
     count = environ.get("LISTEN_FDS", "")
-    if not count.isdigit():
+    descriptors = whole_number(count)
+    if descriptors is None:
         raise ValueError(f"LISTEN_FDS={count}: expected a whole number of descriptors")
-    names: list[str | None] = [None] * int(count)
+    names: list[str | None] = [None] * descriptors
     if "LISTEN_FDNAMES" in environ:
         given = environ["LISTEN_FDNAMES"].split(":")
         if len(given) != len(names):
