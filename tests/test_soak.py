@@ -145,7 +145,17 @@ def exchange(client: socket.socket, listener: str, payload: bytes, half_close: b
 
 
 def visit(address: tuple[str, int], listener: str, payload: bytes, half_close: bool) -> Visit:
-    with connect(address) as client:
+    """A new connection's `exchange`. A client thread the machine keeps waiting may find the
+    proxy's reset (reset_peer) before its connect returns: that is a visit that saw nothing."""
+    with socket.socket() as client:
+        client.settimeout(WAIT)
+        client.bind(("127.0.0.1", 0))  # the port stays known even if the connect fails
+        try:
+            client.connect(address)
+        except OSError as exc:
+            if exc.errno not in PEER_GONE:
+                raise
+            return Visit(listener, client.getsockname()[1], payload)
         return exchange(client, listener, payload, half_close)
 
 
