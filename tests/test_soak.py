@@ -1,14 +1,16 @@
 """The fault-injection soak: everything an operator and bad luck can do, at once, for a while.
 
 One `pairproxy run` serves a listener per toxic (latency, bandwidth, slicer, slow_close, timeout,
-reset_peer, limit_data), a plain one, one with a rotating capture and a probe, over two
-`pairproxy echo` servers. A pool of clients makes a few hundred connections through them while
-an operator thread turns the hex dump on and off, adds and removes toxics, kills connections,
-takes a server out of service and back, reads every admin HTTP page and reloads (SIGHUP and
-`reload`), and a probe sends one byte every 20 ms through its own plain listener and times the
-echo. Afterwards the proxy must hold the descriptors and about the memory it held before, have
-written one access line for every connection (matched by client port), have logged no error,
-and its loop must never have kept the probe waiting 100 ms.
+reset_peer, limit_data, and a slicer and a bandwidth at their stingiest), a plain one, one with
+a rotating capture and a probe's, over two `pairproxy echo` servers. A pool of clients makes a
+few hundred connections through them, beside a hundred held open, while an operator thread
+turns the hex dump on and off, adds and removes toxics, kills connections, takes a server out
+of service and back, reads every admin HTTP page and reloads (SIGHUP and `reload`), and a probe
+sends one byte every 20 ms through its own plain listener and times the echo. Afterwards the
+proxy must have written one access line for every connection (matched by client port), logged
+no error, closed each connection it dumped once in the dump, kept its capture files whole,
+hold the descriptors it held before, have stayed near the memory it started with, and its loop
+must never have kept the probe waiting 100 ms.
 
 Everything is bounded: the soak stops at its deadline whatever happens, and the whole test
 takes about twenty seconds.
