@@ -222,6 +222,34 @@ def test_the_access_line_names_the_client_and_its_credentials(start_proxy, start
         assert (access["peer_uid"], access["peer_pid"]) == (str(os.getuid()), str(os.getpid()))
 
 
+def test_a_client_bound_to_a_path_that_starts_with_an_at_sign_cannot_pose_as_an_abstract_one(
+    start_proxy, start_upstream, tmp_path
+):
+    upstream = start_upstream(echo_handler)
+    front = tmp_path / "front.sock"
+    proxy = start_proxy("forward", f"unix:{front}", upstream.address)
+    name = abstract_name()
+    with unix_connect(str(front), bind=b"\0" + name.encode()) as client:
+        client.sendall(b"x")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"x"
+    # A relative path is bound from the binding process's folder: a client of its own, in tmp_path.
+    poser = f"""if True:
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout({WAIT})
+        sock.bind("@{name}")
+        sock.connect({str(front)!r})
+        sock.sendall(b"x")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b"x"
+        """
+    subprocess.run([sys.executable, "-c", poser], cwd=tmp_path, check=True, timeout=WAIT)
+    abstract, path = proxy.wait_access(2)
+    assert abstract["client"] == f"unix:@{name}"
+    assert path["client"] == f"unix:\\x40{name}"
+
+
 def test_a_tcp_client_has_no_peer_credentials(start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
