@@ -12,6 +12,7 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import UnixAddress, parse_address
+from proxy.loop.listener import SocketFileError, listen_unix
 from proxy.protocol import proxyproto
 from proxy.protocol.hexdump import parse_dump_line
 from tests.support import (
@@ -367,6 +369,50 @@ def test_a_file_swapped_in_after_the_bind_never_gets_the_mode(made_for, plant, t
         f"pairproxy: {where}: the socket file was replaced as it was being made\n",
     )
     assert os.lstat(socket_file).st_ino == planted, "what took the socket's place is not the proxy's to remove"
+
+
+def current_umask() -> int:
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def test_without_proc_a_mode_is_given_by_the_bind_itself(tmp_path):
+    """Where /proc is not mounted the file gets its mode from a umask set for the bind alone."""
+    path = tmp_path / "front.sock"
+    umask = current_umask()
+    sock = listen_unix(str(path), mode=0o640, proc_fds=str(tmp_path / "no-proc"))
+    try:
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o640
+        assert current_umask() == umask, "the process's umask is its own again"
+        with unix_connect(str(path)):
+            pass
+    finally:
+        sock.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "why"),
+    [
+        (
+            {"owner": os.getuid()},
+            "cannot set the socket file's owner and group: {proc} is not there (is /proc mounted?),"
+            " and by its name they could go to a file swapped in after the bind",
+        ),
+        (
+            {"mode": 0o1770},
+            "cannot set the socket file's mode: without {proc} it is made under a umask, which gave it 0770, not 1770",
+        ),
+    ],
+    ids=["owner", "mode beyond a umask's"],
+)
+def test_without_proc_what_cannot_be_set_safely_is_refused_in_one_line(wanted, why, tmp_path):
+    path, proc = tmp_path / "front.sock", tmp_path / "no-proc"
+    with pytest.raises(SocketFileError) as caught:
+        listen_unix(str(path), proc_fds=str(proc), **wanted)
+    assert str(caught.value) == why.format(proc=proc)
+    assert not path.exists()
 
 
 def test_a_path_longer_than_the_kernel_takes_is_an_error(tmp_path):
