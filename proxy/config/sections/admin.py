@@ -9,7 +9,7 @@ import yaml
 from proxy.config.checks import ADMIN_SOCKET, OutputFile
 from proxy.config.reader import INVALID, Invalid, Reader, Section
 from proxy.config.schema import AdminConfig
-from proxy.config.sections.files import path_problem
+from proxy.config.sections.files import path_text
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
 
@@ -21,12 +21,8 @@ def admin(reader: Reader, node: yaml.Node, what: str) -> AdminConfig | Invalid:
 def socket_path(reader: Reader, node: yaml.Node, what: str) -> str | Invalid:
     """Where the admin socket is to be made, relative to the configuration file's folder, made
     absolute; one of the files the table writes."""
-    text = reader.text(node, what)
+    text = path_text(reader, node, what, "{what}: {text!r} {problem}")
     if isinstance(text, Invalid):
-        return INVALID
-    problem = path_problem(text)
-    if problem is not None:
-        reader.error(node, f"{what}: {text!r} {problem}")
         return INVALID
     path = os.path.abspath(reader.base_dir / text)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:

@@ -16,7 +16,7 @@ from proxy.config.reader import INVALID, Fields, Invalid, Reader
 from proxy.errors import describe_os_error
 
 
-def path_problem(text: str) -> str | None:
+def _path_problem(text: str) -> str | None:
     """Why `text` can name no file, or None."""
     if "\0" in text:
         return "holds a NUL character"
@@ -63,14 +63,23 @@ def output_path(reader: Reader, node: yaml.Node, what: str) -> str | Invalid:
 
     Not opened here: `check` must not create files, and the serving side opens it.
     """
+    text = path_text(reader, node, what, "{what}: cannot write {text!r}: the path {problem}")
+    if isinstance(text, Invalid):
+        return INVALID
+    return text if text == "-" else os.path.abspath(reader.base_dir / text)
+
+
+def path_text(reader: Reader, node: yaml.Node, what: str, refusal: str) -> str | Invalid:
+    """The text of a path a file can have; else INVALID, and `refusal` (a format of `what`,
+    `text` and the `problem`) reported."""
     text = reader.text(node, what)
     if isinstance(text, Invalid):
         return INVALID
-    problem = path_problem(text)
+    problem = _path_problem(text)
     if problem is not None:
-        reader.error(node, f"{what}: cannot write {text!r}: the path {problem}")
+        reader.error(node, refusal.format(what=what, text=text, problem=problem))
         return INVALID
-    return text if text == "-" else os.path.abspath(reader.base_dir / text)
+    return text
 
 
 def certificate(reader: Reader, node: yaml.Node, fields: Fields, *, served: bool = False) -> CertificatePair | Invalid:
