@@ -31,23 +31,6 @@ from proxy.config.sections.upstreams import UPSTREAM
 from proxy.config.units import IPNetwork, SocketAddress, did_you_mean, parse_address, whole_number
 
 
-def listener_tls(reader: Reader, node: yaml.Node, what: str) -> ListenerTlsConfig | Invalid:
-    fields = reader.mapping(node, what, LISTENER_TLS.keys)
-    if not isinstance(node, yaml.MappingNode):
-        return INVALID
-    options = reader.options(fields, LISTENER_TLS)
-    default = certificate(reader, node, fields, served=True)
-    others = []
-    if "certificates" in fields:
-        for item in reader.sequence(fields["certificates"][1], "certificates"):
-            other = certificate(reader, item, reader.mapping(item, "certificate", ("cert", "key")), served=True)
-            if not isinstance(other, Invalid):
-                others.append(other)
-    if isinstance(default, Invalid) or not reader.all_valid(options, fields, LISTENER_TLS):
-        return INVALID
-    return ListenerTlsConfig(default, others=tuple(others), **options)
-
-
 def listener(reader: Reader, node: yaml.Node) -> ListenerConfig | None:
     fields = reader.fields_with(node, "listener", LISTENER, "listen", "listener needs a 'listen:' address")
     if fields is None:
@@ -224,6 +207,23 @@ def proxy_protocol(reader: Reader, node: yaml.Node, what: str) -> tuple[bool, tu
     if not isinstance(value, Invalid):
         reader.error(node, f"{what}: {forms}, got {value!r}")
     return INVALID
+
+
+def listener_tls(reader: Reader, node: yaml.Node, what: str) -> ListenerTlsConfig | Invalid:
+    fields = reader.mapping(node, what, LISTENER_TLS.keys)
+    if not isinstance(node, yaml.MappingNode):
+        return INVALID
+    options = reader.options(fields, LISTENER_TLS)
+    default = certificate(reader, node, fields, served=True)
+    others = []
+    if "certificates" in fields:
+        for item in reader.sequence(fields["certificates"][1], "certificates"):
+            other = certificate(reader, item, reader.mapping(item, "certificate", ("cert", "key")), served=True)
+            if not isinstance(other, Invalid):
+                others.append(other)
+    if isinstance(default, Invalid) or not reader.all_valid(options, fields, LISTENER_TLS):
+        return INVALID
+    return ListenerTlsConfig(default, others=tuple(others), **options)
 
 
 LISTENER = Section(
