@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -381,3 +382,19 @@ def test_ready_until_the_supervisor_stops_and_the_socket_file_is_removed(tree):
         assert "draining: true" in ok(sock_path, "show", "info")
     assert proxy.stop() == 0
     assert not sock_path.exists()
+
+
+def test_a_client_that_resets_while_its_answer_is_awaited_leaves_no_error(tree):
+    """A scraper gives up (a reset) while the supervisor waits for a stopped worker: its answer,
+    when it comes, finds the peer gone, and that is no error of the proxy's."""
+    proxy, _sock_path, address = tree()
+    with stopped(worker_pids(proxy)[1]):
+        gone = connect(address)
+        gone.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)  # the head is read: its answer waits for the stopped worker
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()  # a reset, before the deadline
+        assert metrics(address)[("pairproxy_workers_missing", ())] == 1  # answered after that deadline
+    assert http(address, "/ready")[0] in (200, 503)  # one more pass of the loop, for the log
+    time.sleep(0.3)
+    assert " ERROR " not in proxy.log_text(), proxy.log_text()

@@ -181,6 +181,9 @@ class AdminClient(PeerDispatcher):
         self.timer = self.reactor.call_later(IDLE_TIMEOUT, self._idle_check)
 
     def respond(self, response: bytes) -> None:
+        """Queue the answer for the loop to send. It may come from anywhere (a deferred answer
+        from the supervisor's settling of an ask), so it touches no socket here: a send that
+        fails is the loop's to hand to this client's own `handle_error`."""
         if self.closed:  # shed, or the listener closed, while the answer was on its way
             return
         if self.phase is Phase.HEAD:
@@ -189,7 +192,6 @@ class AdminClient(PeerDispatcher):
         self.outgoing = memoryview(response)
         self.phase = Phase.SENDING
         self.interest_changed()
-        self.handle_write()
 
     def handle_write(self) -> None:
         sent = self.socket.send(self.outgoing)
