@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
+from proxy.serve.admin import CommandError, Later
 from proxy.serve.http_admin import MAX_CLIENTS, AdminHttp
 from tests.support import (
     WAIT,
@@ -389,3 +390,55 @@ def test_an_answer_larger_than_the_socket_buffers_never_blocks_the_loop():
     head, _, body = received[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and len(body) > 100 * 4096
     assert len(json.loads(body)["conns"]) == conns
+
+
+def _in_process(snapshot, *requests: bytes) -> tuple[list[bytes], str]:
+    """Each of `requests` sent to an AdminHttp in this process (on a socketpair) over `snapshot`:
+    (the answers, what it logged)."""
+    logged = io.StringIO()
+    log = EventLog(stream=logged)
+    reactor = Reactor(log)
+    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), snapshot, lambda: None)
+    clients = []
+    for request in requests:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(WAIT)
+        admin.accept(ours, ("local", 0))
+        theirs.sendall(request)
+        clients.append(theirs)
+    answers: list[bytes] = []
+
+    def reader() -> None:
+        answers.extend(recv_all(client) for client in clients)
+        reactor.call_soon_threadsafe(reactor.stop)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    reactor.call_later(WAIT, reactor.stop)
+    try:
+        reactor.loop()
+        thread.join(WAIT)
+    finally:
+        admin.close()
+        reactor.close()
+        for client in clients:
+            client.close()
+    return answers, logged.getvalue()
+
+
+def test_a_bug_behind_a_page_is_a_logged_500_and_a_refusal_a_503():
+    def merged_wrongly():
+        return Later.of(snapshot()).then(lambda _snapshot: int("not a count"))
+
+    def refused():
+        later = Later()
+        later.refuse(CommandError("worker 1: cannot take a snapshot"))
+        return later
+
+    answers, logged = _in_process(merged_wrongly, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert answers[0].startswith(b"HTTP/1.1 500 ") and answers[0].endswith(b"\r\n\r\ninternal error\n")
+    assert [line for line in logged.splitlines() if " admin_failed " in line and "not a count" in line]
+    answers, logged = _in_process(refused, b"GET /status HTTP/1.1\r\n\r\n")
+    assert answers[0].startswith(b"HTTP/1.1 503 ") and answers[0].endswith(b"worker 1: cannot take a snapshot\n")
+    assert " ERROR " not in logged

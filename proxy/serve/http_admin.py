@@ -12,7 +12,9 @@ answering, what a client still sends is read and dropped for a moment (LINGER) b
 so that a reset does not destroy the answer on its way.
 
 An answer may come later (under `run --workers` the supervisor asks its workers first: an
-admin.Later); /ready never waits for one: what `unready()` says decides it at once.
+admin.Later); /ready never waits for one: what `unready()` says decides it at once. A snapshot
+refused (a worker's error) is a 503 saying why; a bug behind a page is logged (`admin_failed`)
+and answered 500.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class AdminHttp:
     ) -> None:
         """Binds at once: a StartupError says why it could not."""
         self.reactor = reactor
+        self.log = log
         self.snapshot = snapshot
         self.unready = unready
         self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
@@ -103,10 +106,15 @@ class AdminHttp:
                 format_response(404, b"not found: try /metrics, /ready, /status or /conns\n", head_only=head_only)
             )
         body, kind = page
+
+        def failed(exc: Exception) -> bytes:
+            self.log.failure("admin_failed", exc, path=path)
+            return format_response(500, b"internal error\n", head_only=head_only)
+
         return (
-            Later.of(self.snapshot())
+            Later.calling(self.snapshot)
             .then(lambda snapshot: format_response(200, body(snapshot), kind, head_only=head_only))
-            .otherwise(lambda refusal: format_response(503, f"{refusal}\n".encode(), head_only=head_only))
+            .otherwise(lambda refusal: format_response(503, f"{refusal}\n".encode(), head_only=head_only), failed)
         )
 
     def close(self) -> None:

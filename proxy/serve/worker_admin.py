@@ -44,7 +44,7 @@ from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol.snapshots import Snapshot, merge
-from proxy.serve.admin import Later, dump_answer
+from proxy.serve.admin import CommandError, Later, dump_answer
 from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ class Workers:
         """The result of `request` from every worker that answers within ASK_TIMEOUT, by index.
 
         A worker in its back-off is not waited for; it is sent the request all the same when
-        the request `changes` something. Refused (ValueError with a worker's error message) if
+        the request `changes` something. Refused (a CommandError with a worker's error message) if
         one refused the request.
         """
         now = self._last_ask = time.monotonic()
@@ -391,7 +391,7 @@ class Workers:
         ask.deadline.cancel()
         errors = [answer["error"] for answer in ask.answers.values() if "error" in answer]
         if errors:
-            ask.result.refuse(ValueError(errors[0]))
+            ask.result.refuse(CommandError(errors[0]))  # the worker's words: a refusal, told as it is
         else:
             ask.result.settle({index: answer["result"] for index, answer in ask.answers.items()})
 
@@ -450,7 +450,7 @@ class Workers:
             silent = sorted(set(range(self.count)) - set(answers))
             if not any(answers.values()) and silent:
                 named = ", ".join(map(str, silent))
-                raise ValueError(f"connection {conn} may be on a worker that did not answer (worker {named})")
+                raise CommandError(f"connection {conn} may be on a worker that did not answer (worker {named})")
             return any(answers.values())
 
         return self.ask({"op": "kill_conn", "conn": conn}, changes=True).then(killed)
