@@ -19,6 +19,7 @@ import pytest
 
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
+from proxy.serve import worker_admin
 from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
 from tests.test_admin import ctl, ok
@@ -398,3 +399,42 @@ def test_a_client_that_resets_while_its_answer_is_awaited_leaves_no_error(tree):
     assert http(address, "/ready")[0] in (200, 503)  # one more pass of the loop, for the log
     time.sleep(0.3)
     assert " ERROR " not in proxy.log_text(), proxy.log_text()
+
+
+def test_concurrent_snapshots_share_one_ask(monkeypatch):
+    """Ten scrapes at once while worker 1 is stopped (its end of the pair never read): each worker
+    is asked for one snapshot, not ten, and every scrape gets the one merged answer."""
+    monkeypatch.setattr(worker_admin, "ASK_TIMEOUT", 0.3)
+    log = EventLog(stream=io.StringIO())
+    reactor = Reactor(log)
+    taken: list[int] = []
+
+    def take_snapshot() -> dict:
+        taken.append(1)
+        return snapshot(conns=3)
+
+    server = SimpleNamespace(reactor=reactor, log=log, snapshot=take_snapshot)
+    answering, stopped_end = socket.socketpair(), socket.socketpair()
+    pair = WorkerAdminPair(server, answering[0])
+    workers = Workers(reactor, 2, log, lambda: [], lambda: False)
+    workers.add(0, answering[1])
+    workers.add(1, stopped_end[1])
+    merged: list[dict] = []
+    for _ in range(10):
+        workers.snapshot().then(merged.append)
+    reactor.call_later(WAIT, reactor.stop)
+    reactor.call_later(0.5, reactor.stop)
+    try:
+        reactor.loop()
+        stopped_end[0].setblocking(False)
+        unread = stopped_end[0].recv(1024 * 1024)
+    finally:
+        pair.close()
+        workers.remove(0)
+        workers.remove(1)
+        stopped_end[0].close()
+        reactor.close()
+    assert unread.count(b'"op":"snapshot"') == 1
+    assert len(taken) == 1
+    assert len(merged) == 10 and all(each is merged[0] for each in merged)
+    assert merged[0]["info"]["missing_workers"] == 1 and len(merged[0]["conns"]) == 3

@@ -13,7 +13,9 @@ The supervisor's end (`Workers`) is what its admin socket and HTTP listener cont
 worker's pair (a `WorkerChannel`, a dispatcher on the supervisor's reactor) and is pending until
 every worker asked has answered or ASK_TIMEOUT has passed (a reactor timer); then its answer, an
 admin.Later, is settled, and the admin client that asked answers from it. Asks run side by
-side, each with its own deadline. A worker that does not answer in time (stopped, stuck,
+side, each with its own deadline, except snapshots: whoever wants one while one is being taken
+joins that ask, so that the workers' snapshots and the answers held stay one set whatever the
+number of scrapes. A worker that does not answer in time (stopped, stuck,
 restarting) is left out and counted in `missing_workers`, and is not waited for again until a
 back-off has passed (RETRY_FIRST, doubling up to RETRY_MAX while it keeps missing) or it answers
 something: a stopped worker costs one deadline per back-off, not one per request. Commands that
@@ -317,6 +319,8 @@ class Workers:
         self._last_id = 0  # answers to id 0 are never waited for
         self._pending: dict[int, Ask] = {}  # request id -> the ask waiting for its answers
         self._last_ask = 0.0  # time.monotonic() of the last ask
+        self._snapshot: Later[Snapshot] | None = None  # the snapshot being taken, for every caller meanwhile
+        self._snapshot_ask = 0  # the id of its ask
         self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
         self._dump_rules: list[list[str]] = []  # the filters of each rule turned on, in order
 
@@ -388,6 +392,8 @@ class Workers:
         ask = self._pending.pop(wanted, None)
         if ask is None:
             return  # settled already
+        if wanted == self._snapshot_ask:
+            self._snapshot = None  # the next caller takes a new one
         ask.deadline.cancel()
         errors = [answer["error"] for answer in ask.answers.values() if "error" in answer]
         if errors:
@@ -408,8 +414,17 @@ class Workers:
 
     def snapshot(self) -> Later[Snapshot]:
         """The workers' snapshots as one, each connection tagged with its `worker`; the supervisor's
-        own process counted in `process`, and `missing_workers` those that did not answer."""
-        return self.ask({"op": "snapshot"}).then(self._merged)
+        own process counted in `process`, and `missing_workers` those that did not answer.
+
+        Whoever asks while a snapshot is being taken joins it: at most one snapshot ask is in
+        flight, so ten scrapes cost each worker one snapshot and the supervisor one set of
+        answers. The merged snapshot is the same object for all of them: read it, never change it."""
+        if self._snapshot is not None:
+            return self._snapshot
+        taking = self.ask({"op": "snapshot"}).then(self._merged)
+        if not taking.settled:
+            self._snapshot, self._snapshot_ask = taking, self._last_id
+        return taking
 
     def _merged(self, answers: dict[int, Snapshot]) -> Snapshot:
         for index, snapshot in answers.items():
