@@ -438,3 +438,27 @@ def test_concurrent_snapshots_share_one_ask(monkeypatch):
     assert len(taken) == 1
     assert len(merged) == 10 and all(each is merged[0] for each in merged)
     assert merged[0]["info"]["missing_workers"] == 1 and len(merged[0]["conns"]) == 3
+
+
+def test_a_change_no_worker_answered_is_queued_and_kept_for_a_restart(tree, start_upstream):
+    """Every worker stopped: `disable server` is sent all the same, so it says so (queued, not 'no
+    server') and is kept for a worker that starts again; a server the table does not have is
+    still refused, and `fault add` says it was queued too."""
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address, two.address)
+    pids = worker_pids(proxy)
+    queued = "queued for worker 0, 1, which did not answer\n"
+    with stopped(*pids.values()):
+        done = ctl(sock_path, "disable", "server", "app", one.address)
+        assert (done.returncode, done.stdout, done.stderr) == (0, queued, "")
+        done = ctl(sock_path, "disable", "server", "app", "127.0.0.1:1")
+        assert (done.returncode, done.stderr) == (1, "pairproxy: no server 127.0.0.1:1 in upstream app\n")
+        done = ctl(sock_path, "fault", "add", "web", "latency:latency=1ms")
+        assert (done.returncode, done.stdout) == (0, queued)
+    os.kill(pids[1], signal.SIGKILL)
+    proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") == WORKERS + 1)
+    found = set()
+    for _ in range(20):
+        with connect(proxy.address) as client:
+            found.add(recv_exactly(client, 4))
+    assert found == {b"two:"}  # the worker that was stopped applied it, the restarted one was told it

@@ -146,7 +146,7 @@ class Controlled(Protocol):
 
     def kill_conn(self, conn: int) -> bool | Later[bool]: ...
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | Later[bool]: ...
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | str | Later[bool | str]: ...
 
     def reload(self) -> list[str]: ...
 
@@ -217,7 +217,9 @@ def _maintenance(on: bool) -> Callable[[Controlled, list[str]], Answer]:
     def handler(target: Controlled, args: list[str]) -> Answer:
         upstream, address = args
         known = Later.of(target.set_server_maintenance(upstream, address, on))
-        return known.then(lambda found: _ok_if(found, f"no server {address} in upstream {upstream}"))
+        missing = f"no server {address} in upstream {upstream}"
+        # True or False, or what to say instead of ok (the supervisor's "queued for ...").
+        return known.then(lambda found: found if isinstance(found, str) else _ok_if(found, missing))
 
     return handler
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import __version__
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
+from proxy.config.units import parse_address
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
@@ -50,6 +51,7 @@ from proxy.serve.admin import CommandError, Later, dump_answer
 from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
+    from proxy.config.schema import Config
     from proxy.serve.server import Server
 
 ASK_TIMEOUT = 2.0  # seconds an ask waits, in all, for its workers' answers
@@ -307,13 +309,17 @@ class Workers:
         log: EventLog,
         reload: Callable[[], list[str]],
         draining: Callable[[], bool],
+        table: Callable[[], Config] | None = None,
     ) -> None:
+        """`table` is the configuration the workers serve, where the supervisor has one: a server
+        it does not name is refused without asking them."""
         self.reactor = reactor
         self.count = count
         self.channels: dict[int, WorkerChannel] = {}  # worker index -> the supervisor's end of its pair
         self.log = log
         self._reload = reload
         self._draining = draining
+        self._table = table
         self.started = time.time()
         self._started_monotonic = time.monotonic()
         self._last_id = 0  # answers to id 0 are never waited for
@@ -470,11 +476,16 @@ class Workers:
 
         return self.ask({"op": "kill_conn", "conn": conn}, changes=True).then(killed)
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> Later[bool]:
-        def known(answers: dict[int, bool]) -> bool:
-            if answers and all(answers.values()):
-                self._maintenance[upstream, address] = on
-                return True
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> Later[bool | str]:
+        """True when every worker that answered has the server, False when one does not (or the
+        supervisor's table does not); with no answer at all, queued (kept for a restart too)."""
+        if not self._has_server(upstream, address):
+            return Later.of(False)
+
+        def known(answers: dict[int, bool]) -> bool | str:
+            if not answers or all(answers.values()):
+                self._maintenance[upstream, address] = on  # told to a worker that starts again
+                return bool(answers) or self._queued(answers)
             return False
 
         request = {"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on}
@@ -504,12 +515,27 @@ class Workers:
         return self.ask({"op": "remove_fault", "target": target, "type": kind}, changes=True).then(self._first)
 
     def list_faults(self) -> Later[list[str]]:
-        return self.ask({"op": "list_faults"}).then(lambda answers: self._first(answers, []))
+        return self.ask({"op": "list_faults"}).then(lambda answers: answers[min(answers)] if answers else [])
 
-    @staticmethod
-    def _first(answers: dict[int, Any], nobody: Any = "no worker answered") -> Any:
-        """The lowest-numbered worker's answer: every worker serves the same table."""
-        return answers[min(answers)] if answers else nobody
+    def _first(self, answers: dict[int, Any]) -> Any:
+        """The lowest-numbered worker's answer (every worker serves the same table); with none,
+        that the change was sent to them all the same."""
+        return answers[min(answers)] if answers else self._queued(answers)
+
+    def _queued(self, answers: dict[int, Any]) -> str:
+        silent = sorted(set(range(self.count)) - set(answers))
+        return f"queued for worker {', '.join(map(str, silent))}, which did not answer"
+
+    def _has_server(self, upstream: str, address: str) -> bool:
+        """Whether the supervisor's own table has that server (True when it has no table)."""
+        if self._table is None:
+            return True
+        pool = self._table().upstreams.get(upstream)
+        try:
+            wanted = parse_address(address, allow_port_zero=False)
+        except ValueError:
+            return False
+        return pool is not None and any(server.address == wanted for server in pool.servers)
 
     def reload(self) -> list[str]:
         return self._reload()
