@@ -211,7 +211,7 @@ class WorkerChannel(Dispatcher):
         self.incoming = bytearray()
         self.outgoing = bytearray()
         self.answering = True  # it answered its last deadline, or something since it missed one
-        self.retry_at = 0.0  # not waited for before this time (time.monotonic)
+        self.retry_at = 0.0  # not waited for before this time (the reactor's clock)
         self.retry_delay = RETRY_FIRST
         self.interest_changed()
 
@@ -289,7 +289,7 @@ class Ask:
 
     def __init__(self, wanted: int, waiting: set[int], deadline: Timer) -> None:
         self.id = wanted
-        self.waiting = waiting  # the indexes of the workers whose answer it waits for
+        self.waiting = waiting  # the indexes of the workers whose answer it waits for, never none
         self.answers: dict[int, dict] = {}
         self.deadline = deadline
         self.result: Later[dict[int, Any]] = Later()
@@ -324,7 +324,7 @@ class Workers:
         self._started_monotonic = time.monotonic()
         self._last_id = 0  # answers to id 0 are never waited for
         self._pending: dict[int, Ask] = {}  # request id -> the ask waiting for its answers
-        self._last_ask = 0.0  # time.monotonic() of the last ask
+        self._last_ask = 0.0  # when the last ask was made (the reactor's clock)
         self._snapshot: Later[Snapshot] | None = None  # the snapshot being taken, for every caller meanwhile
         self._snapshot_ask = 0  # the id of its ask
         self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
@@ -350,7 +350,7 @@ class Workers:
         the request `changes` something. Refused (a CommandError with a worker's error message) if
         one refused the request.
         """
-        now = self._last_ask = time.monotonic()
+        now = self._last_ask = self.reactor.now
         self._last_id += 1
         data = frame({"id": self._last_id, **request})
         waiting = set()
@@ -358,10 +358,10 @@ class Workers:
             waited = channel.waited_for(now)
             if (waited or changes) and channel.send(data) and waited:
                 waiting.add(index)
+        if not waiting:
+            return Later.of({})
         ask = Ask(self._last_id, waiting, self.reactor.call_later(ASK_TIMEOUT, self._deadline, self._last_id))
         self._pending[ask.id] = ask
-        if not waiting:
-            self._settle(ask.id)
         return ask.result
 
     def answered(self, index: int, answer: dict) -> None:
@@ -387,7 +387,7 @@ class Workers:
         ask = self._pending.get(wanted)
         if ask is None:
             return
-        now = time.monotonic()
+        now = self.reactor.now
         for index in ask.waiting:
             channel = self.channels.get(index)
             if channel is not None:
@@ -412,7 +412,7 @@ class Workers:
         known. Pings the workers when nothing has asked them for READY_REFRESH, for the next one."""
         if self._draining():
             return "draining"
-        if time.monotonic() - self._last_ask >= READY_REFRESH:
+        if self.reactor.now - self._last_ask >= READY_REFRESH:
             self.ask({"op": "ping"})
         if not any(channel.answering and not channel.closed for channel in self.channels.values()):
             return "no worker answers"
