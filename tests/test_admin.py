@@ -720,3 +720,39 @@ def recv_until(sock: socket.socket, end: bytes) -> bytes:
             break
         received += data
     return received
+
+
+def _unix_client(path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(WAIT)
+    client.connect(str(path))
+    return client
+
+
+def test_a_line_past_the_bound_is_refused_even_whole_in_one_read(tmp_path):
+    path = tmp_path / "admin.sock"
+    with admin_socket_of(SimpleNamespace(), path), _unix_client(path) as client:
+        client.sendall(b"help" + b" " * admin.MAX_LINE + b"\n")
+        assert recv_until(client, b"\n\n") == f"error: line longer than {admin.MAX_LINE} bytes\n\n".encode()
+        assert client.recv(1) == b""
+
+
+def test_a_full_admin_socket_refuses_a_newcomer_then_sheds_its_longest_idle_client(tmp_path):
+    """MAX_CLIENTS clients that say nothing: a new one is told there is no room, until they have
+    been idle for SHED_AFTER; then the one idle longest is closed to make room."""
+    path = tmp_path / "admin.sock"
+    with admin_socket_of(SimpleNamespace(), path) as logged:
+        idle = [_unix_client(path) for _ in range(admin.MAX_CLIENTS)]
+        try:
+            with _unix_client(path) as refused:
+                no_room = f"error: more than {admin.MAX_CLIENTS} admin clients\n\n"
+                assert recv_until(refused, b"\n\n") == no_room.encode()
+            time.sleep(admin.SHED_AFTER + 0.2)
+            with _unix_client(path) as served:
+                served.sendall(b"help\n")
+                assert recv_until(served, b"one per line\n\n").startswith(b"help ")
+            assert idle[0].recv(1) == b""
+        finally:
+            for client in idle:
+                client.close()
+    assert " admin_client_dropped " in logged.getvalue()

@@ -13,10 +13,12 @@ has passed), without blocking its loop. So what a method of `Controlled` returns
 `Later`, and so may a handler's answer: `execute` gives a `Later` answer in every case. A client's
 commands are answered in the order sent: the next line waits until the answer before it is in.
 
-A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
-gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
-dropped; one answer alone is always sent, whatever its length), and a client idle for
-IDLE_TIMEOUT is closed. The socket is made with mode 0600,
+A client can never stall the proxy: its input line is bounded (MAX_LINE, however it arrives;
+past it the client gets an error line and is closed), what is queued for it is bounded
+(MAX_OUTPUT; past it, it is dropped; one answer alone is always sent, whatever its length), a
+client idle for IDLE_TIMEOUT is closed, and at most MAX_CLIENTS are served at once: a new one
+past them takes the place of the one idle longest, if it has been idle for SHED_AFTER, and is
+otherwise told there is no room and closed. The socket is made with mode 0600,
 refused when another process answers on its path, and removed at exit.
 """
 
@@ -37,6 +39,8 @@ from proxy.loop.listener import SocketFileError, listen_unix
 from proxy.loop.reactor import Reactor, Timer
 
 MAX_LINE = 4096  # bytes of one command line
+MAX_CLIENTS = 64  # clients served at once
+SHED_AFTER = 1.0  # seconds a client must have been idle before a full socket closes it for a new one
 MAX_OUTPUT = 1024 * 1024  # bytes of answers that may pile up for a client that does not read them
 IDLE_TIMEOUT = 60.0  # seconds a client may do nothing
 READ_SIZE = 8192
@@ -399,7 +403,7 @@ class AdminSocket(Dispatcher):
         super().__init__(reactor, bind_admin_socket(path))
         self.target = target
         self.log = log
-        self.clients: set[AdminClient] = set()
+        self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
         self._paused: Timer | None = None
         self.interest_changed()
 
@@ -418,7 +422,20 @@ class AdminSocket(Dispatcher):
                 self.interest_changed()
                 return
             sock.setblocking(False)
-            self.clients.add(AdminClient(self, sock))
+            if len(self.clients) >= MAX_CLIENTS and not self._make_room():
+                _refuse(sock, f"error: more than {MAX_CLIENTS} admin clients\n\n")
+                continue
+            self.clients[AdminClient(self, sock)] = None
+
+    def _make_room(self) -> bool:
+        """Close the client idle longest (the oldest of those idle since their accept), if one has
+        been idle for SHED_AFTER; whether it did."""
+        idle = [client for client in self.clients if client.sheddable]
+        if not idle:
+            return False
+        self.log.warning("admin_client_dropped", reason=f"idle while {MAX_CLIENTS} clients were connected")
+        min(idle, key=lambda client: client.last_active).close()
+        return True
 
     def _resume(self) -> None:
         self._paused = None
@@ -457,6 +474,12 @@ class AdminClient(Dispatcher):
     def writable(self) -> bool:
         return bool(self.outgoing)
 
+    @property
+    def sheddable(self) -> bool:
+        """Whether a full socket may close it for a new client: idle for SHED_AFTER, owed nothing."""
+        idle = not self.awaiting and not self.outgoing
+        return idle and self.reactor.now - self.last_active > SHED_AFTER
+
     def handle_read(self) -> None:
         try:
             data = self.socket.recv(READ_SIZE)
@@ -476,15 +499,19 @@ class AdminClient(Dispatcher):
         """Answer the whole lines received, in order, until one's answer is to come later."""
         while not self.ending and not self.awaiting and not self.closed:
             end = self.incoming.find(b"\n")
+            if end > MAX_LINE or (end < 0 and len(self.incoming) > MAX_LINE):
+                self._too_long()  # however the line came: whole in one read, or in pieces
+                return
             if end < 0:
                 break
             line = bytes(self.incoming[:end])
             del self.incoming[: end + 1]
             self._command(line)
-        if len(self.incoming) > MAX_LINE and not self.awaiting and b"\n" not in self.incoming and not self.closed:
-            self.incoming.clear()
-            self._answer(f"error: line longer than {MAX_LINE} bytes")
-            self._end(b"")
+
+    def _too_long(self) -> None:
+        self.incoming.clear()
+        self._answer(f"error: line longer than {MAX_LINE} bytes")
+        self._end(b"")
 
     def _end(self, last: bytes) -> None:
         """The client has said all it will: answer a last line without its newline, then close
@@ -567,8 +594,17 @@ class AdminClient(Dispatcher):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self.server.clients.discard(self)
+        self.server.clients.pop(self, None)
         super().close()
+
+
+def _refuse(sock: socket.socket, answer: str) -> None:
+    """Tell a client accepted past the bound why, if its socket takes the line at once, and close it."""
+    try:
+        sock.send(answer.encode())
+    except OSError:
+        pass  # gone already, or not reading: closed all the same
+    sock.close()
 
 
 # -- the client side (`pairproxy ctl`) -------------------------------------------------------
