@@ -61,6 +61,8 @@ def conns(sock_path) -> list[dict[str, str]]:
 
 
 def worker_pids(proxy) -> dict[int, int]:
+    # The supervisor's worker_started lines may come after the workers' own listening lines.
+    proxy.wait_for(lambda _line: proxy.log_text().count(" worker_started ") >= WORKERS)
     started = [logfmt(line) for line in proxy.lines if " worker_started " in line]
     return {int(each["worker"]): int(each["pid"]) for each in started}
 
