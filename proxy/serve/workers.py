@@ -151,7 +151,8 @@ class Supervisor:
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
-        self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
+        # What the admin endpoints control: it holds the admin pairs.
+        self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping, lambda: self.config)
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
