@@ -32,11 +32,11 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import did_you_mean, format_any_sockaddr, parse_address
+from proxy.config.units import SocketAddress, did_you_mean, format_any_sockaddr, parse_address
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import bind_listening_socket, raise_fd_limit
+from proxy.loop.listener import HandedSockets, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.output import open_private
@@ -94,13 +94,16 @@ class Server:
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
         splice: bool = SPLICE_AVAILABLE,
+        handed: HandedSockets | None = None,
     ) -> None:
-        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
+        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners;
+        `handed`, a worker's, holds the listening sockets its supervisor bound for it.
 
         `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
         (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
+        self.handed = handed
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
         self.overrides = overrides
@@ -234,9 +237,7 @@ class Server:
                 elif key in passed:  # socket activation: never bound here, now or on a reload
                     sock = build.new_sockets[key] = passed[key].dup()
                 else:
-                    sock = build.new_sockets[key] = bind_listening_socket(
-                        listener.listen, reuse_port=self.worker[1] > 1
-                    )
+                    sock = build.new_sockets[key] = self._listening_socket(listener.listen)
             except ProxyError as exc:
                 build.problems.append(str(exc))
                 continue
@@ -255,6 +256,11 @@ class Server:
             except (ssl.SSLError, OSError) as exc:
                 build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
         return build
+
+    def _listening_socket(self, address: SocketAddress) -> socket.socket:
+        """A worker's is the one its supervisor handed over: a worker binding on its own could
+        join another instance's SO_REUSEPORT group unnoticed."""
+        return bind_listening_socket(address) if self.handed is None else self.handed.take(address)
 
     def _swap(self, build: _Build) -> tuple[int, int]:
         """Put a complete build in force; (listeners kept, listeners started)."""
