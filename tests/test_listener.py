@@ -1,5 +1,6 @@
-"""The listener on a real reactor and real sockets: accept batches, UNIX socket files (stale
-takeover, mode, removal), a supervisor's shared UNIX sockets and the sockets it hands a worker."""
+"""The listener on a real reactor and real sockets: accept batches, the pause when descriptors run
+out, UNIX socket files (stale takeover, mode, removal), a supervisor's shared UNIX sockets and the
+sockets it hands a worker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import io
 import os
 import socket
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -57,6 +61,50 @@ def test_one_readiness_event_accepts_at_most_a_batch(reactor):
     finally:
         for sock in clients + accepted:
             sock.close()
+
+
+# Run in a child: it lowers its own descriptor limit, which must not touch the test process.
+_OUT_OF_DESCRIPTORS = textwrap.dedent(
+    """
+    import io, socket
+    from tests.support import exhaust_descriptors
+    from proxy.config.units import Address
+    from proxy.log import EventLog
+    from proxy.loop.listener import Listener, bind_listening_socket
+    from proxy.loop.reactor import Reactor
+
+    log = io.StringIO()
+    reactor = Reactor(EventLog(stream=log))
+    accepted = []
+
+    def accept(client, _peer):
+        accepted.append(client)
+        if len(accepted) == 2:
+            reactor.stop()
+
+    listener = Listener(reactor, bind_listening_socket(Address("127.0.0.1", 0)), "edge", accept)
+    clients = [socket.create_connection(listener.socket.getsockname()) for _ in range(2)]
+    hoard = exhaust_descriptors()
+    reactor.call_soon(reactor.stop)
+    reactor.loop()
+    print(listener.accepting.value, len(accepted), listener.readable())
+    for sock in hoard:
+        sock.close()
+    reactor.call_later(5, reactor.stop)
+    reactor.loop()
+    print(listener.accepting.value, len(accepted), listener.readable())
+    print(log.getvalue())
+    """
+)
+
+
+def test_running_out_of_descriptors_pauses_accepting_then_resumes():
+    child = subprocess.run([sys.executable, "-c", _OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=30)
+    assert child.returncode == 0, child.stderr
+    paused, resumed, log = child.stdout.split("\n", 2)
+    assert paused == "paused 0 False"  # the clients wait in the backlog; the loop does not spin
+    assert resumed == "accepting 2 True"
+    assert "accept_paused" in log and 'error="too many open files"' in log and "retry_s=0.05" in log
 
 
 def test_a_socket_file_left_by_a_dead_process_is_taken_over(tmp_path):

@@ -1,7 +1,9 @@
 """The listening dispatcher: bind, accept in bounded batches, back off when out of descriptors.
 
 Each accepted client is made non-blocking and handed to the `on_accept` callback; what happens
-to it then (limits, routing, the pair) is the server's business, not the listener's.
+to it then (limits, routing, the pair) is the server's business, not the listener's. A listener
+is ACCEPTING, or PAUSED while descriptors are short (the clients wait in the kernel's backlog
+until a backing-off timer resumes it); any other move is a StateError.
 
 Under `run --workers` a worker binds nothing itself: the supervisor binds a SO_REUSEPORT group
 per address (`bind_reuseport_group`) and hands each worker its socket, which the worker keeps in
@@ -19,6 +21,7 @@ the socket. The admin socket's file is made the same way (`listen_unix`).
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import resource
@@ -28,7 +31,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from proxy.config.units import SocketAddress, UnixAddress, format_any_sockaddr
-from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, describe_os_error
+from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, StateError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
@@ -299,6 +302,17 @@ def raise_fd_limit() -> int:
     return soft
 
 
+class Accepting(enum.Enum):
+    ACCEPTING = "accepting"
+    PAUSED = "paused"  # out of descriptors: the clients wait in the backlog until a timer resumes it
+
+
+_MOVES: dict[Accepting, frozenset[Accepting]] = {
+    Accepting.ACCEPTING: frozenset({Accepting.PAUSED}),
+    Accepting.PAUSED: frozenset({Accepting.ACCEPTING}),
+}
+
+
 class Listener(Dispatcher):
     """Accepts clients and passes each to `on_accept(sock, peer_address)`."""
 
@@ -310,13 +324,19 @@ class Listener(Dispatcher):
         # What each accepted socket is made with, as plain ints: socket.accept() would read the
         # listener's family and type through properties that build enum members, per client.
         self._family, self._proto = int(sock.family), sock.proto
-        self.paused = False
+        self.accepting = Accepting.ACCEPTING
         self._backoff = EMFILE_BACKOFF_FIRST
         self._resume_timer = None
         self.interest_changed()
 
+    def _accepting_to(self, new: Accepting) -> None:
+        if new not in _MOVES[self.accepting]:
+            raise StateError(f"listener {self.name}: cannot go from {self.accepting.value} to {new.value}")
+        self.accepting = new
+        self.interest_changed()
+
     def readable(self) -> bool:
-        return not self.paused
+        return self.accepting is Accepting.ACCEPTING
 
     def handle_read(self) -> None:
         accept = self.socket._accept  # the descriptor alone; socket.accept() wraps it at a higher cost
@@ -346,16 +366,14 @@ class Listener(Dispatcher):
         self.reactor.log.warning(
             "accept_paused", listener=self.name, error=describe_os_error(exc), retry_s=self._backoff
         )
-        self.paused = True
-        self.interest_changed()
+        self._accepting_to(Accepting.PAUSED)
         self._resume_timer = self.reactor.call_later(self._backoff, self._resume)
         self._backoff = min(self._backoff * 2, EMFILE_BACKOFF_MAX)
 
     def _resume(self) -> None:
         self._resume_timer = None
         if not self.closed:
-            self.paused = False
-            self.interest_changed()
+            self._accepting_to(Accepting.ACCEPTING)
 
     def handle_error(self, exc: BaseException) -> None:
         # One bad accept must never close the listener that serves everybody else.
