@@ -286,7 +286,7 @@ class Reactor:
         self._running = False
 
     def close(self) -> None:
-        """Close every dispatcher still registered, then the selector itself."""
+        """Close every dispatcher still registered, then the poller itself."""
         for dispatcher in list(self.map.values()):
             dispatcher.close()
         if self._wakeup_fd_set:
