@@ -41,7 +41,7 @@ from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve import admin
-from proxy.serve.contexts import use_keylog
+from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
@@ -379,8 +379,8 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
     config = with_overrides(config, overrides)
     _check_standard_output(config)
     _check_outputs(args, overrides)
-    _start_keylog(args, log)
-    server = Server(config, log, splice=_splice_wanted())
+    keylog = _start_keylog(args, log)
+    server = Server(config, log, splice=_splice_wanted(), keylog=keylog)
     server.bind()
     server.serve()
     return 0
@@ -433,21 +433,23 @@ def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
     )
 
 
-def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
-    """Put the key log in force (the flag, else SSLKEYLOGFILE) and warn: the file decrypts traffic.
+def _start_keylog(args: argparse.Namespace, log: EventLog) -> str | None:
+    """The key log the TLS contexts are to write to (the flag, else SSLKEYLOGFILE), made ready,
+    with a warning: the file decrypts traffic.
 
-    Called once per process before any TLS context exists; `run --workers` forks after it, so the
-    supervisor warns once for all. A file that cannot be opened stops the start (exit status 1).
+    `run --workers` passes it on to every worker, so the supervisor warns once for all. A file
+    that cannot be opened stops the start (exit status 1).
     """
     wanted = _keylog_wanted(args)
     if wanted is None:
-        return
+        return None
     source, path = wanted
     try:
-        path = use_keylog(path)
+        path = open_keylog(path)
     except OSError as exc:
         raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
     log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+    return path
 
 
 def _keylog_wanted(args: argparse.Namespace) -> tuple[str, str] | None:
@@ -476,10 +478,13 @@ def _run(args: argparse.Namespace, log: EventLog) -> int:
     _check_standard_output(with_overrides(loaded.config, overrides), args.workers)
     _check_outputs(args, overrides, loaded.outputs)
     path, splice = Path(args.config), _splice_wanted()
-    _start_keylog(args, log)
+    keylog = _start_keylog(args, log)
     if args.workers > 1:
-        return Supervisor(loaded.config, path, log, args.workers, overrides=overrides, splice=splice).run()
-    server = Server(loaded.config, log, overrides=overrides, config_path=path, splice=splice)
+        supervisor = Supervisor(
+            loaded.config, path, log, args.workers, overrides=overrides, splice=splice, keylog=keylog
+        )
+        return supervisor.run()
+    server = Server(loaded.config, log, overrides=overrides, config_path=path, splice=splice, keylog=keylog)
     server.bind()
     server.serve()
     return 0

@@ -95,15 +95,18 @@ class Server:
         port_pins: dict[str, int] | None = None,
         splice: bool = SPLICE_AVAILABLE,
         handed: HandedSockets | None = None,
+        keylog: str | None = None,
     ) -> None:
         """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners;
-        `handed`, a worker's, holds the listening sockets its supervisor bound for it.
+        `handed`, a worker's, holds the listening sockets its supervisor bound for it; `keylog`
+        is the file (made ready by `open_keylog`) every TLS context of every load writes its secrets to.
 
         `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
         (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
         self.handed = handed
+        self.keylog = keylog
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
         self.overrides = overrides
@@ -225,7 +228,8 @@ class Server:
             if tls is None:
                 continue
             try:
-                build.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
+                context = client_context(tls.ca, tls.verify, tls.client_cert, keylog=self.keylog)
+                build.upstream_tls[name] = (context, tls.server_name)
             except (ssl.SSLError, OSError) as exc:
                 build.problems.append(f"upstream {name}: cannot set up TLS: {_tls_failure(exc)}")
         for listener in config.listeners:
@@ -250,6 +254,7 @@ class Server:
                     build.upstream_tls,
                     splice=self.splice,
                     dump_outputs=self._dump_outputs(),
+                    keylog=self.keylog,
                 )
             except StartupError as exc:
                 build.problems.append(str(exc))

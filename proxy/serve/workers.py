@@ -141,7 +141,15 @@ class Supervisor:
     """Binds the listeners, starts, watches and stops the worker processes."""
 
     def __init__(
-        self, config: Config, config_path: Path, log: EventLog, count: int, *, overrides: DumpOverrides, splice: bool
+        self,
+        config: Config,
+        config_path: Path,
+        log: EventLog,
+        count: int,
+        *,
+        overrides: DumpOverrides,
+        splice: bool,
+        keylog: str | None = None,
     ) -> None:
         self.config = config
         self.pins: dict[str, int] = {}
@@ -150,6 +158,7 @@ class Supervisor:
         self.count = count
         self.overrides = overrides  # the dump flags: each worker's Server applies them to every load
         self.splice = splice
+        self.keylog = keylog  # for every worker's TLS contexts
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
@@ -299,6 +308,7 @@ class Supervisor:
                 port_pins=self.pins,
                 splice=self.splice,
                 handed=handed,
+                keylog=self.keylog,
             )
             server.bind()
             handed.discard()
