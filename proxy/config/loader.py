@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import stat
+import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import fields as schema_fields
@@ -537,12 +538,21 @@ class _Reader:
         return self.parsed(node, what, parse)
 
     def name(self, node: yaml.Node, what: str) -> str | Invalid:
-        """A listener's or route's name: text of at most MAX_NAME_LENGTH characters."""
+        """A listener's or route's name: printable text without spaces, of at most MAX_NAME_LENGTH
+        characters. Names are written as they are into logs, the hex dump, captures, metrics and
+        `ctl`'s lines, where a newline or a space could end a record and begin a forged one."""
         text = self.text(node, what)
         if isinstance(text, Invalid):
             return INVALID
         if len(text) > MAX_NAME_LENGTH:
             self.error(node, f"{what}: at most {MAX_NAME_LENGTH} characters, got {len(text)}")
+            return INVALID
+        unfit = next((character for character in text if character.isspace() or not character.isprintable()), None)
+        if unfit is not None:
+            kind = _UNFIT_KINDS.get(unicodedata.category(unfit), "a character that is not printable")
+            self.error(
+                node, f"{what}: {text!r} holds U+{ord(unfit):04X} ({kind}); a name is printable text without spaces"
+            )
             return INVALID
         return text
 
@@ -1073,6 +1083,15 @@ LISTENER = Section(
 )
 _SOCKET_FILE_KEYS = ("mode", "owner", "group")  # a listener's by-hand keys that go into its UnixAddress
 _OCTAL_MODE = re.compile(r"0?[0-7]{3,4}\Z")
+
+# What a character a name may not hold is, by its Unicode category, for the error that names it.
+_UNFIT_KINDS = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Zs": "a space",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
 LISTENER_TLS = Section({"client_ca": _Reader.ca_file}, by_hand=("cert", "key", "certificates"))
 ROUTE = Section(
     {

@@ -15,7 +15,8 @@ keeps in its `SocketFiles` for later workers (`bind_reuseport_group` hands out c
 closes them. Binding a path takes over a socket file left by a process that died (nothing
 answers on it), never a live one; the file gets the listener's mode, owner and group before
 anyone can connect, set through a descriptor of the file the bind made (never by name, which a
-symlink may have taken over by then), and the process that created it removes it when it closes
+symlink may have taken over by then; without /proc the mode comes from the bind's umask and an
+owner or group is refused), and the process that created it removes it when it closes
 the socket. The admin socket's file is made the same way (`listen_unix`).
 """
 
@@ -171,8 +172,16 @@ class SocketFileError(Exception):
 _REPLACED = "the socket file was replaced as it was being made"
 
 
+PROC_FDS = "/proc/self/fd"  # names the file behind each descriptor of this process
+
+
 def listen_unix(
-    sockaddr: str | bytes, *, mode: int | None = None, owner: int | None = None, group: int | None = None
+    sockaddr: str | bytes,
+    *,
+    mode: int | None = None,
+    owner: int | None = None,
+    group: int | None = None,
+    proc_fds: str = PROC_FDS,
 ) -> socket.socket:
     """A non-blocking UNIX stream socket listening on `sockaddr` (a path, or an abstract name:
     bytes after a NUL); SocketFileError if not.
@@ -181,27 +190,42 @@ def listen_unix(
     or any other file never. The file gets `mode`, `owner` and `group` before the socket
     listens, so nobody connects before it has them; closing the socket in the process that bound
     it removes the file, if that is still the same file.
+
+    They are set through `proc_fds`, by the descriptor of the file the bind made. Without it (no
+    /proc mounted) the bind itself makes the file with `mode`, under a umask set for the bind
+    alone; an owner or group, which only a call by name could set then, is refused.
     """
     sock = _UnixListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     doing = ""  # what failed, when it is not the bind or the listen
+    by_descriptor = isinstance(sockaddr, str) and os.path.isdir(proc_fds)
+    by_umask = isinstance(sockaddr, str) and not by_descriptor and mode is not None
     try:
+        if isinstance(sockaddr, str) and not by_descriptor and (owner is not None or group is not None):
+            raise SocketFileError(
+                f"cannot set the socket file's owner and group: {proc_fds} is not there (is /proc mounted?),"
+                " and by its name they could go to a file swapped in after the bind"
+            )
+        umask = os.umask(0o777 & ~mode) if by_umask and mode is not None else None
         try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or isinstance(sockaddr, bytes) or not _left_by_the_dead(sockaddr):
-                raise
-            os.unlink(sockaddr)
-            sock.bind(sockaddr)
+            _bind_or_take_over(sock, sockaddr)
+        finally:
+            if umask is not None:
+                os.umask(umask)
         if isinstance(sockaddr, str):
             made, found = _open_made_file(sockaddr)
             try:
                 sock.path, sock.created = sockaddr, (os.getpid(), found.st_dev, found.st_ino)
+                if by_umask and stat.S_IMODE(found.st_mode) != mode:  # a default ACL, or bits no umask gives
+                    raise SocketFileError(
+                        f"cannot set the socket file's mode: without {proc_fds} it is made under a umask,"
+                        f" which gave it {stat.S_IMODE(found.st_mode):04o}, not {mode:04o}"
+                    )
                 # Through the descriptor, never by name: whoever may write in the folder could
                 # have put a symlink there since the bind, and have its target made writable
                 # and given away. This names the file the descriptor holds, whatever its name.
-                made_file = f"/proc/self/fd/{made}"
+                made_file = f"{proc_fds}/{made}"
                 doing = "cannot set the socket file's mode: "
-                if mode is not None:
+                if mode is not None and by_descriptor:
                     os.chmod(made_file, mode)
                 doing = "cannot set the socket file's owner and group: "
                 if owner is not None or group is not None:
@@ -218,6 +242,17 @@ def listen_unix(
         sock.close()
         raise SocketFileError(doing + describe_os_error(exc), exc.errno) from None
     return sock
+
+
+def _bind_or_take_over(sock: socket.socket, sockaddr: str | bytes) -> None:
+    """Bind `sock`, in the place of a socket file a dead process left if there is one."""
+    try:
+        sock.bind(sockaddr)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or isinstance(sockaddr, bytes) or not _left_by_the_dead(sockaddr):
+            raise
+        os.unlink(sockaddr)
+        sock.bind(sockaddr)
 
 
 def _open_made_file(path: str) -> tuple[int, os.stat_result]:
