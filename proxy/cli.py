@@ -40,7 +40,7 @@ from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve import admin
-from proxy.serve.contexts import use_keylog
+from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
@@ -190,14 +190,17 @@ def _dump_overrides(args: argparse.Namespace) -> DumpOverrides:
     )
 
 
-def _start_outputs(args: argparse.Namespace, log: EventLog, loaded: LoadedConfig, overrides: DumpOverrides) -> None:
+def _start_outputs(
+    args: argparse.Namespace, log: EventLog, loaded: LoadedConfig, overrides: DumpOverrides
+) -> str | None:
     """Refuse outputs that cannot go together, then put the key log in force and warn: the file
     decrypts traffic.
 
     UsageError when captures and the dump would share standard output or two outputs one file (the
     flags', the key log's and those of the table that no flag replaces). Called once per process
     before any TLS context exists; `run --workers` forks after it, so the supervisor warns once for
-    all. A key log that cannot be opened stops the start (exit status 1).
+    all. The key log's path, for the TLS contexts to write to, or None; one that cannot be opened
+    stops the start (exit status 1).
     """
     clash = standard_output_clash(with_overrides(loaded.config, overrides), args.workers)
     if clash is not None:
@@ -216,13 +219,15 @@ def _start_outputs(args: argparse.Namespace, log: EventLog, loaded: LoadedConfig
     if clashes:
         output, message = clashes[0]
         raise UsageError(f"{output.origin}: {message}")
-    if keylog is not None:
-        source, path = keylog
-        try:
-            path = use_keylog(path)
-        except OSError as exc:
-            raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
-        log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+    if keylog is None:
+        return None
+    source, path = keylog
+    try:
+        path = open_keylog(path)
+    except OSError as exc:
+        raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
+    log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,8 +370,8 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
     )
-    _start_outputs(args, log, LoadedConfig(config, ()), overrides)
-    return _serve(Server(with_overrides(config, overrides), log, splice=_splice_wanted()))
+    keylog = _start_outputs(args, log, LoadedConfig(config, ()), overrides)
+    return _serve(Server(with_overrides(config, overrides), log, splice=_splice_wanted(), keylog=keylog))
 
 
 def _certificate(cert: str | None, key: str | None, flags: str) -> CertificatePair | None:
@@ -439,11 +444,11 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 def _run(args: argparse.Namespace, log: EventLog) -> int:
     overrides = _dump_overrides(args)
     loaded = _load(args)
-    _start_outputs(args, log, loaded, overrides)
-    path, splice = Path(args.config), _splice_wanted()
+    keylog = _start_outputs(args, log, loaded, overrides)
+    options = {"overrides": overrides, "splice": _splice_wanted(), "keylog": keylog}
     if args.workers > 1:
-        return Supervisor(loaded.config, path, log, args.workers, overrides=overrides, splice=splice).run()
-    return _serve(Server(loaded.config, log, overrides=overrides, config_path=path, splice=splice))
+        return Supervisor(loaded.config, Path(args.config), log, args.workers, **options).run()
+    return _serve(Server(loaded.config, log, config_path=Path(args.config), **options))
 
 
 def _serve(server: Server) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy.config.schema import Config, listener_key
-from proxy.config.units import format_any_sockaddr
+from proxy.config.units import SocketAddress, format_any_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
-from proxy.loop.listener import bind_listening_socket
 from proxy.policy.upstreams import Pool
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import DumpOutputs, Frontend, Table
@@ -53,14 +52,16 @@ class Build:
         running: Mapping[str, Frontend],
         passed: Mapping[str, socket.socket],
         *,
-        reuse_port: bool,
+        bind: Callable[[SocketAddress], socket.socket],
         splice: bool,
         dump_outputs: DumpOutputs,
+        keylog: str | None,
     ) -> Build:
         """Everything `config` needs, with nothing running yet; `problems` says what failed.
 
         A listener in `running` (by `listener_key`) keeps its socket; one in `passed` (socket
-        activation) gets a copy of the socket it was passed, never one bound here; the others are bound.
+        activation) gets a copy of the socket it was passed, never one bound here; the others get
+        theirs from `bind`. Every TLS context writes its secrets to `keylog`, if there is one.
         """
         built = cls(config, {}, {}, {}, {}, [])
         for name, upstream in config.upstreams.items():
@@ -69,7 +70,8 @@ class Build:
             if tls is None:
                 continue
             try:
-                built.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
+                context = client_context(tls.ca, tls.verify, tls.client_cert, keylog=keylog)
+                built.upstream_tls[name] = (context, tls.server_name)
             except (ssl.SSLError, OSError) as exc:
                 built.problems.append(f"upstream {name}: cannot set up TLS: {_tls_failure(exc)}")
         for listener in config.listeners:
@@ -81,14 +83,20 @@ class Build:
                 elif key in passed:
                     sock = built.new_sockets[key] = passed[key].dup()
                 else:
-                    sock = built.new_sockets[key] = bind_listening_socket(listener.listen, reuse_port=reuse_port)
+                    sock = built.new_sockets[key] = bind(listener.listen)
             except ProxyError as exc:
                 built.problems.append(str(exc))
                 continue
             name = listener.name or format_any_sockaddr(sock.getsockname())
             try:
                 built.tables[key] = Table.build(
-                    listener, name, built.pools, built.upstream_tls, splice=splice, dump_outputs=dump_outputs
+                    listener,
+                    name,
+                    built.pools,
+                    built.upstream_tls,
+                    splice=splice,
+                    dump_outputs=dump_outputs,
+                    keylog=keylog,
                 )
             except StartupError as exc:
                 built.problems.append(str(exc))

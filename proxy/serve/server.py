@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,11 +31,11 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import did_you_mean, parse_address
+from proxy.config.units import SocketAddress, did_you_mean, parse_address
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import raise_fd_limit
+from proxy.loop.listener import HandedSockets, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.output import open_private
@@ -67,13 +68,19 @@ class Server:
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
         splice: bool = SPLICE_AVAILABLE,
+        handed: HandedSockets | None = None,
+        keylog: str | None = None,
     ) -> None:
-        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
+        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners;
+        `handed`, a worker's, holds the listening sockets its supervisor bound for it; `keylog`
+        is the file (made ready by `open_keylog`) every TLS context of every load writes its secrets to.
 
         `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
         (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
+        self.handed = handed
+        self.keylog = keylog
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
         self.overrides = overrides
@@ -192,10 +199,16 @@ class Server:
             config,
             self.listeners,
             passed,
-            reuse_port=self.worker[1] > 1,
+            bind=self._listening_socket,
             splice=self.splice,
             dump_outputs=self._dump_outputs(),
+            keylog=self.keylog,
         )
+
+    def _listening_socket(self, address: SocketAddress) -> socket.socket:
+        """A worker's is the one its supervisor handed over: a worker binding on its own could
+        join another instance's SO_REUSEPORT group unnoticed."""
+        return bind_listening_socket(address) if self.handed is None else self.handed.take(address)
 
     def _swap(self, build: Build) -> tuple[int, int]:
         """Put a complete build in force; (listeners kept, listeners started)."""
