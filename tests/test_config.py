@@ -325,6 +325,18 @@ def test_a_name_with_a_space_or_a_control_character_is_a_located_error(written, 
     assert messages == [f"t.yaml:2:11: {why}", f"t.yaml:4:21: {why}"]
 
 
+def test_an_upstream_named_with_a_space_or_a_control_character_is_a_located_error():
+    # Upstream names are written into ctl's lines, the access log's `route=` and metric labels too.
+    messages = errors_of("""\
+        upstreams:
+          "api\\nX": {servers: [127.0.0.1:9001]}
+        listeners:
+          - {listen: 8080, upstream: "api\\nX"}
+        """)
+    why = "holds U+000A (a control character); a name is printable text without spaces"
+    assert messages == [f"t.yaml:2:3: upstream name: 'api\\nX' {why}"]
+
+
 def test_names_may_be_any_printable_text_without_spaces():
     config = load("""\
         listeners:

@@ -219,6 +219,8 @@ def _table(reader: Reader, root: yaml.Node | None) -> Config | None:
         for key_node, value_node in reader.mapping(top["upstreams"][1], "upstreams", any_name=True).values():
             name = key_node.value
             reader.declared.add(name)
+            if not reader.fit_name(key_node, "upstream name", name):
+                continue
             read = upstream(reader, name, value_node)
             if read is not None:
                 reader.upstreams[name] = read

@@ -350,14 +350,16 @@ class Reader:
         if len(text) > MAX_NAME_LENGTH:
             self.error(node, f"{what}: at most {MAX_NAME_LENGTH} characters, got {len(text)}")
             return INVALID
+        return text if self.fit_name(node, what, text) else INVALID
+
+    def fit_name(self, node: yaml.Node, what: str, text: str) -> bool:
+        """Whether `text` is printable without spaces, as every name must be; else an error says why."""
         unfit = next((character for character in text if character.isspace() or not character.isprintable()), None)
-        if unfit is not None:
-            kind = _UNFIT_KINDS.get(unicodedata.category(unfit), "a character that is not printable")
-            self.error(
-                node, f"{what}: {text!r} holds U+{ord(unfit):04X} ({kind}); a name is printable text without spaces"
-            )
-            return INVALID
-        return text
+        if unfit is None:
+            return True
+        kind = _UNFIT_KINDS.get(unicodedata.category(unfit), "a character that is not printable")
+        self.error(node, f"{what}: {text!r} holds U+{ord(unfit):04X} ({kind}); a name is printable text without spaces")
+        return False
 
     def choice(self, node: yaml.Node, what: str, options: Sequence[str]) -> str | Invalid:
         def parse(value: Any) -> str:
