@@ -40,13 +40,13 @@ from proxy.loop.listener import bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.output import open_private
+from proxy.output.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
+from proxy.output.tap import HexdumpWriter
 from proxy.policy.faults import FaultPlan
 from proxy.policy.upstreams import Pool
 from proxy.relay.dumping import Rule
-from proxy.relay.pair import Runtime
-from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
+from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
-from proxy.relay.tap import HexdumpWriter
 from proxy.serve.admin import AdminSocket, dump_answer
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import DumpOutputs, Frontend, Table
