@@ -1,7 +1,7 @@
 """The event log for people: logfmt or JSON lines on stderr, and the escaping of every value.
 
 An EventLog is a plain object handed to whoever needs it; nothing here is global. It writes
-through an `Output` (proxy/output.py), so a reader that does not keep up never stalls the loop.
+through an `Output` (proxy/output/queue.py), so a reader that does not keep up never stalls the loop.
 
 No text a client chose reaches a screen raw: logfmt quotes every value holding a character that
 is not printable (C0 and C1 controls, DEL, U+2028/U+2029, ...) and escapes it the way a Python

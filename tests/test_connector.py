@@ -285,11 +285,12 @@ def test_a_pair_whose_connect_code_raises_ends_alone_with_result_error(reactor, 
     # with nothing of it left registered; the loop goes on.
     from proxy.config.schema import ServerConfig, UpstreamConfig
     from proxy.policy.upstreams import Pool
-    from proxy.relay.pair import Pair, PairSettings, Runtime
+    from proxy.relay.pair import Pair
+    from proxy.relay.runtime import PairSettings, Runtime
 
     class BrokenPair(Pair):
-        def connected(self, attempt, server):
-            super().connected(attempt, server)
+        def upstream_ready(self):  # what the dialer calls once the upstream has connected
+            super().upstream_ready()
             raise RuntimeError("bug after the hand-over")
 
     stream = io.StringIO()

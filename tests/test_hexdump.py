@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.output.tap import HexdumpWriter, SnappedDump
 from proxy.protocol.hexdump import dump_lines, parse_dump_line
-from proxy.relay.tap import HexdumpWriter, SnappedDump
 
 CONTRACT_INPUT = b"GET / HTTP/1.1\r\n\r\n"
 CONTRACT_LINES = [

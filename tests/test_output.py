@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from proxy.config.units import format_sockaddr
 from proxy.log import EventLog, logfmt_value
 from proxy.output import PIPE_BUF, Output, pieces
-from proxy.relay.tap import HexdumpWriter
+from proxy.output.tap import HexdumpWriter
 from tests.support import WAIT, PeakRss, echo_handler, logfmt, recv_exactly
 from tests.test_sni import in_records, synthetic_client_hello
 from tests.wireshark import find_tshark, run_tshark
@@ -554,8 +554,8 @@ def test_a_capture_whose_interface_block_was_dropped_writes_nothing_that_needs_i
     # A second listener's interface block is dropped while the queue is full; its packets, which
     # would fit once the queue has room again, must wait for the new section that declares it.
     from proxy.config.schema import PcapConfig
+    from proxy.output.pcap_sink import PcapSink
     from proxy.protocol.pcapng import Peer, TcpConversation
-    from proxy.relay.pcap_sink import PcapSink
 
     tshark = find_tshark()
     reader, writer = os.pipe()

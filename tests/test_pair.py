@@ -8,7 +8,11 @@ import time
 
 import pytest
 
-from tests.support import WAIT, connect, echo_handler, pattern, recv_exactly, source_handler
+from proxy.config.loader import load_config
+from proxy.relay.capture import Leg
+from tests.support import WAIT, connect, echo_handler, pattern, recv_exactly, source_handler, wait_until
+from tests.test_admission import listener_address, serving
+from tests.test_run import write
 
 
 @pytest.fixture
@@ -73,3 +77,38 @@ def test_many_small_exchanges_never_splice(start_proxy, start_upstream, data_pat
             assert recv_exactly(client, len(message)) == message
         assert proxy.pipe_count() == before
     assert proxy.wait_access(1)[0]["bytes_up"] == str(2 * 1024 * 1024)
+
+
+def test_a_side_that_fails_to_close_leaves_neither_the_other_open_nor_the_access_line_unwritten(
+    tmp_path, start_upstream, monkeypatch
+):
+    # A bug planted in the capture: closing the client's recording socket raises. The pair must
+    # still close its upstream side, write its access line (result=error: a bug ended it, logged
+    # once, no traceback), and leave nothing registered; the listener keeps serving.
+    recorded_close = Leg.closed
+
+    def failing_close(leg: Leg) -> None:
+        if leg.label == "client":
+            raise RuntimeError("the capture failed")
+        recorded_close(leg)
+
+    monkeypatch.setattr(Leg, "closed", failing_close)
+    upstream = start_upstream(echo_handler)
+    capture = tmp_path / "capture.pcapng"
+    config = load_config(
+        write(tmp_path, f"listeners:\n  - {{listen: 127.0.0.1:0, upstream: {upstream.address}, pcap: {capture}}}\n")
+    ).config
+    with serving(config) as (server, lines):
+        registered = len(server.reactor.map)
+        with socket.create_connection(listener_address(server), timeout=WAIT) as client:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(1) == b""
+            assert wait_until(lambda: len(lines.events("access")) == 1), lines.text()
+        assert wait_until(lambda: len(server.reactor.map) == registered), server.reactor.map
+        assert not server.runtime.pairs
+    (access,) = lines.events("access")
+    assert (access["result"], access["reason"]) == ("error", "RuntimeError: the capture failed")
+    assert [error["error"] for error in lines.events("connection_error")] == ["RuntimeError: the capture failed"]
+    assert "Traceback" not in lines.text()

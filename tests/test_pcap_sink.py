@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from proxy.config.schema import MAX_PCAP_KEEP, PcapConfig
+from proxy.output.pcap_sink import PcapSink
 from proxy.protocol.pcapng import MAX_PAYLOAD_IPV4, Peer, TcpConversation
-from proxy.relay.pcap_sink import PcapSink
 from tests.test_pcapng import EPB, IDB, SHB, parse_blocks
 
 KiB = 1024

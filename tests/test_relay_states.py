@@ -13,9 +13,10 @@ import pytest
 from proxy.config.loader import load_config
 from proxy.errors import Meaning, StateError, classify
 from proxy.log import EventLog
+from proxy.loop.poller import READ
 from proxy.loop.reactor import Reactor
 from proxy.protocol.tls import TlsError
-from proxy.relay import side as side_module
+from proxy.relay import states
 from proxy.relay.buffer import Budget
 from proxy.relay.side import Reading, Side, Splice, Writing
 from tests.support import WAIT, echo_handler, recv_exactly, wait_until
@@ -50,7 +51,7 @@ def side():
 
 def test_a_side_starts_idle_and_open_and_not_splicing(side):
     assert (side.read, side.write, side.splice) == (Reading.IDLE, Writing.OPEN, Splice.OFF)
-    assert not side.readable()
+    assert not side.interest() & READ
 
 
 @pytest.mark.parametrize("move", [Reading.PAUSED, Reading.EOF])
@@ -61,9 +62,9 @@ def test_an_idle_side_cannot_pause_or_end(side, move):
 
 def test_an_ended_stream_never_reads_again(side):
     side.start_reading()
-    assert side.readable()
+    assert side.interest() & READ
     side._read_to(Reading.EOF)
-    assert not side.readable()
+    assert not side.interest() & READ
     with pytest.raises(StateError):
         side._read_to(Reading.READING)
 
@@ -96,7 +97,7 @@ def test_an_illegal_move_ends_exactly_its_connection_as_an_error(tmp_path, start
     # A bug planted in the reading table: a client side may not see its stream end. The client's
     # half-close must then end that connection (result=error, one connection_error line, no
     # traceback), leave nothing of it registered, and the listener keeps serving.
-    monkeypatch.setitem(side_module._READ_MOVES, Reading.READING, frozenset({Reading.PAUSED}))
+    monkeypatch.setitem(states.READ_MOVES, Reading.READING, frozenset({Reading.PAUSED}))
     upstream = start_upstream(echo_handler)
     config = load_config(
         write(tmp_path, f'listeners:\n  - {{listen: "127.0.0.1:0", upstream: "{upstream.address}"}}\n')

@@ -30,8 +30,9 @@ from typing import Any
 
 from proxy.config.units import unix_name_text, unix_peer
 from proxy.errors import Meaning, classify
+from proxy.output.pcap_sink import PcapSink
 from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConversation
-from proxy.relay.pcap_sink import PcapSink
+from proxy.relay.states import StateEnum, check_move
 
 PENDING_LIMIT = 1024 * 1024  # bytes of packets held before the decision; beyond, they are not captured
 UNREAD_SHOWN = 256 * 1024  # of what a peer sent and the proxy never read, shown at close
@@ -185,20 +186,37 @@ class RecordingSocket:
         leg.closed()
 
 
+class Recording(StateEnum):
+    HOLDING = "holding"  # packets are held (bounded) until the pair decides
+    WRITING = "writing"  # committed: what was held and everything after goes to the sink
+    DROPPED = "dropped"  # not captured: nothing is recorded any more
+
+
+_HOLDING, _WRITING, _DROPPED = Recording.HOLDING, Recording.WRITING, Recording.DROPPED
+_RECORDING_MOVES: dict[Recording, frozenset[Recording]] = {
+    Recording.HOLDING: frozenset({Recording.WRITING, Recording.DROPPED}),
+    Recording.WRITING: frozenset({Recording.DROPPED}),  # `dump off` at run time
+    Recording.DROPPED: frozenset(),
+}
+
+
 class ConnectionCapture:
     """The capture of one connection: its legs, and its packets before and after the decision."""
 
-    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "decided", "pending", "pending_size")
+    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "state", "pending", "pending_size")
 
     def __init__(self, conn: int, listener: str) -> None:
         self.conn = conn
         self.listener = listener
         self.snaplen: int | None = None
-        self.sink: PcapSink | None = None
+        self.sink: PcapSink | None = None  # while WRITING
         self.comment = ""
-        self.decided = False
+        self.state = _HOLDING
         self.pending: list[tuple[Leg, int, Packet, int | None]] = []
         self.pending_size = 0
+
+    def _to(self, new: Recording) -> None:
+        self.state = check_move(_RECORDING_MOVES, self.state, new, f"the capture of conn {self.conn}")
 
     def client_leg(self, sock: socket.socket, peer: tuple) -> RecordingSocket:
         """Record the accepted socket `sock` from `peer`; its handshake has just happened."""
@@ -228,12 +246,13 @@ class ConnectionCapture:
 
     def emit(self, leg: Leg, packets: list[Packet], offsets: list[int | None] | None = None) -> None:
         """Write `packets` of `leg` (held until the decision); `offsets` of data packets in their stream."""
-        if self.decided and self.sink is None:
+        state = self.state
+        if state is _DROPPED:
             return
         now = time.time_ns() // 1000
         for index, packet in enumerate(packets):
             offset = None if offsets is None else offsets[index]
-            if self.decided:
+            if state is _WRITING:
                 self._write(leg, now, packet, offset)
             elif self.pending_size < PENDING_LIMIT:
                 self.pending.append((leg, now, packet, offset))
@@ -258,7 +277,7 @@ class ConnectionCapture:
         packet in a file carries it, with the leg's name. Past `snaplen` bytes of a direction of
         a leg, packets keep their headers only.
         """
-        self.decided = True
+        self._to(_WRITING)
         self.sink, self.comment, self.snaplen = sink, comment, snaplen
         pending, self.pending = self.pending, []
         self.pending_size = 0
@@ -267,7 +286,7 @@ class ConnectionCapture:
 
     def discard(self) -> None:
         """Not captured after all: drop what was held and record nothing more."""
-        self.decided = True
+        self._to(_DROPPED)
         self.sink = None
         self.pending.clear()
         self.pending_size = 0

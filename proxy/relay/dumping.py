@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from proxy.config.schema import DumpCondition, ListenerConfig, PcapConfig, RouteConfig
 from proxy.config.units import Address, canonical_ip
+from proxy.output.pcap_sink import PcapSink
+from proxy.output.tap import HexdumpWriter, SnappedDump
 from proxy.policy.dump_filter import holds
-from proxy.relay.pcap_sink import PcapSink
-from proxy.relay.tap import HexdumpWriter, SnappedDump
 
 SinkFor = Callable[[PcapConfig], PcapSink]
 

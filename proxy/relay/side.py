@@ -5,149 +5,88 @@ direction turns out to be bulk: see splice.py); tls_side.py puts a TLS session i
 A side forwards bytes straight to its peer side, but everything else it reports to its owner
 (the pair) through `SideOwner`, and the owner decides. See pair.py for how two sides are joined.
 
-States (checked: any other move is a StateError, a bug that ends the connection):
-
-  reading:   IDLE --TLS--> HANDSHAKING --done--> IDLE --pair open--> READING <--> PAUSED
-             READING --end of stream--> EOF
-  writing:   OPEN --peer's EOF, bytes still queued--> DRAINING_TO_SHUT --drained--> SHUT
-             OPEN --peer's EOF, nothing queued--> SHUT
-  splicing:  OFF --plain pair opens--> COUNTING --SPLICE_AFTER bulk bytes--> READY
-             READY --the peer's buffer drained--> ON;  READY --no descriptor for a pipe--> OFF
+Its three state machines (reading, writing, splicing) and their checked moves are in
+states.py. A side changes its own states only; what another object may ask of it is a public
+method (`pause_reading`, `resume`, `shut_write_when_drained`, `plug`, `uncount`).
 """
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import socket
 import struct
 import termios
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, StateError, classify
+from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, classify
 from proxy.loop.dispatcher import Dispatcher
-from proxy.loop.poller import READ, WRITE
+from proxy.loop.poller import WRITE
 from proxy.relay.buffer import Budget, SendBuffer
+from proxy.relay.seams import Outlet, SideOwner
 from proxy.relay.splice import BULK_READ, SPLICE_AFTER, PipeBuffer
+from proxy.relay.states import (
+    DRAINING_TO_SHUT,
+    EOF,
+    IDLE,
+    MSG_MORE,
+    OPEN,
+    PAUSED,
+    PLAIN_READS,
+    READ_CLOSED,
+    READ_MOVES,
+    READING,
+    SHUT,
+    SPLICE_COUNTING,
+    SPLICE_MOVES,
+    SPLICE_OFF,
+    SPLICE_ON,
+    SPLICE_READY,
+    WRITE_MOVES,
+    Reading,
+    Splice,
+    Writing,
+    check_move,
+)
 
 if TYPE_CHECKING:
     from proxy.loop.reactor import Reactor
-    from proxy.relay.tap import HexdumpWriter, SnappedDump
+
+__all__ = ["Reading", "Side", "Splice", "Writing"]
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # the same request as SIOCOUTQ on a TCP socket (Linux)
 _INT = struct.Struct("i")
 _INT_ZERO = _INT.pack(0)
-
-
-class StateEnum(enum.Enum):
-    """A state of a checked machine. Members are singletons, so their identity is their hash: the
-    move tables are then looked up in C, not through Enum's own __hash__, written in Python."""
-
-    __hash__ = object.__hash__
-
-
-class Reading(StateEnum):
-    IDLE = "idle"  # not read: the pair is not open (no one to take the bytes yet)
-    HANDSHAKING = "handshaking"  # a TLS side reads its handshake before the pair is open
-    READING = "reading"
-    PAUSED = "paused"  # the peer's buffer (or the process's budget) is full
-    EOF = "eof"  # this socket's peer shut its writing half
-
-
-class Writing(StateEnum):
-    OPEN = "open"
-    DRAINING_TO_SHUT = "draining_to_shut"  # shut our writing half once `outgoing` drains
-    SHUT = "shut"
-
-
-class Splice(StateEnum):
-    OFF = "off"  # copying through Python, for good (TLS, a dump, or no splicing)
-    COUNTING = "counting"  # copying, counting big reads toward SPLICE_AFTER
-    READY = "ready"  # bulk: splice as soon as the peer's buffer has drained
-    ON = "on"  # reads go socket -> the peer's pipe -> the peer's socket
-
-
-# The members as module constants for the per-event and per-connection paths: on Python 3.11
-# reading a member off its Enum class goes through the metaclass's __getattr__ hook, about four
-# times what reading a global costs.
-_IDLE, _READING, _PAUSED, _HANDSHAKING, _EOF = (
-    Reading.IDLE, Reading.READING, Reading.PAUSED, Reading.HANDSHAKING, Reading.EOF
-)  # fmt: skip
-_OPEN, _DRAINING_TO_SHUT, _SHUT = Writing.OPEN, Writing.DRAINING_TO_SHUT, Writing.SHUT
-_SPLICE_OFF, _SPLICE_COUNTING, _SPLICE_READY, _SPLICE_ON = Splice.OFF, Splice.COUNTING, Splice.READY, Splice.ON
 _TRY_LATER, _PEER_GONE = Meaning.TRY_LATER, Meaning.PEER_GONE
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
-_READ_MOVES: dict[Reading, frozenset[Reading]] = {
-    Reading.IDLE: frozenset({Reading.HANDSHAKING, Reading.READING}),
-    Reading.HANDSHAKING: frozenset({Reading.IDLE}),
-    Reading.READING: frozenset({Reading.PAUSED, Reading.EOF}),
-    Reading.PAUSED: frozenset({Reading.READING, Reading.EOF}),  # a read already due may find the end
-    Reading.EOF: frozenset(),
-}
-_WRITE_MOVES: dict[Writing, frozenset[Writing]] = {
-    Writing.OPEN: frozenset({Writing.DRAINING_TO_SHUT, Writing.SHUT}),
-    Writing.DRAINING_TO_SHUT: frozenset({Writing.SHUT}),
-    Writing.SHUT: frozenset(),
-}
-_SPLICE_MOVES: dict[Splice, frozenset[Splice]] = {
-    Splice.OFF: frozenset({Splice.COUNTING}),
-    Splice.COUNTING: frozenset({Splice.READY}),
-    Splice.READY: frozenset({Splice.ON, Splice.OFF}),
-    Splice.ON: frozenset(),
-}
-
-
-def _illegal(side: Side, old: StateEnum, new: StateEnum) -> StateError:
-    return StateError(f"{side.name} side: {type(old).__name__.lower()} cannot go from {old.value} to {new.value}")
-
-
-class SideOwner(Protocol):
-    """What a side reports to the pair that owns it; the owner decides what happens next."""
-
-    def end_of_stream(self, side: Side) -> None:
-        """`side` read the end of its stream (its read state is EOF already)."""
-
-    def write_shut(self, side: Side) -> None:
-        """`side` shut its writing half, as the owner asked with `shut_write_when_drained`."""
-
-    def peer_gone(self, side: Side, exc: OSError) -> None:
-        """The remote end of `side` is gone (a reset, say): the connection is over."""
-
-    def failed(self, side: Side, exc: BaseException) -> None:
-        """An unexpected exception (a bug) in work for `side`."""
-
-    def protocol_failed(self, side: Side, result: str, reason: str) -> None:
-        """The protocol on `side` broke (a TLS error): the connection ends with `result`."""
-
-    def handshake_done(self, side: Side) -> None:
-        """`side`'s TLS handshake is complete; it reads no plaintext until `start_reading`."""
-
-    def handshake_failed(self, side: Side, result: str, reason: str) -> None:
-        """`side`'s TLS handshake failed."""
 
 
 class Side(Dispatcher):
     """One socket of a pair. `outgoing` holds bytes read from the peer, waiting for this socket.
 
-    `peer` is None until the owner joins two sides (`join`).
+    `peer` is None until the owner joins two sides (`join`), which also sets the side's seams:
+    `bytes_to`, where the bytes it reads go (the peer's `forward`, unless something is plugged
+    in between: a hex dump, a toxic, the timeline's first-byte watch); `end_to`, where the end of
+    its stream goes (the peer's `shut_write_when_drained`, unless a toxic holds it back); and
+    `producer`, what fills its own buffer, told `room_made` as it drains (the peer, or a toxic).
     """
 
     private_fd = True  # a connection's socket is never shared: closing it leaves epoll by itself
     # Where a new side starts, as class-level defaults (two sides per connection: cheap to make).
     peer: Side | None = None
-    tap: HexdumpWriter | SnappedDump | None = None  # set by the owner when the pair is dumped
+    bytes_to: Outlet | None = None
+    end_to: Callable[[], None] | None = None
+    producer: Side | None = None  # or anything with `room_made` (a toxic between the two)
     bytes_read = 0
     last_active = 0.0  # when bytes last moved (never yet); the owner's idle check reads it
-    read = _IDLE
-    write = _OPEN
+    read = IDLE
+    write = OPEN
+    reads = PLAIN_READS  # each reading state's READ bit, for `interest`
     # Splicing, per direction: once this side has read SPLICE_AFTER bytes in big reads (a bulk
     # flow, not requests and answers however many), what it reads goes socket -> the peer's
     # pipe -> the peer's socket. Small reads gain nothing from a pipe: two splices cost what a
     # recv and a send do.
-    splice = _SPLICE_OFF
+    splice = SPLICE_OFF
     splice_left = 0  # of SPLICE_AFTER, while COUNTING
     pipe: PipeBuffer | None = None  # on the receiving side: bytes spliced toward this socket
     merge_end = False  # see join
@@ -181,46 +120,52 @@ class Side(Dispatcher):
     # -- state ---------------------------------------------------------------------------
 
     def _read_to(self, new: Reading) -> None:
-        if new not in _READ_MOVES[self.read]:
-            raise _illegal(self, self.read, new)
-        self.read = new
+        self.read = check_move(READ_MOVES, self.read, new, f"{self.name} side")
         self.interest_changed()
 
     def _write_to(self, new: Writing) -> None:
-        if new not in _WRITE_MOVES[self.write]:
-            raise _illegal(self, self.write, new)
-        self.write = new
+        self.write = check_move(WRITE_MOVES, self.write, new, f"{self.name} side")
 
     def _splice_to(self, new: Splice) -> None:
-        if new not in _SPLICE_MOVES[self.splice]:
-            raise _illegal(self, self.splice, new)
-        self.splice = new
+        self.splice = check_move(SPLICE_MOVES, self.splice, new, f"{self.name} side")
 
-    def join(self, peer: Side, *, splice: bool = False, merge_end: bool = False) -> None:
+    def join(
+        self,
+        peer: Side,
+        *,
+        splice: bool = False,
+        merge_end: bool = False,
+        bytes_to: Outlet | None = None,
+        end_to: Callable[[], None] | None = None,
+        producer: object = None,
+    ) -> None:
         """`peer` is the side this one forwards to from now on; `splice`: bulk may go by pipe;
         `merge_end`: the last bytes and the end of the stream may leave in one segment (both
-        sides plain, nothing between them)."""
+        sides plain, nothing between them). `bytes_to`, `end_to` and `producer` are the seams
+        (see the class), the peer's own when not given."""
         self.peer = peer
         self.merge_end = merge_end
+        self.bytes_to = peer.forward if bytes_to is None else bytes_to
+        self.end_to = peer.shut_write_when_drained if end_to is None else end_to
+        self.producer = peer if producer is None else producer
         if splice:
-            self._splice_to(_SPLICE_COUNTING)
+            self._splice_to(SPLICE_COUNTING)
             self.splice_left = SPLICE_AFTER
 
-    def readable(self) -> bool:
-        return self.read is _READING
+    def plug(self, bytes_to: Outlet) -> None:
+        """From now on, the bytes this side reads go to `bytes_to` (a dump turned on or off, a
+        first-byte watch that fired)."""
+        self.bytes_to = bytes_to
 
     def pending(self) -> int:
         """Bytes waiting to be sent to this socket, in the buffer and in the pipe."""
         return self.outgoing.size + (self.pipe.size if self.pipe is not None else 0)
 
-    def writable(self) -> bool:
-        return self.pending() > 0
-
     def interest(self) -> int:
-        # readable() and writable() in one call: the reactor asks at every change of state.
+        # The one definition of what this side waits for: the reactor asks at every change of state.
         pipe = self.pipe
         waiting = self.outgoing.size or (pipe is not None and pipe.size)
-        return (READ if self.read is _READING else 0) | (WRITE if waiting else 0)
+        return self.reads[self.read] | (WRITE if waiting else 0)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -233,18 +178,16 @@ class Side(Dispatcher):
             return None
 
     def handle_read(self) -> None:
-        if self.splice is _SPLICE_ON:
+        if self.splice is SPLICE_ON:
             self.splice_read()
             return
-        try:  # receive(), inlined: this is the per-chunk path
-            count = self.socket.recv_into(self.scratch, self.read_size)
-        except (BlockingIOError, InterruptedError):
-            return
+        count = self.receive()
         if not count:
-            self.end_of_stream()
+            if count == 0:
+                self.end_of_stream()
             return
         self.deliver(self.scratch[:count])
-        if count >= self.bulk_read and self.splice is not _SPLICE_OFF:
+        if count >= self.bulk_read and self.splice is not SPLICE_OFF:
             self._count_bulk(count)
 
     def handle_last_read(self) -> None:
@@ -252,7 +195,7 @@ class Side(Dispatcher):
         took everything before the end, those bytes go out with MSG_MORE and the end follows at
         once, so the peer's shutdown carries the FIN in the same segment (one packet and one loop
         pass fewer for every connection that ends this way, as a response and a close do)."""
-        if not self.merge_end or self.splice is _SPLICE_ON or self.peer.pending():
+        if not self.merge_end or self.splice is SPLICE_ON or self.peer.pending():
             self.handle_read()
             return
         count = self.receive()
@@ -270,41 +213,42 @@ class Side(Dispatcher):
                 self.deliver(scratch[:count])  # a reset came after these bytes: they leave first
                 raise
             if more == 0:
-                self.deliver(scratch[:count], _MSG_MORE)
-                if not self.closed:
+                self.deliver(scratch[:count], MSG_MORE)
+                if self.read is not READ_CLOSED:  # (the peer may have failed taking them)
                     self.end_of_stream()
                 return
             count += more or 0
         self.deliver(scratch[:count])
-        if count >= self.bulk_read and self.splice is not _SPLICE_OFF:
+        if count >= self.bulk_read and self.splice is not SPLICE_OFF:
             self._count_bulk(count)
 
     def end_of_stream(self) -> None:
-        """The remote end shut its writing half: read no more, and tell the owner."""
-        self._read_to(_EOF)
+        """The remote end shut its writing half: read no more, and tell the owner (which passes
+        the end on through `end_to`)."""
+        self._read_to(EOF)
         self.owner.end_of_stream(self)
 
     def _count_bulk(self, count: int) -> None:
-        if self.splice is _SPLICE_COUNTING:
+        if self.splice is SPLICE_COUNTING:
             self.splice_left -= count
             if self.splice_left > 0:
                 return
-            self._splice_to(_SPLICE_READY)
+            self._splice_to(SPLICE_READY)
         self.start_splicing()
 
     def start_splicing(self) -> None:
         """From the next read on, splice toward the peer (once its buffer has drained)."""
         peer = self.peer
-        if peer.outgoing.size or self.closed:
+        if peer.outgoing.size or self.read is READ_CLOSED:
             return  # queued bytes go first; try again after the next read
         try:
             peer.pipe = PipeBuffer(self.buffer_size, peer.outgoing.budget)
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
-            self._splice_to(_SPLICE_OFF)  # no descriptors to spare: this direction keeps copying
+            self._splice_to(SPLICE_OFF)  # no descriptors to spare: this direction keeps copying
             return
-        self._splice_to(_SPLICE_ON)
+        self._splice_to(SPLICE_ON)
 
     def splice_read(self) -> None:
         peer = self.peer
@@ -312,7 +256,7 @@ class Side(Dispatcher):
         lingering = pipe.size
         room = pipe.high - lingering
         if room <= 0:
-            self._read_to(_PAUSED)
+            self._read_to(PAUSED)
             return
         try:
             count = pipe.fill_from(self.fd, min(room, self.read_size))
@@ -335,20 +279,22 @@ class Side(Dispatcher):
                 if budget.over:
                     self.hold_for_budget()
                 elif pipe.size >= pipe.high:
-                    self._read_to(_PAUSED)
+                    self._read_to(PAUSED)
 
     def deliver(self, data: memoryview, flags: int = 0) -> None:
-        """Count, dump and forward bytes this side received; pause if the peer is full.
+        """Count and pass on bytes this side received; pause if the peer is full.
         `flags` are for the peer's send (MSG_MORE: the end of the stream follows at once)."""
         self.last_active = self.reactor.now
-        offset = self.bytes_read
-        self.bytes_read = offset + len(data)
-        peer = self.peer
-        if self.tap is not None:
-            self.tap.chunk(self.conn, self.direction, offset, data, self.address, peer.address)
-        peer.forward(data, flags)
-        if peer.outgoing.size >= peer.outgoing.high and self.read is _READING:
-            self._read_to(_PAUSED)
+        self.bytes_read += len(data)
+        self.bytes_to(data, flags)
+        outgoing = self.peer.outgoing
+        if outgoing.size >= outgoing.high and self.read is READING:
+            self._read_to(PAUSED)
+
+    def uncount(self, count: int) -> None:
+        """`count` bytes read will never be delivered (a toxic dropped or still held them at the
+        end): the access line does not count them."""
+        self.bytes_read -= count
 
     # -- writing -------------------------------------------------------------------------
 
@@ -389,85 +335,76 @@ class Side(Dispatcher):
     def handle_write(self) -> None:
         self.last_active = self.reactor.now  # a peer that is still taking bytes is not idle
         self.flush()
-        producer = self.peer
         waiting = self.pending()
-        if producer is not None and producer.read is _PAUSED and waiting <= (self.pipe or self.outgoing).low:
-            producer.resume()
+        producer = self.producer
+        if producer is not None:
+            producer.room_made(waiting <= (self.pipe or self.outgoing).low)
         if not waiting:
             self.interest_changed()
-            if self.write is _DRAINING_TO_SHUT:
+            if self.write is DRAINING_TO_SHUT:
                 self._shut_write()
+
+    def room_made(self, drained: bool) -> None:
+        """This side's consumer sent bytes; `drained`: its buffer is down to its low watermark."""
+        if drained and self.read is PAUSED:
+            self.resume()
 
     def resume(self) -> None:
         """The peer's buffer drained: read again. While the process's budget is spent, only once
         the peer has sent everything: the next read then adds one read at most, and a connection
         whose client keeps reading keeps moving while those that stopped are held."""
+        if self.read is not PAUSED:
+            return
         budget = self.outgoing.budget
         if budget.over and self.peer.pending():
             budget.hold(self)
             return
-        if self.read is _PAUSED:
-            self._read_to(_READING)
+        self._read_to(READING)
+
+    def pause_reading(self) -> None:
+        """Stop reading for now (something between this side and its peer is full)."""
+        if self.read is READING:
+            self._read_to(PAUSED)
 
     def hold_for_budget(self) -> None:
         """The process holds more than `max_buffered`: stop reading until the budget drains."""
-        if self.read is _READING:
-            self._read_to(_PAUSED)
-        self.outgoing.budget.hold(self)
+        self.pause_reading()
+        if self.read is PAUSED:
+            self.outgoing.budget.hold(self)
 
     def budget_released(self) -> None:
-        if self.closed:
-            return
         peer = self.peer
-        if peer.pending() <= (peer.pipe or peer.outgoing).low:  # else the peer's drain resumes us
-            self.resume()
-
-    def set_tap(self, tap: HexdumpWriter | SnappedDump | None) -> None:
-        """Dump what this side delivers from now on through `tap` (None: stop)."""
-        self.tap = tap
+        if self.read is PAUSED and peer.pending() <= (peer.pipe or peer.outgoing).low:
+            peer.producer.room_made(True)  # else the peer's drain resumes us
 
     def start_reading(self) -> None:
         """The pair is open: from now on, what this side receives goes to its peer."""
-        self._read_to(_READING)
-
-    def watch_first_byte(self, seen: Callable[[Side], None]) -> None:
-        """Call `seen(self)` once, before the first bytes this side delivers (for the timeline).
-
-        The watch shadows `deliver` with an instance attribute until it fires, so an unwatched
-        side pays nothing per chunk. A spliced direction has delivered bytes before it splices.
-        """
-
-        def first(data: memoryview, flags: int = 0) -> None:
-            del self.deliver  # the class's deliver again, from now on
-            seen(self)
-            self.deliver(data, flags)
-
-        self.deliver = first  # type: ignore[method-assign]
+        self._read_to(READING)
 
     # -- half-close ----------------------------------------------------------------------
 
     def shut_write_when_drained(self) -> None:
         """The peer's stream ended: shut our writing half once what it sent us has gone out."""
         if self.pending():
-            self._write_to(_DRAINING_TO_SHUT)
+            self._write_to(DRAINING_TO_SHUT)
         else:
             self._shut_write()
 
     def _shut_write(self) -> None:
         try:
-            done = self.shutdown_write(last=self.peer.write is _SHUT)
+            done = self.shutdown_write(last=self.peer.write is SHUT)
         except OSError as exc:
-            if classify(exc) is not _PEER_GONE or self.read is not _EOF:
+            if classify(exc) is not _PEER_GONE or self.read is not EOF:
                 self.handle_error(exc)  # may run while the other side is served, but this socket failed
                 return
             # That peer had ended its own sending and then closed outright: nothing of ours
             # was lost but a TLS close_notify it no longer wanted.
             done = True
         if not done:
-            if self.write is _OPEN:
-                self._write_to(_DRAINING_TO_SHUT)
+            if self.write is OPEN:
+                self._write_to(DRAINING_TO_SHUT)
             return
-        self._write_to(_SHUT)
+        self._write_to(SHUT)
         self.owner.write_shut(self)
 
     def shutdown_write(self, last: bool) -> bool:
@@ -494,10 +431,16 @@ class Side(Dispatcher):
         """The peer's stream ended without the end its protocol requires (a TLS close_notify)."""
         return False
 
+    def swap_socket(self, sock: socket.socket) -> None:
+        """Go on with `sock`, the same descriptor seen another way (a capture's recording
+        wrapper taken off, when the connection turns out not to be captured)."""
+        if sock.fileno() != self.fd:
+            raise ValueError("a side keeps its descriptor")
+        self.socket = sock
+
     def release(self) -> None:
         """The pair is over: drop the references that make a cycle with it (see Pair._release)."""
-        self.owner = self.peer = None
-        self.__dict__.pop("deliver", None)  # a first-byte watch that never fired refers to this side
+        self.owner = self.peer = self.producer = self.bytes_to = self.end_to = None
 
     def unsent_in_kernel(self) -> int:
         """Bytes sent to this socket that its peer has not acknowledged yet (0 if unknown)."""
@@ -523,6 +466,7 @@ class Side(Dispatcher):
             self.owner.failed(self, exc)
 
     def close(self) -> None:
+        self.read = READ_CLOSED  # whatever it was doing ends here (every state may close)
         super().close()
         outgoing = self.outgoing
         budget = outgoing.budget

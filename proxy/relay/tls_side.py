@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.loop.poller import READ
 from proxy.protocol.tls import TlsError, TlsSession
-from proxy.relay.side import _HANDSHAKING, _READING, Reading, Side
+from proxy.relay.side import Side
+from proxy.relay.states import HANDSHAKING, IDLE, READ_CLOSED, READING, TLS_READS
 
 
 class TlsSide(Side):
@@ -26,61 +26,59 @@ class TlsSide(Side):
         super().__init__(*args, **kwargs)
         self.session = session
 
-    def readable(self) -> bool:
-        read = self.read
-        return read is _READING or read is _HANDSHAKING
-
-    def interest(self) -> int:
-        return Side.interest(self) | (READ if self.read is _HANDSHAKING else 0)
+    reads = TLS_READS  # it reads its handshake too
 
     def start(self) -> None:
         """Begin the handshake (a client sends its ClientHello now) and start reading."""
-        self._read_to(Reading.HANDSHAKING)
-        self._advance_handshake()
+        self._read_to(HANDSHAKING)
+        self._advance_handshake(ended=False)
 
     def handle_read(self) -> None:
         count = self.receive()
         if count is None:
             return
         self.session.receive(self.scratch[:count])
-        if self.read is _HANDSHAKING and not self._advance_handshake():
-            if not count and not self.closed:
-                self.owner.handshake_failed(self, "tls_error", "connection closed during the handshake")
-            return
-        if self.read is _READING:
+        if self.read is HANDSHAKING:
+            self._advance_handshake(ended=not count)
+        elif self.read is READING:
             self.drain_plaintext()
 
-    def _advance_handshake(self) -> bool:
+    def _advance_handshake(self, ended: bool) -> None:
+        """One step of the handshake; `ended`: the peer closed, so no step will follow. The
+        owner hears once: done, or failed."""
         try:
             done = self.session.handshake()
         except TlsError as exc:
             self._send_ciphertext()  # the alert tells the peer why
             self.owner.handshake_failed(self, "tls_error", str(exc))
-            return False
+            return
         self._send_ciphertext()
         if done:
-            self._read_to(Reading.IDLE)  # no plaintext until the owner has a peer to take it
+            self._read_to(IDLE)  # no plaintext until the owner has a peer to take it
             self.last_active = self.reactor.now  # the idle clock did not run during the handshake
             self.owner.handshake_done(self)
-        return done
+        elif ended:
+            self.owner.handshake_failed(self, "tls_error", "connection closed during the handshake")
 
     def drain_plaintext(self) -> None:
         """Deliver the plaintext the session holds, until it needs more or the peer is full."""
         session = self.session
-        while self.read is _READING and not self.closed:
+        ended = False
+        while self.read is READING:  # a side closed meanwhile is not READING
             try:
                 data = session.read(self.read_size)
             except TlsError as exc:
                 self.owner.protocol_failed(self, "tls_error", str(exc))
                 return
-            if data is None:
-                break
             if not data:
-                self.end_of_stream()
+                ended = data is not None
                 break
             self.deliver(memoryview(data))
-        if not self.closed:
-            self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)
+        if self.read is READ_CLOSED:
+            return  # the peer failed taking what was delivered, and the pair is over
+        self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)
+        if ended:
+            self.end_of_stream()
 
     def resume(self) -> None:
         super().resume()
@@ -92,7 +90,7 @@ class TlsSide(Side):
         self.reactor.call_soon(self._resume_plaintext)
 
     def _resume_plaintext(self) -> None:
-        if self.read is Reading.READING and not self.closed:
+        if self.read is READING:
             self.drain_plaintext()
 
     def forward(self, data: memoryview, flags: int = 0) -> None:

@@ -22,15 +22,16 @@ from proxy.config.schema import ListenerConfig, MatchConfig
 from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr, unix_peer
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
+from proxy.output.tap import HexdumpWriter
 from proxy.policy.faults import FaultPlan
 from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
 from proxy.relay.dumping import DumpPlan, Rule, SinkFor
-from proxy.relay.pair import Pair, PairSettings, Runtime
+from proxy.relay.pair import Pair
 from proxy.relay.preamble import PreambleReader
-from proxy.relay.tap import HexdumpWriter
+from proxy.relay.runtime import PairSettings, Runtime
 from proxy.serve.contexts import server_context
 from proxy.serve.stats import ListenerStats
 
@@ -292,10 +293,8 @@ class Frontend:
         if len(self.pairs) > table.config.max_connections:
             pair.finish("limit", f"max_connections {table.config.max_connections} reached")
             return
-        try:  # Admission.run(start), without the extra call per accept
-            Admission(self, table, pair, peer).start()
-        except Exception as exc:
-            pair.failed(pair.client, exc)
+        admission = Admission(self, table, pair, peer)
+        admission.run(admission.start)
 
     def destination_of(self, pair: Pair) -> tuple:
         """The address the client reached, for a PROXY header to the upstream (a UNIX listener's

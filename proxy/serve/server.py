@@ -39,13 +39,13 @@ from proxy.loop.listener import HandedSockets, bind_listening_socket, raise_fd_l
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.output import open_private
+from proxy.output.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
+from proxy.output.tap import HexdumpWriter
 from proxy.policy.faults import FaultPlan
 from proxy.policy.upstreams import Pool
 from proxy.relay.dumping import Rule
-from proxy.relay.pair import Runtime
-from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
+from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
-from proxy.relay.tap import HexdumpWriter
 from proxy.serve.admin import AdminSocket, dump_answer
 from proxy.serve.build import Build
 from proxy.serve.frontend import DumpOutputs, Frontend

@@ -72,7 +72,7 @@ def connection_row(pair: Pair, now: float) -> dict:
         "route": None if pair.route is None else str(pair.route),
         "client": pair.client.address,
         "server": server,
-        "state": pair.phase.value,
+        "state": pair.phase.shown,
         "age": now - pair.started,
         "idle": now - pair.last_active(),
         "bytes_up": pair.client.bytes_read,

@@ -1,7 +1,7 @@
 """A pcapng capture file (or standard output) that many connections write to, rotated by size.
 
 The sink frames packets as pcapng (proxy/protocol/pcapng.py) and writes them through a bounded
-output queue (proxy/output.py), so a reader that does not keep up (`--pcap - | wireshark`)
+output queue (proxy/output/queue.py), so a reader that does not keep up (`--pcap - | wireshark`)
 never slows serving: a block that does not fit is dropped whole, and so is everything after it
 until the queue has drained (a packet must never follow the interface block it needs, lost).
 Then the log says how much was lost and the capture goes on in the same section; Wireshark
@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from proxy.config.schema import PcapConfig
 from proxy.errors import describe_os_error
-from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, open_private, output_for
+from proxy.output.queue import DUMP_QUEUE_LIMIT, Output, StreamOutput, open_private, output_for
 from proxy.protocol.pcapng import Packet, PcapngWriter
 
 STANDARD_OUTPUT = "-"

@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from proxy.output import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
+from proxy.output.queue import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
 from proxy.protocol.hexdump import dump_lines
 
 
