@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from proxy import __version__
+from proxy.admin import command_socket as admin
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
 from proxy.config.checks import CAPTURE, HEX_DUMP, KEY_LOG, OutputFile, output_clashes, standard_output_clash
 from proxy.config.dumping import parse_dump_condition
@@ -39,7 +40,6 @@ from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
-from proxy.serve import admin
 from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server

@@ -17,13 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from proxy.admin import workers as worker_admin
+from proxy.admin.workers import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.serve import worker_admin
-from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
-from tests.test_admin import ctl, ok
 from tests.test_admin_render import snapshot
+from tests.test_admin_socket import ctl, ok
 from tests.test_admin_web import admin_address, http, labels, metrics, through
 from tests.test_run import tagged, write
 

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import TextIO
 
 from proxy import __version__
+from proxy.admin.command_socket import AdminSocket, dump_answer
+from proxy.admin.stats import connection_row, process_stats, server_rows
+from proxy.admin.web import AdminHttp
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
@@ -46,12 +49,9 @@ from proxy.relay.pair import Runtime
 from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
-from proxy.serve.admin import AdminSocket, dump_answer
 from proxy.serve.build import Build
 from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
-from proxy.serve.http_admin import AdminHttp
-from proxy.serve.stats import connection_row, process_stats, server_rows
 from proxy.serve.systemd import Systemd
 
 

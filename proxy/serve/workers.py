@@ -17,7 +17,7 @@ like on SIGTERM when it reads end of file: a worker never outlives its superviso
 With `admin:` in the file the supervisor serves the admin socket and the HTTP admin for the
 whole tree (bound before the forks; a worker closes them): each worker has a second pair, an
 admin pair, on which the supervisor asks it for its snapshot or passes a command on, never
-waiting for the answers on its loop (proxy/serve/worker_admin.py). Its /ready says 503 while it
+waiting for the answers on its loop (proxy/admin/workers.py). Its /ready says 503 while it
 stops, and while no worker answers.
 
 The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
@@ -38,6 +38,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy.admin.command_socket import AdminSocket
+from proxy.admin.web import AdminHttp
+from proxy.admin.workers import WorkerAdminPair, Workers
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import Config, DumpOverrides, ListenerConfig, listener_key
 from proxy.config.units import SocketAddress
@@ -47,10 +50,7 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import HandedSockets, SocketFiles, bind_reuseport_group
 from proxy.loop.reactor import Reactor
-from proxy.serve.admin import AdminSocket
-from proxy.serve.http_admin import AdminHttp
 from proxy.serve.systemd import Systemd
-from proxy.serve.worker_admin import WorkerAdminPair, Workers
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server

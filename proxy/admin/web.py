@@ -25,16 +25,16 @@ import enum
 import socket
 from collections.abc import Callable
 
+from proxy.admin import prometheus
+from proxy.admin.command_socket import Later
+from proxy.admin.snapshots import Snapshot
+from proxy.admin.status_page import render_conns, render_status
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.dispatcher import PeerDispatcher
 from proxy.loop.listener import Listener, bind_listening_socket
 from proxy.loop.reactor import Reactor, Timer
-from proxy.protocol import prometheus
 from proxy.protocol.http import MAX_HEAD, Request, format_response, head_end, parse_request
-from proxy.protocol.snapshots import Snapshot
-from proxy.serve.admin import Later
-from proxy.serve.status_page import render_conns, render_status
 
 HEAD_TIMEOUT = 5.0  # seconds from the accept to the end of the request head
 IDLE_TIMEOUT = 10.0  # seconds an answer may wait for its first byte to go, or for the next

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from proxy.admin import command_socket as admin
 from proxy.config import schema
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import Address
@@ -24,7 +25,6 @@ from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 from proxy.output import Output
 from proxy.policy.upstreams import CONNECT_BUCKETS, ConnectTimes
-from proxy.serve import admin
 from proxy.serve.server import Server
 from tests.support import (
     WAIT,

@@ -40,15 +40,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
+from proxy.admin.command_socket import CommandError, Later, dump_answer
+from proxy.admin.snapshots import Snapshot, merge
+from proxy.admin.stats import process_stats
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
 from proxy.config.units import parse_address
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
-from proxy.protocol.snapshots import Snapshot, merge
-from proxy.serve.admin import CommandError, Later, dump_answer
-from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
     from proxy.config.schema import Config

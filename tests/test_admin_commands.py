@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.serve.admin import COMMANDS, CommandError, parse_command
+from proxy.admin.command_socket import COMMANDS, CommandError, parse_command
 
 PROPERTIES = settings(max_examples=300, deadline=None)
 

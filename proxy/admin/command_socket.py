@@ -3,7 +3,7 @@
 One command per line; each answer is some lines and then an empty line, and a client may send
 several commands on one connection. The commands read a snapshot (`Server.snapshot()`, plain
 data) or call a few small methods of what they control (`Controlled`), so that under
-`run --workers` the supervisor answers them for all its workers (worker_admin.Workers).
+`run --workers` the supervisor answers them for all its workers (admin.workers.Workers).
 `COMMANDS` maps the words of each command to its handler: adding a command is adding an entry.
 `parse_command` reads a line's words into a command and its arguments, each typed as its
 usage names it (`ARGUMENT_TYPES`), or a CommandError whose one line is the answer.
