@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin.command_socket import CommandError, Later
+from proxy.admin.later import CommandError, Later
 from proxy.admin.web import MAX_CLIENTS, AdminHttp
 from proxy.config.units import Address
 from proxy.log import EventLog
