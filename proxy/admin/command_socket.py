@@ -117,6 +117,16 @@ class CommandClient(Channel):
         self.last_active = self.reactor.now
         self._end(bytes(self.incoming))
 
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self.closed:
+            return
+        remaining = IDLE_TIMEOUT - (self.reactor.now - self.last_active)
+        if remaining > 0:
+            self._idle = self.reactor.call_later(remaining, self._check_idle)
+        else:
+            self.close()
+
     def _commands(self) -> None:
         """Answer the whole lines received, in order, until one's answer is to come later."""
         while not self.ending and not self.awaiting and not self.closed:
@@ -188,16 +198,6 @@ class CommandClient(Channel):
 
     def drained(self) -> None:
         self._close_when_done()
-
-    def _check_idle(self) -> None:
-        self._idle = None
-        if self.closed:
-            return
-        remaining = IDLE_TIMEOUT - (self.reactor.now - self.last_active)
-        if remaining > 0:
-            self._idle = self.reactor.call_later(remaining, self._check_idle)
-        else:
-            self.close()
 
     def close(self) -> None:
         if self.closed:
