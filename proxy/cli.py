@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from proxy import __version__
+from proxy.admin import command_socket
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
 from proxy.config.checks import CAPTURE, HEX_DUMP, KEY_LOG, OutputFile, output_clashes, standard_output_clash
 from proxy.config.dumping import parse_dump_condition
@@ -39,7 +40,6 @@ from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
-from proxy.serve import admin
 from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
@@ -322,7 +322,7 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
     try:
-        command = admin.command_text(args.words)
+        command = command_socket.command_text(args.words)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     path = args.socket
@@ -332,7 +332,7 @@ def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
         path = load_admin_socket(args.config)
         if path is None:
             raise UsageError(f"{args.config} has no admin socket (admin: {{socket: PATH}}); give -s PATH")
-    answer = admin.ask(path, command)
+    answer = command_socket.ask(path, command)
     if answer.startswith("error: "):
         raise StartupError(answer.removeprefix("error: "))
     if answer:

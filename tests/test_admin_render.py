@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admin.prometheus import render
+from proxy.admin.snapshots import merge
+from proxy.admin.status_page import STATUS_CONNS, render_conns, render_status
 from proxy.protocol.http import MAX_HEAD, format_response, head_end, parse_request
-from proxy.protocol.prometheus import render
-from proxy.protocol.snapshots import merge
-from proxy.serve.status_page import STATUS_CONNS, render_conns, render_status
 
 BOUNDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf")]
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admin.later import CommandError, Later
+from proxy.admin.web import MAX_CLIENTS, AdminHttp
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.serve.admin import CommandError, Later
-from proxy.serve.http_admin import MAX_CLIENTS, AdminHttp
 from tests.support import (
     WAIT,
     connect,

@@ -17,13 +17,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from proxy.admin import workers as supervisor_side
+from proxy.admin.worker_pair import WorkerAdminPair, frame
+from proxy.admin.workers import ASK_TIMEOUT, Workers
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.serve import worker_admin
-from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
-from tests.test_admin import ctl, ok
 from tests.test_admin_render import snapshot
+from tests.test_admin_socket import ctl, ok
 from tests.test_admin_web import admin_address, http, labels, metrics, through
 from tests.test_run import tagged, write
 
@@ -406,7 +407,7 @@ def test_a_client_that_resets_while_its_answer_is_awaited_leaves_no_error(tree):
 def test_concurrent_snapshots_share_one_ask(monkeypatch):
     """Ten scrapes at once while worker 1 is stopped (its end of the pair never read): each worker
     is asked for one snapshot, not ten, and every scrape gets the one merged answer."""
-    monkeypatch.setattr(worker_admin, "ASK_TIMEOUT", 0.3)
+    monkeypatch.setattr(supervisor_side, "ASK_TIMEOUT", 0.3)
     log = EventLog(stream=io.StringIO())
     reactor = Reactor(log)
     taken: list[int] = []

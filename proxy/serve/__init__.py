@@ -1,7 +1,8 @@
-"""Serving: the server (bind, reload, drain, signals) and what each of its loads builds, admission
-of each client, the workers and their supervisor, health checks, the echo server, and the SSL
-contexts the configuration asks for.
+"""Serving: the server (`server`: start, reload, drain, signals) and what each of its loads builds
+(`build`), admission of each client (`frontend`), the SSL contexts the configuration asks for
+(`contexts`), the workers and their supervisor (`workers`), systemd's notify protocol and socket
+activation (`systemd`), active health checks (`health`) and the echo server (`echo`).
 
-The top layer below the command line: it may import everything beneath it (relay, loop,
-policy, protocol, config, log, errors).
+The top layer below the command line: it may import everything beneath it (admin, relay, loop,
+policy, protocol, config, log, errors). The admin surfaces it serves live in `proxy.admin`.
 """

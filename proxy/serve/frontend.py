@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.admin.stats import ListenerStats
 from proxy.config.schema import ListenerConfig, MatchConfig
 from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr, unix_peer
 from proxy.loop.listener import Listener
@@ -33,7 +34,6 @@ from proxy.relay.pair import Pair
 from proxy.relay.preamble import PreambleReader
 from proxy.relay.runtime import PairSettings, Runtime
 from proxy.serve.contexts import server_context
-from proxy.serve.stats import ListenerStats
 
 PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid

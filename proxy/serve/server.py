@@ -1,11 +1,11 @@
-"""Serving a configuration: listeners, admission of each client, upstream pools, signals and reload.
+"""Serving a configuration: a `Server` puts a `Config` to work on one reactor and keeps it at work
+through reloads and run-time changes until it drains.
 
-`Server` turns a `Config` into bound listeners on one reactor. Each (re)load builds, per
-listener, one immutable `Table`: its policy, routes, pools, TLS contexts and pair settings.
-Each accepted client becomes a Pair and an `Admission` that carries the Table the client was
-accepted under through every step: the trusted-peer check, the PROXY header, allow/deny, TLS
-or the SNI peek, routing and the connect. A reload therefore never changes a client's rules
-halfway, and an unexpected exception in any step ends only that client (`result=error`).
+It gets each listener's socket (bound, or passed by systemd or its supervisor), puts every load
+in force whole, and answers what the admin surfaces (proxy/admin) ask of it: `snapshot()`, and the
+few changes an operator makes at run time (kill a connection, a server in maintenance, dump
+rules, toxics). What one client goes through between accept and connect is its listener's
+`Frontend`'s business (proxy/serve/frontend.py), under the `Table` of the load it came in by.
 
 SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
 closed with `result=shutdown`. SIGHUP reloads the file, all or nothing: every new listener is
@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import TextIO
 
 from proxy import __version__
+from proxy.admin.command_socket import CommandSocket
+from proxy.admin.commands import dump_answer
+from proxy.admin.stats import connection_row, process_stats, server_rows
+from proxy.admin.web import AdminHttp
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
@@ -46,12 +50,9 @@ from proxy.policy.upstreams import Pool
 from proxy.relay.dumping import Rule
 from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
-from proxy.serve.admin import AdminSocket, dump_answer
 from proxy.serve.build import Build
 from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
-from proxy.serve.http_admin import AdminHttp
-from proxy.serve.stats import connection_row, process_stats, server_rows
 from proxy.serve.systemd import Systemd
 
 
@@ -101,7 +102,7 @@ class Server:
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
-        self.admin: AdminSocket | None = None
+        self.admin: CommandSocket | None = None
         self.admin_http: AdminHttp | None = None  # answers /ready with 503 while draining, closed at exit
         self.started = time.time()  # Unix time, to show; uptime is measured on the monotonic clock
         self._started_monotonic = time.monotonic()
@@ -150,7 +151,7 @@ class Server:
         # Under `run --workers` the admin socket is the supervisor's to serve, not each worker's.
         if admin is not None and admin.socket is not None and self.worker[1] == 1:
             try:
-                self.admin = AdminSocket(self.reactor, admin.socket, self, self.log)
+                self.admin = CommandSocket(self.reactor, admin.socket, self, self.log)
             except StartupError:
                 self.close()
                 raise

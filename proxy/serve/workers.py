@@ -17,7 +17,7 @@ like on SIGTERM when it reads end of file: a worker never outlives its superviso
 With `admin:` in the file the supervisor serves the admin socket and the HTTP admin for the
 whole tree (bound before the forks; a worker closes them): each worker has a second pair, an
 admin pair, on which the supervisor asks it for its snapshot or passes a command on, never
-waiting for the answers on its loop (proxy/serve/worker_admin.py). Its /ready says 503 while it
+waiting for the answers on its loop (proxy/admin/workers.py). Its /ready says 503 while it
 stops, and while no worker answers.
 
 The supervisor serves no traffic. It takes over SIGTERM/SIGINT/SIGHUP before it forks (blocked
@@ -38,6 +38,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy.admin.command_socket import CommandSocket
+from proxy.admin.web import AdminHttp
+from proxy.admin.worker_pair import WorkerAdminPair
+from proxy.admin.workers import Workers
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import Config, DumpOverrides, ListenerConfig, listener_key
 from proxy.config.units import SocketAddress
@@ -47,10 +51,7 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import HandedSockets, SocketFiles, bind_reuseport_group
 from proxy.loop.reactor import Reactor
-from proxy.serve.admin import AdminSocket
-from proxy.serve.http_admin import AdminHttp
 from proxy.serve.systemd import Systemd
-from proxy.serve.worker_admin import WorkerAdminPair, Workers
 
 if TYPE_CHECKING:
     from proxy.serve.server import Server
@@ -166,7 +167,7 @@ class Supervisor:
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
         # What the admin endpoints control: it holds the admin pairs.
         self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping, lambda: self.config)
-        self.admin: AdminSocket | None = None
+        self.admin: CommandSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
         self.failure: str | None = None
@@ -214,7 +215,7 @@ class Supervisor:
         """Serve the admin endpoints for every worker, before any fork (a worker closes them)."""
         admin = self.config.admin
         if admin is not None and admin.socket is not None:
-            self.admin = AdminSocket(self.reactor, admin.socket, self.target, self.log)
+            self.admin = CommandSocket(self.reactor, admin.socket, self.target, self.log)
         if admin is not None and admin.http is not None:
             try:
                 target = self.target
@@ -227,7 +228,7 @@ class Supervisor:
         sockets = [*self.links.values(), *(channel.socket for channel in self.target.channels.values())]
         sockets += [sock for group in self._groups.values() for sock in group]
         if self.admin is not None:
-            sockets += [self.admin.socket, *(client.socket for client in self.admin.clients)]
+            sockets += [self.admin.dispatcher.socket, *(client.socket for client in self.admin.clients)]
         if self.admin_http is not None:
             sockets += [self.admin_http.dispatcher.socket, *(client.socket for client in self.admin_http.clients)]
         return sockets

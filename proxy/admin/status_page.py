@@ -1,6 +1,6 @@
 """The admin listener's human pages: `/status` (one HTML page) and `/conns` (JSON).
 
-Pure: a snapshot (proxy/protocol/snapshots.py) in, text out. The status page is in the spirit of
+Pure: a snapshot (proxy/admin/snapshots.py) in, text out. The status page is in the spirit of
 HAProxy's stats page: an info header, the listeners, a table per upstream with its servers (the
 state coloured), and the live connections, at most STATUS_CONNS of them. No JavaScript: it
 reloads itself every few seconds. Every text on it goes through html.escape, since names,
@@ -13,7 +13,7 @@ import json
 from html import escape
 from typing import Any
 
-from proxy.protocol.snapshots import Snapshot
+from proxy.admin.snapshots import Snapshot
 
 STATUS_CONNS = 500  # live connections listed on /status; the rest are only counted
 REFRESH_SECONDS = 5

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.serve.admin import COMMANDS, CommandError, parse_command
+from proxy.admin.commands import COMMANDS, parse_command
+from proxy.admin.later import CommandError
 
 PROPERTIES = settings(max_examples=300, deadline=None)
 

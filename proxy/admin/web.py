@@ -13,8 +13,8 @@ whose size the configuration bounds (the connections listed, the listeners, the 
 answering, what a client still sends is read and dropped for a moment (LINGER) before closing,
 so that a reset does not destroy the answer on its way.
 
-An answer may come later (under `run --workers` the supervisor asks its workers first: an
-admin.Later); /ready never waits for one: what `unready()` says decides it at once. A snapshot
+An answer may come later (under `run --workers` the supervisor asks its workers first:
+a Later); /ready never waits for one: what `unready()` says decides it at once. A snapshot
 refused (a worker's error) is a 503 saying why; a bug behind a page is logged (`admin_failed`)
 and answered 500.
 """
@@ -25,16 +25,16 @@ import enum
 import socket
 from collections.abc import Callable
 
+from proxy.admin import prometheus
+from proxy.admin.later import Later
+from proxy.admin.snapshots import Snapshot
+from proxy.admin.status_page import render_conns, render_status
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.dispatcher import PeerDispatcher
 from proxy.loop.listener import Listener, bind_listening_socket
 from proxy.loop.reactor import Reactor, Timer
-from proxy.protocol import prometheus
 from proxy.protocol.http import MAX_HEAD, Request, format_response, head_end, parse_request
-from proxy.protocol.snapshots import Snapshot
-from proxy.serve.admin import Later
-from proxy.serve.status_page import render_conns, render_status
 
 HEAD_TIMEOUT = 5.0  # seconds from the accept to the end of the request head
 IDLE_TIMEOUT = 10.0  # seconds an answer may wait for its first byte to go, or for the next
@@ -75,7 +75,7 @@ class AdminHttp:
         self.log = log
         self.snapshot = snapshot
         self.unready = unready
-        self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
+        self.clients: dict[HttpClient, None] = {}  # in the order accepted: the oldest first
         self.dispatcher = Listener(reactor, bind_listening_socket(address), "admin", self.accept)
         log.info("admin_listening", address=self.dispatcher.address)
 
@@ -90,7 +90,7 @@ class AdminHttp:
                 sock.close()
                 return
             oldest.close()
-        self.clients[AdminClient(self, sock)] = None
+        self.clients[HttpClient(self, sock)] = None
 
     def answer(self, request: Request) -> Later[bytes]:
         """The whole response to one well-formed request, now or once the snapshot is there."""
@@ -133,7 +133,7 @@ class Phase(enum.Enum):
     LINGERING = "lingering"  # answered: leftover input read and dropped for LINGER
 
 
-class AdminClient(PeerDispatcher):
+class HttpClient(PeerDispatcher):
     """One admin HTTP client: read a head, answer, linger a moment, close."""
 
     def __init__(self, admin: AdminHttp, sock: socket.socket) -> None:

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from proxy.admin import command_socket, commands
+from proxy.admin.later import Later
 from proxy.config import schema
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import Address
@@ -24,7 +26,6 @@ from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 from proxy.output import Output
 from proxy.policy.upstreams import CONNECT_BUCKETS, ConnectTimes
-from proxy.serve import admin
 from proxy.serve.server import Server
 from tests.support import (
     WAIT,
@@ -521,9 +522,9 @@ def test_server_state_and_its_last_change():
 
 
 def test_commands_take_the_arguments_their_usage_names():
-    assert admin.Command("kill conn ID", "", admin.kill_conn).takes(["7"])
-    assert not admin.Command("kill conn ID", "", admin.kill_conn).takes(["7", "8"])
-    rest = admin.Command("dump on FILTER...", "", admin.kill_conn)  # a room left for such commands
+    assert commands.Command("kill conn ID", "", commands.kill_conn).takes(["7"])
+    assert not commands.Command("kill conn ID", "", commands.kill_conn).takes(["7", "8"])
+    rest = commands.Command("dump on FILTER...", "", commands.kill_conn)  # a room left for such commands
     assert rest.takes(["route=api"]) and rest.takes(["route=api", "client=10.0.0.0/8"]) and not rest.takes([])
 
 
@@ -555,7 +556,7 @@ def serving(config: schema.Config, config_path=None) -> Iterator[Server]:
 
 
 def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
-    monkeypatch.setattr(admin, "IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(command_socket, "IDLE_TIMEOUT", 0.5)
     text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
     with serving(parse_config(text, "t.yaml").config) as server, socket.socket(socket.AF_UNIX) as client:
         client.settimeout(WAIT)
@@ -570,10 +571,10 @@ def test_an_idle_admin_client_is_closed(tmp_path, start_upstream, monkeypatch):
 
 
 def test_one_long_answer_is_sent_whole_past_the_output_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(admin, "MAX_OUTPUT", 100)  # less than the answer to `help`
+    monkeypatch.setattr(command_socket, "MAX_OUTPUT", 100)  # less than the answer to `help`
     text = f"admin: {{socket: {tmp_path / 'admin.sock'}}}\n" + LISTENERS.replace("8080", "'127.0.0.1:0'")
     with serving(parse_config(text, "t.yaml").config) as server:
-        answers = [admin.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
+        answers = [command_socket.ask(str(tmp_path / "admin.sock"), "help") for _ in range(2)]
     server.close()
     assert (
         answers[0] == answers[1] and len(answers[0]) > 100 and answers[0].endswith("the toxics in force, one per line")
@@ -677,7 +678,7 @@ def admin_socket_of(target, path) -> Iterator[io.StringIO]:
     logged = io.StringIO()
     log = EventLog(stream=logged)
     reactor = Reactor(log)
-    served = admin.AdminSocket(reactor, str(path), target, log)
+    served = command_socket.CommandSocket(reactor, str(path), target, log)
     loop = threading.Thread(target=reactor.loop, daemon=True)
     loop.start()
     try:
@@ -695,7 +696,7 @@ def test_a_bug_behind_a_command_is_logged_and_answered_as_an_internal_error(tmp_
     answer was to come later or at once; the client stays served."""
 
     def merged_wrongly():
-        return admin.Later.of({"info": {}}).then(lambda _snapshot: int("not a count"))
+        return Later.of({"info": {}}).then(lambda _snapshot: int("not a count"))
 
     def listed_wrongly():
         raise ValueError("a bug, not a refusal")
@@ -732,8 +733,8 @@ def _unix_client(path) -> socket.socket:
 def test_a_line_past_the_bound_is_refused_even_whole_in_one_read(tmp_path):
     path = tmp_path / "admin.sock"
     with admin_socket_of(SimpleNamespace(), path), _unix_client(path) as client:
-        client.sendall(b"help" + b" " * admin.MAX_LINE + b"\n")
-        assert recv_until(client, b"\n\n") == f"error: line longer than {admin.MAX_LINE} bytes\n\n".encode()
+        client.sendall(b"help" + b" " * commands.MAX_LINE + b"\n")
+        assert recv_until(client, b"\n\n") == f"error: line longer than {commands.MAX_LINE} bytes\n\n".encode()
         assert client.recv(1) == b""
 
 
@@ -742,12 +743,12 @@ def test_a_full_admin_socket_refuses_a_newcomer_then_sheds_its_longest_idle_clie
     been idle for SHED_AFTER; then the one idle longest is closed to make room."""
     path = tmp_path / "admin.sock"
     with admin_socket_of(SimpleNamespace(), path) as logged:
-        idle = [_unix_client(path) for _ in range(admin.MAX_CLIENTS)]
+        idle = [_unix_client(path) for _ in range(command_socket.MAX_CLIENTS)]
         try:
             with _unix_client(path) as refused:
-                no_room = f"error: more than {admin.MAX_CLIENTS} admin clients\n\n"
+                no_room = f"error: more than {command_socket.MAX_CLIENTS} admin clients\n\n"
                 assert recv_until(refused, b"\n\n") == no_room.encode()
-            time.sleep(admin.SHED_AFTER + 0.2)
+            time.sleep(command_socket.SHED_AFTER + 0.2)
             with _unix_client(path) as served:
                 served.sendall(b"help\n")
                 assert recv_until(served, b"one per line\n\n").startswith(b"help ")

@@ -1,6 +1,6 @@
 """A snapshot as Prometheus text exposition format 0.0.4 (what `GET /metrics` answers).
 
-Pure: a snapshot dict (proxy/protocol/snapshots.py) in, text out. Each family has its `# HELP`
+Pure: a snapshot dict (proxy/admin/snapshots.py) in, text out. Each family has its `# HELP`
 and `# TYPE` once, counters end in `_total`, values are in base units (seconds, bytes), and
 label values are escaped (backslash, double quote, newline), since listener names and routes
 come from the configuration and may hold anything.
@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.protocol.snapshots import Snapshot
+from proxy.admin.snapshots import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

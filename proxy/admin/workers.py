@@ -1,18 +1,11 @@
 """The admin endpoints under `run --workers N`: the supervisor asks its workers, over a socketpair each.
 
-Each worker gets an admin pair besides its link (the link's records keep their own protocol).
-On it, frames go both ways: a 4-byte big-endian length, then that many bytes of JSON. The
-supervisor sends requests `{"id", "op", ...}`; the worker answers `{"id", "result"}` (or
-`{"id", "error"}`) from its Server: `snapshot`, `kill_conn`, `set_server_maintenance`,
-`change_dump`, the faults, and `ping`. The worker's end (`WorkerAdminPair`) is a dispatcher on its reactor: a request
-is bounded (MAX_REQUEST), and an answer (megabytes for 10k connections) is written without
-blocking, reading no new request until it is gone, so one answer is all it ever holds.
-
-The supervisor's end (`Workers`) is what its admin socket and HTTP listener control
-(admin.Controlled). Its loop never waits for a worker: an ask sends the request on every
+Each worker answers on its end of its admin pair (admin.worker_pair, which says what the frames
+are). The supervisor's end (`Workers`) is what its admin socket and HTTP listener control
+(commands.Controlled). Its loop never waits for a worker: an ask sends the request on every
 worker's pair (a `WorkerChannel`, a dispatcher on the supervisor's reactor) and is pending until
-every worker asked has answered or ASK_TIMEOUT has passed (a reactor timer); then its answer, an
-admin.Later, is settled, and the admin client that asked answers from it. Asks run side by
+every worker asked has answered or ASK_TIMEOUT has passed (a reactor timer); then its answer,
+a Later, is settled, and the admin client that asked answers from it. Asks run side by
 side, each with its own deadline, except snapshots: whoever wants one while one is being taken
 joins that ask, so that the workers' snapshots and the answers held stay one set whatever the
 number of scrapes. A worker that does not answer in time (stopped, stuck,
@@ -34,182 +27,47 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
+from proxy.admin.channel import Channel
+from proxy.admin.commands import dump_answer
+from proxy.admin.later import CommandError, Later
+from proxy.admin.snapshots import Snapshot, merge
+from proxy.admin.stats import process_stats
+from proxy.admin.worker_pair import READ_SIZE, frame, take_frame
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
 from proxy.config.units import parse_address
 from proxy.log import EventLog
-from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
-from proxy.protocol.snapshots import Snapshot, merge
-from proxy.serve.admin import CommandError, Later, dump_answer
-from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
     from proxy.config.schema import Config
-    from proxy.serve.server import Server
 
 ASK_TIMEOUT = 2.0  # seconds an ask waits, in all, for its workers' answers
 RETRY_FIRST = 2.0  # seconds a worker that missed a deadline is not waited for
 RETRY_MAX = 30.0  # ... doubling while it keeps missing, up to this
 READY_REFRESH = 1.0  # seconds without an ask after which /ready pings the workers
-MAX_REQUEST = 64 * 1024  # bytes of one request frame (requests are a few words)
 MAX_ANSWER = 256 * 1024 * 1024  # bytes of one answer frame: past it the pair is broken
 MAX_UNSENT = 64 * 1024  # bytes of requests a worker may leave unread before it is not asked any more
-READ_SIZE = 256 * 1024
-HEADER = struct.Struct("!I")
 
 
-def frame(message: Any) -> bytes:
-    data = json.dumps(message, separators=(",", ":")).encode()
-    return HEADER.pack(len(data)) + data
-
-
-def take_frame(buffer: bytearray, limit: int) -> bytes | None:
-    """The first whole frame's payload, removed from `buffer`; None until one is whole.
-    ValueError for a frame announced larger than `limit`."""
-    if len(buffer) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack_from(buffer)
-    if size > limit:
-        raise ValueError(f"a frame of {size} bytes (at most {limit})")
-    if len(buffer) < HEADER.size + size:
-        return None
-    payload = bytes(buffer[HEADER.size : HEADER.size + size])
-    del buffer[: HEADER.size + size]
-    return payload
-
-
-# -- the worker's end ------------------------------------------------------------------------
-
-
-def _operations(server: Server) -> dict[str, Callable[[dict], Any]]:
-    return {
-        "snapshot": lambda _request: server.snapshot(),
-        "kill_conn": lambda request: server.kill_conn(request["conn"]),
-        "set_server_maintenance": lambda request: server.set_server_maintenance(
-            request["upstream"], request["address"], request["on"]
-        ),
-        "change_dump": lambda request: server.change_dump(request["on"], request["filters"]),
-        "add_fault": lambda request: server.add_fault(request["target"], request["spec"]),
-        "remove_fault": lambda request: server.remove_fault(request["target"], request["type"]),
-        "list_faults": lambda _request: server.list_faults(),
-        "ping": lambda _request: True,
-    }
-
-
-class WorkerAdminPair(Dispatcher):
-    """A worker's end of its admin pair: answers the supervisor's requests from its Server."""
-
-    def __init__(self, server: Server, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        super().__init__(server.reactor, sock)
-        self.log = server.log
-        self.operations = _operations(server)
-        self.incoming = bytearray()
-        self.outgoing = bytearray()
-        self.interest_changed()
-
-    def readable(self) -> bool:
-        return not self.outgoing  # one answer at a time: the next requests wait in the pair
-
-    def writable(self) -> bool:
-        return bool(self.outgoing)
-
-    def handle_read(self) -> None:
-        try:
-            data = self.socket.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()  # the supervisor is gone: its link says so and drains this worker
-            return
-        self.incoming += data
-        self._answer_next()
-
-    def answer_waiting(self) -> None:
-        """Answer at once the requests already waiting in the pair: what the operator changed,
-        told before this worker started, applies before its loop accepts a first client."""
-        while not self.closed:
-            try:
-                data = self.socket.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not data:
-                break  # the supervisor is gone: handle_read will find that end again
-            self.incoming += data
-        while self.incoming and not self.outgoing and not self.closed:
-            waiting = len(self.incoming)
-            self._answer_next()
-            if len(self.incoming) == waiting:
-                break  # not a whole request yet
-
-    def _answer_next(self) -> None:
-        """Answer the next whole request, unless an answer is still being sent."""
-        if self.outgoing or self.closed:
-            return
-        try:
-            payload = take_frame(self.incoming, MAX_REQUEST)
-            if payload is None:
-                return
-            request = json.loads(payload)
-        except ValueError as exc:
-            self.log.error("admin_pair_failed", error=f"request: {exc}")
-            self.close()
-            return
-        self.outgoing += frame(self._answer(request))
-        self.interest_changed()
-        self.handle_write()
-
-    def _answer(self, request: dict) -> dict:
-        operation = self.operations.get(request.get("op"))
-        if operation is None:
-            return {"id": request.get("id"), "error": f"unknown operation {request.get('op')!r}"}
-        try:
-            return {"id": request["id"], "result": operation(request)}
-        except (ValueError, KeyError, TypeError) as exc:
-            return {"id": request.get("id"), "error": str(exc)}
-
-    def handle_write(self) -> None:
-        try:
-            sent = self.socket.send(self.outgoing)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()  # the supervisor is gone
-            return
-        del self.outgoing[:sent]
-        if not self.outgoing:
-            self.interest_changed()
-            self._answer_next()  # a request that came with the last one
-
-    def handle_error(self, exc: BaseException) -> None:
-        self.log.failure("admin_pair_failed", exc)
-        self.close()
-
-
-# -- the supervisor's end --------------------------------------------------------------------
-
-
-class WorkerChannel(Dispatcher):
+class WorkerChannel(Channel):
     """The supervisor's end of one worker's admin pair: requests queued out, answers read in and
     handed to `Workers.answered` as they come; whether the worker is answering, and when it is
-    waited for again after it missed a deadline."""
+    waited for again after it missed a deadline. A worker that exited closes it: the reaper
+    restarts it with a new pair."""
+
+    read_size = READ_SIZE
 
     def __init__(self, workers: Workers, index: int, sock: socket.socket) -> None:
         sock.setblocking(False)
-        super().__init__(workers.reactor, sock)
+        super().__init__(workers.reactor, sock, workers.log, "admin_pair_failed", worker=index)
         self.workers = workers
         self.index = index
-        self.incoming = bytearray()
-        self.outgoing = bytearray()
         self.answering = True  # it answered its last deadline, or something since it missed one
         self.retry_at = 0.0  # not waited for before this time (the reactor's clock)
         self.retry_delay = RETRY_FIRST
@@ -217,9 +75,6 @@ class WorkerChannel(Dispatcher):
 
     def readable(self) -> bool:
         return True
-
-    def writable(self) -> bool:
-        return bool(self.outgoing)
 
     def waited_for(self, now: float) -> bool:
         return not self.closed and now >= self.retry_at
@@ -229,33 +84,11 @@ class WorkerChannel(Dispatcher):
         if self.closed or len(self.outgoing) > MAX_UNSENT:  # stopped or stuck: it has not read the last ones
             return False
         self.outgoing += request
-        self.handle_write()
+        self.send_now()
         self.interest_changed()
         return not self.closed
 
-    def handle_write(self) -> None:
-        try:
-            sent = self.socket.send(self.outgoing)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()  # exited: the reaper restarts it with a new pair
-            return
-        del self.outgoing[:sent]
-        if not self.outgoing:
-            self.interest_changed()
-
-    def handle_read(self) -> None:
-        try:
-            data = self.socket.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        self.incoming += data
+    def received(self) -> None:
         try:
             while (payload := take_frame(self.incoming, MAX_ANSWER)) is not None:
                 self.answering = True
@@ -272,10 +105,6 @@ class WorkerChannel(Dispatcher):
         self.answering = False
         self.retry_at = now + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, RETRY_MAX)
-
-    def handle_error(self, exc: BaseException) -> None:
-        self.workers.log.failure("admin_pair_failed", exc, worker=self.index)
-        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -296,7 +125,7 @@ class Ask:
 
 
 class Workers:
-    """What the supervisor's admin endpoints control (admin.Controlled): every live worker at once.
+    """What the supervisor's admin endpoints control (commands.Controlled): every live worker at once.
 
     What an operator changed (servers in maintenance, run-time dump rules) is kept here too and
     told to a worker that starts again, so that a restart does not undo it.
