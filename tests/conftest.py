@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
-from tests.support import ProxyProcess, Upstream
+from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
+from tests.support import ProxyProcess, UnixUpstream, Upstream, write_pki
 
 
 @pytest.fixture(params=["splice", "copy"])
@@ -21,8 +25,9 @@ def data_path(request):
 
 @pytest.fixture
 def proxy_env():
-    """Environment for the proxies a test starts; test modules may override this fixture."""
-    return {}
+    """Environment for the proxies a test starts; test modules may override this fixture. No TLS
+    key log from the environment the tests were started in, unless a test asks for one."""
+    return {"SSLKEYLOGFILE": ""}
 
 
 @pytest.fixture
@@ -41,19 +46,51 @@ def start_proxy(tmp_path, proxy_env):
         proc.kill()
 
 
-@pytest.fixture
-def start_upstream():
-    """start_upstream(handler, host=...) -> Upstream; closed at teardown."""
-    started: list[Upstream] = []
+def _stopped_at_teardown(server_class):
+    """A fixture body: start(...) -> server_class(...), each closed when the test ends."""
+    started = []
 
-    def start(handler, host: str = "127.0.0.1") -> Upstream:
-        server = Upstream(handler, host)
+    def start(*args, **kwargs):
+        server = server_class(*args, **kwargs)
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.close()
+
+
+@pytest.fixture
+def start_upstream():
+    """start_upstream(handler, host="127.0.0.1") -> Upstream; closed at teardown."""
+    yield from _stopped_at_teardown(Upstream)
+
+
+@pytest.fixture
+def start_unix_upstream():
+    """start_unix_upstream(handler, path) -> UnixUpstream (a path, or an abstract name as
+    b"\\0name"); closed at teardown."""
+    yield from _stopped_at_teardown(UnixUpstream)
+
+
+@pytest.fixture
+def reactor():
+    """A reactor whose log goes nowhere, closed at teardown."""
+    reactor = Reactor(EventLog(stream=io.StringIO()))
+    yield reactor
+    reactor.close()
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def pki(ca, tmp_path_factory):
+    """PEM files on disk (tests.support.tls.write_pki): the CA, a proxy certificate, upstream
+    certificates, client certificates, another CA."""
+    return write_pki(ca, tmp_path_factory.mktemp("pki"))
 
 
 # -- nothing a test starts outlives the run ---------------------------------------------------

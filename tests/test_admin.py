@@ -26,26 +26,20 @@ from proxy.serve.server import Server
 from tests.support import (
     WAIT,
     connect,
+    ctl,
     echo_handler,
     logfmt,
+    ok,
+    pool,
+    ports,
     recv_digest,
     recv_exactly,
     run_cli,
     source_handler,
+    tagged,
     wait_until,
+    write,
 )
-from tests.test_run import tagged, write
-from tests.test_upstreams import pool, ports
-
-
-def ctl(sock_path, *words: str, cwd=None):
-    return run_cli(["ctl", "-s", str(sock_path), *words], cwd=cwd)
-
-
-def ok(sock_path, *words: str) -> str:
-    done = ctl(sock_path, *words)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def admin_proxy(tmp_path, start_proxy, upstreams: list[str], *, balance: str = "round_robin", extra: str = ""):

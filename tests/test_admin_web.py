@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.units import Address
 from proxy.log import EventLog
@@ -30,24 +29,23 @@ from proxy.loop.reactor import Reactor
 from proxy.serve.http_admin import MAX_CLIENTS, AdminHttp
 from tests.support import (
     WAIT,
+    admin_address,
+    ask,
     connect,
     echo_handler,
-    logfmt,
+    free_port,
+    http,
+    labels,
+    metrics,
     recv_all,
     recv_exactly,
     required_tool,
     run_cli,
+    snapshot,
     wait_until,
 )
-from tests.test_admin_render import snapshot
 
 ODD_NAME = 'we"b\\1'  # a quote and a backslash: both must be escaped in label values
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(tmp_path: Path, good: str, **extra: str) -> Path:
@@ -58,51 +56,13 @@ def write_config(tmp_path: Path, good: str, **extra: str) -> Path:
           http: "127.0.0.1:0"
         upstreams:
           app: {{servers: ["{good}"]}}
-          gone: {{servers: ["127.0.0.1:{closed_port()}"], retries: 0}}
+          gone: {{servers: ["127.0.0.1:{free_port()}"], retries: 0}}
         listeners:
           - {{name: '{ODD_NAME}', listen: "127.0.0.1:0", upstream: app}}
           - {{name: bad, listen: "127.0.0.1:0", upstream: gone}}
         """
     path.write_text(textwrap.dedent(text) + "".join(extra.values()))
     return path
-
-
-def admin_address(proxy) -> tuple[str, int]:
-    host, _, port = logfmt(proxy.wait_for("admin_listening"))["address"].rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def http(address, path: str, method: str = "GET", raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, headers with lower-case names, body)."""
-    with connect(address) as sock:
-        sock.sendall(raw if raw is not None else f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
-        answer = recv_all(sock)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
-
-
-def metrics(address) -> dict[tuple, float]:
-    status, headers, body = http(address, "/metrics")
-    assert status == 200
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
-    found = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def labels(**pairs: str) -> tuple:
-    return tuple(sorted(pairs.items()))
-
-
-def through(address, payload: bytes) -> bytes:
-    with connect(address) as client:
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        return recv_all(client)
 
 
 @pytest.fixture
@@ -117,7 +77,7 @@ def test_metrics_count_the_traffic_sent(served):
     proxy, admin, web, bad, good = served
     payloads = [b"x" * (1000 * n) for n in range(1, 6)]
     for payload in payloads:
-        assert through(web, payload) == payload
+        assert ask(web, payload) == payload
     with connect(bad) as client:
         assert recv_all(client) == b""
     access = proxy.wait_access(6)
@@ -233,7 +193,7 @@ def _hostile_clients_meanwhile(admin, web) -> None:
     trickling = _trickle(slow)
     try:
         payload = os.urandom(4 * 1024 * 1024)
-        assert through(web, payload) == payload  # the data path goes on meanwhile
+        assert ask(web, payload) == payload  # the data path goes on meanwhile
         assert http(admin, "/ready")[::2] == (200, b"ready\n")  # and so do other admin clients
         assert time.monotonic() - started < WAIT
         flooder.join(WAIT)

@@ -19,11 +19,25 @@ import pytest
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
-from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, run_cli, wait_until
-from tests.test_admin import ctl, ok
-from tests.test_admin_render import snapshot
-from tests.test_admin_web import admin_address, http, labels, metrics, through
-from tests.test_run import tagged, write
+from tests.support import (
+    WAIT,
+    admin_address,
+    ask,
+    connect,
+    ctl,
+    echo_handler,
+    http,
+    labels,
+    logfmt,
+    metrics,
+    ok,
+    recv_exactly,
+    run_cli,
+    snapshot,
+    tagged,
+    wait_until,
+    write,
+)
 
 WORKERS = 2
 
@@ -81,7 +95,7 @@ def test_metrics_count_the_traffic_of_every_worker(tree, start_upstream):
     upstream = start_upstream(echo_handler).address
     proxy, sock_path, address = tree(upstream)
     for index in range(20):
-        assert through(proxy.address, b"x" * (index + 1)) == b"x" * (index + 1)
+        assert ask(proxy.address, b"x" * (index + 1)) == b"x" * (index + 1)
     proxy.wait_access(20)
     found = metrics(address)
     sent = sum(range(1, 21))

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-import trustme
 
 from tests.support import (
     WAIT,
@@ -39,6 +38,7 @@ from tests.support import (
     pattern,
     recv_all,
     recv_exactly,
+    splicing,
     wait_until,
 )
 
@@ -537,18 +537,6 @@ def route_table(upstreams: dict[str, Upstream], pki: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    files = {"ca": folder / "ca.pem", "proxy.pem": folder / "proxy.pem", "proxy.key": folder / "proxy.key"}
-    ca.cert_pem.write_to_path(files["ca"])
-    cert = ca.issue_cert("proxy.test")
-    cert.cert_chain_pems[0].write_to_path(files["proxy.pem"])
-    cert.private_key_pem.write_to_path(files["proxy.key"])
-    return {key: str(path) for key, path in files.items()}
-
-
-@pytest.fixture(scope="module")
 def envs(pki, tmp_path_factory):
     """{"splice": Env, "copy": Env}: the same table served both ways bytes can move."""
     script, recorder = Script(), Recorder()
@@ -569,8 +557,9 @@ def envs(pki, tmp_path_factory):
     try:
         result = {}
         for data_path in ("splice", "copy"):
-            env = {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
-            proxy = ProxyProcess(["run", "-c", str(path)], folder, wait_listening=len(LISTENERS), env=env)
+            proxy = ProxyProcess(
+                ["run", "-c", str(path)], folder, wait_listening=len(LISTENERS), env=splicing(data_path)
+            )
             proxies.append(proxy)
             servers = {name: upstream.address for name, upstream in upstreams.items()}
             result[data_path] = Env(proxy, script, recorder, pki["ca"], servers)
@@ -827,17 +816,22 @@ def client_reset_in_preamble(env: Env, listener: str = "proxied") -> Expect:
     return Expect(name, "reset", "client:")
 
 
+def client_resets(env: Env, token: str, client: socket.socket, name: str) -> Expect:
+    """The client resets mid-transfer: the upstream serving `token` must see the reset at once."""
+    reset = time.monotonic()
+    rst_close(client)
+    outcome, when = env.script.wait(token)
+    assert outcome == "reset" and when - reset < PROMPT
+    return Expect(name, "reset", "client:")
+
+
 def client_reset_downloading(env: Env) -> Expect:
     token = env.script.token()
     with env.connect("script") as client:
         name = who(client)
         client.sendall(f"source {token} {64 * MiB}\n".encode())
         assert len(recv_exactly(client, MiB)) == MiB
-        reset = time.monotonic()
-        rst_close(client)
-    outcome, when = env.script.wait(token)
-    assert outcome == "reset" and when - reset < PROMPT
-    return Expect(name, "reset", "client:")
+        return client_resets(env, token, client, name)
 
 
 def client_reset_tls_downloading(env: Env) -> Expect:
@@ -847,11 +841,7 @@ def client_reset_tls_downloading(env: Env) -> Expect:
         client = env.client_tls.wrap_socket(raw, server_hostname="proxy.test")
         client.sendall(f"source {token} {64 * MiB}\n".encode())
         assert len(recv_exactly(client, MiB)) == MiB
-        reset = time.monotonic()
-        rst_close(client)  # no close_notify: a bare reset under the TLS layer
-    outcome, when = env.script.wait(token)
-    assert outcome == "reset" and when - reset < PROMPT
-    return Expect(name, "reset", "client:")
+        return client_resets(env, token, client, name)  # no close_notify: a bare reset under TLS
 
 
 def client_reset_uploading(env: Env) -> Expect:
@@ -861,11 +851,7 @@ def client_reset_uploading(env: Env) -> Expect:
         client.sendall(f"sink {token} 0\n".encode())
         for piece in stream(4 * MiB):
             client.sendall(piece)
-        reset = time.monotonic()
-        rst_close(client)
-    outcome, when = env.script.wait(token)
-    assert outcome == "reset" and when - reset < PROMPT
-    return Expect(name, "reset", "client:")
+        return client_resets(env, token, client, name)
 
 
 def upstream_reset_downloading(env: Env) -> Expect:
@@ -1057,18 +1043,6 @@ def test_a_slow_tls_reader_gets_every_byte_and_memory_stays_bounded(env):
     assert rss.growth < 8 * 1024, f"RSS grew by {rss.growth} KiB"
 
 
-def test_a_tls_client_reset_mid_transfer_resets_the_upstream(env):
-    run(env, client_reset_tls_downloading)
-
-
-@pytest.mark.parametrize("scenario", [trickling_upstream, trickling_client], ids=["upstream", "client"])
-def test_a_trickling_peer_gets_through_whole(env, scenario):
-    run(env, scenario)
-
-
-# -- stalled peers ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("data_path", ["splice", "copy"])
 @pytest.mark.parametrize("scenario", [stalled_client, stalled_upstream], ids=["client", "upstream"])
 def test_a_peer_that_never_reads_times_out_idle_with_memory_bounded(envs, data_path, scenario):
@@ -1076,63 +1050,6 @@ def test_a_peer_that_never_reads_times_out_idle_with_memory_bounded(envs, data_p
     with PeakRss(env.proxy.pid) as rss:
         run(env, scenario)
     assert rss.growth < 8 * 1024, f"RSS grew by {rss.growth} KiB"
-
-
-@pytest.mark.parametrize("scenario", [silent_pair, unanswering_upstream], ids=["both-silent", "upstream-silent"])
-def test_silence_times_out_idle(env, scenario):
-    run(env, scenario)
-
-
-def test_a_client_stalled_inside_a_proxy_header_times_out(env):
-    run(env, stalled_in_proxy_header)
-
-
-def test_a_proxy_header_sent_a_byte_at_a_time_is_bounded_by_connect_timeout(env):
-    run(env, slow_proxy_header)
-
-
-@pytest.mark.parametrize("listener", ["sni", "sni-strict"])
-def test_a_client_stalled_inside_a_client_hello_takes_the_default_route(env, listener):
-    run(env, lambda e: stalled_in_client_hello(e, listener))
-
-
-def test_a_client_stalled_inside_a_tls_handshake_times_out(env):
-    run(env, stalled_in_tls_handshake)
-
-
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        lambda e: stalled_in_proxy_header(e, "proxied-equal"),
-        lambda e: stalled_in_client_hello(e, "sni-equal"),
-        lambda e: stalled_in_tls_handshake(e, "tls-equal"),
-    ],
-    ids=["proxy-header", "client-hello", "tls-handshake"],
-)
-def test_a_stall_in_the_preamble_gives_its_own_reason_when_idle_timeout_is_as_short(env, scenario):
-    """idle_timeout equal to connect_timeout: the idle clock does not run during admission, so
-    the access line says what the client failed to send (or, passthrough, how it was routed)."""
-    run(env, scenario)
-
-
-@pytest.mark.parametrize("size", [20, 0], ids=["part", "nothing"])
-@pytest.mark.parametrize("listener", ["sni", "sni-strict"])
-def test_a_client_that_ends_inside_a_client_hello_takes_the_default_route(env, listener, size):
-    run(env, lambda e: client_ends_inside_client_hello(e, listener, size))
-
-
-def test_a_client_that_ends_inside_a_proxy_header_is_a_protocol_error(env):
-    run(env, client_ends_inside_proxy_header)
-
-
-# -- resetting peers -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("listener", ["proxied", "sni", "tls"])
-def test_a_reset_inside_the_preamble_is_a_reset(env, listener):
-    with env.recovers():
-        for _ in range(20):
-            env.check(client_reset_in_preamble(env, listener))
 
 
 @pytest.mark.parametrize("data_path", ["splice", "copy"])
@@ -1145,33 +1062,68 @@ def test_a_reset_mid_transfer_resets_the_other_side(envs, data_path, scenario):
     run(envs[data_path], scenario)
 
 
-@pytest.mark.parametrize(
-    "scenario", [client_reset_before_a_byte, upstream_reset_before_a_byte], ids=["client", "upstream"]
-)
-def test_a_reset_before_any_byte_resets_the_other_side(env, scenario):
+# -- one bad peer, alone ---------------------------------------------------------------------
+# Each row: what the peer does; the scenario asserts what the other side saw and names the
+# access line it must produce (a stall in a preamble with idle_timeout equal to
+# connect_timeout gives its own reason: the idle clock does not run during admission).
+
+ALONE: dict[str, Scenario] = {
+    "trickling-upstream": trickling_upstream,
+    "trickling-client": trickling_client,
+    "tls-client-reset-mid-transfer": client_reset_tls_downloading,
+    "silent-pair": silent_pair,
+    "silent-upstream": unanswering_upstream,
+    "stalled-in-proxy-header": stalled_in_proxy_header,
+    "proxy-header-a-byte-at-a-time": slow_proxy_header,
+    "stalled-in-client-hello-sni": stalled_in_client_hello,
+    "stalled-in-client-hello-sni-strict": lambda e: stalled_in_client_hello(e, "sni-strict"),
+    "stalled-in-tls-handshake": stalled_in_tls_handshake,
+    "stalled-in-proxy-header-idle-as-short": lambda e: stalled_in_proxy_header(e, "proxied-equal"),
+    "stalled-in-client-hello-idle-as-short": lambda e: stalled_in_client_hello(e, "sni-equal"),
+    "stalled-in-tls-handshake-idle-as-short": lambda e: stalled_in_tls_handshake(e, "tls-equal"),
+    "ends-inside-client-hello-sni-part": lambda e: client_ends_inside_client_hello(e, "sni", 20),
+    "ends-inside-client-hello-sni-nothing": lambda e: client_ends_inside_client_hello(e, "sni", 0),
+    "ends-inside-client-hello-sni-strict-part": lambda e: client_ends_inside_client_hello(e, "sni-strict", 20),
+    "ends-inside-client-hello-sni-strict-nothing": lambda e: client_ends_inside_client_hello(e, "sni-strict", 0),
+    "ends-inside-proxy-header": client_ends_inside_proxy_header,
+    "client-reset-before-a-byte": client_reset_before_a_byte,
+    "upstream-reset-before-a-byte": upstream_reset_before_a_byte,
+    "oversized-client-hello-sni": oversized_hello,
+    "oversized-client-hello-tls": lambda e: oversized_hello(e, "tls"),
+}
+
+
+@pytest.mark.parametrize("scenario", ALONE.values(), ids=ALONE.keys())
+def test_a_bad_peer_alone_ends_with_its_access_line_and_the_proxy_recovers(env, scenario):
     run(env, scenario)
 
 
-def test_fifty_resets_before_any_byte_leak_nothing(env):
+# -- one bad peer, over and over -------------------------------------------------------------
+# Each row: the scenario (given the round's number, a seed for the garbage ones) and how many
+# rounds; nothing may leak between them.
+
+REPEATED: dict[str, tuple[Callable[[Env, int], Expect], int]] = {
+    "reset-in-proxy-header": (lambda e, _: client_reset_in_preamble(e, "proxied"), 20),
+    "reset-in-client-hello": (lambda e, _: client_reset_in_preamble(e, "sni"), 20),
+    "reset-in-tls-handshake": (lambda e, _: client_reset_in_preamble(e, "tls"), 20),
+    "resets-before-any-byte": (
+        lambda e, i: (client_reset_before_a_byte if i % 2 == 0 else upstream_reset_before_a_byte)(e),
+        50,
+    ),
+    "server-resets-as-it-accepts": (lambda e, _: server_resets_as_it_accepts(e), 50),
+    "first-server-resets-as-it-accepts-then-retried": (lambda e, _: first_server_resets_as_it_accepts(e), 50),
+    "garbage-for-a-client-hello": (garbage_for_client_hello, 50),
+    "garbage-to-passthrough-sni": (lambda e, seed: garbage_to_passthrough(e, seed, "sni"), 50),
+    "garbage-to-passthrough-sni-strict": (lambda e, seed: garbage_to_passthrough(e, seed, "sni-strict"), 50),
+    "garbage-from-an-upstream": (lambda e, _: garbage_from_upstream(e), 20),
+}
+
+
+@pytest.mark.parametrize(("scenario", "rounds"), REPEATED.values(), ids=REPEATED.keys())
+def test_a_bad_peer_over_and_over_leaks_nothing(env, scenario, rounds):
     with env.recovers():
-        for _ in range(25):
-            env.check(client_reset_before_a_byte(env))
-            env.check(upstream_reset_before_a_byte(env))
-
-
-def test_a_server_that_resets_as_it_accepts_is_a_reset_or_a_failed_connect(env):
-    with env.recovers():
-        for _ in range(50):
-            env.check(server_resets_as_it_accepts(env))
-
-
-def test_a_server_that_resets_as_it_accepts_is_retried_unless_the_pair_was_open(env):
-    with env.recovers():
-        for _ in range(50):
-            env.check(first_server_resets_as_it_accepts(env))
-
-
-# -- garbage-sending peers -------------------------------------------------------------------
+        for round_number in range(rounds):
+            env.check(scenario(env, round_number))
 
 
 def test_garbage_instead_of_a_proxy_header_is_refused_at_once(env):
@@ -1179,30 +1131,6 @@ def test_garbage_instead_of_a_proxy_header_is_refused_at_once(env):
         for seed in range(50):
             line = env.check(garbage_for_proxy_header(env, seed))
             assert int(line["duration_ms"]) < PROMPT * 1000
-
-
-def test_garbage_instead_of_a_client_hello_fails_the_handshake(env):
-    with env.recovers():
-        for seed in range(50):
-            env.check(garbage_for_client_hello(env, seed))
-
-
-@pytest.mark.parametrize("listener", ["sni", "sni-strict"])
-def test_garbage_to_a_passthrough_listener_takes_the_default_route(env, listener):
-    with env.recovers():
-        for seed in range(50):
-            env.check(garbage_to_passthrough(env, seed, listener))
-
-
-def test_garbage_from_an_upstream_fails_the_originated_handshake(env):
-    with env.recovers():
-        for _ in range(20):
-            env.check(garbage_from_upstream(env))
-
-
-@pytest.mark.parametrize("listener", ["sni", "tls"])
-def test_an_oversized_client_hello_takes_the_default_route_or_fails_the_handshake(env, listener):
-    run(env, lambda e: oversized_hello(e, listener))
 
 
 # -- everything at once ----------------------------------------------------------------------

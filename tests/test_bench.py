@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+from tests.support import REPOSITORY
+
+BENCH = REPOSITORY / "bench" / "run.py"
 
 
 def test_bench_quick_mode_measures_pairproxy_idle_memory(tmp_path):

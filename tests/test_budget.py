@@ -14,15 +14,16 @@ import time
 
 import pytest
 
-from tests.support import WAIT, connect, pattern, proc_status, recv_digest, source_handler, wait_until
-
-MiB = 1024 * 1024
+from tests.support import WAIT, connect, pattern, proc_status, recv_digest, source_handler, splicing, wait_until
 
 
 @pytest.fixture
 def proxy_env(data_path):
-    """Both data paths: splicing on and off."""
-    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
+    """Every test here runs with splicing on and with it off."""
+    return splicing(data_path)
+
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests.support import (
     recv_exactly,
     wait_until,
 )
-from tests.wireshark import fields, find_tshark, follow, run_tshark
+from tests.support.wireshark import fields, find_tshark, follow, run_tshark
 
 MiB = 1024 * 1024
 
@@ -36,11 +36,6 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def tshark():
     return find_tshark()
-
-
-@pytest.fixture
-def proxy_env():
-    return {"SSLKEYLOGFILE": ""}
 
 
 def answer_after_eof(response: bytes):

@@ -8,9 +8,7 @@ import stat
 
 import pytest
 
-from tests.support import connect, echo_handler, recv_exactly, run_cli, wait_until
-from tests.test_reload import reload
-from tests.test_run import write
+from tests.support import connect, echo_handler, recv_exactly, reload, run_cli, wait_until, write
 
 FORWARD = ["forward", "127.0.0.1:0", "127.0.0.1:9"]
 

@@ -18,9 +18,9 @@ from proxy.config.certificates import CertificatePair, certificate_names, check_
 from proxy.config.loader import load_config
 from proxy.protocol.tls import TlsSession
 from proxy.serve.contexts import client_context, server_context
-from tests.support import run_cli
+from tests.support import REPOSITORY, run_cli
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = REPOSITORY / "config"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
 
 _FILE_KEY = re.compile(r"(?<![\w-])(cert|key|ca|client_ca):\s*([^\s,{}\[\]#]+)")

@@ -19,7 +19,7 @@ from proxy.log import EventLog
 from proxy.loop.connector import Connector
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
-from tests.test_run import closed_port
+from tests.support import free_port
 
 SAFETY = 5.0
 
@@ -27,7 +27,7 @@ SAFETY = 5.0
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
     import io, socket, types
-    from tests.support import exhaust_descriptors
+    from tests.support.processes import exhaust_descriptors
     from proxy.loop.connector import Connector
     from proxy.log import EventLog
     from proxy.loop.reactor import Reactor
@@ -69,13 +69,6 @@ def test_running_out_of_descriptors_blames_no_server():
     child = subprocess.run([sys.executable, "-c", _OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=30)
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "['unreachable: too many open files local=True']"
-
-
-@pytest.fixture
-def reactor():
-    reactor = Reactor(EventLog(stream=io.StringIO()))
-    yield reactor
-    reactor.close()
 
 
 @pytest.fixture
@@ -234,7 +227,7 @@ def test_the_observer_is_told_of_the_candidates_themselves(reactor, listening):
     # The connector walks opaque candidates by their `.address` and names the very objects it
     # was given, so the observer needs no search to find its own state for a server.
     resolver = Resolver(reactor)
-    first, second = Candidate(Address("127.0.0.1", closed_port())), Candidate(Address("127.0.0.1", listening))
+    first, second = Candidate(Address("127.0.0.1", free_port())), Candidate(Address("127.0.0.1", listening))
     seen = []
 
     class Observer(Recorder):

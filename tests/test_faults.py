@@ -14,20 +14,25 @@ from proxy.config.loader import load_config
 from tests.support import (
     WAIT,
     PeakRss,
+    client_context,
     connect,
     echo_handler,
+    echo_through,
+    listener_address,
     pattern,
     recv_all,
     recv_digest,
     recv_exactly,
     run_cli,
+    server_context,
+    serving,
     sink_handler,
     source_handler,
+    tls_connect,
+    tls_upstream,
     wait_until,
+    write,
 )
-from tests.test_admission import listener_address, serving
-from tests.test_run import write
-from tests.test_tls_e2e import ca, client_context, echo_through, pki, server_context, tls_connect, tls_upstream  # noqa: F401
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -355,7 +360,7 @@ def test_run_fault_applies_to_every_listener(start_proxy, start_upstream, tmp_pa
     assert [line["faults"] for line in proxy.wait_access(2)] == ["latency", "latency"]
 
 
-def test_toxics_both_ways_between_tls_sides(pki, start_proxy, start_upstream):  # noqa: F811 - the fixture
+def test_toxics_both_ways_between_tls_sides(pki, start_proxy, start_upstream):
     upstream = start_upstream(tls_upstream(server_context(pki, "upstream"), b"hi:"))
     proxy = start_proxy(
         "forward", "127.0.0.1:0", upstream.address,

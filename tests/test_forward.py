@@ -19,6 +19,7 @@ from tests.support import (
     WAIT,
     connect,
     echo_handler,
+    free_port,
     logfmt,
     pattern,
     recv_all,
@@ -26,28 +27,23 @@ from tests.support import (
     recv_exactly,
     sink_handler,
     source_handler,
+    splicing,
     wait_until,
 )
-
-MiB = 1024 * 1024
 
 
 @pytest.fixture
 def proxy_env(data_path):
     """Every test here runs with splicing on and with it off."""
-    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
+    return splicing(data_path)
+
+
+MiB = 1024 * 1024
 
 
 def _rst_close(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def _closed_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("size", [1, 64 * 1024, 200 * MiB], ids=["1B", "64KiB", "200MiB"])
@@ -201,7 +197,7 @@ def test_slow_reader_keeps_proxy_memory_bounded(start_proxy, start_upstream):
 
 
 def test_refused_upstream_closes_the_client_within_a_second(start_proxy):
-    refused = f"127.0.0.1:{_closed_port()}"
+    refused = f"127.0.0.1:{free_port()}"
     proxy = start_proxy("forward", "127.0.0.1:0", refused)
     with connect(proxy.address) as client:
         client_address = "{}:{}".format(*client.getsockname())
@@ -223,7 +219,7 @@ def test_refused_upstream_closes_the_client_within_a_second(start_proxy):
 
 def test_the_first_client_after_the_primary_goes_away_reaches_the_backup(tmp_path, start_proxy, start_upstream):
     backup = start_upstream(source_handler(5))
-    primary = f"127.0.0.1:{_closed_port()}"
+    primary = f"127.0.0.1:{free_port()}"
     path = tmp_path / "backup.yaml"
     path.write_text(
         f"""\

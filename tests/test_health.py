@@ -16,15 +16,9 @@ from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.policy.upstreams import Pool
 from proxy.serve.health import HealthChecker
+from tests.support import free_port
 
 CHECK = HealthCheckConfig(interval=0.05, timeout=0.5, rise=1, fall=1)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (connects are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def check_for(seconds: float, host: str, port: int, resolver_options: dict | None = None, stall=None) -> str:
@@ -45,7 +39,7 @@ def check_for(seconds: float, host: str, port: int, resolver_options: dict | Non
 
 
 def test_a_refused_server_is_marked_down():
-    log = check_for(0.3, "127.0.0.1", closed_port())
+    log = check_for(0.3, "127.0.0.1", free_port())
     assert "server_down" in log
     assert 'reason="connection refused"' in log
 
@@ -54,7 +48,7 @@ def test_a_refused_server_is_marked_down():
 _OUT_OF_DESCRIPTORS = textwrap.dedent(
     """
     import io, socket, sys
-    from tests.support import exhaust_descriptors
+    from tests.support.processes import exhaust_descriptors
     from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
     from proxy.serve.health import HealthChecker
     from proxy.log import EventLog
@@ -104,7 +98,7 @@ def test_health_checks_of_named_servers_go_on_while_client_lookups_stall():
             resolver.resolve(Address(f"client{i}.example", 80), lambda result: None)
 
     try:
-        log = check_for(0.3, "db.example", closed_port(), {"threads": 2, "lookup": lookup}, stall)
+        log = check_for(0.3, "db.example", free_port(), {"threads": 2, "lookup": lookup}, stall)
     finally:
         released.set()
     # The verdict of a check that connected, not of a lookup that timed out.

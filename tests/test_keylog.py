@@ -18,33 +18,11 @@ import stat
 import textwrap
 
 import pytest
-import trustme
 
 from tests.support import WAIT, connect, logfmt, recv_exactly, run_cli, wait_until
 
 # label, client random (32 bytes), secret (TLS 1.3: a hash's length; TLS 1.2: the 48-byte master secret)
 KEYLOG_LINE = re.compile(r"([A-Z_0-9]+) ([0-9a-f]{64}) ([0-9a-f]{64}|[0-9a-f]{96})")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("pki")
-    files = {"ca": folder / "ca.pem"}
-    ca.cert_pem.write_to_path(files["ca"])
-    for name in ("proxy.test", "upstream.test"):
-        cert = ca.issue_cert(name)
-        files[name] = folder / f"{name}.pem"
-        files[f"{name}.key"] = folder / f"{name}.key"
-        cert.cert_chain_pems[0].write_to_path(files[name])
-        cert.private_key_pem.write_to_path(files[f"{name}.key"])
-    return {key: str(value) for key, value in files.items()}
-
-
-@pytest.fixture
-def proxy_env():
-    """No key log from the environment the tests were started in, unless a test asks for one."""
-    return {"SSLKEYLOGFILE": ""}
 
 
 def keylog_lines(path) -> list[str]:
@@ -60,7 +38,7 @@ def keylog_lines(path) -> list[str]:
 def tls_upstream(pki, keylog):
     """An upstream that terminates TLS as upstream.test, logs its own secrets, then echoes."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki["upstream.test"], pki["upstream.test.key"])
+    context.load_cert_chain(pki["upstream.pem"], pki["upstream.key"])
     context.keylog_filename = str(keylog)
 
     def handler(conn: socket.socket) -> None:
@@ -100,7 +78,7 @@ def test_forward_logs_the_terminated_and_the_originated_session(pki, tmp_path, s
     keylog = tmp_path / "proxy.keys"
     proxy = start_proxy(
         "forward", "127.0.0.1:0", upstream.address,
-        "--tls-cert", pki["proxy.test"], "--tls-key", pki["proxy.test.key"],
+        "--tls-cert", pki["proxy.pem"], "--tls-key", pki["proxy.key"],
         "--upstream-tls", "--upstream-ca", pki["ca"], "--upstream-server-name", "upstream.test",
         "--tls-keylog", str(keylog),
     )  # fmt: skip
@@ -147,7 +125,7 @@ def _config(tmp_path, pki, upstream) -> str:
                 tls: {{ca: {pki["ca"]}, server_name: upstream.test}}
             listeners:
               - listen: 127.0.0.1:0
-                tls: {{cert: {pki["proxy.test"]}, key: {pki["proxy.test.key"]}}}
+                tls: {{cert: {pki["proxy.pem"]}, key: {pki["proxy.key"]}}}
                 upstream: secure
             """
         )

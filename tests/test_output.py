@@ -33,9 +33,8 @@ from proxy.config.units import format_sockaddr
 from proxy.log import EventLog, logfmt_value
 from proxy.output import PIPE_BUF, Output, pieces
 from proxy.relay.tap import HexdumpWriter
-from tests.support import WAIT, PeakRss, echo_handler, logfmt, recv_exactly
-from tests.test_sni import in_records, synthetic_client_hello
-from tests.wireshark import find_tshark, run_tshark
+from tests.support import WAIT, PeakRss, echo_handler, in_records, logfmt, recv_exactly, synthetic_client_hello
+from tests.support.wireshark import find_tshark, run_tshark
 
 SMALL_PIPE = 4096  # one page: the smallest a pipe can be, so that a stall comes at once
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00"

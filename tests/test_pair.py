@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from tests.support import WAIT, connect, echo_handler, pattern, recv_exactly, source_handler
+from tests.support import WAIT, connect, echo_handler, pattern, recv_exactly, source_handler, splicing
 
 
 @pytest.fixture
 def proxy_env(data_path):
-    """Both data paths: splicing on and off."""
-    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
+    """Every test here runs with splicing on and with it off."""
+    return splicing(data_path)
 
 
 def test_a_slow_reader_still_receiving_is_not_idle(start_proxy, start_upstream):

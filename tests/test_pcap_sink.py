@@ -11,7 +11,7 @@ from pathlib import Path
 from proxy.config.schema import MAX_PCAP_KEEP, PcapConfig
 from proxy.protocol.pcapng import MAX_PAYLOAD_IPV4, Peer, TcpConversation
 from proxy.relay.pcap_sink import PcapSink
-from tests.test_pcapng import EPB, IDB, SHB, parse_blocks
+from tests.support import EPB, IDB, SHB, parse_blocks
 
 KiB = 1024
 _renames: list[tuple[str, str]] | None = None  # os.rename and os.replace calls, while a test counts them

@@ -29,10 +29,10 @@ from proxy.protocol.pcapng import (
     Peer,
     TcpConversation,
 )
-from tests.wireshark import find_tshark, follow, run_tshark
+from tests.support import EPB, IDB, SHB, parse_blocks
+from tests.support.wireshark import find_tshark, follow, run_tshark
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-SHB, IDB, EPB = 0x0A0D0D0A, 1, 6
 V4 = (("192.0.2.10", 51000), ("198.51.100.7", 8443))
 V6 = (("2001:db8::10", 51001), ("2001:db8:1::7", 8443))
 
@@ -92,18 +92,6 @@ def parse_options(data: bytes) -> list[tuple[int, bytes]]:
             return options
         options.append((code, data[4 : 4 + length]))
         data = data[4 + length + (-length % 4) :]
-
-
-def parse_blocks(capture: bytes) -> list[tuple[int, bytes]]:
-    """(type, body) of each block; lengths at both ends agree and are multiples of 4."""
-    blocks = []
-    while capture:
-        block_type, total = struct.unpack("<II", capture[:8])
-        assert total % 4 == 0 and total <= len(capture)
-        assert struct.unpack("<I", capture[total - 4 : total])[0] == total
-        blocks.append((block_type, capture[8 : total - 4]))
-        capture = capture[total:]
-    return blocks
 
 
 def parse_epb(body: bytes) -> tuple[int, int, bytes, list[tuple[int, bytes]]]:

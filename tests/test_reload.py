@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 
 from proxy.policy.upstreams import PASSIVE_DOWN_FIRST
-from tests.support import connect, echo_handler, recv_exactly, wait_until
-from tests.test_run import ask, closed_port, tagged, write
-from tests.test_upstreams import pool
-
-
-def reload(proxy, count: int) -> None:
-    """SIGHUP, then wait for the `count`-th outcome (`reloaded` or `reload_failed`) to be logged."""
-    proxy.send_signal(signal.SIGHUP)
-    assert wait_until(
-        lambda: proxy.log_text().count(" reloaded ") + proxy.log_text().count(" reload_failed ") >= count
-    ), proxy.log_text()
+from tests.support import ask, connect, echo_handler, free_port, pool, recv_exactly, reload, tagged, write
 
 
 def test_reload_keeps_least_conn_counts_of_unchanged_servers(tmp_path, start_proxy, start_upstream):
@@ -44,7 +33,7 @@ def test_reload_keeps_least_conn_counts_of_unchanged_servers(tmp_path, start_pro
 
 def test_reload_keeps_a_dead_server_down(tmp_path, start_proxy, start_upstream):
     alive = start_upstream(tagged(b"alive:"))
-    dead = closed_port()
+    dead = free_port()
     path = write(
         tmp_path,
         f"""\
@@ -69,7 +58,7 @@ def test_reload_keeps_a_dead_server_down(tmp_path, start_proxy, start_upstream):
 
 def test_a_reload_that_cannot_bind_changes_nothing(tmp_path, start_proxy, start_upstream):
     old, new = start_upstream(tagged(b"old:")), start_upstream(tagged(b"new:"))
-    kept_port, removed_port = closed_port(), closed_port()
+    kept_port, removed_port = free_port(), free_port()
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -105,20 +94,20 @@ def test_a_connection_waiting_for_its_proxy_header_keeps_the_table_it_was_accept
     tmp_path, start_proxy, start_upstream
 ):
     upstream = start_upstream(echo_handler)
-    port = closed_port()
+    port = free_port()
     before = f"""\
         listeners:
           - listen: "127.0.0.1:{port}"
             accept_proxy_protocol: true
             routes:
               - {{match: {{source: [10.0.0.0/8]}}, upstream: "{upstream.address}"}}
-              - {{upstream: "127.0.0.1:{closed_port()}"}}
+              - {{upstream: "127.0.0.1:{free_port()}"}}
         """
     path = write(tmp_path, before)
     proxy = start_proxy("run", "-c", str(path))
     after = f"""\
         listeners:
-          - {{listen: "127.0.0.1:{port}", upstream: "127.0.0.1:{closed_port()}"}}
+          - {{listen: "127.0.0.1:{port}", upstream: "127.0.0.1:{free_port()}"}}
         """
     with connect(proxy.address) as client:
         client.sendall(b"PROXY TCP4 10.1.2.3 127.0.0.1 5000 ")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 
-import pytest
-
 from proxy.config.units import Address
-from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 
 SAFETY = 5.0
-
-
-@pytest.fixture
-def reactor():
-    reactor = Reactor(EventLog(stream=io.StringIO()))
-    yield reactor
-    reactor.close()
 
 
 class StallingLookup:

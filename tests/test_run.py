@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -14,46 +13,16 @@ import pytest
 from proxy.protocol import proxyproto
 from tests.support import (
     WAIT,
+    ask,
     connect,
     echo_handler,
-    recv_all,
+    free_port,
     recv_exactly,
     run_cli,
+    tagged,
     wait_until,
+    write,
 )
-
-
-def write(tmp_path: Path, text: str, name: str = "pairproxy.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tagged(tag: bytes):
-    """An upstream that answers every connection with `tag`, then echoes."""
-
-    def handler(conn: socket.socket) -> None:
-        conn.sendall(tag)
-        echo_handler(conn)
-
-    return handler
-
-
-def ask(address, payload: bytes = b"") -> bytes:
-    """Connect, send `payload`, half-close, and return everything that comes back."""
-    with connect(address) as client:
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        try:
-            return recv_all(client)
-        except ConnectionResetError:
-            return b"<reset>"
 
 
 def test_run_serves_several_listeners(tmp_path, start_proxy, start_upstream):
@@ -84,7 +53,7 @@ def test_retries_reach_the_second_server_when_the_first_refuses(tmp_path, start_
         f"""\
         upstreams:
           pool:
-            servers: ["127.0.0.1:{closed_port()}", "{good.address}"]
+            servers: ["127.0.0.1:{free_port()}", "{good.address}"]
             balance: first
             retries: 1
         listeners:
@@ -304,7 +273,7 @@ def test_malformed_proxy_header_closes_the_client(tmp_path, start_proxy, start_u
 
 def test_active_health_check_marks_a_dead_server_down(tmp_path, start_proxy, start_upstream):
     good = start_upstream(tagged(b"good"))
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     path = write(
         tmp_path,
         f"""\
@@ -390,7 +359,7 @@ def test_check_warns_but_passes(tmp_path):
 
 def test_sighup_switches_new_connections_and_keeps_the_old_one(tmp_path, start_proxy, start_upstream):
     old, new = start_upstream(tagged(b"old:")), start_upstream(tagged(b"new:"))
-    port = closed_port()
+    port = free_port()
     template = """\
         listeners:
           - {{listen: "127.0.0.1:{port}", upstream: "{upstream}"}}
@@ -422,7 +391,7 @@ def test_sighup_with_a_broken_file_keeps_the_old_table(tmp_path, start_proxy, st
 
 def test_sighup_stops_removed_listeners_and_starts_new_ones(tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
-    kept_port, removed_port, added_port = closed_port(), closed_port(), closed_port()
+    kept_port, removed_port, added_port = free_port(), free_port(), free_port()
     listener = '  - {{name: {name}, listen: "127.0.0.1:{port}", upstream: "{upstream}"}}\n'
     path = write(
         tmp_path,
@@ -467,7 +436,7 @@ def test_sighup_keeps_an_unchanged_listeners_socket_while_clients_keep_connectin
 ):
     """Reloads under a stream of connections: none is refused, and the listening socket is the same one."""
     upstream = start_upstream(echo_handler)
-    kept_port, other_port = closed_port(), closed_port()
+    kept_port, other_port = free_port(), free_port()
     kept = f'  - {{name: kept, listen: "127.0.0.1:{kept_port}", upstream: "{upstream.address}"}}\n'
     other = '  - {{name: other, listen: "127.0.0.1:{port}", upstream: "{upstream}"}}\n'
     path = write(tmp_path, "listeners:\n" + kept)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ssl
-import struct
 
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from tests.support import in_records, synthetic_client_hello
 
 
 def real_client_hello(server_name: str | None) -> bytes:
@@ -20,31 +20,6 @@ def real_client_hello(server_name: str | None) -> bytes:
     except ssl.SSLWantReadError:
         pass
     return outgoing.read()
-
-
-def extension(kind: int, body: bytes) -> bytes:
-    return struct.pack("!HH", kind, len(body)) + body
-
-
-def synthetic_client_hello(server_name: str | None, padding: int = 0) -> bytes:
-    """A handshake message (not yet in records) with an optional SNI and a padding extension."""
-    extensions = b""
-    if server_name is not None:
-        name = server_name.encode()
-        entry = b"\x00" + struct.pack("!H", len(name)) + name
-        extensions += extension(0x0000, struct.pack("!H", len(entry)) + entry)
-    if padding:
-        extensions += extension(0x0015, b"\x00" * padding)
-    body = b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    body += struct.pack("!H", len(extensions)) + extensions
-    return b"\x01" + len(body).to_bytes(3, "big") + body
-
-
-def in_records(message: bytes, size: int) -> bytes:
-    return b"".join(
-        b"\x16\x03\x01" + struct.pack("!H", len(message[i : i + size])) + message[i : i + size]
-        for i in range(0, len(message), size)
-    )
 
 
 def test_a_real_client_hello_names_its_server():

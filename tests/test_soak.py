@@ -33,10 +33,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import WAIT, PeakRss, ProxyProcess, connect, logfmt, pattern, recv_exactly, wait_until
-from tests.test_admin_web import admin_address, http
-from tests.test_pcapng import parse_blocks
-from tests.test_run import write
+from tests.support import (
+    WAIT,
+    PeakRss,
+    ProxyProcess,
+    admin_address,
+    connect,
+    http,
+    logfmt,
+    parse_blocks,
+    pattern,
+    recv_exactly,
+    wait_until,
+    write,
+)
 
 SOAK_DEADLINE = 60.0  # seconds: the soak ends here even if the operator has not finished
 OPERATOR_ROUNDS = 3  # times the operator goes through every command

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import WAIT, Upstream, echo_handler, recv_all, required_tool, wait_until
+from tests.support import WAIT, Upstream, echo_handler, free_port, recv_all, required_tool, wait_until
 
 # The calls one plain connection costs: the client's accept (and the accept that finds the
 # queue empty), the upstream's socket and connect (no SO_ERROR: epoll says when a connect
@@ -39,12 +39,6 @@ BUDGET = {
     "shutdown": 1,
     "close": 2,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def counted_calls(strace: str, tmp_path: Path, upstream: str, connections: int) -> dict[str, int]:

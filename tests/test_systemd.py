@@ -30,9 +30,7 @@ from proxy.serve.systemd import (
     same_address,
     watchdog_interval,
 )
-from tests.support import WAIT, connect, echo_handler, recv_exactly, run_cli, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPOSITORY, WAIT, connect, echo_handler, recv_exactly, run_cli, wait_until
 
 # As systemd does: the sockets given as argv[1] ("5,6") become descriptors 3, 4, ... and LISTEN_PID
 # is the pid of the process that then runs the rest of the command line.
@@ -484,7 +482,7 @@ def test_with_workers_the_supervisor_shares_the_passed_socket(tmp_path, start_pr
 def _unit(name: str) -> dict[str, str]:
     """The settings of a unit file (the last one of each key)."""
     settings = {}
-    for line in (ROOT / "config" / name).read_text().splitlines():
+    for line in (REPOSITORY / "config" / name).read_text().splitlines():
         if "=" in line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
             settings[key] = value
@@ -502,7 +500,7 @@ def test_the_unit_checks_the_file_first_and_outlasts_the_shutdown_grace():
 
 def test_the_example_config_of_the_socket_unit_is_valid(tmp_path):
     """The listener the socket unit's comment shows checks, and its name is the FileDescriptorName."""
-    text = (ROOT / "config" / "pairproxy.socket").read_text()
+    text = (REPOSITORY / "config" / "pairproxy.socket").read_text()
     listener = re.search(r"#     - (\{.*\})", text).group(1)
     path = _config(tmp_path, f"upstreams:\n  app: {{servers: [127.0.0.1:9000]}}\nlisteners:\n  - {listener}\n")
     assert run_cli(["check", "-c", str(path)]).returncode == 0
@@ -515,7 +513,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
     if not pairproxy.exists():
         pytest.skip("no pairproxy console script next to the interpreter")
     for name in ("pairproxy.service", "pairproxy.socket"):
-        text = (ROOT / "config" / name).read_text().replace("/usr/local/bin/pairproxy", str(pairproxy))
+        text = (REPOSITORY / "config" / name).read_text().replace("/usr/local/bin/pairproxy", str(pairproxy))
         (tmp_path / name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "pairproxy.service", "pairproxy.socket"],

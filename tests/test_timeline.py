@@ -6,33 +6,11 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import textwrap
-from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.support import connect, echo_handler, logfmt, recv_all, recv_exactly, wait_until
-
-
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "pairproxy.yaml"
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ask(address, payload: bytes) -> bytes:
-    """Connect, send `payload`, half-close, and return everything that comes back."""
-    with connect(address) as client:
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        return recv_all(client)
+from tests.support import ask, connect, echo_handler, free_port, logfmt, recv_all, recv_exactly, wait_until, write
 
 
 def timeline(proxy, conn: str = "1", last: str = "closed") -> list[dict[str, str]]:
@@ -145,7 +123,7 @@ def test_tls_termination_tells_what_the_handshake_agreed(tmp_path, start_proxy, 
 
 def test_a_failed_connect_then_a_success(tmp_path, start_proxy, start_upstream):
     good = start_upstream(echo_handler)
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     config = write(
         tmp_path,
         f"""\

@@ -6,7 +6,6 @@ import base64
 import ssl
 
 import pytest
-import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,11 +20,6 @@ from proxy.config.certificates import (
 )
 from proxy.protocol.tls import TlsError, TlsSession, TlsState, TlsStateError
 from proxy.serve.contexts import client_context, server_context
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
 
 
 @pytest.fixture(scope="module")

@@ -17,88 +17,23 @@ import time
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.support import WAIT, connect, echo_handler, logfmt, pattern, recv_all, recv_exactly
+from tests.support import (
+    WAIT,
+    client_context,
+    connect,
+    echo_handler,
+    echo_through,
+    logfmt,
+    pattern,
+    recv_all,
+    recv_exactly,
+    server_context,
+    tls_connect,
+    tls_upstream,
+)
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def pki(ca, tmp_path_factory):
-    """PEM files on disk: the CA, a proxy certificate, upstream certificates, client certificates."""
-    folder = tmp_path_factory.mktemp("pki")
-    files = {"ca": folder / "ca.pem"}
-    ca.cert_pem.write_to_path(files["ca"])
-    for name, identities in {
-        "proxy": ["proxy.test", "*.proxy.test"],
-        "other": ["other.test"],
-        "a": ["a.test"],
-        "b": ["b.test"],
-        "upstream": ["upstream.test"],
-        "client": ["client@example.test"],
-    }.items():
-        cert = ca.issue_cert(*identities)
-        files[f"{name}.pem"] = folder / f"{name}.pem"
-        files[f"{name}.key"] = folder / f"{name}.key"
-        cert.cert_chain_pems[0].write_to_path(files[f"{name}.pem"])
-        cert.private_key_pem.write_to_path(files[f"{name}.key"])
-    other_ca = trustme.CA()
-    files["other-ca"] = folder / "other-ca.pem"
-    other_ca.cert_pem.write_to_path(files["other-ca"])
-    return {key: str(value) for key, value in files.items()}
-
-
-def client_context(pki, *, cert: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=pki["ca"])
-    if cert:
-        context.load_cert_chain(pki[f"{cert}.pem"], pki[f"{cert}.key"])
-    return context
-
-
-def server_context(pki, name: str, *, client_ca: bool = False) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki[f"{name}.pem"], pki[f"{name}.key"])
-    if client_ca:
-        context.load_verify_locations(pki["ca"])
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def tls_upstream(context: ssl.SSLContext, tag: bytes = b""):
-    """A handler that completes a TLS handshake, sends `tag`, then echoes."""
-
-    def handler(conn: socket.socket) -> None:
-        try:
-            tls = context.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        with tls:
-            tls.sendall(tag)
-            while data := tls.recv(65536):
-                tls.sendall(data)
-
-    return handler
-
-
-def tls_connect(address, context: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:
-    raw = connect(address)
-    return context.wrap_socket(raw, server_hostname=server_name)
-
-
-def echo_through(sock: socket.socket, data: bytes, step: int = 256 * 1024) -> bytes:
-    """Send `data` a step at a time, reading each echo back (an SSLSocket is not for two threads)."""
-    received = []
-    for start in range(0, len(data), step):
-        chunk = data[start : start + step]
-        sock.sendall(chunk)
-        received.append(recv_exactly(sock, len(chunk)))
-    return b"".join(received)
 
 
 def test_termination_moves_50_mib_intact(pki, start_proxy, start_upstream):

@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,9 +29,9 @@ from proxy.protocol import proxyproto
 from proxy.protocol.hexdump import parse_dump_line
 from tests.support import (
     WAIT,
-    Upstream,
     connect,
     echo_handler,
+    http,
     logfmt,
     pattern,
     recv_all,
@@ -40,56 +39,13 @@ from tests.support import (
     recv_exactly,
     required_tool,
     run_cli,
+    splicing,
     wait_until,
 )
-from tests.test_admin_web import http
-from tests.wireshark import fields, find_tshark, follow
+from tests.support.wireshark import fields, find_tshark, follow
 
 MiB = 1024 * 1024
 BULK = 50 * MiB
-
-
-def splicing(data_path: str) -> dict[str, str]:
-    """The environment of a proxy that moves bytes the `data_path` way: spliced, or copied."""
-    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
-
-
-class UnixUpstream(Upstream):
-    """`Upstream` listening on a UNIX socket (`path`, or an abstract name as b"\\0name")."""
-
-    def __init__(self, handler, path: str | bytes) -> None:
-        self.handler = handler
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(1024)
-        self.sock.settimeout(0.2)
-        self.accepted = 0
-        self.errors: list[BaseException] = []
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        if isinstance(self.path, bytes):
-            return f"unix:@{self.path[1:].decode()}"
-        return f"unix:{self.path}"
-
-
-@pytest.fixture
-def start_unix_upstream():
-    started: list[UnixUpstream] = []
-
-    def start(handler, path: str | bytes) -> UnixUpstream:
-        server = UnixUpstream(handler, path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
 
 
 def unix_connect(path: str | bytes, bind: str | bytes | None = None) -> socket.socket:

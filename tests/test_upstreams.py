@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.schema import BALANCE_STRATEGIES, HealthCheckConfig, ServerConfig, UpstreamConfig
-from proxy.config.units import Address
+from proxy.config.schema import BALANCE_STRATEGIES, HealthCheckConfig
 from proxy.policy.upstreams import PASSIVE_DOWN_FIRST, PASSIVE_DOWN_MAX, Pool
-
-
-def pool(*servers: int | tuple[int, int] | tuple[int, int, bool], balance="round_robin", retries=2, **kwargs) -> Pool:
-    """Servers as a port, (port, weight) or (port, weight, backup)."""
-    configs = []
-    for server in servers:
-        port, weight, backup = (*server, 1, False)[:3] if isinstance(server, tuple) else (server, 1, False)
-        configs.append(ServerConfig(Address("127.0.0.1", port), weight, backup))
-    config = UpstreamConfig("p", tuple(configs), balance=balance, retries=retries, **kwargs)
-    return Pool(config, random.Random(7))
-
-
-def ports(servers) -> list[int]:
-    return [server.address.port for server in servers]
+from tests.support import pool, ports
 
 
 def picks(p: Pool, count: int, client: str = "10.0.0.1", now: float = 0.0) -> list[int]:

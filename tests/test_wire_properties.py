@@ -13,7 +13,7 @@ from proxy.protocol.hexdump import dump_lines, parse_dump_line
 from proxy.protocol.http import MAX_HEAD, head_end, parse_request
 from proxy.protocol.proxyproto import MAX_HEADER, NEED_MORE, V1_PREFIX, V2_SIGNATURE, ProxyProtocolError, encode, parse
 from proxy.protocol.sni import Hello, peek_server_name
-from tests.test_sni import in_records, synthetic_client_hello
+from tests.support import in_records, synthetic_client_hello
 
 PROPERTIES = settings(max_examples=200, deadline=None)
 

@@ -1,13 +1,14 @@
-"""Test helpers: the real `pairproxy` command in a subprocess, and small real upstream servers.
+"""The real `pairproxy` command in a subprocess: one that serves (ProxyProcess), one that runs to
+completion (run_cli), and what a test reads of a process (RSS, descriptors, installed tools).
 
 Every wait here has a deadline; every process started is killed by its handle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-WAIT = 10.0  # seconds: the default deadline for anything the tests wait on
+from tests.support.logs import logfmt
+from tests.support.waits import WAIT, wait_until
 
 
 class ProxyProcess:
@@ -209,26 +211,6 @@ def proc_status(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-_LOGFMT_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
-_LOGFMT_SHORT = {"n": "\n", "r": "\r", "t": "\t"}
-
-
-def _unescape(match: re.Match) -> str:
-    escape = match.group(1)
-    return chr(int(escape[1:], 16)) if len(escape) > 1 else _LOGFMT_SHORT.get(escape, escape)
-
-
-def logfmt(line: str) -> dict[str, str]:
-    """The key=value pairs of one text log line (quotes removed, escapes decoded)."""
-    fields = {}
-    for key, value in _LOGFMT.findall(line):
-        if value.startswith('"'):
-            value = _LOGFMT_ESCAPE.sub(_unescape, value[1:-1])
-        fields[key] = value
-    return fields
-
-
 def run_cli(
     args: Sequence[str], cwd: Path | None = None, timeout: float = WAIT, **kwargs
 ) -> subprocess.CompletedProcess:
@@ -244,149 +226,17 @@ def run_cli(
     )
 
 
-class Upstream:
-    """A real TCP server on loopback running `handler(conn)` in a thread per connection."""
-
-    def __init__(self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
-        self.handler = handler
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(1024)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.host = host
-        self.accepted = 0
-        self.errors: list[BaseException] = []
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            conn.settimeout(WAIT * 3)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            self.handler(conn)
-        except OSError:
-            pass  # the client went away: the test asserts on what it saw
-        except BaseException as exc:  # reported to the test through .errors
-            self.errors.append(exc)
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self._stopping.set()
-        self.sock.close()
-        self._acceptor.join(WAIT)
-        for thread in self._threads:
-            thread.join(WAIT)
-
-
-def echo_handler(conn: socket.socket) -> None:
-    """Echo until EOF, then half-close back."""
-    while data := conn.recv(65536):
-        conn.sendall(data)
-    conn.shutdown(socket.SHUT_WR)
-
-
-def sink_handler(conn: socket.socket) -> None:
-    """Read to EOF, then answer `LENGTH SHA256\\n`: proves upload and half-close."""
-    digest = hashlib.sha256()
-    total = 0
-    while data := conn.recv(1 << 20):
-        digest.update(data)
-        total += len(data)
-    conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
-
-
-def source_handler(size: int) -> Callable[[socket.socket], None]:
-    """Send `size` deterministic bytes, then close: proves download."""
-
-    def handler(conn: socket.socket) -> None:
-        block = pattern(1 << 20)
-        left = size
-        while left:
-            chunk = block[: min(left, len(block))]
-            conn.sendall(chunk)
-            left -= len(chunk)
-        conn.shutdown(socket.SHUT_WR)
-        conn.recv(1)  # wait for the client's close so nothing is reset
-
-    return handler
-
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    """Deterministic bytes that are not all alike (so reordering would show)."""
-    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
-    repeats = size // len(block) + 1
-    return (block * repeats)[:size]
-
-
-def connect(address: tuple[str, int], timeout: float = WAIT) -> socket.socket:
-    sock = socket.create_connection(address, timeout=timeout)
-    sock.settimeout(timeout)
-    return sock
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(1 << 20):
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def recv_digest(sock: socket.socket) -> tuple[int, str]:
-    """Read to EOF: (byte count, sha256 hex) without holding the bytes."""
-    digest, total = hashlib.sha256(), 0
-    while chunk := sock.recv(1 << 20):
-        digest.update(chunk)
-        total += len(chunk)
-    return total, digest.hexdigest()
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        data = sock.recv(min(left, 1 << 20))
-        if not data:
-            break
-        chunks.append(data)
-        left -= len(data)
-    return b"".join(chunks)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def reload(proxy: ProxyProcess, count: int) -> None:
+    """SIGHUP, then wait for the `count`-th outcome (`reloaded` or `reload_failed`) to be logged."""
+    proxy.send_signal(signal.SIGHUP)
+    assert wait_until(
+        lambda: proxy.log_text().count(" reloaded ") + proxy.log_text().count(" reload_failed ") >= count
+    ), proxy.log_text()
 
 
 def exhaust_descriptors(limit: int = 64) -> list[socket.socket]:
     """In a child process made for it: lower the open-file limit to `limit` and take every
     descriptor left, so that the next socket() fails with EMFILE. Keep the list alive."""
-    import resource
-
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     hoard = []
@@ -409,3 +259,8 @@ def required_tool(*names: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{names[0]} is not installed (.ci/run installs it)")
     pytest.skip(f"{names[0]} is not installed")
+
+
+def splicing(data_path: str) -> dict[str, str]:
+    """The environment of a proxy that moves bytes the `data_path` way: spliced, or copied."""
+    return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}

@@ -1,67 +1,29 @@
-"""Admission end to end: trusted PROXY peers, IPv4-mapped rules on a dual-stack listener, and an
-unexpected exception in an admission step ending only its own connection."""
+"""The frontend's admission (serve/frontend.py) end to end: trusted PROXY peers, IPv4-mapped
+rules on a dual-stack listener, and an unexpected exception in an admission step ending only
+its own connection."""
 
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 
 from proxy.config.loader import load_config
 from proxy.config.schema import Config
-from proxy.log import EventLog
 from proxy.policy.routes import RouteTable
-from proxy.serve.server import Server
-from tests.support import WAIT, connect, echo_handler, logfmt, recv_exactly, wait_until
-from tests.test_run import ask, closed_port, tagged, write
-
-
-class Lines:
-    """A log stream the test thread reads while the server's thread writes."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> None:
-        with self._lock:
-            self.lines.extend(text.splitlines())
-
-    def flush(self) -> None:
-        pass
-
-    def events(self, event: str) -> list[dict[str, str]]:
-        with self._lock:
-            return [logfmt(line) for line in self.lines if f" {event} " in line]
-
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
-
-
-@contextmanager
-def serving(config: Config) -> Iterator[tuple[Server, Lines]]:
-    """A Server for `config` on a thread of this process (no signal handlers), stopped on exit."""
-    lines = Lines()
-    server = Server(config, EventLog("info", stream=lines))
-    server.bind(signals=False)
-    thread = threading.Thread(target=server.reactor.loop, daemon=True)
-    thread.start()
-    try:
-        yield server, lines
-    finally:
-        server.reactor.call_soon_threadsafe(server.reactor.stop)
-        thread.join(WAIT)
-        server.close()
-
-
-def listener_address(server: Server) -> tuple[str, int]:
-    (listener,) = server.listeners.values()
-    return listener.dispatcher.socket.getsockname()[:2]
+from tests.support import (
+    ask,
+    connect,
+    echo_handler,
+    free_port,
+    listener_address,
+    recv_exactly,
+    serving,
+    tagged,
+    wait_until,
+    write,
+)
 
 
 def proxy_config(tmp_path, upstream: str, trusted: tuple[str, ...] | None, allow: str = "10.0.0.0/8") -> Config:
@@ -118,7 +80,7 @@ def test_a_trusted_peers_header_decides_who_the_client_is(tmp_path, start_upstre
 def test_trusted_proxy_peers_from_the_file(tmp_path, start_proxy, start_upstream):
     """Needs the `accept_proxy_protocol: {trusted: [...]}` syntax of the configuration file."""
     upstream = start_upstream(tagged(b"up:"))
-    outside, inside = ("127.0.0.1", closed_port()), ("127.0.0.1", closed_port())
+    outside, inside = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
     path = write(
         tmp_path,
         f"""\
@@ -150,7 +112,7 @@ def test_trusted_proxy_peers_from_the_file(tmp_path, start_proxy, start_upstream
 )
 def test_a_dual_stack_listener_applies_ipv4_rules_to_ipv4_clients(tmp_path, start_proxy, start_upstream, rule, served):
     upstream = start_upstream(tagged(b"up:"))
-    port = closed_port()
+    port = free_port()
     path = write(
         tmp_path,
         f"""\

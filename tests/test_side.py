@@ -1,26 +1,21 @@
-"""The relay's state tables and its one error path: an illegal move is a bug that ends exactly its
-connection with result=error, logged once, leaving nothing registered; what an exception means
-is decided in one place (errors.classify)."""
+"""A side's state tables (relay/side.py) and its one error path: an illegal move is a bug that
+ends exactly its connection with result=error, logged once, leaving nothing registered."""
 
 from __future__ import annotations
 
-import errno
 import io
 import socket
 
 import pytest
 
 from proxy.config.loader import load_config
-from proxy.errors import Meaning, StateError, classify
+from proxy.errors import StateError
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.protocol.tls import TlsError
 from proxy.relay import side as side_module
 from proxy.relay.buffer import Budget
 from proxy.relay.side import Reading, Side, Splice, Writing
-from tests.support import WAIT, echo_handler, recv_exactly, wait_until
-from tests.test_admission import serving
-from tests.test_run import write
+from tests.support import WAIT, echo_handler, recv_exactly, serving, wait_until, write
 
 
 class Owner:
@@ -72,24 +67,6 @@ def test_a_shut_writing_half_stays_shut(side):
     side._write_to(Writing.SHUT)
     with pytest.raises(StateError):
         side._write_to(Writing.DRAINING_TO_SHUT)
-
-
-@pytest.mark.parametrize(
-    ("exc", "meaning"),
-    [
-        (ConnectionResetError(errno.ECONNRESET, "reset"), Meaning.PEER_GONE),
-        (BrokenPipeError(errno.EPIPE, "pipe"), Meaning.PEER_GONE),
-        (BlockingIOError(errno.EAGAIN, "again"), Meaning.TRY_LATER),
-        (InterruptedError(errno.EINTR, "interrupted"), Meaning.TRY_LATER),
-        (OSError(errno.EMFILE, "too many open files"), Meaning.OUT_OF_DESCRIPTORS),
-        (OSError(errno.EBADF, "bad descriptor"), Meaning.BUG),
-        (StateError("a bad move"), Meaning.BUG),
-        (TlsError("not an OSError"), Meaning.BUG),
-        (ValueError("anything else"), Meaning.BUG),
-    ],
-)
-def test_what_an_exception_means(exc, meaning):
-    assert classify(exc) is meaning
 
 
 def test_an_illegal_move_ends_exactly_its_connection_as_an_error(tmp_path, start_upstream, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.support import required_tool
+from tests.support.processes import required_tool
 
 
 def find_tshark() -> str:
