@@ -17,6 +17,18 @@ from proxy.loop.reactor import Reactor
 from tests.support import ProxyProcess, UnixUpstream, Upstream, write_pki
 
 
+def pytest_configure(config):
+    """Every process the run starts (xdist workers, proxies, `ctl`) keeps its compiled bytecode
+    in pytest's cache folder, even where PYTHONDONTWRITEBYTECODE keeps it out of the source tree:
+    a proxy compiles the whole package at each start otherwise, about half of its start-up,
+    and the run starts hundreds."""
+    cache = getattr(config, "cache", None)
+    if cache is None:  # -p no:cacheprovider: no folder of our own to write in
+        return
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
+
+
 @pytest.fixture(params=["splice", "copy"])
 def data_path(request):
     """Run a test both ways bytes can move: spliced in the kernel, and copied through Python."""
@@ -96,14 +108,19 @@ def pki(ca, tmp_path_factory):
 # -- nothing a test starts outlives the run ---------------------------------------------------
 # pytest becomes a child subreaper, so a process a test started stays its descendant even when
 # the process between them dies (strace killed before its tracee, a shell that exec'd away); at
-# the end, any child still alive is named, killed, and fails the run.
+# the end, any child still alive is named, killed, and fails the run. Under pytest-xdist each
+# worker checks its own children and hands what it killed to the controller, which reports it;
+# the controller checks its own children after its workers have exited (so they are not
+# counted), which catches what a worker that died left behind.
 
 PR_SET_CHILD_SUBREAPER = 36
+OUTLIVED = pytest.StashKey[list]()
 
 
 def pytest_sessionstart(session):
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    session.config.stash[OUTLIVED] = []
 
 
 def _live_children() -> dict[int, str]:
@@ -131,19 +148,36 @@ def _live_children() -> dict[int, str]:
     return alive
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
+def _kill_leftovers() -> list[str]:
+    """Kill this process's children still alive after a grace period; one line for each."""
     deadline = time.monotonic() + 5  # a process killed at the last teardown may still be exiting
     while (left := _live_children()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if not left:
-        return
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    report = "\n".join(f"  pid {pid}: {command}" for pid, command in left.items())
+    return [f"pid {pid}: {command}" for pid, command in left.items()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist, in the controller: a worker is done; keep what it killed for the report."""
+    node.config.stash[OUTLIVED].extend(getattr(node, "workeroutput", {}).get("outlived", []))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    outlived = _kill_leftovers()
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:  # an xdist worker: sent to the controller after this hook
+        worker_output["outlived"] = outlived
+        return
+    outlived += session.config.stash[OUTLIVED]
+    if not outlived:
+        return
+    report = "\n".join(f"  {line}" for line in outlived)
     session.config.get_terminal_writer().line(
         f"\nFAILED: processes started by tests outlived them (killed now):\n{report}", red=True
     )
