@@ -216,7 +216,9 @@ def test_dump_off_stops_the_dump_of_a_faulted_connection(tmp_path, start_proxy, 
 @pytest.mark.parametrize("on", [True, False])
 def test_dump_on_and_off_reach_a_connection_still_being_admitted(on, tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
-    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, ", accept_proxy_protocol: true")
+    # a header may take its time: several `ctl` runs come before it, slow on a busy machine
+    listener = ", accept_proxy_protocol: true, connect_timeout: 60s"
+    proxy, admin = dumping_proxy(tmp_path, start_proxy, upstream, listener)
     if not on:
         ok(admin, "dump", "on", "listener=web")
     with connect(proxy.address) as client:

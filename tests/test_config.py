@@ -15,7 +15,7 @@ import trustme
 from proxy.config.loader import ConfigError, load_config, parse_config
 from proxy.config.schema import DEFAULT_MAX_BUFFERED
 from proxy.config.units import Address
-from tests.support import connect, echo_handler, recv_exactly, run_cli, wait_until
+from tests.support import children_cpu_seconds, connect, echo_handler, recv_exactly, run_cli, wait_until
 
 
 def errors_of(text: str) -> list[str]:
@@ -562,9 +562,9 @@ def test_the_route_named_as_covering_is_the_first_that_does():
 def test_thousands_of_routes_and_listeners_load_in_linear_time():
     routes = "".join(f"      - {{match: {{sni: h{n}.example.com}}, upstream: 9000}}\n" for n in range(3000))
     listeners = "".join(f"  - {{listen: {port}, upstream: 9000}}\n" for port in range(10000, 16000))
-    started = time.monotonic()
+    started = time.process_time()  # the loader's own work, whatever else the machine runs
     config = load(f"listeners:\n  - listen: 443\n    routes:\n{routes}{listeners}").config
-    assert time.monotonic() - started < 6  # about 1.5 s; comparing every pair took 9 s
+    assert time.process_time() - started < 6  # about 1.5 s; comparing every pair took 9 s
     assert len(config.listeners) == 6001
 
 
@@ -769,9 +769,9 @@ def alias_bomb(levels: int) -> str:
 
 def test_aliases_that_expand_to_too_much_are_refused_fast():
     text = alias_bomb(9)
-    started = time.monotonic()
+    started = time.process_time()  # the loader's own work, whatever else the machine runs
     messages = errors_of(text)
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     assert elapsed < 0.5
     assert len(messages) == 1
     assert re.match(r"t\.yaml:\d+:\d+: YAML aliases expand to too much", messages[0])
@@ -780,9 +780,9 @@ def test_aliases_that_expand_to_too_much_are_refused_fast():
 def test_check_refuses_an_alias_bomb_at_once(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb(12))
-    started = time.monotonic()
+    started = children_cpu_seconds()  # the command's own work, whatever else the machine runs
     result = run_cli(["check", "-c", str(path)], timeout=20)
-    assert time.monotonic() - started < 5  # mostly interpreter start-up; the old loader never finished
+    assert children_cpu_seconds() - started < 5  # mostly interpreter start-up; the old loader never finished
     assert result.returncode == 2
     assert re.fullmatch(rf"{re.escape(str(path))}:\d+:\d+: YAML aliases expand to too much[^\n]*\n", result.stderr)
 
@@ -796,9 +796,9 @@ def test_many_listeners_sharing_one_route_table_load_fast():
         + "listeners:\n"
         + listeners
     )
-    started = time.monotonic()
+    started = time.process_time()  # the loader's own work, whatever else the machine runs
     config = load(text).config
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
     assert len(config.listeners) == 500
     assert all(len(listener.routes) == 21 for listener in config.listeners)
 
@@ -1057,7 +1057,7 @@ def test_shutdown_grace_zero_closes_open_connections_at_once(tmp_path, start_pro
         assert recv_exactly(client, 3) == b"one"
         started = time.monotonic()
         assert proxy.stop() == 0
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10  # at once, not after the default 30 s
         assert client.recv(10) == b""
     (line,) = proxy.access_lines()
     assert line["result"] == "shutdown"

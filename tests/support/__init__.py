@@ -24,6 +24,7 @@ from tests.support.pcapng import EPB, IDB, SHB, parse_blocks
 from tests.support.processes import (
     PeakRss,
     ProxyProcess,
+    children_cpu_seconds,
     exhaust_descriptors,
     proc_status,
     reload,
@@ -57,6 +58,7 @@ __all__ = [
     "Upstream",
     "admin_address",
     "ask",
+    "children_cpu_seconds",
     "client_context",
     "connect",
     "ctl",

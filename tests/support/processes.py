@@ -264,3 +264,10 @@ def required_tool(*names: str) -> str:
 def splicing(data_path: str) -> dict[str, str]:
     """The environment of a proxy that moves bytes the `data_path` way: spliced, or copied."""
     return {"PAIRPROXY_SPLICE": "1" if data_path == "splice" else "0"}
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited and been waited for: what a
+    command cost, however busy the machine was while it ran."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
