@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import ssl
 import stat
 import textwrap
 
 import pytest
 
-from tests.support import WAIT, connect, logfmt, recv_exactly, run_cli, wait_until
+from tests.support import WAIT, connect, logfmt, recv_exactly, run_cli, server_context, tls_upstream, wait_until
 
 # label, client random (32 bytes), secret (TLS 1.3: a hash's length; TLS 1.2: the 48-byte master secret)
 KEYLOG_LINE = re.compile(r"([A-Z_0-9]+) ([0-9a-f]{64}) ([0-9a-f]{64}|[0-9a-f]{96})")
@@ -35,22 +34,11 @@ def keylog_lines(path) -> list[str]:
     return lines
 
 
-def tls_upstream(pki, keylog):
+def keylogging_upstream(pki, keylog):
     """An upstream that terminates TLS as upstream.test, logs its own secrets, then echoes."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki["upstream.pem"], pki["upstream.key"])
+    context = server_context(pki, "upstream")
     context.keylog_filename = str(keylog)
-
-    def handler(conn: socket.socket) -> None:
-        try:
-            tls = context.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        with tls:
-            while data := tls.recv(65536):
-                tls.sendall(data)
-
-    return handler
+    return tls_upstream(context)
 
 
 def exchange(pki, address, keylog, *, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> None:
@@ -74,7 +62,7 @@ def warnings(proxy) -> list[str]:
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"])
 def test_forward_logs_the_terminated_and_the_originated_session(pki, tmp_path, start_proxy, start_upstream, version):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     keylog = tmp_path / "proxy.keys"
     proxy = start_proxy(
         "forward", "127.0.0.1:0", upstream.address,
@@ -98,7 +86,7 @@ def test_forward_logs_the_terminated_and_the_originated_session(pki, tmp_path, s
 
 
 def test_an_existing_key_log_is_appended_to_and_keeps_its_mode(pki, tmp_path, start_proxy, start_upstream):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     keylog = tmp_path / "proxy.keys"
     keylog.write_text("# kept\n")
     keylog.chmod(0o640)
@@ -134,7 +122,7 @@ def _config(tmp_path, pki, upstream) -> str:
 
 
 def test_run_takes_sslkeylogfile_and_keeps_it_across_a_reload(pki, tmp_path, start_proxy, start_upstream):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     keylog = tmp_path / "env.keys"
     proxy = start_proxy("run", "-c", _config(tmp_path, pki, upstream), env={"SSLKEYLOGFILE": str(keylog)})
     assert len(warnings(proxy)) == 1
@@ -150,7 +138,7 @@ def test_run_takes_sslkeylogfile_and_keeps_it_across_a_reload(pki, tmp_path, sta
 
 
 def test_the_flag_wins_over_sslkeylogfile(pki, tmp_path, start_proxy, start_upstream):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     flagged, ignored = tmp_path / "flag.keys", tmp_path / "env.keys"
     proxy = start_proxy(
         "run", "-c", _config(tmp_path, pki, upstream), "--tls-keylog", str(flagged), env={"SSLKEYLOGFILE": str(ignored)}
@@ -162,7 +150,7 @@ def test_the_flag_wins_over_sslkeylogfile(pki, tmp_path, start_proxy, start_upst
 
 
 def test_workers_share_the_key_log_and_the_supervisor_warns_once(pki, tmp_path, start_proxy, start_upstream):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     keylog = tmp_path / "proxy.keys"
     proxy = start_proxy(
         "run", "-c", _config(tmp_path, pki, upstream), "--workers", "2", "--tls-keylog", str(keylog), wait_listening=2
@@ -178,7 +166,7 @@ def test_workers_share_the_key_log_and_the_supervisor_warns_once(pki, tmp_path, 
 @pytest.mark.parametrize("command", ["forward", "run"])
 @pytest.mark.parametrize("source", ["flag", "environment"])
 def test_a_key_log_that_cannot_be_opened_stops_the_start(pki, tmp_path, start_upstream, command, source):
-    upstream = start_upstream(tls_upstream(pki, tmp_path / "upstream.keys"))
+    upstream = start_upstream(keylogging_upstream(pki, tmp_path / "upstream.keys"))
     missing = tmp_path / "no such folder" / "proxy.keys"
     args = (
         ["forward", "127.0.0.1:0", upstream.address]
