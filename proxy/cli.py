@@ -27,7 +27,6 @@ from proxy.config.schema import (
     DEFAULT_PCAP_KEEP,
     MAX_PCAP_KEEP,
     MIN_PCAP_MAX_SIZE,
-    Config,
     DumpOverrides,
     ListenerTlsConfig,
     PcapConfig,
@@ -41,7 +40,7 @@ from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve import admin
-from proxy.serve.contexts import use_keylog
+from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
@@ -66,24 +65,20 @@ _duration = _argument(parse_duration, "duration")
 _timeout = _argument(parse_positive_duration, "duration")
 
 
-def _parse_positive(text: str) -> int:
-    number = whole_number(text)
-    if number is None or number < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
-    return number
+def _parse_count(maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        number = whole_number(text)
+        if number is None or number < 1:
+            raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum}, got {text!r}")
+        return number
+
+    return parse
 
 
-_positive = _argument(_parse_positive, "count")
-
-
-def _parse_pcap_keep(text: str) -> int:
-    keep = _parse_positive(text)
-    if keep > MAX_PCAP_KEEP:
-        raise ValueError(f"must be at most {MAX_PCAP_KEEP}, got {text!r}")
-    return keep
-
-
-_pcap_keep = _argument(_parse_pcap_keep, "count")
+_positive = _argument(_parse_count(), "count")
+_pcap_keep = _argument(_parse_count(MAX_PCAP_KEEP), "count")
 _size = _argument(parse_size, "size")
 
 
@@ -137,13 +132,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {' '.join(message.splitlines())}\n")
 
 
-def _add_log_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
-
-
-def _add_dump_options(parser: argparse.ArgumentParser) -> None:
-    """The flags of `forward` and `run` that say what to dump and capture, and where (beside --hexdump)."""
+def _add_serving_options(parser: argparse.ArgumentParser, keylog_group: argparse._ActionsContainer) -> None:
+    """The flags `forward` and `run` share after their own: the key log (in `keylog_group`), what to
+    dump and capture and where (beside --hexdump), toxics."""
+    keylog_group.add_argument(
+        "--tls-keylog",
+        metavar="FILE",
+        help="append TLS secrets (NSS key log format) for Wireshark; default: $SSLKEYLOGFILE",
+    )
     dumps = parser.add_argument_group("dumps and captures (the same keys on every listener)")
     dumps.add_argument("--dump-file", type=_output_path, metavar="FILE", help="where the hex dump goes (- : stdout)")
     dumps.add_argument("--snaplen", type=_snaplen, metavar="SIZE", help="dump and capture at most SIZE bytes each way")
@@ -163,9 +159,6 @@ def _add_dump_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"rotated captures kept (default: {DEFAULT_PCAP_KEEP}, at most {MAX_PCAP_KEEP})",
     )
-
-
-def _add_fault_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault",
         type=_fault,
@@ -176,7 +169,7 @@ def _add_fault_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides:
+def _dump_overrides(args: argparse.Namespace) -> DumpOverrides:
     """What the dump flags say, or UsageError for flags that do not go together."""
     if args.pcap_max is not None and args.pcap is None:
         raise UsageError("--pcap-max needs --pcap FILE")
@@ -184,7 +177,7 @@ def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides
         raise UsageError("--pcap-keep needs --pcap-max (captures are only rotated by size)")
     if args.pcap == "-" and args.pcap_max is not None:
         raise UsageError("--pcap-max needs a file: standard output cannot be rotated")
-    if args.pcap == "-" and workers > 1:
+    if args.pcap == "-" and args.workers > 1:
         raise UsageError("--pcap - cannot be shared by workers; give a file")
     pcap = None if args.pcap is None else PcapConfig(args.pcap, args.pcap_max, args.pcap_keep or DEFAULT_PCAP_KEEP)
     return DumpOverrides(
@@ -197,15 +190,21 @@ def _dump_overrides(args: argparse.Namespace, workers: int = 1) -> DumpOverrides
     )
 
 
-def _check_standard_output(config: Config, workers: int = 1) -> None:
-    clash = standard_output_clash(config, workers)
+def _start_outputs(
+    args: argparse.Namespace, log: EventLog, loaded: LoadedConfig, overrides: DumpOverrides
+) -> str | None:
+    """Refuse outputs that cannot go together, then put the key log in force and warn: the file
+    decrypts traffic.
+
+    UsageError when captures and the dump would share standard output or two outputs one file (the
+    flags', the key log's and those of the table that no flag replaces). Called once per process
+    before any TLS context exists; `run --workers` forks after it, so the supervisor warns once for
+    all. The key log's path, for the TLS contexts to write to, or None; one that cannot be opened
+    stops the start (exit status 1).
+    """
+    clash = standard_output_clash(with_overrides(loaded.config, overrides), args.workers)
     if clash is not None:
         raise UsageError(clash)
-
-
-def _check_outputs(args: argparse.Namespace, overrides: DumpOverrides, loaded: tuple[OutputFile, ...] = ()) -> None:
-    """UsageError when two outputs would write one file: the flags' (and the key log's), and
-    those of the file (`loaded`) that no flag replaces."""
     outputs = []
     if overrides.dump_file not in (None, "-"):
         outputs.append(OutputFile(HEX_DUMP, overrides.dump_file, "--dump-file"))
@@ -215,19 +214,20 @@ def _check_outputs(args: argparse.Namespace, overrides: DumpOverrides, loaded: t
     if keylog is not None:
         outputs.append(OutputFile(KEY_LOG, os.path.abspath(keylog[1]), keylog[0]))
     replaced = {HEX_DUMP: overrides.dump_file is not None, CAPTURE: overrides.pcap is not None}
-    outputs += [output for output in loaded if not replaced.get(output.kind)]
+    outputs += [output for output in loaded.outputs if not replaced.get(output.kind)]
     clashes = output_clashes(outputs, file_identity)
     if clashes:
         output, message = clashes[0]
         raise UsageError(f"{output.origin}: {message}")
-
-
-def _add_keylog_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tls-keylog",
-        metavar="FILE",
-        help="append TLS secrets (NSS key log format) for Wireshark; default: $SSLKEYLOGFILE",
-    )
+    if keylog is None:
+        return None
+    source, path = keylog
+    try:
+        path = open_keylog(path)
+    except OSError as exc:
+        raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
+    log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,10 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-insecure", action="store_true", help="do not verify the upstream's certificate")
     tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
     tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
-    _add_keylog_option(tls)
-    _add_dump_options(forward)
-    _add_fault_option(forward)
-    _add_log_options(forward)
+    _add_serving_options(forward, tls)
+    forward.set_defaults(workers=1)  # one process, as the checks of the dump flags need to know
 
     run = commands.add_parser(
         "run", help="serve a YAML route table", description="Serve the route table in FILE until signalled."
@@ -277,23 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", type=_positive, default=1, metavar="N", help="serving processes sharing each port (default: 1)"
     )
-    _add_keylog_option(run)
-    _add_dump_options(run)
-    _add_fault_option(run)
-    _add_log_options(run)
+    _add_serving_options(run, run)
 
     check = commands.add_parser(
         "check", help="validate a YAML route table", description="Validate FILE without binding anything."
     )
     check.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
-    _add_log_options(check)
 
     _add_route_command(commands)
     _add_ctl_command(commands)
 
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
     echo.add_argument("listen", type=_address, metavar="LISTEN", help="HOST:PORT, PORT, unix:PATH or unix:@NAME")
-    _add_log_options(echo)
+    for command in commands.choices.values():  # last, so that they come last in every --help
+        command.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
+        command.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
     return parser
 
 
@@ -310,7 +306,6 @@ def _add_route_command(commands: argparse._SubParsersAction) -> None:
     route.add_argument("--client", metavar="IP[:PORT]", help="the client's address (default: left undecided)")
     route.add_argument("--sni", metavar="NAME", help="the server name the client sends")
     route.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    _add_log_options(route)
 
 
 def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
@@ -323,7 +318,6 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
     ctl.add_argument("-s", "--socket", metavar="PATH", help="the admin socket (default: admin.socket of FILE)")
     ctl.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
     ctl.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. show conns")
-    _add_log_options(ctl)
 
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
@@ -376,14 +370,8 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
     )
-    config = with_overrides(config, overrides)
-    _check_standard_output(config)
-    _check_outputs(args, overrides)
-    _start_keylog(args, log)
-    server = Server(config, log, splice=_splice_wanted())
-    server.bind()
-    server.serve()
-    return 0
+    keylog = _start_outputs(args, log, LoadedConfig(config, ()), overrides)
+    return _serve(Server(with_overrides(config, overrides), log, splice=_splice_wanted(), keylog=keylog))
 
 
 def _certificate(cert: str | None, key: str | None, flags: str) -> CertificatePair | None:
@@ -433,23 +421,6 @@ def _upstream_tls(args: argparse.Namespace) -> UpstreamTlsConfig | None:
     )
 
 
-def _start_keylog(args: argparse.Namespace, log: EventLog) -> None:
-    """Put the key log in force (the flag, else SSLKEYLOGFILE) and warn: the file decrypts traffic.
-
-    Called once per process before any TLS context exists; `run --workers` forks after it, so the
-    supervisor warns once for all. A file that cannot be opened stops the start (exit status 1).
-    """
-    wanted = _keylog_wanted(args)
-    if wanted is None:
-        return
-    source, path = wanted
-    try:
-        path = use_keylog(path)
-    except OSError as exc:
-        raise StartupError(f"{source} {path}: {describe_os_error(exc)}") from None
-    log.warning("tls_keylog", file=path, risk="the file decrypts TLS traffic")
-
-
 def _keylog_wanted(args: argparse.Namespace) -> tuple[str, str] | None:
     """Who asks for a key log (the flag, else SSLKEYLOGFILE) and where it goes, or None."""
     source, path = "--tls-keylog", args.tls_keylog
@@ -471,15 +442,16 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 
 def _run(args: argparse.Namespace, log: EventLog) -> int:
-    overrides = _dump_overrides(args, args.workers)
+    overrides = _dump_overrides(args)
     loaded = _load(args)
-    _check_standard_output(with_overrides(loaded.config, overrides), args.workers)
-    _check_outputs(args, overrides, loaded.outputs)
-    path, splice = Path(args.config), _splice_wanted()
-    _start_keylog(args, log)
+    keylog = _start_outputs(args, log, loaded, overrides)
+    options = {"overrides": overrides, "splice": _splice_wanted(), "keylog": keylog}
     if args.workers > 1:
-        return Supervisor(loaded.config, path, log, args.workers, overrides=overrides, splice=splice).run()
-    server = Server(loaded.config, log, overrides=overrides, config_path=path, splice=splice)
+        return Supervisor(loaded.config, Path(args.config), log, args.workers, **options).run()
+    return _serve(Server(loaded.config, log, config_path=Path(args.config), **options))
+
+
+def _serve(server: Server) -> int:
     server.bind()
     server.serve()
     return 0

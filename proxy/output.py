@@ -267,13 +267,18 @@ def open_private(path: str, *, append: bool) -> int:
     return os.open(path, flags, PRIVATE_MODE)
 
 
-def file_identity(path: str) -> tuple:
+def file_identity(path: str) -> tuple | None:
     """What `path` names on disk, equal for every path to one file: its device and inode when it
-    exists (hard links, symbolic ones), else the path with its links resolved (a file not made yet)."""
+    exists (hard links, symbolic ones), else the path with its links resolved (a file not made yet).
+
+    None for a character device (`/dev/null`, a terminal): writers to one do not share a file
+    whose records they could interleave, as they would in a regular file or a FIFO."""
     try:
         info = os.stat(path)
     except OSError:
         return ("path", os.path.realpath(path))
+    if stat.S_ISCHR(info.st_mode):
+        return None
     return ("inode", info.st_dev, info.st_ino)
 
 

@@ -1,7 +1,9 @@
-"""The configuration: its schema (frozen dataclasses), the values users type (addresses,
-durations, sizes), the YAML loader with located errors, the checks across a whole table, and
-certificate files.
+"""The configuration: schema.py (frozen dataclasses), units.py (the values users type:
+addresses, durations, sizes), dumping.py and faults.py (dump filters and toxic specs as people
+write them), the YAML loader with located errors (loader.py, the node reader reader.py and one
+module per part of the table in sections/), checks.py (the checks across a whole table) and
+certificates.py (certificate files).
 
-The loader is the only importer of yaml. Nothing here opens a socket or runs on the loop; it
-may import `proxy.errors` only.
+Only the loader, the reader and the sections import yaml. Nothing here opens a socket or runs
+on the loop; it may import `proxy.errors` and `proxy.output` only.
 """

@@ -215,7 +215,8 @@ class OutputFile:
 def output_clashes(outputs: Sequence[OutputFile], identity: Callable[[str], Hashable]) -> list[tuple[OutputFile, str]]:
     """Each output that would write a file an earlier one writes, with why, in the earlier one's terms.
 
-    `identity` tells which paths are one file (links resolved). One output asked for in several
+    `identity` tells which paths are one file (links resolved), None for one that any number of
+    outputs may write (a character device such as /dev/null). One output asked for in several
     places (listeners sharing a capture) is one output: the same kind on the same path.
     """
     writers: dict[Hashable, OutputFile] = {}
@@ -223,7 +224,10 @@ def output_clashes(outputs: Sequence[OutputFile], identity: Callable[[str], Hash
     for output in outputs:
         own = (output.kind, identity(output.path))
         for path in output.paths():
-            first = writers.setdefault(identity(path), output)
+            shared = identity(path)
+            if shared is None:
+                continue
+            first = writers.setdefault(shared, output)
             if (first.kind, identity(first.path)) != own:
                 message = f"the {output.kind} {path} is also the {first.kind}'s file ({first.origin})"
                 clashes.append((output, f"{message}; give each output its own file"))

@@ -5,9 +5,10 @@ abstract namespace).
 
 A UNIX socket's name is any bytes, and a client chooses its own: every output (log, dump, pcap
 comment, admin pages, metrics, `ctl`) shows one as `escape_name` writes it, printable ASCII with
-no space, so that no name can end a line, break a quote or fail an encoding. The text is made
-once, where the address becomes text (`UnixAddress.__str__`, `format_sockaddr`); the name itself
-stays as the kernel gave it for whatever goes on the wire (a PROXY header).
+no space, so that no name can end a line, break a quote or fail an encoding, and two names never
+read alike (a path that starts with `@` shows it as `\x40`: `@` starts an abstract name). The
+text is made once, where the address becomes text (`UnixAddress.__str__`, `format_sockaddr`);
+the name itself stays as the kernel gave it for whatever goes on the wire (a PROXY header).
 
 Shared by the YAML loader and the command line so both accept exactly the same spellings.
 Every parser raises ValueError with a message fit to show a person after a location prefix
@@ -88,7 +89,7 @@ class UnixAddress:
         return b"\0" + os.fsencode(self.path) if self.abstract else self.path
 
     def __str__(self) -> str:
-        return UNIX_PREFIX + unix_name_text(f"@{self.path}" if self.abstract else self.path)
+        return UNIX_PREFIX + unix_name_text(f"\0{self.path}" if self.abstract else self.path)
 
 
 SocketAddress = Address | UnixAddress
@@ -118,7 +119,7 @@ def format_sockaddr(sockaddr: tuple) -> str:
     """`127.0.0.1:80` or `[::1]:80` for a socket address tuple of either family.
 
     A UNIX peer is passed around as the pair `unix_peer` makes, which this prints as `unix:/path`
-    (its name escaped: `unix_name_text`).
+    or `unix:@name` (its name escaped: `unix_name_text`).
     """
     if sockaddr[0] == UNIX_HOST:
         return UNIX_PREFIX + unix_name_text(sockaddr[1])
@@ -140,18 +141,18 @@ def escape_name(raw: bytes) -> str:
 
 
 def unix_name_text(name: str) -> str:
-    """A UNIX socket's name as `unix_peer` gives it (`/path`, `@name`), escaped: `@a\\x0ab\\x20c`."""
-    if name[:1] == "@":
+    """A UNIX socket's name as `unix_peer` gives it, escaped: an abstract one after `@`
+    (`@a\\x0ab\\x20c`), a path as itself but a leading `@`, which is `\\x40`."""
+    if name[:1] == "\0":
         return "@" + escape_name(os.fsencode(name[1:]))
-    return escape_name(os.fsencode(name))
+    text = escape_name(os.fsencode(name))
+    return "\\x40" + text[1:] if text[:1] == "@" else text
 
 
 def unix_peer(sockaddr: str | bytes) -> tuple[str, str]:
-    """A UNIX socket address as the kernel gives it, as ("unix", "/path" | "@name" | "")."""
-    if isinstance(sockaddr, bytes):
-        name = sockaddr[1:] if sockaddr[:1] == b"\0" else sockaddr
-        sockaddr = ("@" if sockaddr[:1] == b"\0" else "") + os.fsdecode(name)
-    return (UNIX_HOST, sockaddr)
+    """A UNIX socket address as the kernel gives it, as ("unix", NAME): NAME is the path, the
+    abstract name after its NUL (as the kernel writes it: a path may start with `@` too), or ""."""
+    return (UNIX_HOST, os.fsdecode(sockaddr) if isinstance(sockaddr, bytes) else sockaddr)
 
 
 def format_any_sockaddr(sockaddr: tuple | str | bytes) -> str:

@@ -13,10 +13,20 @@ tracking can learn from it), and `unreachable` when the list is exhausted, or at
 The observer owns the connected attempt: it hands the socket to a dispatcher of its own
 (`hand_over`, which keeps the poller registration) or closes it. Whatever the observer raises
 goes to its `handle_error`, once the connector has stopped and closed any socket it still held.
+
+States (checked: any other move is a StateError, a bug):
+
+    READY -> TRYING         `start`
+    TRYING -> CONNECTED     an attempt worked (the observer is told `connected`)
+    TRYING -> UNREACHABLE   no server is left to try, or this process is short (`unreachable`)
+    READY, TRYING -> CANCELLED   `cancel`, or something raised: no observer call follows
+
+Each of the last three is final; `cancel` in one of them has nothing left to stop.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import socket
@@ -24,8 +34,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from proxy.config.units import SocketAddress
-from proxy.errors import OUT_OF_DESCRIPTORS
-from proxy.loop.dispatcher import Dispatcher, State
+from proxy.errors import OUT_OF_DESCRIPTORS, StateError
+from proxy.loop.dispatcher import CONNECTING, Dispatcher
 from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Lane, Lookup, Resolution, TooManyLookups
 
@@ -54,7 +64,23 @@ _NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 # Out of descriptors or of local ports: our shortage, not the server's fault (no passive back-off).
 _LOCAL_SHORTAGE = OUT_OF_DESCRIPTORS | {errno.EADDRNOTAVAIL}
-_CONNECTING = State.CONNECTING  # a global: see dispatcher.py
+
+
+class ConnectorState(enum.Enum):
+    READY = "ready"  # made, not started
+    TRYING = "trying"  # a server's name lookup or connect is under way
+    CONNECTED = "connected"
+    UNREACHABLE = "unreachable"
+    CANCELLED = "cancelled"
+
+
+_MOVES: dict[ConnectorState, frozenset[ConnectorState]] = {
+    ConnectorState.READY: frozenset({ConnectorState.TRYING, ConnectorState.CANCELLED}),
+    ConnectorState.TRYING: frozenset({ConnectorState.CONNECTED, ConnectorState.UNREACHABLE, ConnectorState.CANCELLED}),
+    ConnectorState.CONNECTED: frozenset(),
+    ConnectorState.UNREACHABLE: frozenset(),
+    ConnectorState.CANCELLED: frozenset(),
+}
 
 
 def _reason(code: int) -> str:
@@ -66,13 +92,13 @@ class ConnectAttempt(Dispatcher):
     when the poller reports nothing more, else whatever SO_ERROR says."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, sockaddr: tuple, connector: Connector) -> None:
-        super().__init__(reactor, sock, _CONNECTING)
+        super().__init__(reactor, sock, CONNECTING)
         self.sockaddr = sockaddr  # the address connected to, as resolved
         self.connector = connector
         self.interest_changed()
 
     def writable(self) -> bool:
-        return self.state is _CONNECTING
+        return self.state is CONNECTING
 
     def handle_connect(self, events: int) -> None:
         failed = events & self.reactor.poller.failure_events
@@ -110,15 +136,23 @@ class Connector:
         self._timer: Timer | None = None
         self._lookup: Lookup | None = None
         self._attempt: ConnectAttempt | None = None
-        self._cancelled = False
+        self.state = ConnectorState.READY
+
+    def _move(self, new: ConnectorState) -> None:
+        if new not in _MOVES[self.state]:
+            raise StateError(f"connector cannot go from {self.state.value} to {new.value}")
+        self.state = new
 
     def start(self) -> None:
+        self._move(ConnectorState.TRYING)
         self._next_server()
 
     def cancel(self) -> None:
-        """Stop trying; no observer call follows."""
-        self._cancelled = True
-        self._end_server()
+        """Stop trying; no observer call follows. Once it has connected, or told that nothing
+        could be reached, there is nothing left to stop."""
+        if ConnectorState.CANCELLED in _MOVES[self.state]:
+            self._move(ConnectorState.CANCELLED)
+            self._end_server()
 
     def handle_error(self, exc: Exception) -> None:
         """Something raised while connecting (the observer, or this connector): stop, and let
@@ -135,6 +169,7 @@ class Connector:
     def _next_server(self) -> None:
         server = next(self.servers, None)
         if server is None:
+            self._move(ConnectorState.UNREACHABLE)
             self._tell(self.observer.unreachable, self.last_reason)
             return
         self.server = server
@@ -186,6 +221,7 @@ class Connector:
         """This process cannot connect anywhere now: no server is to blame, none is tried."""
         self._end_server()
         self.last_reason = reason
+        self._move(ConnectorState.UNREACHABLE)
         self._tell(self.observer.unreachable, reason, local=True)
 
     def attempt_finished(self, attempt: ConnectAttempt, code: int) -> None:
@@ -198,6 +234,7 @@ class Connector:
             self._next_sockaddr()
             return
         self._end_server()
+        self._move(ConnectorState.CONNECTED)
         try:
             self.observer.connected(attempt, self.server)
         except Exception as exc:
@@ -212,7 +249,7 @@ class Connector:
         self._end_server()
         self.last_reason = reason
         self._tell(self.observer.attempt_failed, self.server, reason)
-        if not self._cancelled:
+        if self.state is ConnectorState.TRYING:  # else the observer cancelled, or raised
             self._next_server()
 
     def _end_server(self) -> None:

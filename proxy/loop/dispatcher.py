@@ -3,6 +3,15 @@
 A dispatcher never polls its own interest: when something changes what `readable()` or
 `writable()` would answer, it calls `interest_changed()` and the reactor re-reads both before
 its next wait. `close()` is idempotent and unregisters before it closes the socket.
+
+States (checked: any other move is a StateError, a bug):
+
+    CONNECTING -> OPEN      the connect's first writability (`handle_write_event`)
+    CONNECTING -> CLOSED    closed, detached or handed over before it connected
+    OPEN -> CLOSED          closed, detached or handed over
+
+CLOSED is final: closing again does nothing, but a dispatcher that is done cannot detach or
+hand over its socket a second time.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import enum
 import socket
 from typing import TYPE_CHECKING
 
-from proxy.errors import Meaning, classify
+from proxy.errors import Meaning, StateError, classify
 from proxy.loop.poller import READ, WRITE
 
 if TYPE_CHECKING:
@@ -26,7 +35,13 @@ class State(enum.Enum):
 
 # The members as module constants for the per-connection paths: on Python 3.11 reading a member
 # off its Enum class goes through the metaclass's __getattr__ hook, four times a global's cost.
-_CONNECTING, _OPEN, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
+CONNECTING, OPEN, CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
+
+_MOVES: dict[State, frozenset[State]] = {
+    CONNECTING: frozenset({OPEN, CLOSED}),
+    OPEN: frozenset({CLOSED}),
+    CLOSED: frozenset(),
+}
 
 
 class Dispatcher:
@@ -38,7 +53,7 @@ class Dispatcher:
     private_fd = False
     mask = 0  # the events registered with the poller (none yet); owned by the reactor
 
-    def __init__(self, reactor: Reactor, sock: socket.socket, state: State = State.OPEN) -> None:
+    def __init__(self, reactor: Reactor, sock: socket.socket, state: State = OPEN) -> None:
         self.reactor = reactor
         self.socket = sock
         self.fd = sock.fileno()
@@ -57,20 +72,25 @@ class Dispatcher:
         hot path may answer it in one call instead of two (a pair's side does)."""
         return (READ if self.readable() else 0) | (WRITE if self.writable() else 0)
 
+    def _move(self, new: State) -> None:
+        if new not in _MOVES[self.state]:
+            raise StateError(f"{type(self).__name__} cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
     def interest_changed(self) -> None:
         """Tell the reactor that `readable()` or `writable()` may answer differently now."""
         self.reactor.dirty.add(self)
 
     @property
     def closed(self) -> bool:
-        return self.state is _CLOSED
+        return self.state is CLOSED
 
     # -- events, as the reactor delivers them --------------------------------------------
 
     def handle_write_event(self, events: int) -> None:
         """Writable (`events` as the poller gave them): the connect's outcome while connecting."""
-        if self.state is _CONNECTING:
-            self.state = _OPEN
+        if self.state is CONNECTING:
+            self._move(OPEN)
             self.handle_connect(events)
         else:
             self.handle_write()
@@ -98,22 +118,22 @@ class Dispatcher:
 
     def close(self) -> None:
         """Unregister, then close the socket. Safe to call more than once."""
-        if self.state is _CLOSED:
+        if self.state is CLOSED:
             return
-        self.state = _CLOSED
+        self._move(CLOSED)
         self.reactor.forget(self, closing=True)
         self.socket.close()
 
     def detach(self) -> socket.socket:
         """Unregister and hand the still-open socket to a new owner; this dispatcher is done."""
-        self.state = _CLOSED
+        self._move(CLOSED)
         self.reactor.forget(self)
         return self.socket
 
     def hand_over(self, successor: Dispatcher) -> None:
         """Give this socket and its poller registration to `successor`, a dispatcher made
         for the same socket; this one is done. Cheaper than detach and register again."""
-        self.state = _CLOSED
+        self._move(CLOSED)
         self.reactor.transfer(self, successor)
 
 

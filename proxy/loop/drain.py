@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.loop.dispatcher import Dispatcher, State
+from proxy.loop.dispatcher import Dispatcher
 from proxy.output import Output
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ class OutputDrain(Dispatcher):
         """Leave the reactor; the descriptor belongs to the output and stays open."""
         if self.closed:
             return
-        self.state = State.CLOSED
-        self.reactor.forget(self)
+        self.detach()
         if self.output.drainer is self:
             self.output.drainer = None

@@ -1,24 +1,28 @@
 """The listening dispatcher: bind, accept in bounded batches, back off when out of descriptors.
 
 Each accepted client is made non-blocking and handed to the `on_accept` callback; what happens
-to it then (limits, routing, the pair) is the server's business, not the listener's.
+to it then (limits, routing, the pair) is the server's business, not the listener's. A listener
+is ACCEPTING, or PAUSED while descriptors are short (the clients wait in the kernel's backlog
+until a backing-off timer resumes it); any other move is a StateError.
 
 Under `run --workers` a worker binds nothing itself: the supervisor binds a SO_REUSEPORT group
-per address (`bind_reuseport_group`) and hands each worker its socket (`hand_over`), which
-`bind_listening_socket` then returns. A worker binding on its own could join another instance's
-group unnoticed, since the kernel lets any socket of the same user with SO_REUSEPORT in.
+per address (`bind_reuseport_group`) and hands each worker its socket, which the worker keeps in
+its `HandedSockets` until its server takes it. A worker binding on its own could join another
+instance's group unnoticed, since the kernel lets any socket of the same user with SO_REUSEPORT in.
 
-A UNIX socket has no SO_REUSEPORT: the workers share one listening socket, which the process
-that bound it keeps for later workers (`bind_reuseport_group` hands out copies) until
-`close_unix_listeners`. Binding a path takes over a socket file left by a process that died
-(nothing answers on it), never a live one; the file gets the listener's mode, owner and group
-before anyone can connect, set through a descriptor of the file the bind made (never by name,
-which a symlink may have taken over by then), and the process that created it removes it when it
-closes the socket. The admin socket's file is made the same way (`listen_unix`).
+A UNIX socket has no SO_REUSEPORT: the workers share one listening socket, which the supervisor
+keeps in its `SocketFiles` for later workers (`bind_reuseport_group` hands out copies) until it
+closes them. Binding a path takes over a socket file left by a process that died (nothing
+answers on it), never a live one; the file gets the listener's mode, owner and group before
+anyone can connect, set through a descriptor of the file the bind made (never by name, which a
+symlink may have taken over by then; without /proc the mode comes from the bind's umask and an
+owner or group is refused), and the process that created it removes it when it closes
+the socket. The admin socket's file is made the same way (`listen_unix`).
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import resource
@@ -28,7 +32,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from proxy.config.units import SocketAddress, UnixAddress, format_any_sockaddr
-from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, describe_os_error
+from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, StateError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
@@ -42,17 +46,14 @@ _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 AcceptCallback = Callable[[socket.socket, tuple], None]
 
 
-def bind_listening_socket(address: SocketAddress, *, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking socket listening on `address`; StartupError with the reason if not.
-
-    `reuse_port` is a worker of several: its socket is the one the supervisor handed over.
-    """
-    if reuse_port:
-        return _take_handed(address)
+def bind_listening_socket(address: SocketAddress) -> socket.socket:
+    """A non-blocking socket listening on `address`; StartupError with the reason if not."""
     return _listen(address, reuse_port=False)
 
 
-def bind_reuseport_group(address: SocketAddress, count: int, *, join: bool = False) -> list[socket.socket]:
+def bind_reuseport_group(
+    address: SocketAddress, count: int, kept: SocketFiles, *, join: bool = False
+) -> list[socket.socket]:
     """`count` sockets listening on `address` with SO_REUSEPORT, each with its own accept queue.
 
     Unless it `join`s a group this process already has there, the first socket binds without
@@ -60,11 +61,10 @@ def bind_reuseport_group(address: SocketAddress, count: int, *, join: bool = Fal
     workers included. It gets the option only once it listens, so that the address is never
     free between that check and the group. A port 0 becomes one port for the whole group.
 
-    On a UNIX address: `count` copies of the one socket this process keeps listening there.
+    On a UNIX address: `count` copies of the one socket `kept` holds listening there.
     """
     if address.is_unix:
-        first = _unix_listeners.get(str(address)) or _listen_unix(address)
-        return [first.dup() for _ in range(count)]
+        return kept.copies(address, count)
     first = _listen(address, reuse_port=join)
     first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     group = [first]
@@ -112,13 +112,11 @@ class _UnixListeningSocket(socket.socket):
     file), and not through copies made by dup() or sent to a worker.
     """
 
-    key = path = ""  # its address as text, and its file (copies have neither)
+    path = ""  # its file (copies have none)
     created: tuple[int, int, int] | None = None  # (pid, st_dev, st_ino) once it has a file
 
     def close(self) -> None:
         created, self.created = self.created, None
-        if _unix_listeners.get(self.key) is self:
-            del _unix_listeners[self.key]
         if created is not None and created[0] == os.getpid():
             try:
                 found = os.lstat(self.path)
@@ -129,18 +127,34 @@ class _UnixListeningSocket(socket.socket):
         super().close()
 
 
-# The UNIX listening sockets this process bound, by address text.
-_unix_listeners: dict[str, _UnixListeningSocket] = {}
-
-
 def _listen_unix(address: UnixAddress) -> socket.socket:
     try:
-        sock = listen_unix(address.sockaddr, mode=address.mode, owner=address.owner, group=address.group)
+        return listen_unix(address.sockaddr, mode=address.mode, owner=address.owner, group=address.group)
     except SocketFileError as exc:
         raise StartupError(f"cannot listen on {address}: {exc}") from None
-    sock.key = str(address)
-    _unix_listeners[sock.key] = sock
-    return sock
+
+
+class SocketFiles:
+    """The UNIX sockets a supervisor keeps listening for its workers, one per address text.
+
+    Workers, restarted ones too, get copies; the file goes when the kept socket is closed here
+    (by the process that bound it: a forked worker closing its inherited copies leaves the files).
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, socket.socket] = {}
+
+    def copies(self, address: UnixAddress, count: int) -> list[socket.socket]:
+        """`count` copies of the socket kept on `address`, bound now if none is; StartupError if it cannot be."""
+        kept = self._kept.get(str(address))
+        if kept is None:
+            kept = self._kept[str(address)] = _listen_unix(address)
+        return [kept.dup() for _ in range(count)]
+
+    def close(self, keep: Collection[str] = ()) -> None:
+        """Close the sockets kept, but those on the addresses in `keep`."""
+        for key in [key for key in self._kept if key not in keep]:
+            self._kept.pop(key).close()
 
 
 class SocketFileError(Exception):
@@ -158,8 +172,16 @@ class SocketFileError(Exception):
 _REPLACED = "the socket file was replaced as it was being made"
 
 
+PROC_FDS = "/proc/self/fd"  # names the file behind each descriptor of this process
+
+
 def listen_unix(
-    sockaddr: str | bytes, *, mode: int | None = None, owner: int | None = None, group: int | None = None
+    sockaddr: str | bytes,
+    *,
+    mode: int | None = None,
+    owner: int | None = None,
+    group: int | None = None,
+    proc_fds: str = PROC_FDS,
 ) -> socket.socket:
     """A non-blocking UNIX stream socket listening on `sockaddr` (a path, or an abstract name:
     bytes after a NUL); SocketFileError if not.
@@ -168,27 +190,42 @@ def listen_unix(
     or any other file never. The file gets `mode`, `owner` and `group` before the socket
     listens, so nobody connects before it has them; closing the socket in the process that bound
     it removes the file, if that is still the same file.
+
+    They are set through `proc_fds`, by the descriptor of the file the bind made. Without it (no
+    /proc mounted) the bind itself makes the file with `mode`, under a umask set for the bind
+    alone; an owner or group, which only a call by name could set then, is refused.
     """
     sock = _UnixListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     doing = ""  # what failed, when it is not the bind or the listen
+    by_descriptor = isinstance(sockaddr, str) and os.path.isdir(proc_fds)
+    by_umask = isinstance(sockaddr, str) and not by_descriptor and mode is not None
     try:
+        if isinstance(sockaddr, str) and not by_descriptor and (owner is not None or group is not None):
+            raise SocketFileError(
+                f"cannot set the socket file's owner and group: {proc_fds} is not there (is /proc mounted?),"
+                " and by its name they could go to a file swapped in after the bind"
+            )
+        umask = os.umask(0o777 & ~mode) if by_umask and mode is not None else None
         try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or isinstance(sockaddr, bytes) or not _left_by_the_dead(sockaddr):
-                raise
-            os.unlink(sockaddr)
-            sock.bind(sockaddr)
+            _bind_or_take_over(sock, sockaddr)
+        finally:
+            if umask is not None:
+                os.umask(umask)
         if isinstance(sockaddr, str):
             made, found = _open_made_file(sockaddr)
             try:
                 sock.path, sock.created = sockaddr, (os.getpid(), found.st_dev, found.st_ino)
+                if by_umask and stat.S_IMODE(found.st_mode) != mode:  # a default ACL, or bits no umask gives
+                    raise SocketFileError(
+                        f"cannot set the socket file's mode: without {proc_fds} it is made under a umask,"
+                        f" which gave it {stat.S_IMODE(found.st_mode):04o}, not {mode:04o}"
+                    )
                 # Through the descriptor, never by name: whoever may write in the folder could
                 # have put a symlink there since the bind, and have its target made writable
                 # and given away. This names the file the descriptor holds, whatever its name.
-                made_file = f"/proc/self/fd/{made}"
+                made_file = f"{proc_fds}/{made}"
                 doing = "cannot set the socket file's mode: "
-                if mode is not None:
+                if mode is not None and by_descriptor:
                     os.chmod(made_file, mode)
                 doing = "cannot set the socket file's owner and group: "
                 if owner is not None or group is not None:
@@ -205,6 +242,17 @@ def listen_unix(
         sock.close()
         raise SocketFileError(doing + describe_os_error(exc), exc.errno) from None
     return sock
+
+
+def _bind_or_take_over(sock: socket.socket, sockaddr: str | bytes) -> None:
+    """Bind `sock`, in the place of a socket file a dead process left if there is one."""
+    try:
+        sock.bind(sockaddr)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or isinstance(sockaddr, bytes) or not _left_by_the_dead(sockaddr):
+            raise
+        os.unlink(sockaddr)
+        sock.bind(sockaddr)
 
 
 def _open_made_file(path: str) -> tuple[int, os.stat_result]:
@@ -246,41 +294,35 @@ def _left_by_the_dead(path: str) -> bool:
     return False
 
 
-def close_unix_listeners(keep: Collection[str] = ()) -> None:
-    """Close the UNIX listening sockets this process bound, but those on the addresses in `keep`."""
-    for key, sock in list(_unix_listeners.items()):
-        if key not in keep:
-            sock.close()
+class HandedSockets:
+    """What the supervisor handed a worker, by address text: a listening socket, or why there is none."""
 
+    def __init__(self) -> None:
+        self._handed: dict[str, socket.socket | str] = {}
 
-# What the supervisor handed this worker, by address text: a listening socket, or why there is none.
-_handed: dict[str, socket.socket | str] = {}
+    def hand_over(self, address: str, sock_or_error: socket.socket | str) -> None:
+        """Keep a socket (or the error binding it gave) for the next `take` of `address`."""
+        stale = self._handed.pop(address, None)
+        if isinstance(stale, socket.socket):
+            stale.close()
+        self._handed[address] = sock_or_error
 
+    def take(self, address: SocketAddress) -> socket.socket:
+        """The non-blocking socket handed over for `address`; StartupError with the reason if none was."""
+        handed = self._handed.pop(str(address), None)
+        if handed is None:
+            raise StartupError(f"cannot listen on {address}: the supervisor bound no socket for it (send it SIGHUP)")
+        if isinstance(handed, str):
+            raise StartupError(handed)
+        handed.setblocking(False)
+        return handed
 
-def hand_over(address: str, sock_or_error: socket.socket | str) -> None:
-    """Keep a socket (or the error binding it gave) for the next `bind_listening_socket` of `address`."""
-    stale = _handed.pop(address, None)
-    if isinstance(stale, socket.socket):
-        stale.close()
-    _handed[address] = sock_or_error
-
-
-def discard_handed() -> None:
-    """Close what was handed over but not taken (the worker's table no longer has that address)."""
-    for handed in _handed.values():
-        if isinstance(handed, socket.socket):
-            handed.close()
-    _handed.clear()
-
-
-def _take_handed(address: SocketAddress) -> socket.socket:
-    handed = _handed.pop(str(address), None)
-    if handed is None:
-        raise StartupError(f"cannot listen on {address}: the supervisor bound no socket for it (send it SIGHUP)")
-    if isinstance(handed, str):
-        raise StartupError(handed)
-    handed.setblocking(False)
-    return handed
+    def discard(self) -> None:
+        """Close what was handed over but not taken (the worker's table no longer has that address)."""
+        for handed in self._handed.values():
+            if isinstance(handed, socket.socket):
+                handed.close()
+        self._handed.clear()
 
 
 def raise_fd_limit() -> int:
@@ -295,6 +337,17 @@ def raise_fd_limit() -> int:
     return soft
 
 
+class Accepting(enum.Enum):
+    ACCEPTING = "accepting"
+    PAUSED = "paused"  # out of descriptors: the clients wait in the backlog until a timer resumes it
+
+
+_MOVES: dict[Accepting, frozenset[Accepting]] = {
+    Accepting.ACCEPTING: frozenset({Accepting.PAUSED}),
+    Accepting.PAUSED: frozenset({Accepting.ACCEPTING}),
+}
+
+
 class Listener(Dispatcher):
     """Accepts clients and passes each to `on_accept(sock, peer_address)`."""
 
@@ -306,13 +359,19 @@ class Listener(Dispatcher):
         # What each accepted socket is made with, as plain ints: socket.accept() would read the
         # listener's family and type through properties that build enum members, per client.
         self._family, self._proto = int(sock.family), sock.proto
-        self.paused = False
+        self.accepting = Accepting.ACCEPTING
         self._backoff = EMFILE_BACKOFF_FIRST
         self._resume_timer = None
         self.interest_changed()
 
+    def _accepting_to(self, new: Accepting) -> None:
+        if new not in _MOVES[self.accepting]:
+            raise StateError(f"listener {self.name}: cannot go from {self.accepting.value} to {new.value}")
+        self.accepting = new
+        self.interest_changed()
+
     def readable(self) -> bool:
-        return not self.paused
+        return self.accepting is Accepting.ACCEPTING
 
     def handle_read(self) -> None:
         accept = self.socket._accept  # the descriptor alone; socket.accept() wraps it at a higher cost
@@ -342,16 +401,14 @@ class Listener(Dispatcher):
         self.reactor.log.warning(
             "accept_paused", listener=self.name, error=describe_os_error(exc), retry_s=self._backoff
         )
-        self.paused = True
-        self.interest_changed()
+        self._accepting_to(Accepting.PAUSED)
         self._resume_timer = self.reactor.call_later(self._backoff, self._resume)
         self._backoff = min(self._backoff * 2, EMFILE_BACKOFF_MAX)
 
     def _resume(self) -> None:
         self._resume_timer = None
         if not self.closed:
-            self.paused = False
-            self.interest_changed()
+            self._accepting_to(Accepting.ACCEPTING)
 
     def handle_error(self, exc: BaseException) -> None:
         # One bad accept must never close the listener that serves everybody else.

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.loop.dispatcher import State
+from proxy.loop.dispatcher import CLOSED
 from proxy.loop.poller import ENDED, READ, WRITE, Poller, best_poller
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Reactor:
     def _apply_interest(self) -> None:
         dirty = self.dirty
         poller = self.poller
-        closed = State.CLOSED
+        closed = CLOSED
         while dirty:
             dispatcher = dirty.pop()
             if dispatcher.state is closed:
@@ -253,7 +253,7 @@ class Reactor:
         dispatchers = self.map
         wake_fd = self._wake_fd
         not_write, not_read = ~WRITE, ~READ  # EPOLLHUP and EPOLLERR count as both
-        closed = State.CLOSED
+        closed = CLOSED
         while self._running:
             if self.dirty:
                 self._apply_interest()
@@ -286,7 +286,7 @@ class Reactor:
         self._running = False
 
     def close(self) -> None:
-        """Close every dispatcher still registered, then the selector itself."""
+        """Close every dispatcher still registered, then the poller itself."""
         for dispatcher in list(self.map.values()):
             dispatcher.close()
         if self._wakeup_fd_set:

@@ -8,6 +8,7 @@ refused at its first wrong byte, not after a timeout.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 from dataclasses import dataclass
 
@@ -88,9 +89,10 @@ def encode_v2(source: Endpoint, destination: Endpoint) -> bytes:
 
 
 def encode_unix(version: str, source: str, destination: str) -> bytes:
-    """The header for a client of a UNIX socket: `source` and `destination` are paths (`@name`
-    for an abstract one). An unnamed client (most are) is empty, or the listener's own path
-    (what the access log names it by): no client can be bound where the listener is.
+    """The header for a client of a UNIX socket: `source` and `destination` are names as
+    `unix_peer` gives them (a path, or an abstract name after its NUL). An unnamed client (most
+    are) is empty, or the listener's own name (what the access log names it by): no client can
+    be bound where the listener is.
 
     v1 has no UNIX form: `PROXY UNKNOWN`. v2 names both sockets (AF_UNIX), or, when the client
     has no name, says LOCAL: the receiver keeps the connection's own endpoints.
@@ -108,14 +110,9 @@ def encode_unix(version: str, source: str, destination: str) -> bytes:
     )
 
 
-def _unix_path(text: str) -> bytes:
-    """A path as sun_path holds it, NUL-padded to 108 bytes; `@name` is abstract (a leading NUL)."""
-    raw = (
-        b"\0" + text[1:].encode("utf-8", "surrogateescape")
-        if text.startswith("@")
-        else text.encode("utf-8", "surrogateescape")
-    )
-    return raw[:_UNIX_PATH_SIZE].ljust(_UNIX_PATH_SIZE, b"\0")
+def _unix_path(name: str) -> bytes:
+    """A name as sun_path holds it (an abstract one starts with its NUL), NUL-padded to 108 bytes."""
+    return os.fsencode(name)[:_UNIX_PATH_SIZE].ljust(_UNIX_PATH_SIZE, b"\0")
 
 
 def encode(version: str, source: Endpoint, destination: Endpoint) -> bytes:

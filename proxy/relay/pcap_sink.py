@@ -9,9 +9,10 @@ shows the gap as what it is, segments that were not captured. An interface whose
 is declared again, under a new index.
 
 Each listener is one interface, declared in a section before its first packet. With a
-`max_size`, a file that holds a packet is rotated before a block would take it past that size
-(a fresh file takes its first packet whatever the size of that packet and of the section's own
-blocks, so a rotation always makes room): PATH becomes PATH.1, PATH.1 becomes PATH.2 and so on,
+`max_size`, a regular file (never a FIFO or a device) that holds a packet is rotated before a
+block would take it past that size (a fresh file takes its first packet whatever the size of
+that packet and of the section's own blocks, so a rotation always makes room): PATH becomes
+PATH.1, PATH.1 becomes PATH.2 and so on,
 and at most `keep` old files are kept. A rotation renames only the old files there are (the
 folder is listed once, when the sink opens; the sink knows what it renamed since), so it costs
 the loop one rename per old file, never one per number up to `keep`. Every file starts with its
@@ -21,6 +22,7 @@ own section, so each one opens on its own.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -68,6 +70,7 @@ class PcapSink:
         self._writer = PcapngWriter()
         self._interfaces: dict[str, int] = {}
         self._fd: int | None = None
+        self._rotates = False  # whether the file is one a rotation may rename (a regular file)
         self._size = 0  # bytes in the current file
         self._holds_packets = False  # whether the current file has a packet: only then may it rotate
         self._old_files = self._listed_old_files()  # the numbers N of the files PATH.N there are
@@ -79,6 +82,9 @@ class PcapSink:
             output = output_for(sys.stdout, DUMP_QUEUE_LIMIT)
         else:
             self._fd = open_private(self.path, append=False)
+            # Only a regular file rotates: renaming a FIFO or a device (/dev/null, as root) would
+            # move the node itself.
+            self._rotates = stat.S_ISREG(os.fstat(self._fd).st_mode)
             output = Output(self._fd, DUMP_QUEUE_LIMIT)
         output.on_recovered = self._recovered
         self._size = 0
@@ -167,7 +173,7 @@ class PcapSink:
 
     def _rotation_due(self, size: int) -> bool:
         limit = self.config.max_size
-        return limit is not None and self._fd is not None and self._holds_packets and self._size + size > limit
+        return limit is not None and self._rotates and self._holds_packets and self._size + size > limit
 
     def _rotate(self) -> None:
         """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH.

@@ -24,9 +24,11 @@ class HexdumpWriter:
     Records go to `stream` (stdout by default) through `self.output`, a bounded queue of
     DUMP_QUEUE_LIMIT bytes; a record that does not fit is dropped whole, and once the queue has
     drained one `dump_dropped` line says how many bytes of dump were lost (with the `conn` of the
-    last record dropped). Header and event lines hold endpoints, codes and numbers only, and an
-    endpoint is printable ASCII without a space however odd its name (config/units.py escapes a
-    UNIX socket's once per connection), so no record can end early or forge another.
+    last record dropped). Header and event lines hold endpoints, names, codes and numbers only:
+    an endpoint is printable ASCII without a space however odd its name (config/units.py escapes
+    a UNIX socket's once per connection), and the listener's name, the destination of the open
+    line of a connection that never opened, is printable text without a space (the loader
+    refuses any other), so no record can end early or forge another.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:

@@ -13,10 +13,12 @@ has passed), without blocking its loop. So what a method of `Controlled` returns
 `Later`, and so may a handler's answer: `execute` gives a `Later` answer in every case. A client's
 commands are answered in the order sent: the next line waits until the answer before it is in.
 
-A client can never stall the proxy: its input line is bounded (MAX_LINE; past it the client
-gets an error line and is closed), what is queued for it is bounded (MAX_OUTPUT; past it, it is
-dropped; one answer alone is always sent, whatever its length), and a client idle for
-IDLE_TIMEOUT is closed. The socket is made with mode 0600,
+A client can never stall the proxy: its input line is bounded (MAX_LINE, however it arrives;
+past it the client gets an error line and is closed), what is queued for it is bounded
+(MAX_OUTPUT; past it, it is dropped; one answer alone is always sent, whatever its length), a
+client idle for IDLE_TIMEOUT is closed, and at most MAX_CLIENTS are served at once: a new one
+past them takes the place of the one idle longest, if it has been idle for SHED_AFTER, and is
+otherwise told there is no room and closed. The socket is made with mode 0600,
 refused when another process answers on its path, and removed at exit.
 """
 
@@ -37,6 +39,8 @@ from proxy.loop.listener import SocketFileError, listen_unix
 from proxy.loop.reactor import Reactor, Timer
 
 MAX_LINE = 4096  # bytes of one command line
+MAX_CLIENTS = 64  # clients served at once
+SHED_AFTER = 1.0  # seconds a client must have been idle before a full socket closes it for a new one
 MAX_OUTPUT = 1024 * 1024  # bytes of answers that may pile up for a client that does not read them
 IDLE_TIMEOUT = 60.0  # seconds a client may do nothing
 READ_SIZE = 8192
@@ -49,17 +53,25 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
+class CommandError(Exception):
+    """A refusal: what was asked cannot be done, and its message (for people) says why; the
+    answer's one line after `error: `, or a 503's body. Only the boundaries make one: a parse
+    of the operator's words, a ValueError a Controlled method raises at once (`_refused_at_once`), a
+    worker's error message. Any other exception behind an answer is a bug."""
+
+
 class Later(Generic[T]):
     """A value that may not be there yet: `then(step)` runs `step` on it once it is settled (at
-    once if it already is) and is the Later of what `step` returns. A refusal (a ValueError, with
-    a message for people) passes the steps of `then` by, up to the first `otherwise`; a step
-    that raises ValueError refuses its own Later. Anything else a step raises is a bug, and goes
-    to whoever settled the value (a reactor callback, which logs it)."""
+    once if it already is) and is the Later of what `step` returns. A Later may end instead in a
+    refusal (a CommandError) or a failure (any other exception: a bug), and so does one whose
+    step raises; both pass the steps of `then` by, up to the `otherwise` that makes an answer of
+    each (an admin endpoint's edge, which logs a failure). The last step of a chain, the one that
+    sends the answer, must not raise: nobody reads what its Later ends in."""
 
     def __init__(self) -> None:
         self.settled = False
         self._value: Any = None
-        self._refusal: ValueError | None = None
+        self._error: Exception | None = None
         self._steps: list[Callable[[], None]] = []
 
     @staticmethod
@@ -71,43 +83,56 @@ class Later(Generic[T]):
         later.settle(value)
         return later
 
+    @staticmethod
+    def calling(action: Callable[[], T | Later[T]]) -> Later[T]:
+        """The Later of what `action` returns, or ended in what it raises."""
+        try:
+            return Later.of(action())
+        except Exception as exc:  # a refusal or a bug, for the edge's `otherwise` to tell apart
+            later: Later[T] = Later()
+            later._end(None, exc)
+            return later
+
     def settle(self, value: T) -> None:
         self._end(value, None)
 
-    def refuse(self, refusal: ValueError) -> None:
+    def refuse(self, refusal: CommandError) -> None:
         self._end(None, refusal)
 
-    def _end(self, value: Any, refusal: ValueError | None) -> None:
-        self.settled, self._value, self._refusal = True, value, refusal
+    def _end(self, value: Any, error: Exception | None) -> None:
+        self.settled, self._value, self._error = True, value, error
         steps, self._steps = self._steps, []
         for step in steps:
             step()
 
     def then(self, step: Callable[[T], U]) -> Later[U]:
-        return self._follow(lambda following: following.settle(step(self._value)), pass_refusal=True)
+        return self._follow(lambda: step(self._value), pass_error=True)
 
-    def otherwise(self, step: Callable[[ValueError], T]) -> Later[T]:
-        """The same value, or what `step` makes of a refusal."""
+    def otherwise(self, refused: Callable[[CommandError], T], failed: Callable[[Exception], T]) -> Later[T]:
+        """The same value, or what `refused` makes of a refusal, or `failed` of a failure."""
 
-        def run(following: Later[T]) -> None:
-            if self._refusal is None:
-                following.settle(self._value)
-            else:
-                following.settle(step(self._refusal))
+        def run() -> T:
+            if self._error is None:
+                return self._value
+            if isinstance(self._error, CommandError):
+                return refused(self._error)
+            return failed(self._error)
 
-        return self._follow(run, pass_refusal=False)
+        return self._follow(run, pass_error=False)
 
-    def _follow(self, run: Callable[[Later[Any]], None], *, pass_refusal: bool) -> Later[Any]:
+    def _follow(self, run: Callable[[], Any], *, pass_error: bool) -> Later[Any]:
         following: Later[Any] = Later()
 
         def step() -> None:
-            if pass_refusal and self._refusal is not None:
-                following.refuse(self._refusal)
+            if pass_error and self._error is not None:
+                following._end(None, self._error)
                 return
             try:
-                run(following)
-            except ValueError as exc:
-                following.refuse(exc)
+                value = run()
+            except Exception as exc:  # a refusal or a bug: ends this link only, never the settler's
+                following._end(None, exc)
+                return
+            following.settle(value)
 
         if self.settled:
             step()
@@ -118,13 +143,14 @@ class Later(Generic[T]):
 
 class Controlled(Protocol):
     """What the commands act on: the Server (answers at once), or the supervisor's Workers
-    (answers Later). A refusal is a ValueError, raised at once or refusing the Later."""
+    (answers Later). A refusal is a ValueError raised at once (by the methods a command's
+    handler passes through `_refused_at_once`) or a CommandError refusing the Later."""
 
     def snapshot(self) -> dict | Later[dict]: ...
 
     def kill_conn(self, conn: int) -> bool | Later[bool]: ...
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | Later[bool]: ...
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | str | Later[bool | str]: ...
 
     def reload(self) -> list[str]: ...
 
@@ -135,10 +161,6 @@ class Controlled(Protocol):
     def remove_fault(self, target: str, kind: str) -> str | Later[str]: ...
 
     def list_faults(self) -> list[str] | Later[list[str]]: ...
-
-
-class CommandError(ValueError):
-    """A command that cannot be done: its message is the answer's one line, after `error: `."""
 
 
 Answer = str | Later[str]
@@ -199,20 +221,23 @@ def _maintenance(on: bool) -> Callable[[Controlled, list[str]], Answer]:
     def handler(target: Controlled, args: list[str]) -> Answer:
         upstream, address = args
         known = Later.of(target.set_server_maintenance(upstream, address, on))
-        return known.then(lambda found: _ok_if(found, f"no server {address} in upstream {upstream}"))
+        missing = f"no server {address} in upstream {upstream}"
+        # True or False, or what to say instead of ok (the supervisor's "queued for ...").
+        return known.then(lambda found: found if isinstance(found, str) else _ok_if(found, missing))
 
     return handler
 
 
 def _dump(on: bool) -> Callable[[Controlled, list[str]], Answer]:
     def handler(target: Controlled, args: list[str]) -> Answer:
-        return _refused_as_error(lambda: target.set_dump(on, args))
+        return _refused_at_once(lambda: target.set_dump(on, args))
 
     return handler
 
 
-def _refused_as_error(action: Callable[[], Answer]) -> Answer:
-    """What `action` answers; a ValueError it raises (a message for people) as the command's error."""
+def _refused_at_once(action: Callable[[], Answer]) -> Answer:
+    """What `action` answers; a ValueError it raises at once (a bad filter or spec, told in words
+    for people) as the command's refusal."""
     try:
         return action()
     except ValueError as exc:
@@ -220,11 +245,11 @@ def _refused_as_error(action: Callable[[], Answer]) -> Answer:
 
 
 def fault_add(target: Controlled, args: list[str]) -> Answer:
-    return _refused_as_error(lambda: target.add_fault(args[0], args[1]))
+    return _refused_at_once(lambda: target.add_fault(args[0], args[1]))
 
 
 def fault_remove(target: Controlled, args: list[str]) -> Answer:
-    return _refused_as_error(lambda: target.remove_fault(args[0], args[1]))
+    return _refused_at_once(lambda: target.remove_fault(args[0], args[1]))
 
 
 def fault_list(target: Controlled, _args: list[str]) -> Answer:
@@ -329,20 +354,23 @@ def parse_command(words: list[str]) -> tuple[Command, list[Any]]:
     raise CommandError(f"unknown command {given!r}{hint}")
 
 
-def execute(target: Controlled, line: str) -> Later[str]:
-    """The answer to one command line, without the final empty line; errors start with `error: `."""
-    return Later.of(_answer(target, line)).otherwise(lambda refusal: f"error: {refusal}")
+def execute(target: Controlled, line: str, log: EventLog) -> Later[str]:
+    """The answer to one command line, without the final empty line; errors start with `error: `.
+    A bug behind it is logged (`admin_failed`) and answered `error: internal error`."""
+
+    def failed(exc: Exception) -> str:
+        log.failure("admin_failed", exc, command=line)
+        return "error: internal error"
+
+    return Later.calling(lambda: _answer(target, line)).otherwise(lambda refusal: f"error: {refusal}", failed)
 
 
 def _answer(target: Controlled, line: str) -> Answer:
     words = line.split()
     if not words:
         return ""
-    try:
-        command, args = parse_command(words)
-        return command.handler(target, args)
-    except CommandError as exc:
-        return f"error: {exc}"
+    command, args = parse_command(words)
+    return command.handler(target, args)
 
 
 # -- the socket ----------------------------------------------------------------------------
@@ -375,7 +403,7 @@ class AdminSocket(Dispatcher):
         super().__init__(reactor, bind_admin_socket(path))
         self.target = target
         self.log = log
-        self.clients: set[AdminClient] = set()
+        self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
         self._paused: Timer | None = None
         self.interest_changed()
 
@@ -394,7 +422,20 @@ class AdminSocket(Dispatcher):
                 self.interest_changed()
                 return
             sock.setblocking(False)
-            self.clients.add(AdminClient(self, sock))
+            if len(self.clients) >= MAX_CLIENTS and not self._make_room():
+                _refuse(sock, f"error: more than {MAX_CLIENTS} admin clients\n\n")
+                continue
+            self.clients[AdminClient(self, sock)] = None
+
+    def _make_room(self) -> bool:
+        """Close the client idle longest (the oldest of those idle since their accept), if one has
+        been idle for SHED_AFTER; whether it did."""
+        idle = [client for client in self.clients if client.sheddable]
+        if not idle:
+            return False
+        self.log.warning("admin_client_dropped", reason=f"idle while {MAX_CLIENTS} clients were connected")
+        min(idle, key=lambda client: client.last_active).close()
+        return True
 
     def _resume(self) -> None:
         self._paused = None
@@ -433,6 +474,12 @@ class AdminClient(Dispatcher):
     def writable(self) -> bool:
         return bool(self.outgoing)
 
+    @property
+    def sheddable(self) -> bool:
+        """Whether a full socket may close it for a new client: idle for SHED_AFTER, owed nothing."""
+        idle = not self.awaiting and not self.outgoing
+        return idle and self.reactor.now - self.last_active > SHED_AFTER
+
     def handle_read(self) -> None:
         try:
             data = self.socket.recv(READ_SIZE)
@@ -452,15 +499,19 @@ class AdminClient(Dispatcher):
         """Answer the whole lines received, in order, until one's answer is to come later."""
         while not self.ending and not self.awaiting and not self.closed:
             end = self.incoming.find(b"\n")
+            if end > MAX_LINE or (end < 0 and len(self.incoming) > MAX_LINE):
+                self._too_long()  # however the line came: whole in one read, or in pieces
+                return
             if end < 0:
                 break
             line = bytes(self.incoming[:end])
             del self.incoming[: end + 1]
             self._command(line)
-        if len(self.incoming) > MAX_LINE and not self.awaiting and b"\n" not in self.incoming and not self.closed:
-            self.incoming.clear()
-            self._answer(f"error: line longer than {MAX_LINE} bytes")
-            self._end(b"")
+
+    def _too_long(self) -> None:
+        self.incoming.clear()
+        self._answer(f"error: line longer than {MAX_LINE} bytes")
+        self._end(b"")
 
     def _end(self, last: bytes) -> None:
         """The client has said all it will: answer a last line without its newline, then close
@@ -479,7 +530,7 @@ class AdminClient(Dispatcher):
         text = line.decode("utf-8", "replace").strip()
         if not text:
             return
-        answer = execute(self.server.target, text)
+        answer = execute(self.server.target, text, self.server.log)
         if answer.settled:
             answer.then(self._answer)
         else:
@@ -543,8 +594,17 @@ class AdminClient(Dispatcher):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self.server.clients.discard(self)
+        self.server.clients.pop(self, None)
         super().close()
+
+
+def _refuse(sock: socket.socket, answer: str) -> None:
+    """Tell a client accepted past the bound why, if its socket takes the line at once, and close it."""
+    try:
+        sock.send(answer.encode())
+    except OSError:
+        pass  # gone already, or not reading: closed all the same
+    sock.close()
 
 
 # -- the client side (`pairproxy ctl`) -------------------------------------------------------

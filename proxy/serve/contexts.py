@@ -1,8 +1,8 @@
 """SSL contexts the configuration asks for: terminating TLS from clients (with certificates chosen
 by SNI, optional client certificates) and originating TLS to upstream servers.
 
-With a key log in force (`use_keylog`), every context built here writes its sessions' secrets
-to that file in the NSS key log format, so that Wireshark can decrypt a capture.
+A context given a key log (`keylog=`, a file `open_keylog` made ready) writes its sessions'
+secrets to that file in the NSS key log format, so that Wireshark can decrypt a capture.
 """
 
 from __future__ import annotations
@@ -13,42 +13,41 @@ import ssl
 from proxy.config.certificates import CertificatePair, certificate_names
 from proxy.output import open_private
 
-# The key log is one file for the whole process, like the stdlib's own SSLKEYLOGFILE: set once at
-# start, before any context is built; forked workers inherit it and every reload keeps it.
-_keylog: str | None = None
 
-
-def use_keylog(path: str) -> str:
-    """Write the TLS secrets of every context built from now on to `path`; its absolute form.
+def open_keylog(path: str) -> str:
+    """Make the key log at `path` ready for contexts to write TLS secrets to; its absolute form,
+    the `keylog` to give them.
 
     The file is appended to, and created readable by its owner only (it decrypts traffic): it is
     created here because the stdlib would create it with the umask's mode. OSError if it cannot
     be opened for appending.
     """
-    global _keylog
     path = os.path.abspath(path)
     os.close(open_private(path, append=True))
-    _keylog = path
     return path
 
 
-def _logged(context: ssl.SSLContext) -> ssl.SSLContext:
-    if _keylog is not None:
-        context.keylog_filename = _keylog
+def _logged(context: ssl.SSLContext, keylog: str | None) -> ssl.SSLContext:
+    if keylog is not None:
+        context.keylog_filename = keylog
     return context
 
 
 def server_context(
-    default: CertificatePair, others: tuple[CertificatePair, ...] = (), client_ca: str | None = None
+    default: CertificatePair,
+    others: tuple[CertificatePair, ...] = (),
+    client_ca: str | None = None,
+    *,
+    keylog: str | None = None,
 ) -> ssl.SSLContext:
     """A context for terminating TLS: `default` unless the client's SNI picks one of `others`.
 
     The chosen name is kept on the SSLObject as `sni_name` for routing and the access log.
     """
-    context = _new_server_context(default, client_ca)
+    context = _new_server_context(default, client_ca, keylog)
     by_name: dict[str, ssl.SSLContext] = {}
     for pair in others:
-        other = _new_server_context(pair, client_ca)
+        other = _new_server_context(pair, client_ca, keylog)
         for name in certificate_names(pair.cert):
             by_name.setdefault(name.lower(), other)
 
@@ -70,8 +69,8 @@ def _lookup(by_name: dict[str, ssl.SSLContext], name: str) -> ssl.SSLContext | N
     return by_name.get(f"*.{parent}") if dot else None
 
 
-def _new_server_context(pair: CertificatePair, client_ca: str | None) -> ssl.SSLContext:
-    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+def _new_server_context(pair: CertificatePair, client_ca: str | None, keylog: str | None) -> ssl.SSLContext:
+    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), keylog)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(pair.cert, pair.key)
     if client_ca is not None:
@@ -81,10 +80,14 @@ def _new_server_context(pair: CertificatePair, client_ca: str | None) -> ssl.SSL
 
 
 def client_context(
-    ca: str | None = None, verify: bool = True, client_cert: CertificatePair | None = None
+    ca: str | None = None,
+    verify: bool = True,
+    client_cert: CertificatePair | None = None,
+    *,
+    keylog: str | None = None,
 ) -> ssl.SSLContext:
     """A context for originating TLS: verification against `ca` (or the system store) unless off."""
-    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), keylog)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if verify:
         if ca is not None:

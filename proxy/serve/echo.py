@@ -54,7 +54,7 @@ class EchoConnection(PeerDispatcher):
                 pass  # the client is gone already; closing is all that is left
             self.close()
             return
-        self.interest_changed()  # cheap: the reactor touches the selector only if the mask moved
+        self.interest_changed()  # cheap: the reactor touches the poller only if the mask moved
 
 
 def serve_echo(address: Address, log: EventLog) -> None:

@@ -88,16 +88,18 @@ class Table:
         *,
         splice: bool,
         dump_outputs: DumpOutputs,
+        keylog: str | None = None,
     ) -> Table:
         """The table of `config`; ssl.SSLError or OSError when its TLS certificate cannot be loaded.
 
         `splice` allows os.splice; `dump_outputs` are where its dumps and captures go, and the
-        dump rules turned on at run time.
+        dump rules turned on at run time; `keylog`, where its TLS secrets go, if anywhere.
         """
         policy = AccessPolicy.of(config)
         routes = RouteTable(config.routes)
         tls = config.tls
         trusted = config.proxy_trusted
+        tls_context = None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca, keylog=keylog)
         return cls(
             config=config,
             settings=PairSettings(
@@ -113,7 +115,7 @@ class Table:
             routes=routes,
             pools=pools,
             upstream_tls=upstream_tls,
-            tls_context=None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca),
+            tls_context=tls_context,
             trusted=None if trusted is None else canonical_networks(trusted),
             uses_source=config.allow is not None or bool(config.deny) or routes.needs_source,
             peek_sni=tls is None and routes.needs_server_name,

@@ -5,14 +5,18 @@ anything, so nothing a client does may stall the loop or hold memory or a place 
 request head is read up to MAX_HEAD (431 past it) and must be whole within HEAD_TIMEOUT of the
 accept, however slowly it trickles (408 then); a client whose answer does not move for
 IDLE_TIMEOUT is closed; at most MAX_CLIENTS are served at once, and a new client past them takes
-the place of the oldest one still sending its head or being sent its answer (closed), so slow
-clients cannot keep a load balancer's /ready out. Each client holds at most its one answer,
+the place of the oldest one still sending its head or being sent its answer SHED_AFTER after its
+accept (closed), so slow clients cannot keep a load balancer's /ready out; with none that slow
+(a flood of new connections), the new client is closed instead, so a flood cannot push out a
+probe accepted before it that the loop has not read yet. Each client holds at most its one answer,
 whose size the configuration bounds (the connections listed, the listeners, the servers). After
 answering, what a client still sends is read and dropped for a moment (LINGER) before closing,
 so that a reset does not destroy the answer on its way.
 
 An answer may come later (under `run --workers` the supervisor asks its workers first: an
-admin.Later); /ready never waits for one: what `unready()` says decides it at once.
+admin.Later); /ready never waits for one: what `unready()` says decides it at once. A snapshot
+refused (a worker's error) is a 503 saying why; a bug behind a page is logged (`admin_failed`)
+and answered 500.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ HEAD_TIMEOUT = 5.0  # seconds from the accept to the end of the request head
 IDLE_TIMEOUT = 10.0  # seconds an answer may wait for its first byte to go, or for the next
 LINGER = 2.0  # seconds an answered client's leftover input is read and dropped
 MAX_CLIENTS = 64
+SHED_AFTER = 1.0  # seconds a client must have been slow before a full house closes it for a new one
 READ_SIZE = 16 * 1024
 HTML = "text/html; charset=utf-8"
 
@@ -67,6 +72,7 @@ class AdminHttp:
     ) -> None:
         """Binds at once: a StartupError says why it could not."""
         self.reactor = reactor
+        self.log = log
         self.snapshot = snapshot
         self.unready = unready
         self.clients: dict[AdminClient, None] = {}  # in the order accepted: the oldest first
@@ -80,7 +86,7 @@ class AdminHttp:
     def accept(self, sock: socket.socket, _peer: tuple) -> None:
         if len(self.clients) >= MAX_CLIENTS:
             oldest = next((client for client in self.clients if client.sheddable), None)
-            if oldest is None:  # all being answered or lingering: each ends within its bound
+            if oldest is None:  # all new, or being answered, or lingering: each ends within its bound
                 sock.close()
                 return
             oldest.close()
@@ -103,10 +109,15 @@ class AdminHttp:
                 format_response(404, b"not found: try /metrics, /ready, /status or /conns\n", head_only=head_only)
             )
         body, kind = page
+
+        def failed(exc: Exception) -> bytes:
+            self.log.failure("admin_failed", exc, path=path)
+            return format_response(500, b"internal error\n", head_only=head_only)
+
         return (
-            Later.of(self.snapshot())
+            Later.calling(self.snapshot)
             .then(lambda snapshot: format_response(200, body(snapshot), kind, head_only=head_only))
-            .otherwise(lambda refusal: format_response(503, f"{refusal}\n".encode(), head_only=head_only))
+            .otherwise(lambda refusal: format_response(503, f"{refusal}\n".encode(), head_only=head_only), failed)
         )
 
     def close(self) -> None:
@@ -131,14 +142,16 @@ class AdminClient(PeerDispatcher):
         self.phase = Phase.HEAD
         self.received = bytearray()
         self.outgoing = memoryview(b"")
-        self.last_active = self.reactor.now
+        self.accepted = self.last_active = self.reactor.now
         self.timer: Timer = self.reactor.call_later(HEAD_TIMEOUT, self._head_late)
         self.interest_changed()
 
     @property
     def sheddable(self) -> bool:
-        """Whether the client is what a full house closes for a new one: slow to ask or to read."""
-        return self.phase is Phase.HEAD or self.phase is Phase.SENDING
+        """Whether the client is what a full house closes for a new one: slow to ask or to read,
+        for SHED_AFTER already (one just accepted has not had its turn to be read yet)."""
+        slow = self.phase is Phase.HEAD or self.phase is Phase.SENDING
+        return slow and self.reactor.now - self.accepted > SHED_AFTER
 
     def readable(self) -> bool:
         return self.phase is Phase.HEAD or self.phase is Phase.LINGERING
@@ -181,6 +194,9 @@ class AdminClient(PeerDispatcher):
         self.timer = self.reactor.call_later(IDLE_TIMEOUT, self._idle_check)
 
     def respond(self, response: bytes) -> None:
+        """Queue the answer for the loop to send. It may come from anywhere (a deferred answer
+        from the supervisor's settling of an ask), so it touches no socket here: a send that
+        fails is the loop's to hand to this client's own `handle_error`."""
         if self.closed:  # shed, or the listener closed, while the answer was on its way
             return
         if self.phase is Phase.HEAD:
@@ -189,7 +205,6 @@ class AdminClient(PeerDispatcher):
         self.outgoing = memoryview(response)
         self.phase = Phase.SENDING
         self.interest_changed()
-        self.handle_write()
 
     def handle_write(self) -> None:
         sent = self.socket.send(self.outgoing)

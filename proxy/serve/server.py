@@ -9,10 +9,10 @@ halfway, and an unexpected exception in any step ends only that client (`result=
 
 SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
 closed with `result=shutdown`. SIGHUP reloads the file, all or nothing: every new listener is
-bound and every TLS context built before anything changes; on any failure what was built is
-closed and the old table keeps serving (`reload_failed`, one line per problem). Listeners keep
-their socket when their address stays, and servers whose upstream and address stay keep their
-health, back-off, balancing state and open-connection counts.
+bound and every TLS context built before anything changes (a `Build`, proxy/serve/build.py); on
+any failure what was built is closed and the old table keeps serving (`reload_failed`, one line
+per problem). Listeners keep their socket when their address stays, and servers whose upstream
+and address stay keep their health, back-off, balancing state and open-connection counts.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -32,11 +31,11 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import did_you_mean, format_any_sockaddr, parse_address
-from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
+from proxy.config.units import SocketAddress, did_you_mean, parse_address
+from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import bind_listening_socket, raise_fd_limit
+from proxy.loop.listener import HandedSockets, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from proxy.output import open_private
@@ -48,37 +47,12 @@ from proxy.relay.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.relay.tap import HexdumpWriter
 from proxy.serve.admin import AdminSocket, dump_answer
-from proxy.serve.contexts import client_context
-from proxy.serve.frontend import DumpOutputs, Frontend, Table
+from proxy.serve.build import Build
+from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
 from proxy.serve.http_admin import AdminHttp
 from proxy.serve.stats import connection_row, process_stats, server_rows
 from proxy.serve.systemd import Systemd
-
-
-def _tls_failure(exc: ssl.SSLError | OSError) -> str:
-    """Why a TLS context could not be built, in one line (the files were fine when checked)."""
-    if isinstance(exc, ssl.SSLError):
-        return describe_ssl_error(exc)
-    reason = describe_os_error(exc)
-    return f"{exc.filename}: {reason}" if exc.filename else reason
-
-
-@dataclass
-class _Build:
-    """What one (re)load builds before anything changes: pools, TLS contexts, new sockets, tables."""
-
-    config: Config
-    pools: dict[str, Pool]
-    upstream_tls: dict[str, tuple[ssl.SSLContext, str | None]]
-    new_sockets: dict[str, socket.socket]
-    tables: dict[str, Table]
-    problems: list[str]
-
-    def discard(self) -> None:
-        for sock in self.new_sockets.values():
-            sock.close()
-        self.new_sockets.clear()
 
 
 class Server:
@@ -94,13 +68,19 @@ class Server:
         worker: tuple[int, int] = (0, 1),
         port_pins: dict[str, int] | None = None,
         splice: bool = SPLICE_AVAILABLE,
+        handed: HandedSockets | None = None,
+        keylog: str | None = None,
     ) -> None:
-        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners.
+        """`worker` is (index, count) under `run --workers`; `port_pins` fixes port-0 listeners;
+        `handed`, a worker's, holds the listening sockets its supervisor bound for it; `keylog`
+        is the file (made ready by `open_keylog`) every TLS context of every load writes its secrets to.
 
         `splice` lets plain pairs move bytes with os.splice (where the platform has it); `overrides`
         (the dump flags) apply to the file's table at every load.
         """
         self.worker = worker
+        self.handed = handed
+        self.keylog = keylog
         self.splice = splice and SPLICE_AVAILABLE
         self.port_pins = port_pins or {}
         self.overrides = overrides
@@ -212,51 +192,25 @@ class Server:
 
     # -- (re)loading: build everything, then swap ----------------------------------------
 
-    def _build(self, config: Config) -> _Build:
+    def _build(self, config: Config) -> Build:
         """Everything `config` needs, with nothing running yet; `problems` says what failed."""
-        build = _Build(config, {}, {}, {}, {}, [])
-        passed = self.systemd.assign(config.listeners)
-        for name, upstream in config.upstreams.items():
-            build.pools[name] = Pool(upstream)
-            tls = upstream.tls
-            if tls is None:
-                continue
-            try:
-                build.upstream_tls[name] = (client_context(tls.ca, tls.verify, tls.client_cert), tls.server_name)
-            except (ssl.SSLError, OSError) as exc:
-                build.problems.append(f"upstream {name}: cannot set up TLS: {_tls_failure(exc)}")
-        for listener in config.listeners:
-            key = listener_key(listener)
-            running = self.listeners.get(key)
-            try:
-                if running is not None:
-                    sock = running.dispatcher.socket
-                elif key in passed:  # socket activation: never bound here, now or on a reload
-                    sock = build.new_sockets[key] = passed[key].dup()
-                else:
-                    sock = build.new_sockets[key] = bind_listening_socket(
-                        listener.listen, reuse_port=self.worker[1] > 1
-                    )
-            except ProxyError as exc:
-                build.problems.append(str(exc))
-                continue
-            name = listener.name or format_any_sockaddr(sock.getsockname())
-            try:
-                build.tables[key] = Table.build(
-                    listener,
-                    name,
-                    build.pools,
-                    build.upstream_tls,
-                    splice=self.splice,
-                    dump_outputs=self._dump_outputs(),
-                )
-            except StartupError as exc:
-                build.problems.append(str(exc))
-            except (ssl.SSLError, OSError) as exc:
-                build.problems.append(f"listener {name}: cannot set up TLS: {_tls_failure(exc)}")
-        return build
+        passed = self.systemd.assign(config.listeners)  # socket activation: never bound here, now or on a reload
+        return Build.of(
+            config,
+            self.listeners,
+            passed,
+            bind=self._listening_socket,
+            splice=self.splice,
+            dump_outputs=self._dump_outputs(),
+            keylog=self.keylog,
+        )
 
-    def _swap(self, build: _Build) -> tuple[int, int]:
+    def _listening_socket(self, address: SocketAddress) -> socket.socket:
+        """A worker's is the one its supervisor handed over: a worker binding on its own could
+        join another instance's SO_REUSEPORT group unnoticed."""
+        return bind_listening_socket(address) if self.handed is None else self.handed.take(address)
+
+    def _swap(self, build: Build) -> tuple[int, int]:
         """Put a complete build in force; (listeners kept, listeners started)."""
         config = build.config
         for key in [key for key in self.listeners if key not in build.tables]:

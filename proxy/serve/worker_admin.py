@@ -13,7 +13,9 @@ The supervisor's end (`Workers`) is what its admin socket and HTTP listener cont
 worker's pair (a `WorkerChannel`, a dispatcher on the supervisor's reactor) and is pending until
 every worker asked has answered or ASK_TIMEOUT has passed (a reactor timer); then its answer, an
 admin.Later, is settled, and the admin client that asked answers from it. Asks run side by
-side, each with its own deadline. A worker that does not answer in time (stopped, stuck,
+side, each with its own deadline, except snapshots: whoever wants one while one is being taken
+joins that ask, so that the workers' snapshots and the answers held stay one set whatever the
+number of scrapes. A worker that does not answer in time (stopped, stuck,
 restarting) is left out and counted in `missing_workers`, and is not waited for again until a
 back-off has passed (RETRY_FIRST, doubling up to RETRY_MAX while it keeps missing) or it answers
 something: a stopped worker costs one deadline per back-off, not one per request. Commands that
@@ -40,14 +42,16 @@ from typing import TYPE_CHECKING, Any
 from proxy import __version__
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import parse_fault
+from proxy.config.units import parse_address
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol.snapshots import Snapshot, merge
-from proxy.serve.admin import Later, dump_answer
+from proxy.serve.admin import CommandError, Later, dump_answer
 from proxy.serve.stats import process_stats
 
 if TYPE_CHECKING:
+    from proxy.config.schema import Config
     from proxy.serve.server import Server
 
 ASK_TIMEOUT = 2.0  # seconds an ask waits, in all, for its workers' answers
@@ -207,7 +211,7 @@ class WorkerChannel(Dispatcher):
         self.incoming = bytearray()
         self.outgoing = bytearray()
         self.answering = True  # it answered its last deadline, or something since it missed one
-        self.retry_at = 0.0  # not waited for before this time (time.monotonic)
+        self.retry_at = 0.0  # not waited for before this time (the reactor's clock)
         self.retry_delay = RETRY_FIRST
         self.interest_changed()
 
@@ -285,7 +289,7 @@ class Ask:
 
     def __init__(self, wanted: int, waiting: set[int], deadline: Timer) -> None:
         self.id = wanted
-        self.waiting = waiting  # the indexes of the workers whose answer it waits for
+        self.waiting = waiting  # the indexes of the workers whose answer it waits for, never none
         self.answers: dict[int, dict] = {}
         self.deadline = deadline
         self.result: Later[dict[int, Any]] = Later()
@@ -305,18 +309,24 @@ class Workers:
         log: EventLog,
         reload: Callable[[], list[str]],
         draining: Callable[[], bool],
+        table: Callable[[], Config] | None = None,
     ) -> None:
+        """`table` is the configuration the workers serve, where the supervisor has one: a server
+        it does not name is refused without asking them."""
         self.reactor = reactor
         self.count = count
         self.channels: dict[int, WorkerChannel] = {}  # worker index -> the supervisor's end of its pair
         self.log = log
         self._reload = reload
         self._draining = draining
+        self._table = table
         self.started = time.time()
         self._started_monotonic = time.monotonic()
         self._last_id = 0  # answers to id 0 are never waited for
         self._pending: dict[int, Ask] = {}  # request id -> the ask waiting for its answers
-        self._last_ask = 0.0  # time.monotonic() of the last ask
+        self._last_ask = 0.0  # when the last ask was made (the reactor's clock)
+        self._snapshot: Later[Snapshot] | None = None  # the snapshot being taken, for every caller meanwhile
+        self._snapshot_ask = 0  # the id of its ask
         self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
         self._dump_rules: list[list[str]] = []  # the filters of each rule turned on, in order
 
@@ -337,10 +347,10 @@ class Workers:
         """The result of `request` from every worker that answers within ASK_TIMEOUT, by index.
 
         A worker in its back-off is not waited for; it is sent the request all the same when
-        the request `changes` something. Refused (ValueError with a worker's error message) if
+        the request `changes` something. Refused (a CommandError with a worker's error message) if
         one refused the request.
         """
-        now = self._last_ask = time.monotonic()
+        now = self._last_ask = self.reactor.now
         self._last_id += 1
         data = frame({"id": self._last_id, **request})
         waiting = set()
@@ -348,10 +358,10 @@ class Workers:
             waited = channel.waited_for(now)
             if (waited or changes) and channel.send(data) and waited:
                 waiting.add(index)
+        if not waiting:
+            return Later.of({})
         ask = Ask(self._last_id, waiting, self.reactor.call_later(ASK_TIMEOUT, self._deadline, self._last_id))
         self._pending[ask.id] = ask
-        if not waiting:
-            self._settle(ask.id)
         return ask.result
 
     def answered(self, index: int, answer: dict) -> None:
@@ -377,7 +387,7 @@ class Workers:
         ask = self._pending.get(wanted)
         if ask is None:
             return
-        now = time.monotonic()
+        now = self.reactor.now
         for index in ask.waiting:
             channel = self.channels.get(index)
             if channel is not None:
@@ -388,10 +398,12 @@ class Workers:
         ask = self._pending.pop(wanted, None)
         if ask is None:
             return  # settled already
+        if wanted == self._snapshot_ask:
+            self._snapshot = None  # the next caller takes a new one
         ask.deadline.cancel()
         errors = [answer["error"] for answer in ask.answers.values() if "error" in answer]
         if errors:
-            ask.result.refuse(ValueError(errors[0]))
+            ask.result.refuse(CommandError(errors[0]))  # the worker's words: a refusal, told as it is
         else:
             ask.result.settle({index: answer["result"] for index, answer in ask.answers.items()})
 
@@ -400,7 +412,7 @@ class Workers:
         known. Pings the workers when nothing has asked them for READY_REFRESH, for the next one."""
         if self._draining():
             return "draining"
-        if time.monotonic() - self._last_ask >= READY_REFRESH:
+        if self.reactor.now - self._last_ask >= READY_REFRESH:
             self.ask({"op": "ping"})
         if not any(channel.answering and not channel.closed for channel in self.channels.values()):
             return "no worker answers"
@@ -408,8 +420,17 @@ class Workers:
 
     def snapshot(self) -> Later[Snapshot]:
         """The workers' snapshots as one, each connection tagged with its `worker`; the supervisor's
-        own process counted in `process`, and `missing_workers` those that did not answer."""
-        return self.ask({"op": "snapshot"}).then(self._merged)
+        own process counted in `process`, and `missing_workers` those that did not answer.
+
+        Whoever asks while a snapshot is being taken joins it: at most one snapshot ask is in
+        flight, so ten scrapes cost each worker one snapshot and the supervisor one set of
+        answers. The merged snapshot is the same object for all of them: read it, never change it."""
+        if self._snapshot is not None:
+            return self._snapshot
+        taking = self.ask({"op": "snapshot"}).then(self._merged)
+        if not taking.settled:
+            self._snapshot, self._snapshot_ask = taking, self._last_id
+        return taking
 
     def _merged(self, answers: dict[int, Snapshot]) -> Snapshot:
         for index, snapshot in answers.items():
@@ -450,16 +471,21 @@ class Workers:
             silent = sorted(set(range(self.count)) - set(answers))
             if not any(answers.values()) and silent:
                 named = ", ".join(map(str, silent))
-                raise ValueError(f"connection {conn} may be on a worker that did not answer (worker {named})")
+                raise CommandError(f"connection {conn} may be on a worker that did not answer (worker {named})")
             return any(answers.values())
 
         return self.ask({"op": "kill_conn", "conn": conn}, changes=True).then(killed)
 
-    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> Later[bool]:
-        def known(answers: dict[int, bool]) -> bool:
-            if answers and all(answers.values()):
-                self._maintenance[upstream, address] = on
-                return True
+    def set_server_maintenance(self, upstream: str, address: str, on: bool) -> Later[bool | str]:
+        """True when every worker that answered has the server, False when one does not (or the
+        supervisor's table does not); with no answer at all, queued (kept for a restart too)."""
+        if not self._has_server(upstream, address):
+            return Later.of(False)
+
+        def known(answers: dict[int, bool]) -> bool | str:
+            if not answers or all(answers.values()):
+                self._maintenance[upstream, address] = on  # told to a worker that starts again
+                return bool(answers) or self._queued(answers)
             return False
 
         request = {"op": "set_server_maintenance", "upstream": upstream, "address": address, "on": on}
@@ -489,12 +515,27 @@ class Workers:
         return self.ask({"op": "remove_fault", "target": target, "type": kind}, changes=True).then(self._first)
 
     def list_faults(self) -> Later[list[str]]:
-        return self.ask({"op": "list_faults"}).then(lambda answers: self._first(answers, []))
+        return self.ask({"op": "list_faults"}).then(lambda answers: answers[min(answers)] if answers else [])
 
-    @staticmethod
-    def _first(answers: dict[int, Any], nobody: Any = "no worker answered") -> Any:
-        """The lowest-numbered worker's answer: every worker serves the same table."""
-        return answers[min(answers)] if answers else nobody
+    def _first(self, answers: dict[int, Any]) -> Any:
+        """The lowest-numbered worker's answer (every worker serves the same table); with none,
+        that the change was sent to them all the same."""
+        return answers[min(answers)] if answers else self._queued(answers)
+
+    def _queued(self, answers: dict[int, Any]) -> str:
+        silent = sorted(set(range(self.count)) - set(answers))
+        return f"queued for worker {', '.join(map(str, silent))}, which did not answer"
+
+    def _has_server(self, upstream: str, address: str) -> bool:
+        """Whether the supervisor's own table has that server (True when it has no table)."""
+        if self._table is None:
+            return True
+        pool = self._table().upstreams.get(upstream)
+        try:
+            wanted = parse_address(address, allow_port_zero=False)
+        except ValueError:
+            return False
+        return pool is not None and any(server.address == wanted for server in pool.servers)
 
     def reload(self) -> list[str]:
         return self._reload()

@@ -45,7 +45,7 @@ from proxy.errors import ProxyError, StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
-from proxy.loop.listener import bind_reuseport_group, close_unix_listeners, discard_handed, hand_over
+from proxy.loop.listener import HandedSockets, SocketFiles, bind_reuseport_group
 from proxy.loop.reactor import Reactor
 from proxy.serve.admin import AdminSocket
 from proxy.serve.http_admin import AdminHttp
@@ -86,8 +86,8 @@ def _receive(link: socket.socket) -> tuple[bytes, str, socket.socket | None] | N
     return kind, text.decode(), socket.socket(fileno=fds[0]) if fds else None
 
 
-def _take_handed_records(link: socket.socket, until: bytes) -> bool:
-    """Keep the sockets and refusals the supervisor sent, up to the record `until`; False at end of file."""
+def _take_handed_records(link: socket.socket, until: bytes, handed: HandedSockets) -> bool:
+    """Keep the sockets and refusals the supervisor sent in `handed`, up to the record `until`; False at end of file."""
     while True:
         received = _receive(link)
         if received is None:
@@ -96,27 +96,31 @@ def _take_handed_records(link: socket.socket, until: bytes) -> bool:
         if kind == until:
             return True
         if kind == LISTEN and sock is not None:
-            hand_over(text, sock)
+            handed.hand_over(text, sock)
         elif kind == REFUSE:
             address, _, error = text.partition(" ")
-            hand_over(address, error)
+            handed.hand_over(address, error)
 
 
-def _group(listener: ListenerConfig, passed: dict[str, socket.socket], count: int) -> list[socket.socket]:
+def _group(
+    listener: ListenerConfig, passed: dict[str, socket.socket], count: int, kept: SocketFiles
+) -> list[socket.socket]:
     """`count` sockets listening for `listener`, one per worker: copies of the one socket activation
-    passed for it (the workers share its accept queue), else a new SO_REUSEPORT group."""
+    passed for it (the workers share its accept queue), else a new SO_REUSEPORT group (copies of
+    the UNIX socket `kept` holds)."""
     sock = passed.get(listener_key(listener))
     if sock is None:
-        return bind_reuseport_group(listener.listen, count)
+        return bind_reuseport_group(listener.listen, count, kept)
     return [sock.dup() for _ in range(count)]
 
 
 class SupervisorLink(Dispatcher):
     """A worker's end of its link: reloads come over it, and end of file means the supervisor died."""
 
-    def __init__(self, server: Server, link: socket.socket) -> None:
+    def __init__(self, server: Server, link: socket.socket, handed: HandedSockets) -> None:
         super().__init__(server.reactor, link)
         self.server = server
+        self.handed = handed  # the server's: what its reloads take their sockets from
         self.interest_changed()
 
     def readable(self) -> bool:
@@ -124,9 +128,9 @@ class SupervisorLink(Dispatcher):
 
     def handle_read(self) -> None:
         # A reload's records are sent at once, so the rest follows the first without waiting.
-        if _take_handed_records(self.socket, RELOAD):
+        if _take_handed_records(self.socket, RELOAD, self.handed):
             self.server.reload()
-            discard_handed()
+            self.handed.discard()
             return
         self.close()
         self.server.log.warning("supervisor_gone", pid=os.getpid())
@@ -137,7 +141,15 @@ class Supervisor:
     """Binds the listeners, starts, watches and stops the worker processes."""
 
     def __init__(
-        self, config: Config, config_path: Path, log: EventLog, count: int, *, overrides: DumpOverrides, splice: bool
+        self,
+        config: Config,
+        config_path: Path,
+        log: EventLog,
+        count: int,
+        *,
+        overrides: DumpOverrides,
+        splice: bool,
+        keylog: str | None = None,
     ) -> None:
         self.config = config
         self.pins: dict[str, int] = {}
@@ -146,16 +158,19 @@ class Supervisor:
         self.count = count
         self.overrides = overrides  # the dump flags: each worker's Server applies them to every load
         self.splice = splice
+        self.keylog = keylog  # for every worker's TLS contexts
         self.reactor = Reactor(log)
         attach_output(self.reactor, log.output)
         self.systemd = Systemd.from_environment(self.reactor)  # before the forks: workers find no variables
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.links: dict[int, socket.socket] = {}  # worker index -> the supervisor's end of its link
-        self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping)  # holds the admin pairs
+        # What the admin endpoints control: it holds the admin pairs.
+        self.target = Workers(self.reactor, count, log, self._reload, lambda: self.stopping, lambda: self.config)
         self.admin: AdminSocket | None = None
         self.admin_http: AdminHttp | None = None
         self.stopping = False
         self.failure: str | None = None
+        self.socket_files = SocketFiles()  # the UNIX listening sockets, kept for restarted workers
         self._groups: dict[str, list[socket.socket]] = {}  # listener key -> the first start's sockets
         self._served: set[str] = set()  # listener keys the workers have sockets for
         self._ever_ready = [False] * count
@@ -172,7 +187,7 @@ class Supervisor:
             self._bind_admin()
             passed = self.systemd.assign(self.config.listeners)
             for listener in self.config.listeners:
-                group = _group(listener, passed, self.count)
+                group = _group(listener, passed, self.count, self.socket_files)
                 self._groups[listener_key(listener)] = group
                 if listener.listen.port == 0:
                     self.pins[listener_key(listener)] = group[0].getsockname()[1]
@@ -190,7 +205,7 @@ class Supervisor:
             self.reactor.close()
             for sock in self._supervisor_sockets():
                 sock.close()
-            close_unix_listeners()  # and their files go
+            self.socket_files.close()  # and their files go
         if self.failure is not None:
             raise StartupError(self.failure)
         return 0
@@ -235,7 +250,7 @@ class Supervisor:
                 elif key in passed:
                     sock = passed[key].dup()
                 else:  # a restart joins its siblings' group; alone, it checks the address is still free
-                    sock = bind_reuseport_group(address, 1, join=bool(self.workers))[0]
+                    sock = bind_reuseport_group(address, 1, self.socket_files, join=bool(self.workers))[0]
             except ProxyError as exc:
                 _send(link, REFUSE, f"{address} {exc}")
                 continue
@@ -279,10 +294,11 @@ class Supervisor:
         self.systemd.close()
         for sock in self._supervisor_sockets():
             sock.close()
-        close_unix_listeners()  # the supervisor's own: their files stay
+        self.socket_files.close()  # the supervisor's own: their files stay
+        handed = HandedSockets()
         ready = False
         try:
-            if not _take_handed_records(link, SERVE):
+            if not _take_handed_records(link, SERVE, handed):
                 return 1
             server = Server(
                 self.config,
@@ -292,10 +308,12 @@ class Supervisor:
                 worker=(index, self.count),
                 port_pins=self.pins,
                 splice=self.splice,
+                handed=handed,
+                keylog=self.keylog,
             )
             server.bind()
-            discard_handed()
-            SupervisorLink(server, link)
+            handed.discard()
+            SupervisorLink(server, link, handed)
             WorkerAdminPair(server, admin_pair).answer_waiting()
             _send(link, READY)
             ready = True
@@ -411,7 +429,7 @@ class Supervisor:
                 if key in served:
                     continue
                 try:
-                    group = _group(listener, passed, self.count)
+                    group = _group(listener, passed, self.count, self.socket_files)
                 except ProxyError as exc:
                     refused = True
                     problems.append(str(exc))
@@ -427,7 +445,7 @@ class Supervisor:
             # worker started later must begin with the table they kept, not the refused one.
             if not refused:
                 self.config, self._served, self.pins = config, served, pins
-            close_unix_listeners(keep={str(listener.listen) for listener in self.config.listeners})
+            self.socket_files.close(keep={str(listener.listen) for listener in self.config.listeners})
         for index, pending in enumerate(records):
             link = self.links.get(index)
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +21,7 @@ from proxy.config import schema
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import Address
 from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
 from proxy.output import Output
 from proxy.policy.upstreams import CONNECT_BUCKETS, ConnectTimes
 from proxy.serve import admin
@@ -662,3 +665,90 @@ def test_dropped_log_lines_stay_counted_after_the_recovery_report():
         output.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+@contextmanager
+def admin_socket_of(target, path) -> Iterator[io.StringIO]:
+    """An admin socket at `path` over `target`, its loop on a thread; what it logged, read after."""
+    logged = io.StringIO()
+    log = EventLog(stream=logged)
+    reactor = Reactor(log)
+    served = admin.AdminSocket(reactor, str(path), target, log)
+    loop = threading.Thread(target=reactor.loop, daemon=True)
+    loop.start()
+    try:
+        yield logged
+    finally:
+        reactor.call_soon_threadsafe(reactor.stop)
+        loop.join(WAIT)
+        served.close()
+        reactor.close()
+
+
+def test_a_bug_behind_a_command_is_logged_and_answered_as_an_internal_error(tmp_path):
+    """A ValueError from a bug (a merge's int(), a renderer's encoding) is no refusal for the
+    operator to read: it is logged as admin_failed and answered as an internal error, whether the
+    answer was to come later or at once; the client stays served."""
+
+    def merged_wrongly():
+        return admin.Later.of({"info": {}}).then(lambda _snapshot: int("not a count"))
+
+    def listed_wrongly():
+        raise ValueError("a bug, not a refusal")
+
+    target = SimpleNamespace(snapshot=merged_wrongly, list_faults=listed_wrongly)
+    path = tmp_path / "admin.sock"
+    with admin_socket_of(target, path) as logged, socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(WAIT)
+        client.connect(str(path))
+        client.sendall(b"show info\nfault list\nhelp\n")
+        answers = recv_until(client, b"the toxics in force, one per line\n\n")
+    assert answers.startswith(b"error: internal error\n\nerror: internal error\n\nhelp ")
+    failed = [line for line in logged.getvalue().splitlines() if " admin_failed " in line]
+    assert len(failed) == 2 and "not a count" in failed[0] and "a bug, not a refusal" in failed[1]
+
+
+def recv_until(sock: socket.socket, end: bytes) -> bytes:
+    received = b""
+    while not received.endswith(end):
+        data = sock.recv(65536)
+        if not data:
+            break
+        received += data
+    return received
+
+
+def _unix_client(path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(WAIT)
+    client.connect(str(path))
+    return client
+
+
+def test_a_line_past_the_bound_is_refused_even_whole_in_one_read(tmp_path):
+    path = tmp_path / "admin.sock"
+    with admin_socket_of(SimpleNamespace(), path), _unix_client(path) as client:
+        client.sendall(b"help" + b" " * admin.MAX_LINE + b"\n")
+        assert recv_until(client, b"\n\n") == f"error: line longer than {admin.MAX_LINE} bytes\n\n".encode()
+        assert client.recv(1) == b""
+
+
+def test_a_full_admin_socket_refuses_a_newcomer_then_sheds_its_longest_idle_client(tmp_path):
+    """MAX_CLIENTS clients that say nothing: a new one is told there is no room, until they have
+    been idle for SHED_AFTER; then the one idle longest is closed to make room."""
+    path = tmp_path / "admin.sock"
+    with admin_socket_of(SimpleNamespace(), path) as logged:
+        idle = [_unix_client(path) for _ in range(admin.MAX_CLIENTS)]
+        try:
+            with _unix_client(path) as refused:
+                no_room = f"error: more than {admin.MAX_CLIENTS} admin clients\n\n"
+                assert recv_until(refused, b"\n\n") == no_room.encode()
+            time.sleep(admin.SHED_AFTER + 0.2)
+            with _unix_client(path) as served:
+                served.sendall(b"help\n")
+                assert recv_until(served, b"one per line\n\n").startswith(b"help ")
+            assert idle[0].recv(1) == b""
+        finally:
+            for client in idle:
+                client.close()
+    assert " admin_client_dropped " in logged.getvalue()

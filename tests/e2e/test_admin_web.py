@@ -26,6 +26,7 @@ import pytest
 from proxy.config.units import Address
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
+from proxy.serve.admin import CommandError, Later
 from proxy.serve.http_admin import MAX_CLIENTS, AdminHttp
 from tests.support import (
     WAIT,
@@ -240,9 +241,18 @@ def _ended(sock: socket.socket) -> bool:
         return True
 
 
+def _answers(address, path: str) -> tuple[int, bytes] | OSError:
+    """(status, body), or the error of a connection closed at accept."""
+    try:
+        return http(address, path)[::2]
+    except OSError as exc:
+        return exc
+
+
 def test_a_full_house_of_unfinished_heads_makes_room_for_a_new_client(served):
-    """MAX_CLIENTS clients that never finish their heads: the next one is served, and the oldest
-    of them is shed to make room for it."""
+    """MAX_CLIENTS clients that never finish their heads: a probe is served once they have been
+    at it for a second, and the oldest of them is shed to make room for it (before, the probe
+    itself is closed: they might be a flood that came in after a probe not read yet)."""
     _proxy, admin, _web, _bad, _good = served
     unfinished = []
     try:
@@ -250,7 +260,7 @@ def test_a_full_house_of_unfinished_heads_makes_room_for_a_new_client(served):
             sock = connect(admin)
             unfinished.append(sock)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
-        assert wait_until(lambda: http(admin, "/ready")[::2] == (200, b"ready\n"))
+        assert wait_until(lambda: _answers(admin, "/ready") == (200, b"ready\n"))
         assert _ended(unfinished[0])
         unfinished[-1].sendall(b"a\r\n\r\n")  # the newest kept its place
         assert recv_all(unfinished[-1]).startswith(b"HTTP/1.1 200 ")
@@ -349,3 +359,95 @@ def test_an_answer_larger_than_the_socket_buffers_never_blocks_the_loop():
     head, _, body = received[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and len(body) > 100 * 4096
     assert len(json.loads(body)["conns"]) == conns
+
+
+def _in_process(snapshot, *requests: bytes) -> tuple[list[bytes], str]:
+    """Each of `requests` sent to an AdminHttp in this process (on a socketpair) over `snapshot`:
+    (the answers, what it logged)."""
+    logged = io.StringIO()
+    log = EventLog(stream=logged)
+    reactor = Reactor(log)
+    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), snapshot, lambda: None)
+    clients = []
+    for request in requests:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(WAIT)
+        admin.accept(ours, ("local", 0))
+        theirs.sendall(request)
+        clients.append(theirs)
+    answers: list[bytes] = []
+
+    def reader() -> None:
+        answers.extend(recv_all(client) for client in clients)
+        reactor.call_soon_threadsafe(reactor.stop)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    reactor.call_later(WAIT, reactor.stop)
+    try:
+        reactor.loop()
+        thread.join(WAIT)
+    finally:
+        admin.close()
+        reactor.close()
+        for client in clients:
+            client.close()
+    return answers, logged.getvalue()
+
+
+def test_a_bug_behind_a_page_is_a_logged_500_and_a_refusal_a_503():
+    def merged_wrongly():
+        return Later.of(snapshot()).then(lambda _snapshot: int("not a count"))
+
+    def refused():
+        later = Later()
+        later.refuse(CommandError("worker 1: cannot take a snapshot"))
+        return later
+
+    answers, logged = _in_process(merged_wrongly, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert answers[0].startswith(b"HTTP/1.1 500 ") and answers[0].endswith(b"\r\n\r\ninternal error\n")
+    assert [line for line in logged.splitlines() if " admin_failed " in line and "not a count" in line]
+    answers, logged = _in_process(refused, b"GET /status HTTP/1.1\r\n\r\n")
+    assert answers[0].startswith(b"HTTP/1.1 503 ") and answers[0].endswith(b"worker 1: cannot take a snapshot\n")
+    assert " ERROR " not in logged
+
+
+def test_a_flood_of_new_connections_does_not_shed_a_probe():
+    """A probe's whole request, then more than MAX_CLIENTS connections accepted before the loop
+    reads it: the probe is answered; the newcomers past the house are closed, since nobody has
+    been sending a head for long enough to be shed for them."""
+    log = EventLog(stream=io.StringIO())
+    reactor = Reactor(log)
+    admin = AdminHttp(reactor, log, Address("127.0.0.1", 0), snapshot, lambda: None)
+    ours, probe = socket.socketpair()
+    ours.setblocking(False)
+    probe.settimeout(WAIT)
+    probe.sendall(b"GET /ready HTTP/1.1\r\n\r\n")
+    admin.accept(ours, ("local", 0))
+    flood = []
+    for _ in range(MAX_CLIENTS + 10):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(WAIT)
+        flood.append(theirs)
+        admin.accept(ours, ("local", 0))
+    answered: list[bytes] = []
+
+    def reader() -> None:
+        answered.append(recv_all(probe))
+        reactor.call_soon_threadsafe(reactor.stop)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    reactor.call_later(WAIT, reactor.stop)
+    try:
+        reactor.loop()
+        thread.join(WAIT)
+        assert flood[-1].recv(1) == b""  # a newcomer past the house, closed at once
+    finally:
+        admin.close()
+        reactor.close()
+        for sock in (probe, *flood):
+            sock.close()
+    assert answered[0].startswith(b"HTTP/1.1 200 ") and answered[0].endswith(b"ready\n")

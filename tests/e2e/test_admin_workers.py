@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
+from proxy.serve import worker_admin
 from proxy.serve.worker_admin import ASK_TIMEOUT, WorkerAdminPair, Workers, frame
 from tests.support import (
     WAIT,
@@ -73,6 +75,8 @@ def conns(sock_path) -> list[dict[str, str]]:
 
 
 def worker_pids(proxy) -> dict[int, int]:
+    # The supervisor's worker_started lines may come after the workers' own listening lines.
+    proxy.wait_for(lambda _line: proxy.log_text().count(" worker_started ") >= WORKERS)
     started = [logfmt(line) for line in proxy.lines if " worker_started " in line]
     return {int(each["worker"]): int(each["pid"]) for each in started}
 
@@ -395,3 +399,82 @@ def test_ready_until_the_supervisor_stops_and_the_socket_file_is_removed(tree):
         assert "draining: true" in ok(sock_path, "show", "info")
     assert proxy.stop() == 0
     assert not sock_path.exists()
+
+
+def test_a_client_that_resets_while_its_answer_is_awaited_leaves_no_error(tree):
+    """A scraper gives up (a reset) while the supervisor waits for a stopped worker: its answer,
+    when it comes, finds the peer gone, and that is no error of the proxy's."""
+    proxy, _sock_path, address = tree()
+    with stopped(worker_pids(proxy)[1]):
+        gone = connect(address)
+        gone.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)  # the head is read: its answer waits for the stopped worker
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()  # a reset, before the deadline
+        assert metrics(address)[("pairproxy_workers_missing", ())] == 1  # answered after that deadline
+    assert http(address, "/ready")[0] in (200, 503)  # one more pass of the loop, for the log
+    time.sleep(0.3)
+    assert " ERROR " not in proxy.log_text(), proxy.log_text()
+
+
+def test_concurrent_snapshots_share_one_ask(monkeypatch):
+    """Ten scrapes at once while worker 1 is stopped (its end of the pair never read): each worker
+    is asked for one snapshot, not ten, and every scrape gets the one merged answer."""
+    monkeypatch.setattr(worker_admin, "ASK_TIMEOUT", 0.3)
+    log = EventLog(stream=io.StringIO())
+    reactor = Reactor(log)
+    taken: list[int] = []
+
+    def take_snapshot() -> dict:
+        taken.append(1)
+        return snapshot(conns=3)
+
+    server = SimpleNamespace(reactor=reactor, log=log, snapshot=take_snapshot)
+    answering, stopped_end = socket.socketpair(), socket.socketpair()
+    pair = WorkerAdminPair(server, answering[0])
+    workers = Workers(reactor, 2, log, lambda: [], lambda: False)
+    workers.add(0, answering[1])
+    workers.add(1, stopped_end[1])
+    merged: list[dict] = []
+    for _ in range(10):
+        workers.snapshot().then(merged.append)
+    reactor.call_later(WAIT, reactor.stop)
+    reactor.call_later(0.5, reactor.stop)
+    try:
+        reactor.loop()
+        stopped_end[0].setblocking(False)
+        unread = stopped_end[0].recv(1024 * 1024)
+    finally:
+        pair.close()
+        workers.remove(0)
+        workers.remove(1)
+        stopped_end[0].close()
+        reactor.close()
+    assert unread.count(b'"op":"snapshot"') == 1
+    assert len(taken) == 1
+    assert len(merged) == 10 and all(each is merged[0] for each in merged)
+    assert merged[0]["info"]["missing_workers"] == 1 and len(merged[0]["conns"]) == 3
+
+
+def test_a_change_no_worker_answered_is_queued_and_kept_for_a_restart(tree, start_upstream):
+    """Every worker stopped: `disable server` is sent all the same, so it says so (queued, not 'no
+    server') and is kept for a worker that starts again; a server the table does not have is
+    still refused, and `fault add` says it was queued too."""
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address, two.address)
+    pids = worker_pids(proxy)
+    queued = "queued for worker 0, 1, which did not answer\n"
+    with stopped(*pids.values()):
+        done = ctl(sock_path, "disable", "server", "app", one.address)
+        assert (done.returncode, done.stdout, done.stderr) == (0, queued, "")
+        done = ctl(sock_path, "disable", "server", "app", "127.0.0.1:1")
+        assert (done.returncode, done.stderr) == (1, "pairproxy: no server 127.0.0.1:1 in upstream app\n")
+        done = ctl(sock_path, "fault", "add", "web", "latency:latency=1ms")
+        assert (done.returncode, done.stdout) == (0, queued)
+    os.kill(pids[1], signal.SIGKILL)
+    proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") == WORKERS + 1)
+    found = set()
+    for _ in range(20):
+        with connect(proxy.address) as client:
+            found.add(recv_exactly(client, 4))
+    assert found == {b"two:"}  # the worker that was stopped applied it, the restarted one was told it

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import ssl
+import stat
 import struct
 import textwrap
 import threading
@@ -345,6 +346,40 @@ def test_keep_at_its_bound_still_echoes_promptly_and_stops_on_sigterm(start_prox
     assert time.monotonic() - started < WAIT, "rotations cost the loop what the files there are cost"
     rotated = sorted(path.name for path in tmp_path.glob("capture.pcapng.*"))
     assert rotated == [f"capture.pcapng.{number}" for number in range(1, len(rotated) + 1)] and rotated
+
+
+def test_a_capture_into_a_fifo_is_never_rotated_away(start_proxy, start_upstream, tmp_path):
+    # Only a regular file can be rotated: renaming a FIFO (or, as root, /dev/null) would move the
+    # node itself and leave a regular file in its place.
+    upstream = start_upstream(echo_handler)
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    drained = threading.Event()
+
+    def drain() -> None:
+        while not drained.is_set():
+            try:
+                os.read(reader, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        proxy = start_proxy("forward", "127.0.0.1:0", upstream.address, "--pcap", str(fifo), "--pcap-max", "64KiB")
+        payload = pattern(256 * 1024, seed=11)
+        with connect(proxy.address) as client:
+            client.sendall(payload)
+            assert recv_exactly(client, len(payload)) == payload
+        assert proxy.wait_access(1)[0]["result"] == "closed"
+        assert proxy.stop() == 0
+    finally:
+        drained.set()
+        thread.join(WAIT)
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode), "the FIFO is still where it was"
+    assert sorted(path.name for path in tmp_path.glob("capture.fifo*")) == ["capture.fifo"]
 
 
 def test_a_listener_name_longer_than_the_rotation_guard_keeps_serving(tshark, start_proxy, start_upstream, tmp_path):

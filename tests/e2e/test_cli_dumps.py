@@ -144,6 +144,32 @@ def test_two_outputs_on_one_file_exit_2_with_one_line(flags, expected, tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link"]  # nothing was made
 
 
+def test_outputs_may_share_a_character_device(start_proxy, start_upstream, tmp_path):
+    (tmp_path / "null").symlink_to("/dev/null")
+    upstream = start_upstream(echo_handler)
+    proxy = start_proxy(
+        *("forward", "127.0.0.1:0", upstream.address, "--hexdump", "--dump-file", "/dev/null"),
+        *("--pcap", str(tmp_path / "null"), "--tls-keylog", "/dev/null"),
+    )
+    with connect(proxy.address) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+    assert proxy.wait_access(1)[0]["result"] == "closed"
+    path = write(tmp_path, "dump_file: /dev/null\nlisteners: [{listen: 8080, upstream: 9000, pcap: /dev/null}]\n")
+    checked = run_cli(["check", "-c", str(path)])
+    assert (checked.returncode, checked.stderr) == (0, "")
+
+
+def test_two_outputs_on_one_fifo_exit_2_with_one_line(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # two writers would interleave their records in it as in a file
+    result = run_cli([*FORWARD, "--dump-file", "fifo", "--pcap", "fifo"], cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"pairproxy: --pcap: the capture {tmp_path / 'fifo'} is also the hex dump's file (--dump-file);"
+        " give each output its own file\n"
+    )
+
+
 def test_a_flag_s_output_on_a_file_s_output_names_its_place(tmp_path):
     path = write(tmp_path, 'dump_file: out\nlisteners: [{listen: "127.0.0.1:0", upstream: 127.0.0.1:9}]\n')
     result = run_cli(["run", "-c", str(path), "--pcap", "out"], cwd=tmp_path)

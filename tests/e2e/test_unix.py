@@ -12,6 +12,7 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import ConfigError, parse_config
 from proxy.config.units import UnixAddress, parse_address
+from proxy.loop.listener import SocketFileError, listen_unix
 from proxy.protocol import proxyproto
 from proxy.protocol.hexdump import parse_dump_line
 from tests.support import (
@@ -178,6 +180,34 @@ def test_the_access_line_names_the_client_and_its_credentials(start_proxy, start
         assert (access["peer_uid"], access["peer_pid"]) == (str(os.getuid()), str(os.getpid()))
 
 
+def test_a_client_bound_to_a_path_that_starts_with_an_at_sign_cannot_pose_as_an_abstract_one(
+    start_proxy, start_upstream, tmp_path
+):
+    upstream = start_upstream(echo_handler)
+    front = tmp_path / "front.sock"
+    proxy = start_proxy("forward", f"unix:{front}", upstream.address)
+    name = abstract_name()
+    with unix_connect(str(front), bind=b"\0" + name.encode()) as client:
+        client.sendall(b"x")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"x"
+    # A relative path is bound from the binding process's folder: a client of its own, in tmp_path.
+    poser = f"""if True:
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout({WAIT})
+        sock.bind("@{name}")
+        sock.connect({str(front)!r})
+        sock.sendall(b"x")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b"x"
+        """
+    subprocess.run([sys.executable, "-c", poser], cwd=tmp_path, check=True, timeout=WAIT)
+    abstract, path = proxy.wait_access(2)
+    assert abstract["client"] == f"unix:@{name}"
+    assert path["client"] == f"unix:\\x40{name}"
+
+
 def test_a_tcp_client_has_no_peer_credentials(start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     proxy = start_proxy("forward", "127.0.0.1:0", upstream.address)
@@ -295,6 +325,50 @@ def test_a_file_swapped_in_after_the_bind_never_gets_the_mode(made_for, plant, t
         f"pairproxy: {where}: the socket file was replaced as it was being made\n",
     )
     assert os.lstat(socket_file).st_ino == planted, "what took the socket's place is not the proxy's to remove"
+
+
+def current_umask() -> int:
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def test_without_proc_a_mode_is_given_by_the_bind_itself(tmp_path):
+    """Where /proc is not mounted the file gets its mode from a umask set for the bind alone."""
+    path = tmp_path / "front.sock"
+    umask = current_umask()
+    sock = listen_unix(str(path), mode=0o640, proc_fds=str(tmp_path / "no-proc"))
+    try:
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o640
+        assert current_umask() == umask, "the process's umask is its own again"
+        with unix_connect(str(path)):
+            pass
+    finally:
+        sock.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "why"),
+    [
+        (
+            {"owner": os.getuid()},
+            "cannot set the socket file's owner and group: {proc} is not there (is /proc mounted?),"
+            " and by its name they could go to a file swapped in after the bind",
+        ),
+        (
+            {"mode": 0o1770},
+            "cannot set the socket file's mode: without {proc} it is made under a umask, which gave it 0770, not 1770",
+        ),
+    ],
+    ids=["owner", "mode beyond a umask's"],
+)
+def test_without_proc_what_cannot_be_set_safely_is_refused_in_one_line(wanted, why, tmp_path):
+    path, proc = tmp_path / "front.sock", tmp_path / "no-proc"
+    with pytest.raises(SocketFileError) as caught:
+        listen_unix(str(path), proc_fds=str(proc), **wanted)
+    assert str(caught.value) == why.format(proc=proc)
+    assert not path.exists()
 
 
 def test_a_path_longer_than_the_kernel_takes_is_an_error(tmp_path):

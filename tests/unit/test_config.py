@@ -301,6 +301,73 @@ def test_each_mistake_is_located(text, expected):
 
 
 @pytest.mark.parametrize(
+    ("written", "character"),
+    [
+        ("a b", "U+0020 (a space)"),
+        ("edge\\n", "U+000A (a control character)"),
+        ("edge\\t1", "U+0009 (a control character)"),
+        ("edge\\x7f", "U+007F (a control character)"),
+        ("edge\\x85", "U+0085 (a control character)"),
+        ("edge\\u00a0", "U+00A0 (a space)"),
+        ("edge\\u2028", "U+2028 (a line separator)"),
+        ("edge\\u200b", "U+200B (an invisible format character)"),
+    ],
+)
+def test_a_name_with_a_space_or_a_control_character_is_a_located_error(written, character):
+    name = written.encode().decode("unicode_escape")
+    messages = errors_of(f"""\
+        listeners:
+          - name: "{written}"
+            listen: 8080
+            routes: [{{name: "{written}", upstream: 9000}}]
+        """)
+    why = f"name: {name!r} holds {character}; a name is printable text without spaces"
+    assert messages == [f"t.yaml:2:11: {why}", f"t.yaml:4:21: {why}"]
+
+
+def test_an_upstream_named_with_a_space_or_a_control_character_is_a_located_error():
+    # Upstream names are written into ctl's lines, the access log's `route=` and metric labels too.
+    messages = errors_of("""\
+        upstreams:
+          "api\\nX": {servers: [127.0.0.1:9001]}
+        listeners:
+          - {listen: 8080, upstream: "api\\nX"}
+        """)
+    why = "holds U+000A (a control character); a name is printable text without spaces"
+    assert messages == [f"t.yaml:2:3: upstream name: 'api\\nX' {why}"]
+
+
+def test_names_may_be_any_printable_text_without_spaces():
+    config = load("""\
+        listeners:
+          - {name: "unix:/run/édge.sock", listen: 8080, routes: [{name: "r:1/ä\\"'", upstream: 9000}]}
+          - {name: 127.0.0.1:8081, listen: 8081, upstream: 9000}
+        """).config
+    assert [listener.name for listener in config.listeners] == ["unix:/run/édge.sock", "127.0.0.1:8081"]
+    assert config.listeners[0].routes[0].name == "r:1/ä\"'"
+
+
+def test_a_name_that_would_forge_a_dump_record_fails_check_with_one_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        textwrap.dedent("""\
+            listeners:
+              - name: "a b\\nX 00000000  66 6f 72 67 65 64  |forged|"
+                listen: 127.0.0.1:0
+                deny: [127.0.0.1]
+                upstream: 127.0.0.1:9
+                hexdump: true
+            """)
+    )
+    result = run_cli(["check", "-c", str(path)])
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"{path}:2:11: name: 'a b\\nX 00000000  66 6f 72 67 65 64  |forged|' holds U+0020 (a space);"
+        " a name is printable text without spaces\n"
+    )
+
+
+@pytest.mark.parametrize(
     ("first", "later", "expected"),
     [
         ("0.0.0.0:8080", "127.0.0.1:8080", "0.0.0.0:8080 listens on every IPv4 address, 127.0.0.1:8080 included"),

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import pytest
 
 from proxy.config.units import Address
+from proxy.errors import StateError
 from proxy.log import EventLog
-from proxy.loop.connector import Connector
+from proxy.loop.connector import Connector, ConnectorState
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
 from tests.support import free_port
@@ -306,3 +307,49 @@ def test_a_pair_whose_connect_code_raises_ends_alone_with_result_error(reactor, 
     assert 'reason="RuntimeError: bug after the hand-over"' in lines[1]
     assert len(reactor.map) == registered
     assert pool.servers[0].active == 0
+
+
+class StateRecorder(Recorder):
+    """A Recorder that also writes down the connector's state each time it is told something."""
+
+    connector: Connector
+
+    def _note(self, what, detail):
+        super()._note(what, self.connector.state.value)
+
+
+def test_the_connector_states_as_its_observer_sees_them(reactor, listening):
+    resolver = Resolver(reactor)
+    recorder = StateRecorder(reactor)
+    servers = candidates(Address("127.0.0.1", free_port()), Address("127.0.0.1", listening))
+    connector = recorder.connector = Connector(reactor, resolver, servers, 2.0, recorder)
+    assert connector.state is ConnectorState.READY
+    run(reactor, connector)
+    assert [event[:2] for event in recorder.events] == [("attempt_failed", "trying"), ("connected", "connected")]
+    connector.cancel()  # its owner ends, after the connect: nothing left to stop
+    assert connector.state is ConnectorState.CONNECTED
+
+    recorder = StateRecorder(reactor)
+    connector = recorder.connector = Connector(reactor, resolver, candidates(), 2.0, recorder)
+    run(reactor, connector)
+    resolver.close()
+    assert [event[:2] for event in recorder.events] == [("unreachable", "unreachable")]
+
+
+def test_a_cancelled_connector_stays_cancelled_and_starts_only_once(reactor, black_hole):
+    resolver = Resolver(reactor)
+    recorder = Recorder(reactor)
+    connector = Connector(reactor, resolver, candidates(Address("127.0.0.1", black_hole)), 0.2, recorder)
+    connector.start()
+    assert connector.state is ConnectorState.TRYING
+    with pytest.raises(StateError, match="connector cannot go from trying to trying"):
+        connector.start()
+    connector.cancel()
+    connector.cancel()
+    assert connector.state is ConnectorState.CANCELLED
+    reactor.call_later(0.4, reactor.stop)  # past its connect timeout: nothing is reported
+    reactor.loop()
+    resolver.close()
+    assert recorder.events == []
+    with pytest.raises(StateError, match="connector cannot go from cancelled to trying"):
+        connector.start()

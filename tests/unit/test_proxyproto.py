@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config.units import unix_peer
 from proxy.protocol.proxyproto import (
     NEED_MORE,
     ProxyInfo,
@@ -95,3 +96,12 @@ def test_v1_needs_its_crlf_within_107_bytes():
     assert parse(b"PROXY TCP4 " + b"1" * 90) is NEED_MORE
     with pytest.raises(ProxyProtocolError):
         parse(b"PROXY TCP4 " + b"1" * 96)
+
+
+def test_a_unix_client_bound_to_a_path_is_sent_as_that_path_whatever_its_first_character():
+    listener = unix_peer("/run/front.sock")
+    header = encode("v2", unix_peer("@victim"), listener)  # a path relative to the client's folder
+    assert header[16:124] == b"@victim".ljust(108, b"\0"), "not the abstract name victim"
+    header = encode("v2", unix_peer(b"\0victim"), listener)
+    assert header[16:124] == b"\0victim".ljust(108, b"\0")
+    assert header[124:232] == b"/run/front.sock".ljust(108, b"\0")

@@ -12,6 +12,7 @@ import types
 
 import pytest
 
+from proxy.errors import StateError
 from proxy.log import EventLog
 from proxy.loop import reactor as reactor_module
 from proxy.loop.dispatcher import Dispatcher, State
@@ -528,6 +529,24 @@ def test_a_dispatcher_closed_while_dirty_is_not_registered_again(reactor, counti
     run_one_pass(reactor)
     assert [call[0] for call in counting.calls] == ["register", "unregister"]
     assert reader.fd not in reactor.map
+
+
+def test_a_dispatcher_that_handed_its_socket_on_cannot_hand_it_on_again(reactor, socketpairs):
+    # Done is done: a second owner for the socket (or the poller registration) would race the
+    # first one for its events, or register a descriptor the kernel may have given to another.
+    left, right = socketpairs()
+    first = Reader(reactor, left)
+    run_one_pass(reactor)
+    second = Reader(reactor, left, name="second")
+    first.hand_over(second)
+    with pytest.raises(StateError, match="Reader cannot go from closed to closed"):
+        first.hand_over(Dispatcher(reactor, left))
+    with pytest.raises(StateError, match="Reader cannot go from closed to closed"):
+        first.detach()
+    right.sendall(b"still here")
+    reactor.call_later(0.05, reactor.stop)
+    reactor.loop()
+    assert second.received == b"still here"
 
 
 def test_closing_the_reactor_closes_its_dispatchers(log_stream, socketpairs):

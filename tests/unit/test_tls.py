@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 
 import pytest
@@ -19,7 +20,7 @@ from proxy.config.certificates import (
     pem_names,
 )
 from proxy.protocol.tls import TlsError, TlsSession, TlsState, TlsStateError
-from proxy.serve.contexts import client_context, server_context
+from proxy.serve.contexts import client_context, open_keylog, server_context
 
 
 @pytest.fixture(scope="module")
@@ -445,3 +446,25 @@ def test_certificate_names_of_a_damaged_certificate_raise_only_value_error(cut, 
         except ValueError:
             continue
         assert all(isinstance(name, str) for name in names)
+
+
+def test_only_the_contexts_given_the_key_log_write_to_it(files, tmp_path):
+    # The key log is handed to the contexts a server builds, not set for the whole process: a
+    # context built without it (another server's in the same process, a test's) writes nothing.
+    path = open_keylog(str(tmp_path / "keys.log"))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+    def secrets() -> list[str]:
+        with open(path) as log:
+            return [line for line in log if not line.startswith("#")]
+
+    server = TlsSession(server_context(pair_of(files), keylog=path), server_side=True)
+    client = TlsSession(client_context(files["ca"]), server_side=False, server_hostname="server.test")
+    handshake(client, server)
+    logged = secrets()
+    assert logged
+    handshake(*sessions(files))
+    client = TlsSession(client_context(files["ca"], keylog=path), server_side=False, server_hostname="server.test")
+    server = TlsSession(server_context(pair_of(files)), server_side=True)
+    handshake(client, server)
+    assert len(secrets()) == 2 * len(logged)  # the second handshake wrote nothing, the third as much as the first

@@ -240,6 +240,41 @@ def test_unix_addresses_are_written_with_their_names_escaped_wherever_they_come_
     assert format_sockaddr(("10.0.0.1", 80)) == "10.0.0.1:80"
 
 
+def accepted_from(abstract: bool, name: bytes) -> str | bytes:
+    """A UNIX client's address as accept gives it: an abstract name after a NUL, a path as text."""
+    return b"\0" + name if abstract else os.fsdecode(name)
+
+
+# (abstract, name): a path holds no NUL (the kernel ends it at the first), an abstract name may.
+unix_names = st.tuples(st.booleans(), st.binary(min_size=1, max_size=40)).filter(
+    lambda kind_name: kind_name[0] or b"\0" not in kind_name[1]
+)
+
+
+@given(unix_names, unix_names)
+def test_distinct_unix_names_of_either_kind_give_distinct_texts(one, other):
+    assume(one != other)
+    assert format_sockaddr(unix_peer(accepted_from(*one))) != format_sockaddr(unix_peer(accepted_from(*other)))
+
+
+@given(st.binary(min_size=1, max_size=40).filter(lambda name: b"\0" not in name))
+def test_names_that_differ_by_an_at_sign_or_its_escape_give_distinct_texts(name):
+    # Random pairs seldom fall this close: the abstract `name`, and paths that spell its `@`.
+    kinds = [(True, name), (False, name), (False, b"@" + name), (False, b"\\x40" + name), (True, b"@" + name)]
+    assert len({format_sockaddr(unix_peer(accepted_from(*kind))) for kind in kinds}) == len(kinds)
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_an_abstract_listener_and_its_clients_are_written_alike(name):
+    assert str(UnixAddress(os.fsdecode(name), abstract=True)) == format_sockaddr(unix_peer(b"\0" + name))
+
+
+def test_a_path_that_starts_with_an_at_sign_is_not_shown_as_an_abstract_name():
+    assert format_sockaddr(unix_peer("@victim")) == "unix:\\x40victim"  # a relative path a client bound
+    assert format_sockaddr(unix_peer(b"\0victim")) == "unix:@victim"
+    assert format_sockaddr(unix_peer("a@b")) == "unix:a@b", "only the leading one could be taken for abstract"
+
+
 # -- durations ---------------------------------------------------------------------------
 
 

@@ -1,0 +1,91 @@
+"""The `upstreams:` section: pools of servers, their health checks and the TLS spoken to them."""
+
+from __future__ import annotations
+
+import yaml
+
+from proxy.config.reader import INVALID, Invalid, Reader, Section, at_least_one
+from proxy.config.schema import (
+    BALANCE_STRATEGIES,
+    PROXY_PROTOCOL_VERSIONS,
+    HealthCheckConfig,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamTlsConfig,
+)
+from proxy.config.sections.files import ca_file, certificate
+from proxy.config.units import SocketAddress
+
+
+def upstream(reader: Reader, name: str, node: yaml.Node) -> UpstreamConfig | None:
+    what = f"upstream {name!r}"
+    fields = reader.mapping(node, what, UPSTREAM.keys)
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    options = {**reader.inherited(UPSTREAM.parsers), **reader.options(fields, UPSTREAM)}
+    if "servers" not in fields:
+        reader.error(node, f"{what} has no 'servers:' list")
+        return None
+    servers_node = fields["servers"][1]
+    listed = (server(reader, item) for item in reader.sequence(servers_node, "servers"))
+    servers = [s for s in listed if not isinstance(s, Invalid)]
+    if isinstance(servers_node, yaml.SequenceNode) and not servers_node.value:
+        reader.error(servers_node, f"{what} has an empty server list")
+    if not servers:
+        return None
+    tls = options.get("tls")
+    if tls is not None and tls.verify and tls.server_name is None and any(s.address.is_unix for s in servers):
+        message = "TLS to a UNIX socket server needs 'server_name:', the name its certificate is checked for"
+        reader.error(fields["tls"][0], f"{what}: {message}")
+    return UpstreamConfig(name=name, servers=tuple(servers), **options)
+
+
+def server(reader: Reader, node: yaml.Node) -> ServerConfig | Invalid:
+    if not isinstance(node, yaml.MappingNode):
+        address = reader.address(node, "server", listener=False)
+        return address if isinstance(address, Invalid) else ServerConfig(address)
+    fields = reader.fields_with(node, "server", SERVER, "address", "server needs an 'address:'")
+    if fields is None:
+        return INVALID
+    return reader.built(node, fields, SERVER, ServerConfig)
+
+
+def health_check(reader: Reader, node: yaml.Node, what: str) -> HealthCheckConfig | Invalid:
+    return reader.built(node, reader.mapping(node, what, HEALTH_CHECK.keys), HEALTH_CHECK, HealthCheckConfig)
+
+
+def upstream_tls(reader: Reader, node: yaml.Node, what: str) -> UpstreamTlsConfig | Invalid:
+    fields = reader.mapping(node, what, UPSTREAM_TLS.keys)
+    if not isinstance(node, yaml.MappingNode):
+        return INVALID
+    options = reader.options(fields, UPSTREAM_TLS)
+    client_cert = certificate(reader, node, fields) if "cert" in fields or "key" in fields else None
+    if isinstance(client_cert, Invalid) or not reader.all_valid(options, fields, UPSTREAM_TLS):
+        return INVALID
+    if not options.get("verify", True):
+        reader.warn(fields["verify"][1], "verify: false accepts any server certificate")
+    return UpstreamTlsConfig(client_cert=client_cert, **options)
+
+
+def _upstream_address(reader: Reader, node: yaml.Node, key: str) -> SocketAddress | Invalid:
+    return reader.address(node, key, listener=False)
+
+
+UPSTREAM = Section(
+    {
+        "balance": lambda reader, node, key: reader.choice(node, key, BALANCE_STRATEGIES),
+        "connect_timeout": Reader.timeout,
+        "retries": lambda reader, node, key: reader.integer(node, key, 0),
+        "proxy_protocol": lambda reader, node, key: reader.choice(node, key, PROXY_PROTOCOL_VERSIONS),
+        "health_check": health_check,
+        "tls": upstream_tls,
+    },
+    by_hand=("servers",),
+)
+SERVER = Section({"address": _upstream_address, "weight": at_least_one, "backup": Reader.boolean})
+HEALTH_CHECK = Section(
+    {"interval": Reader.timeout, "timeout": Reader.timeout, "rise": at_least_one, "fall": at_least_one}
+)
+UPSTREAM_TLS = Section(
+    {"ca": ca_file, "server_name": Reader.sni_name, "verify": Reader.boolean}, by_hand=("cert", "key")
+)
