@@ -31,6 +31,8 @@ def http(address, path: str, method: str = "GET", raw: bytes | None = None) -> t
     with connect(address) as sock:
         sock.sendall(raw if raw is not None else f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
         answer = recv_all(sock)
+    if not answer:  # closed at accept, or shed before a byte of answer
+        raise ConnectionAbortedError(f"{path}: the connection closed without an answer")
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
