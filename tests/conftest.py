@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
-from tests.support import ProxyProcess, Upstream
+from proxy.log import EventLog
+from proxy.loop.reactor import Reactor
+from tests.support import ProxyProcess, UnixUpstream, Upstream, write_pki
+
+
+def pytest_configure(config):
+    """Every process the run starts (xdist workers, proxies, `ctl`) keeps its compiled bytecode
+    in pytest's cache folder, even where PYTHONDONTWRITEBYTECODE keeps it out of the source tree:
+    a proxy compiles the whole package at each start otherwise, about half of its start-up,
+    and the run starts hundreds."""
+    cache = getattr(config, "cache", None)
+    if cache is None:  # -p no:cacheprovider: no folder of our own to write in
+        return
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
 
 
 @pytest.fixture(params=["splice", "copy"])
@@ -21,8 +37,9 @@ def data_path(request):
 
 @pytest.fixture
 def proxy_env():
-    """Environment for the proxies a test starts; test modules may override this fixture."""
-    return {}
+    """Environment for the proxies a test starts; test modules may override this fixture. No TLS
+    key log from the environment the tests were started in, unless a test asks for one."""
+    return {"SSLKEYLOGFILE": ""}
 
 
 @pytest.fixture
@@ -41,13 +58,12 @@ def start_proxy(tmp_path, proxy_env):
         proc.kill()
 
 
-@pytest.fixture
-def start_upstream():
-    """start_upstream(handler, host=...) -> Upstream; closed at teardown."""
-    started: list[Upstream] = []
+def _stopped_at_teardown(server_class):
+    """A fixture body: start(...) -> server_class(...), each closed when the test ends."""
+    started = []
 
-    def start(handler, host: str = "127.0.0.1") -> Upstream:
-        server = Upstream(handler, host)
+    def start(*args, **kwargs):
+        server = server_class(*args, **kwargs)
         started.append(server)
         return server
 
@@ -56,17 +72,55 @@ def start_upstream():
         server.close()
 
 
+@pytest.fixture
+def start_upstream():
+    """start_upstream(handler, host="127.0.0.1") -> Upstream; closed at teardown."""
+    yield from _stopped_at_teardown(Upstream)
+
+
+@pytest.fixture
+def start_unix_upstream():
+    """start_unix_upstream(handler, path) -> UnixUpstream (a path, or an abstract name as
+    b"\\0name"); closed at teardown."""
+    yield from _stopped_at_teardown(UnixUpstream)
+
+
+@pytest.fixture
+def reactor():
+    """A reactor whose log goes nowhere, closed at teardown."""
+    reactor = Reactor(EventLog(stream=io.StringIO()))
+    yield reactor
+    reactor.close()
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def pki(ca, tmp_path_factory):
+    """PEM files on disk (tests.support.tls.write_pki): the CA, a proxy certificate, upstream
+    certificates, client certificates, another CA."""
+    return write_pki(ca, tmp_path_factory.mktemp("pki"))
+
+
 # -- nothing a test starts outlives the run ---------------------------------------------------
 # pytest becomes a child subreaper, so a process a test started stays its descendant even when
 # the process between them dies (strace killed before its tracee, a shell that exec'd away); at
-# the end, any child still alive is named, killed, and fails the run.
+# the end, any child still alive is named, killed, and fails the run. Under pytest-xdist each
+# worker checks its own children and hands what it killed to the controller, which reports it;
+# the controller checks its own children after its workers have exited (so they are not
+# counted), which catches what a worker that died left behind.
 
 PR_SET_CHILD_SUBREAPER = 36
+OUTLIVED = pytest.StashKey[list]()
 
 
 def pytest_sessionstart(session):
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    session.config.stash[OUTLIVED] = []
 
 
 def _live_children() -> dict[int, str]:
@@ -94,19 +148,36 @@ def _live_children() -> dict[int, str]:
     return alive
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
+def _kill_leftovers() -> list[str]:
+    """Kill this process's children still alive after a grace period; one line for each."""
     deadline = time.monotonic() + 5  # a process killed at the last teardown may still be exiting
     while (left := _live_children()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if not left:
-        return
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    report = "\n".join(f"  pid {pid}: {command}" for pid, command in left.items())
+    return [f"pid {pid}: {command}" for pid, command in left.items()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist, in the controller: a worker is done; keep what it killed for the report."""
+    node.config.stash[OUTLIVED].extend(getattr(node, "workeroutput", {}).get("outlived", []))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    outlived = _kill_leftovers()
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:  # an xdist worker: sent to the controller after this hook
+        worker_output["outlived"] = outlived
+        return
+    outlived += session.config.stash[OUTLIVED]
+    if not outlived:
+        return
+    report = "\n".join(f"  {line}" for line in outlived)
     session.config.get_terminal_writer().line(
         f"\nFAILED: processes started by tests outlived them (killed now):\n{report}", red=True
     )
