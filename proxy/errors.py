@@ -1,6 +1,7 @@
 """Errors in one place: the user-facing error types and their exit statuses, what an exception
 raised while serving a connection means (`classify`: the peer is gone, try later, out of
-descriptors, or a bug), and the short reasons the access log gives for TLS failures."""
+descriptors, or a bug), the short reasons the access log gives for TLS failures, and the base
+of every checked state machine (`StateEnum`) with the error a refused move raises."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ class StartupError(ProxyError):
 
 class StateError(Exception):
     """A move a state table does not allow: a bug in the proxy, never a peer's doing."""
+
+
+class StateEnum(enum.Enum):
+    """A state of a checked machine. Members are singletons, so their identity is their hash: the
+    move tables are then looked up in C, not through Enum's own __hash__, written in Python (two
+    calls a move on the per-connection paths)."""
+
+    __hash__ = object.__hash__
+
+
+def refused_move(what: str, old: StateEnum, new: StateEnum) -> StateError:
+    """The error for `what` moving from `old` to `new`, which its table does not allow."""
+    return StateError(f"{what}: {type(old).__name__.lower()} cannot go from {old.value} to {new.value}")
 
 
 def describe_ssl_error(exc: ssl.SSLError) -> str:

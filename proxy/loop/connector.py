@@ -26,7 +26,6 @@ Each of the last three is final; `cancel` in one of them has nothing left to sto
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import socket
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from proxy.config.units import SocketAddress
-from proxy.errors import OUT_OF_DESCRIPTORS, StateError
+from proxy.errors import OUT_OF_DESCRIPTORS, StateEnum, StateError
 from proxy.loop.dispatcher import CONNECTING, Dispatcher
 from proxy.loop.reactor import Reactor, Timer
 from proxy.loop.resolver import Lane, Lookup, Resolution, TooManyLookups
@@ -66,7 +65,7 @@ _NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 _LOCAL_SHORTAGE = OUT_OF_DESCRIPTORS | {errno.EADDRNOTAVAIL}
 
 
-class ConnectorState(enum.Enum):
+class ConnectorState(StateEnum):
     READY = "ready"  # made, not started
     TRYING = "trying"  # a server's name lookup or connect is under way
     CONNECTED = "connected"

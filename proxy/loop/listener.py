@@ -22,7 +22,6 @@ the socket. The admin socket's file is made the same way (`listen_unix`).
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import resource
@@ -32,7 +31,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from proxy.config.units import SocketAddress, UnixAddress, format_any_sockaddr
-from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, StateError, describe_os_error
+from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, StateEnum, StateError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
@@ -337,7 +336,7 @@ def raise_fd_limit() -> int:
     return soft
 
 
-class Accepting(enum.Enum):
+class Accepting(StateEnum):
     ACCEPTING = "accepting"
     PAUSED = "paused"  # out of descriptors: the clients wait in the backlog until a timer resumes it
 

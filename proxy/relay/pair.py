@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy.config.units import SocketAddress, format_sockaddr
-from proxy.errors import describe_os_error
+from proxy.errors import describe_os_error, refused_move
 from proxy.loop.reactor import Timer
 from proxy.policy.upstreams import Pool, ServerState
 from proxy.protocol.tls import TlsSession
@@ -75,7 +75,6 @@ from proxy.relay.states import (
     RELAYING,
     UPSTREAM_HANDSHAKE,
     Phase,
-    check_move,
 )
 from proxy.relay.tls_side import TlsSide
 
@@ -164,7 +163,9 @@ class Pair:
         self.runtime.log.write("debug", "conn_event", fields)
 
     def _to(self, phase: Phase) -> None:
-        self.phase = check_move(PHASE_MOVES, self.phase, phase, "a pair")
+        if phase not in PHASE_MOVES[self.phase]:  # inline, as a side's moves: on every connection's path
+            raise refused_move("a pair", self.phase, phase)
+        self.phase = phase
 
     def make_side(
         self, kind: type[Side], sock: socket.socket, name: str, address: str, direction: str, **extra: object

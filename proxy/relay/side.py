@@ -19,7 +19,7 @@ import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, classify
+from proxy.errors import OUT_OF_DESCRIPTORS, Meaning, classify, refused_move
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.poller import WRITE
 from proxy.relay.buffer import Budget, SendBuffer
@@ -46,7 +46,6 @@ from proxy.relay.states import (
     Reading,
     Splice,
     Writing,
-    check_move,
 )
 
 if TYPE_CHECKING:
@@ -119,15 +118,24 @@ class Side(Dispatcher):
 
     # -- state ---------------------------------------------------------------------------
 
+    # The moves test their tables inline (not through states.check_move): they are on every
+    # connection's path, where a call costs as much as the test.
+
     def _read_to(self, new: Reading) -> None:
-        self.read = check_move(READ_MOVES, self.read, new, f"{self.name} side")
+        if new not in READ_MOVES[self.read]:
+            raise refused_move(f"{self.name} side", self.read, new)
+        self.read = new
         self.interest_changed()
 
     def _write_to(self, new: Writing) -> None:
-        self.write = check_move(WRITE_MOVES, self.write, new, f"{self.name} side")
+        if new not in WRITE_MOVES[self.write]:
+            raise refused_move(f"{self.name} side", self.write, new)
+        self.write = new
 
     def _splice_to(self, new: Splice) -> None:
-        self.splice = check_move(SPLICE_MOVES, self.splice, new, f"{self.name} side")
+        if new not in SPLICE_MOVES[self.splice]:
+            raise refused_move(f"{self.name} side", self.splice, new)
+        self.splice = new
 
     def join(
         self,
