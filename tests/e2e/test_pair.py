@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import socket
 import time
@@ -122,3 +123,31 @@ def test_a_side_that_fails_to_close_leaves_neither_the_other_open_nor_the_access
     assert (access["result"], access["reason"]) == ("error", "RuntimeError: the capture failed")
     assert [error["error"] for error in lines.events("connection_error")] == ["RuntimeError: the capture failed"]
     assert "Traceback" not in lines.text()
+
+
+def test_a_finished_connection_leaves_nothing_for_the_cycle_collector(start_upstream, tmp_path):
+    # A pair breaks its references back to itself once it has finished, so reference counting
+    # frees a connection at once: objects left in cycles would cost every connection the cycle
+    # collector's time (a third more CPU per new connection, measured, when the dialer kept its pair).
+    upstream = start_upstream(echo_handler)
+    config = load_config(
+        write(tmp_path, f"listeners:\n  - {{listen: 127.0.0.1:0, upstream: {upstream.address}}}\n")
+    ).config
+    with serving(config) as (server, lines):
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                with socket.create_connection(listener_address(server), timeout=WAIT) as client:
+                    client.sendall(b"ping")
+                    assert recv_exactly(client, 4) == b"ping"
+            assert wait_until(lambda: len(lines.events("access")) == 20 and not server.runtime.pairs), lines.text()
+            time.sleep(0.2)  # the loop's next pass, where finished pairs are released
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [type(found).__name__ for found in gc.garbage if type(found).__module__.startswith("proxy.")]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert left == []
