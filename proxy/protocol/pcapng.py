@@ -128,16 +128,20 @@ _MOVES: dict[ConversationState, frozenset[ConversationState]] = {
 class _Flow:
     """One direction of the conversation, named by its sender."""
 
-    __slots__ = ("direction", "dst", "dst_port", "finished", "ident", "reverse", "seq", "src", "src_port")
+    __slots__ = ("direction", "dst", "dst_port", "finished", "ident", "receiver", "seq", "src", "src_port")
 
-    def __init__(self, src: tuple[bytes, int], dst: tuple[bytes, int], isn: int, direction: Direction) -> None:
+    def __init__(
+        self, src: tuple[bytes, int], dst: tuple[bytes, int], isn: int, direction: Direction, receiver: Peer
+    ) -> None:
         self.src, self.src_port = src
         self.dst, self.dst_port = dst
         self.seq = isn  # the next sequence number this sender uses; what the receiver acknowledges
         self.ident = 0  # the IPv4 identification of the sender's next packet
         self.finished = False  # the sender's FIN went
         self.direction = direction
-        self.reverse: _Flow = self  # the other direction, once it exists
+        # The other direction, by name: a reference to its flow would make a cycle, which only the
+        # cycle collector frees, per captured connection.
+        self.receiver = receiver
 
 
 def _endpoint(name: str, address: tuple[str, int]) -> tuple[bytes, int]:
@@ -174,12 +178,19 @@ class TcpConversation:
                 raise ValueError(f"{name} initial sequence number {isn} is not a 32-bit number")
         outbound_from_client = local is Peer.CLIENT
         from_client = _Flow(
-            client_end, server_end, client_isn, Direction.OUTBOUND if outbound_from_client else Direction.INBOUND
+            client_end,
+            server_end,
+            client_isn,
+            Direction.OUTBOUND if outbound_from_client else Direction.INBOUND,
+            Peer.SERVER,
         )
         from_server = _Flow(
-            server_end, client_end, server_isn, Direction.INBOUND if outbound_from_client else Direction.OUTBOUND
+            server_end,
+            client_end,
+            server_isn,
+            Direction.INBOUND if outbound_from_client else Direction.OUTBOUND,
+            Peer.CLIENT,
         )
-        from_client.reverse, from_server.reverse = from_server, from_client
         self._flows = {Peer.CLIENT: from_client, Peer.SERVER: from_server}
         self._ipv4 = len(client_end[0]) == 4
         self.max_payload = MAX_PAYLOAD_IPV4 if self._ipv4 else MAX_PAYLOAD_IPV6
@@ -232,11 +243,11 @@ class TcpConversation:
         flow = self._flows[sender]
         if flow.finished:
             raise ConversationStateError(f"cannot {operation}: the {sender.value} already sent its FIN")
-        return flow, flow.reverse
+        return flow, self._flows[flow.receiver]
 
     def _segment(self, flow: _Flow, flags: int, payload: bytes | memoryview = b"") -> Packet:
         """One segment from `flow`'s sender, acknowledging all the other end sent if `flags` has ACK."""
-        ack = flow.reverse.seq if flags & _ACK else 0
+        ack = self._flows[flow.receiver].seq if flags & _ACK else 0
         header = struct.pack(
             "!HHIIBBHHH", flow.src_port, flow.dst_port, flow.seq, ack, 5 << 4, flags, WINDOW, 0, 0
         )  # 5 words of header: no options

@@ -479,9 +479,9 @@ class Pair:
     def _release(self) -> None:
         """Break the sides' references back to the pair and to each other, after the pass in
         which the pair finished (frames of that pass may still use them): reference counting
-        then frees the connection at once, instead of the cycle collector later. The dialer
-        points back at the pair too."""
+        then frees the connection at once, instead of the cycle collector later. The dialer and
+        the inspection point back at the pair too."""
         for side in (self.client, self.upstream):
             if side is not None:
                 side.release()
-        self.dialer = None
+        self.dialer = self.inspection = None
