@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """pairproxy beside its peers: bulk throughput, request rate and latency, connection rate,
-redis, and memory per idle connection, in one run on one machine; and what terminating TLS and
-sending a PROXY header cost, beside HAProxy doing the same.
+redis, and memory per idle connection, in one run on one machine; what terminating TLS, sending
+a PROXY header and an access line per connection cost, beside HAProxy doing the same; and what
+dumping and capturing cost, to /dev/null, to a file and to a reader too slow for them.
 
 Every proxy forwards a loopback port to the same upstream. The proxy under test is pinned to
 one CPU and the load generators and upstreams to the other; peers are interleaved
@@ -62,9 +63,9 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
 
 
 def start(argv: list[str], cpu: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        pinned(cpu, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
-    )
+    """Start `argv` pinned to `cpu`, its standard streams on /dev/null unless `kwargs` route them."""
+    streams = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return subprocess.Popen(pinned(cpu, argv), **{**streams, **kwargs})
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -113,6 +114,25 @@ def rss_kib(pid: int) -> int:
 
 # -- the peers ---------------------------------------------------------------------------
 
+# The readers at the far end of a peer's output pipe, on the load's CPU: one that keeps up, and
+# one that takes 64 KiB every 50 ms (1.25 MiB/s), so that a hex dump's output queue fills.
+DRAIN = ("cat",)
+SLOW_READER = (sys.executable, "-c", "import os, time\nwhile os.read(0, 65536):\n    time.sleep(0.05)")
+
+
+@dataclass
+class Launched:
+    """A peer's processes: the proxy, and the readers that drain its output through pipes."""
+
+    proxy: subprocess.Popen | None = None
+    readers: list[subprocess.Popen] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # The proxy first: its readers then see the end of their pipe.
+        for proc in [self.proxy, *self.readers]:
+            if proc is not None:
+                stop(proc)
+
 
 @dataclass
 class Peer:
@@ -122,6 +142,8 @@ class Peer:
     upstream: str | None = None  # the upstream it forwards to, when not the workload's own
     client_tls: bool = False  # the load generator speaks TLS to it
     haproxy: str = "haproxy"  # the HAProxy row doing the same job, for the "vs HAProxy" column
+    output: str | None = None  # "stdout" or "stderr": where its log or dump goes, kept (else /dev/null)
+    reader: tuple[str, ...] | None = None  # drains `output` through a pipe; None: `output` is a file
 
     def available(self, tools: dict[str, str | None]) -> bool:
         return all(tools.get(need) is not None for need in self.needs)
@@ -129,13 +151,43 @@ class Peer:
     def takes(self, workload: str) -> bool:
         return self.workloads is None or workload in self.workloads
 
-    def launch(self, port: int, upstream: int, workdir: Path, tools: dict[str, str | None]) -> subprocess.Popen | None:
-        """Start forwarding 127.0.0.1:port to 127.0.0.1:upstream; None means a direct connection."""
-        name = self.name
-        if name == "direct":
+    def launch(
+        self, port: int, upstream: int, outdir: Path, workdir: Path, tools: dict[str, str | None]
+    ) -> Launched | None:
+        """Start forwarding 127.0.0.1:port to 127.0.0.1:upstream, writing what it writes (log, dump,
+        capture) into `outdir`; None means a direct connection."""
+        if self.name == "direct":
             return None
-        if name == "socat":
-            argv = [tools["socat"], f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
+        argv, cpus, options = self.command(port, upstream, outdir, workdir, tools)
+        launched = Launched()
+        try:
+            launched.proxy = self._start(argv, cpus, options, outdir, launched.readers)
+            wait_port(port)
+        except BaseException:
+            launched.stop()
+            raise
+        return launched
+
+    def _start(self, argv: list[str], cpus: str, options: dict, outdir: Path, readers: list) -> subprocess.Popen:
+        if self.output is None:
+            return start(argv, cpus, **options)
+        if self.reader is None:
+            with open(outdir / f"{self.output}.log", "wb") as file:
+                return start(argv, cpus, **options, **{self.output: file})
+        read_end, write_end = os.pipe()
+        try:
+            readers.append(start(list(self.reader), LOAD_CPU, stdin=read_end))
+            return start(argv, cpus, **options, **{self.output: write_end})
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+    def command(self, port: int, upstream: int, outdir: Path, workdir: Path, tools) -> tuple[list[str], str, dict]:
+        """The peer's command line, the CPUs it is pinned to, and what else Popen needs (env, cwd)."""
+        name = self.name
+        if name.startswith("socat"):
+            dump = ["-x"] if name == "socat-x" else []  # a hex dump of both directions on stderr
+            argv = [tools["socat"], *dump, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
                     f"TCP:127.0.0.1:{upstream},nodelay"]  # fmt: skip
         elif name.startswith("haproxy"):
             cfg = workdir / f"{name}-{port}.cfg"
@@ -157,51 +209,73 @@ class Peer:
                     "--host=127.0.0.1", f"--dest_port={upstream}"]  # fmt: skip
         elif name == "uvloop":
             argv = [sys.executable, str(ROOT / "bench" / "uvloop_forward.py"), str(port), str(upstream)]
+        elif name == "pproxy":  # its raw TCP tunnel (README: "Raw connection tunnel"), no proxy protocol
+            argv = [tools["pproxy"], "-l", f"tunnel{{127.0.0.1:{upstream}}}://127.0.0.1:{port}"]
         elif name.startswith("pairproxy"):
-            env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
-            if self.client_tls:
-                env["OPENSSL_CONF"] = str(workdir / NO_TICKETS)
-            table = pairproxy_table(name, port, upstream, workdir)
-            if table is not None:
-                cfg = workdir / f"pp-{port}.yaml"
-                cfg.write_text(table)
-                argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--log-level", "warning"]
-                if name == "pairproxy-w2":
-                    argv += ["--workers", "2"]
-                cpus = WORKERS_CPUS if name == "pairproxy-w2" else PROXY_CPU
-                proc = start(argv, cpus, env=env, cwd=ROOT)
-            else:
-                argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
-                        "--log-level", "warning", *FEATURE_FLAGS.get(name, ())]  # fmt: skip
-                proc = start(argv, PROXY_CPU, env=env, cwd=ROOT)
-            wait_port(port)
-            return proc
+            return self.pairproxy_command(port, upstream, outdir, workdir)
         else:
             raise ValueError(name)
-        proc = start(argv, PROXY_CPU)
-        wait_port(port)
-        return proc
+        return argv, PROXY_CPU, {}
+
+    def pairproxy_command(self, port: int, upstream: int, outdir: Path, workdir: Path) -> tuple[list[str], str, dict]:
+        name = self.name
+        env = dict(os.environ, PAIRPROXY_SPLICE="0" if name == "pairproxy-copy" else "1")
+        if self.client_tls:
+            env["OPENSSL_CONF"] = str(workdir / NO_TICKETS)
+        options = {"env": env, "cwd": ROOT}
+        table = pairproxy_table(name, port, upstream, workdir)
+        if table is None:
+            argv = [sys.executable, "-m", "proxy", "forward", f"127.0.0.1:{port}", f"127.0.0.1:{upstream}",
+                    *forward_options(name, outdir)]  # fmt: skip
+            return argv, PROXY_CPU, options
+        cfg = workdir / f"pp-{port}.yaml"
+        cfg.write_text(table)
+        argv = [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--log-level", "warning"]
+        if name == "pairproxy-w2":
+            return [*argv, "--workers", "2"], WORKERS_CPUS, options
+        return argv, PROXY_CPU, options
 
 
 def haproxy_config(name: str, port: int, upstream: int, workdir: Path) -> str:
     # HAProxy refuses to start when the descriptors it may need (two per connection, two per
     # pipe, a few more) exceed the hard limit: 20,000 here fits 9,950 and 16 pipes.
     tuning = "    maxconn 9950\n    maxpipes 16\n"
-    bind = server = splice = ""
+    bind = server = options = ""
     if name == "haproxy-splice":
-        splice = "    option splice-auto\n"
+        options = "    option splice-auto\n"
     elif name == "haproxy-tls":  # a full handshake per connection, as pairproxy-tls: no tickets, no cache
         tuning += "    tune.ssl.cachesize 0\n"
         bind = f" ssl crt {workdir / SERVER_PEM} no-tls-tickets"
     elif name == "haproxy-proxy":
         server = " send-proxy-v2"
+    elif name == "haproxy-log":  # a line per connection as it ends, to its stdout, as pairproxy's access line
+        tuning += "    log stdout format raw local0\n"
+        options = "    log global\n    option tcplog\n"
     return (
         f"global\n    nbthread 1\n{tuning}"
         "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
-        f"{splice}"
+        f"{options}"
         f"frontend fe\n    bind 127.0.0.1:{port}{bind}\n    default_backend be\n"
         f"backend be\n    server s1 127.0.0.1:{upstream}{server}\n"
     )
+
+
+def forward_options(name: str, outdir: Path) -> list[str]:
+    """What a `forward` peer adds to the plain one's command line: the feature it measures and its log level."""
+    # What a feature costs the connections that use it: every connection dumped, captured or
+    # faulted, to /dev/null (the formatting alone), to a file (and the disk), or, for the dump, to
+    # a reader too slow for it (a latency of 0 still takes the fault's path).
+    features = {
+        "pairproxy-dump": ["--hexdump", "--dump-file", "/dev/null"],
+        "pairproxy-dump-file": ["--hexdump", "--dump-file", str(outdir / "dump.txt")],
+        "pairproxy-dump-slow": ["--hexdump"],  # to stdout, the slow reader's pipe
+        "pairproxy-pcap": ["--pcap", "/dev/null"],
+        "pairproxy-pcap-file": ["--pcap", str(outdir / "capture.pcapng")],
+        "pairproxy-fault": ["--fault", "latency:latency=0ms"],
+    }
+    # The -log peers run as users do, at the default level (info): an access line per connection.
+    level = [] if name.startswith("pairproxy-log") else ["--log-level", "warning"]
+    return [*features.get(name, []), *level]
 
 
 def pairproxy_table(name: str, port: int, upstream: int, workdir: Path) -> str | None:
@@ -246,29 +320,30 @@ def make_certificates(workdir: Path) -> None:
     )
 
 
-# What a feature costs the connections that use it: every connection dumped, captured or faulted
-# (to /dev/null, so that the disk is not what is measured; a latency of 0 still takes the path).
-FEATURE_FLAGS = {
-    "pairproxy-dump": ("--hexdump", "--dump-file", "/dev/null"),
-    "pairproxy-pcap": ("--pcap", "/dev/null"),
-    "pairproxy-fault": ("--fault", "latency:latency=0ms"),
-}
-
 HTTP = ("keepalive", "conn_rate")
 PEERS = [
     Peer("direct"),
     Peer("haproxy", ("haproxy",)),
     Peer("haproxy-splice", ("haproxy",)),
+    Peer("haproxy-log", ("haproxy",), haproxy="haproxy-log", output="stdout"),
     Peer("nginx", ("nginx",)),
     Peer("socat", ("socat",)),
+    Peer("socat-x", ("socat",)),
     Peer("twisted", ("twistd",)),
     Peer("uvloop", ("uvloop",)),
+    Peer("pproxy", ("pproxy",)),
     Peer("pairproxy"),
     Peer("pairproxy-copy"),
     Peer("pairproxy-w2"),
     Peer("pairproxy-admin"),
+    # As users run it: an access line per connection, to a file and to a pipe that keeps up.
+    Peer("pairproxy-log", haproxy="haproxy-log", output="stderr"),
+    Peer("pairproxy-log-pipe", haproxy="haproxy-log", output="stderr", reader=DRAIN),
     Peer("pairproxy-dump"),
+    Peer("pairproxy-dump-file"),
+    Peer("pairproxy-dump-slow", output="stdout", reader=SLOW_READER),
     Peer("pairproxy-pcap"),
+    Peer("pairproxy-pcap-file"),
     Peer("pairproxy-fault"),
     # Terminating TLS from the client, and sending a PROXY v2 header to an upstream that wants one.
     Peer("haproxy-tls", ("haproxy", "trustme"), HTTP, client_tls=True, haproxy="haproxy-tls"),
@@ -420,24 +495,48 @@ class Settings:
 
 
 def measure(peer: Peer, workload: str, ups: Upstreams, settings: Settings, workdir: Path, tools) -> dict:
-    upstream_name, _, _, runner = WORKLOADS[workload]
-    upstream = ups.ports[peer.upstream or upstream_name]
+    upstream = ups.ports[peer.upstream or WORKLOADS[workload][0]]
     port = upstream if peer.name == "direct" else free_port()
-    proc = peer.launch(port, upstream, workdir, tools)
+    outdir = workdir / f"out-{port}"  # what the peer writes (log, dump, capture): measured, then removed
+    outdir.mkdir()
     try:
-        pid = proc.pid if proc else None
-        cpu_before = cpu_seconds(pid) if pid else 0.0
-        if workload == "idle_memory":
-            # socat forks a process per connection: a few hundred show its cost without exhausting memory.
-            count = min(settings.idle_connections, 500) if peer.name == "socat" else settings.idle_connections
-            result = idle_memory(port, pid, count)
-        else:
-            result = runner(port, peer, settings, tools)
-        cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+        launched = peer.launch(port, upstream, outdir, workdir, tools)
+        try:
+            pid = launched.proxy.pid if launched else None
+            cpu_before = cpu_seconds(pid) if pid else 0.0
+            result = run_workload(peer, workload, port, pid, settings, tools)
+            cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+        finally:
+            if launched:
+                launched.stop()
+        written = outputs_written(outdir, result.work)
     finally:
-        if proc:
-            stop(proc)
-    return {"value": result.value, "cpu_us_per_unit": 1e6 * cpu / result.work if result.work else 0, **result.extra}
+        shutil.rmtree(outdir)
+    cpu_per_unit = 1e6 * cpu / result.work if result.work else 0
+    return {"value": result.value, "cpu_us_per_unit": cpu_per_unit, **result.extra, **written}
+
+
+def run_workload(peer: Peer, workload: str, port: int, pid: int | None, settings: Settings, tools) -> Measure:
+    if workload != "idle_memory":
+        return WORKLOADS[workload][3](port, peer, settings, tools)
+    # socat forks a process per connection: a few hundred show its cost without exhausting memory.
+    forks = peer.name.startswith("socat")
+    return idle_memory(port, pid, min(settings.idle_connections, 500) if forks else settings.idle_connections)
+
+
+def outputs_written(outdir: Path, work: float) -> dict[str, float]:
+    """What a peer wrote into its folder: MiB in all and, for a log, its lines per unit of work
+    (1.00 on conn_rate: a line per connection)."""
+    files = [path for path in outdir.iterdir() if path.is_file()]
+    if not files:
+        return {}
+    figures = {"written_mib": sum(path.stat().st_size for path in files) / 2**20}
+    for path in files:
+        if path.suffix == ".log":  # the stdout or stderr of a peer that logs
+            with path.open("rb") as log:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+            figures["log_lines_per_unit"] = lines / work if work else 0.0
+    return figures
 
 
 # -- reporting ---------------------------------------------------------------------------
@@ -451,10 +550,13 @@ def summarize(samples: dict[str, dict[str, list[dict]]]) -> dict:
             values = [run["value"] for run in runs]
             entry = {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(runs)}
             for key in runs[0]:
-                if key != "value":
+                if key != "value" and all(key in run for run in runs):
                     entry[key] = statistics.median(run[key] for run in runs)
             summary[workload][peer] = entry
     return summary
+
+
+EXTRA = ("_ms", "_kib", "_mib", "log_lines_per_unit")  # how the keys shown under "extra" end
 
 
 def markdown(summary: dict) -> str:
@@ -471,9 +573,7 @@ def markdown(summary: dict) -> str:
             haproxy = by_peer.get(PEERS_BY_NAME[peer].haproxy, {}).get("median")
             vs_haproxy = f"{median / haproxy:.2f}x" if haproxy else "-"
             vs_direct = f"{median / direct:.2f}x" if direct and workload != "idle_memory" else "-"
-            extra = ", ".join(
-                f"{key} {value:.2f}" for key, value in entry.items() if key.endswith("_ms") or key.endswith("_kib")
-            )
+            extra = ", ".join(f"{key} {value:.2f}" for key, value in entry.items() if key.endswith(EXTRA))
             lines.append(
                 f"| {peer} | {median:,.2f} | {entry['min']:,.2f}-{entry['max']:,.2f} | {vs_haproxy} | {vs_direct} "
                 f"| {entry['cpu_us_per_unit']:,.1f} | {extra} |"
@@ -482,11 +582,15 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def find_tools(twistd: str | None) -> dict[str, str | None]:
+def find_tools(twistd: str | None, pproxy: str | None) -> dict[str, str | None]:
     names = ["socat", "haproxy", "nginx", "iperf3", "wrk", "redis-server", "redis-benchmark", "twistd"]
     tools = {name: shutil.which(name) for name in names}
     if twistd:
         tools["twistd"] = twistd
+    # pproxy, the other Python proxy: given, or beside this interpreter (a virtual environment
+    # not on PATH), or on PATH.
+    beside = shutil.which("pproxy", path=str(Path(sys.executable).parent))
+    tools["pproxy"] = pproxy or beside or shutil.which("pproxy")
     # The asyncio + uvloop reference forwarder runs on this interpreter, when it has uvloop.
     tools["uvloop"] = sys.executable if importlib.util.find_spec("uvloop") else None
     tools["trustme"] = "trustme" if importlib.util.find_spec("trustme") else None  # certificates for the TLS peers
@@ -507,6 +611,7 @@ def main() -> int:
     parser.add_argument("--peers", default=",".join(p.name for p in PEERS))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--twistd", help="path to twistd (Twisted's runner), if not on PATH")
+    parser.add_argument("--pproxy", help="path to pproxy, if neither beside this Python nor on PATH")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     settings = Settings(args.seconds, 200_000, args.idle_connections, args.rounds)
@@ -515,7 +620,7 @@ def main() -> int:
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    tools = find_tools(args.twistd)
+    tools = find_tools(args.twistd, args.pproxy)
     wanted = set(args.peers.split(","))
     peers = [peer for peer in PEERS if peer.name in wanted and peer.available(tools)]
     skipped = sorted(wanted - {peer.name for peer in peers})
@@ -525,10 +630,10 @@ def main() -> int:
         if any("trustme" in peer.needs for peer in peers):
             make_certificates(workdir)
         ups = Upstreams(workdir, tools)
-        ups.start()
-        workloads = [w for w in workloads if WORKLOADS[w][0] in ups.ports]
-        samples: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
         try:
+            ups.start()
+            workloads = [w for w in workloads if WORKLOADS[w][0] in ups.ports]
+            samples: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
             for round_number in range(settings.rounds):
                 for workload in workloads:
                     for peer in [peer for peer in peers if peer.takes(workload)]:  # interleaved: A B C A B C ...
