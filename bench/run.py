@@ -2,7 +2,7 @@
 """pairproxy beside its peers: bulk throughput, request rate and latency, connection rate,
 redis, and memory per idle connection, in one run on one machine; what terminating TLS, sending
 a PROXY header and an access line per connection cost, beside HAProxy doing the same; and what
-dumping and capturing cost, to /dev/null, to a file and to a reader too slow for them.
+dumping and capturing cost, as ratios to plain pairproxy (and the dump beside `socat -x`).
 
 Every proxy forwards a loopback port to the same upstream. The proxy under test is pinned to
 one CPU and the load generators and upstreams to the other; peers are interleaved
@@ -142,6 +142,7 @@ class Peer:
     upstream: str | None = None  # the upstream it forwards to, when not the workload's own
     client_tls: bool = False  # the load generator speaks TLS to it
     haproxy: str = "haproxy"  # the HAProxy row doing the same job, for the "vs HAProxy" column
+    anchor: str | None = None  # another peer doing the same job, whose figure its target is stated against
     output: str | None = None  # "stdout" or "stderr": where its log or dump goes, kept (else /dev/null)
     reader: tuple[str, ...] | None = None  # drains `output` through a pipe; None: `output` is a file
 
@@ -339,9 +340,9 @@ PEERS = [
     # As users run it: an access line per connection, to a file and to a pipe that keeps up.
     Peer("pairproxy-log", haproxy="haproxy-log", output="stderr"),
     Peer("pairproxy-log-pipe", haproxy="haproxy-log", output="stderr", reader=DRAIN),
-    Peer("pairproxy-dump"),
-    Peer("pairproxy-dump-file"),
-    Peer("pairproxy-dump-slow", output="stdout", reader=SLOW_READER),
+    Peer("pairproxy-dump", anchor="socat-x"),
+    Peer("pairproxy-dump-file", anchor="socat-x"),
+    Peer("pairproxy-dump-slow", anchor="socat-x", output="stdout", reader=SLOW_READER),
     Peer("pairproxy-pcap"),
     Peer("pairproxy-pcap-file"),
     Peer("pairproxy-fault"),
@@ -556,10 +557,43 @@ def summarize(samples: dict[str, dict[str, list[dict]]]) -> dict:
     return summary
 
 
+def against_plain(summary: dict) -> dict:
+    """Each pairproxy variant beside the plain `pairproxy` row of its workload (its figure and
+    its CPU per unit, as ratios), and beside its anchor's figure: the targets are stated so."""
+    result: dict[str, dict[str, dict]] = {}
+    for workload, by_peer in summary.items():
+        plain = by_peer.get("pairproxy", {})
+        rows = {}
+        for peer, entry in by_peer.items():
+            if not peer.startswith("pairproxy-"):
+                continue
+            row = {
+                "median_vs_pairproxy": _ratio(entry["median"], plain.get("median")),
+                "cpu_vs_pairproxy": _ratio(entry["cpu_us_per_unit"], plain.get("cpu_us_per_unit")),
+            }
+            anchor = PEERS_BY_NAME[peer].anchor
+            if anchor:
+                row["anchor"] = anchor
+                row["median_vs_anchor"] = _ratio(entry["median"], by_peer.get(anchor, {}).get("median"))
+            rows[peer] = row
+        if rows:
+            result[workload] = rows
+    return result
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return value / reference if reference else None
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3g}x"  # significant digits: a dump's bulk rate is 0.005x
+
+
 EXTRA = ("_ms", "_kib", "_mib", "log_lines_per_unit")  # how the keys shown under "extra" end
 
 
 def markdown(summary: dict) -> str:
+    ratios = against_plain(summary)
     lines = []
     for workload, by_peer in summary.items():
         _, unit, work_unit, _ = WORKLOADS[workload]
@@ -578,6 +612,15 @@ def markdown(summary: dict) -> str:
                 f"| {peer} | {median:,.2f} | {entry['min']:,.2f}-{entry['max']:,.2f} | {vs_haproxy} | {vs_direct} "
                 f"| {entry['cpu_us_per_unit']:,.1f} | {extra} |"
             )
+        if workload in ratios:
+            lines += ["", "Against plain `pairproxy` (and the anchor a target names):", "",
+                      f"| peer | {unit} vs pairproxy | CPU µs/{work_unit} vs pairproxy | vs anchor |",
+                      "| --- | ---: | ---: | ---: |"]  # fmt: skip
+            for peer, row in ratios[workload].items():
+                anchor = f"{_times(row['median_vs_anchor'])} {row['anchor']}" if "anchor" in row else "-"
+                lines.append(
+                    f"| {peer} | {_times(row['median_vs_pairproxy'])} | {_times(row['cpu_vs_pairproxy'])} | {anchor} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -652,7 +695,7 @@ def main() -> int:
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "uname": " ".join(os.uname())}
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     report = {"date": stamp, "command": command, "machine": machine, "settings": settings.__dict__,
-              "skipped_peers": skipped, "summary": summary}  # fmt: skip
+              "skipped_peers": skipped, "summary": summary, "against_plain": against_plain(summary)}  # fmt: skip
     table = markdown(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=2))
