@@ -3,11 +3,14 @@
 Unlike `hexdump -C`, repeated lines are never folded into `*` and no trailing offset line is
 written: every dump line stands on its own, so a dump can be parsed back into the bytes.
 
-A chunk's whole rows are formatted in one pass of C-level operations, not row by row: the hex
-of the whole chunk at once (`binascii.hexlify`), cut into groups of eight bytes by one
-`struct` unpack, its ASCII column by one `translate`, and the lines joined from those pieces and
-a table of offset columns. Only a last partial row is formatted on its own. A person debugging
-an application turns the dump on; the application should not slow to a crawl for it.
+A chunk's whole rows are formatted by a few C-level operations over the whole chunk, never by
+Python code per row, so that a person who turns the dump on does not slow the application they
+debug to a crawl. A few rows (a request, a response) are joined from pieces: the chunk's hex at
+once (`binascii.hexlify`), cut into groups of eight bytes by one `struct` unpack, its ASCII
+column by one `translate`, and a table of offset columns. Many rows (bulk data) are scattered
+into a block of blank lines: each of a row's 56 columns (offset digits, hex digits, ASCII
+characters) is one strided slice assignment over every row at once. Only a last partial row is
+formatted on its own.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ _ASCII_START = 8 + 2 + _HEX_WIDTH + 1  # where a line's |ascii| column opens
 FULL_LINE = _ASCII_START + 1 + ROW + 2  # the bytes of a whole row's line, with its newline
 _PARTIAL_LINE = _ASCII_START + 3  # a partial row's line without its ASCII characters
 
-# Rows are cut from the chunk's hex in blocks of _BLOCK by one unpack: a Struct per block length
-# below _BLOCK, and one for _BLOCK, so the cache stays small whatever the chunk sizes.
-_BLOCK = 64
+_JOINED_ROWS = 64  # up to this many rows are joined from pieces; more are scattered
 _GROUP = 24  # the hex of eight bytes with their separating spaces: "xx xx xx xx xx xx xx xx "
-_HEX_GROUPS = [struct.Struct("")] + [struct.Struct(f"{_GROUP}s" * (2 * rows)) for rows in range(1, _BLOCK + 1)]
-_ASCII_ROWS = [struct.Struct("")] + [struct.Struct(f"{ROW}s" * rows) for rows in range(1, _BLOCK + 1)]
-_offset_columns: list[bytes] = []  # "%08x  " of row 0, 1, 2 ...: grows to the largest chunk seen
+_hex_groups: dict[int, struct.Struct] = {}  # rows: a Struct cutting their hex into groups
+_ascii_rows: dict[int, struct.Struct] = {}  # rows: a Struct cutting their ASCII column into rows
+_offset_columns = [b"%08x  " % (row * ROW) for row in range(_JOINED_ROWS)]
+
+_BLANK_LINE = b" " * _ASCII_START + b"|" + b"." * ROW + b"|\n"
+_HEX_COLUMNS = [10 + 3 * index + (index >= 8) for index in range(ROW)]  # of each byte's first digit
 
 
 def dump_size(size: int) -> int:
@@ -50,27 +54,38 @@ def dump_text(data: bytes | bytearray | memoryview) -> bytes:
 
 
 def _whole_rows(body: bytes | bytearray | memoryview, rows: int) -> bytes:
+    return _joined_rows(body, rows) if rows <= _JOINED_ROWS else _scattered_rows(body, rows)
+
+
+def _joined_rows(body: bytes | bytearray | memoryview, rows: int) -> bytes:
     hexed = binascii.hexlify(body, b" ") + b" "  # every byte is "xx ": groups of eight are 24 bytes
-    printable = bytes(body).translate(_PRINTABLE)
-    if rows <= _BLOCK:
-        groups = _HEX_GROUPS[rows].unpack(hexed)
-        ascii_rows = _ASCII_ROWS[rows].unpack(printable)
-    else:
-        groups, ascii_rows = [], []
-        for first in range(0, rows, _BLOCK):
-            count = min(_BLOCK, rows - first)
-            groups.extend(_HEX_GROUPS[count].unpack_from(hexed, first * 2 * _GROUP))
-            ascii_rows.extend(_ASCII_ROWS[count].unpack_from(printable, first * ROW))
-    while len(_offset_columns) < rows:
-        _offset_columns.append(b"%08x  " % (len(_offset_columns) * ROW))
+    cut_groups = _hex_groups.get(rows) or _hex_groups.setdefault(rows, struct.Struct(f"{_GROUP}s" * 2 * rows))
+    cut_rows = _ascii_rows.get(rows) or _ascii_rows.setdefault(rows, struct.Struct(f"{ROW}s" * rows))
+    groups = cut_groups.unpack(hexed)
     pieces: list[bytes] = [b" "] * (7 * rows)  # offset, group, " ", group, " |", ascii, "|\n"
     pieces[0::7] = _offset_columns[:rows]
     pieces[1::7] = groups[0::2]
     pieces[3::7] = groups[1::2]
     pieces[4::7] = [b" |"] * rows
-    pieces[5::7] = ascii_rows
+    pieces[5::7] = cut_rows.unpack(bytes(body).translate(_PRINTABLE))
     pieces[6::7] = [b"|\n"] * rows
     return b"".join(pieces)
+
+
+def _scattered_rows(body: bytes | bytearray | memoryview, rows: int) -> bytes:
+    lines = bytearray(_BLANK_LINE * rows)
+    width = FULL_LINE
+    offsets = binascii.hexlify(struct.pack(f">{rows}I", *range(0, rows * ROW, ROW)))
+    for digit in range(8):
+        lines[digit::width] = offsets[digit::8]
+    hexed = binascii.hexlify(body)
+    for index, column in enumerate(_HEX_COLUMNS):
+        lines[column::width] = hexed[2 * index :: 2 * ROW]
+        lines[column + 1 :: width] = hexed[2 * index + 1 :: 2 * ROW]
+    printable = bytes(body).translate(_PRINTABLE)
+    for index in range(ROW):
+        lines[_ASCII_START + 1 + index :: width] = printable[index::ROW]
+    return bytes(lines)
 
 
 def _partial_row(row: bytes, offset: int) -> bytes:
