@@ -108,9 +108,11 @@ class Output:
 
     def _write_all(self, data: bytes) -> int:
         """A file or device that never waits for a reader: everything, blocking."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        written = os.write(self.fd, data)
+        if written < len(data):  # a signal, or a file system that takes less at a time
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(self.fd, view) :]
         return len(data)
 
     def _write_once(self, data: bytes) -> int:
@@ -249,6 +251,7 @@ class StreamOutput:
         self.stream = stream
         self.on_recovered: Callable[[int, int], bytes] | None = None  # nothing is ever dropped
         self.dropped_total = 0
+        self.queued = 0  # nothing ever waits
 
     def write(self, data: bytes) -> bool:
         self.stream.write(data.decode("utf-8", "replace"))

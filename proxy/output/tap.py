@@ -63,10 +63,11 @@ class HexdumpWriter:
     def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
         size = len(data)
         header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={size} {source} -> {destination}\n"
-        record_size = len(header) + dump_size(size)
-        # A reader that does not keep up: the record is dropped before a byte of it is formatted.
         output = self.output
-        if output.refuses(record_size, 1 + (size + 15) // 16) or not output.write(header.encode() + dump_text(data)):
+        # Records wait for a reader that does not keep up: one the queue cannot take is dropped
+        # before a byte of it is formatted.
+        refused = output.queued and output.refuses(len(header) + dump_size(size), 1 + (size + 15) // 16)
+        if refused or not output.write(header.encode() + dump_text(data)):
             self._dropped_conn = conn
 
     def truncated(self, conn: int, direction: str, offset: int) -> None:

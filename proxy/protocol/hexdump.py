@@ -44,30 +44,35 @@ def dump_size(size: int) -> int:
 def dump_text(data: bytes | bytearray | memoryview) -> bytes:
     """The chunk's dump lines, each ended by a newline: per 16 bytes, the offset in hex, two
     groups of eight hex bytes, then |ascii|."""
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
-    size = len(view)
+    if isinstance(data, memoryview):
+        data = data.cast("B")
+    size = len(data)
+    rows = -(-size // ROW)
+    if rows <= _JOINED_ROWS:
+        return _joined_rows(data, size, rows) if size else b""
     whole = size // ROW
-    text = _whole_rows(view[: whole * ROW], whole) if whole else b""
-    if size % ROW:
-        text += _partial_row(bytes(view[whole * ROW :]), whole * ROW)
+    text = _scattered_rows(data[: whole * ROW], whole)
+    if whole < rows:
+        text += _partial_row(bytes(data[whole * ROW :]), whole * ROW)
     return text
 
 
-def _whole_rows(body: bytes | bytearray | memoryview, rows: int) -> bytes:
-    return _joined_rows(body, rows) if rows <= _JOINED_ROWS else _scattered_rows(body, rows)
-
-
-def _joined_rows(body: bytes | bytearray | memoryview, rows: int) -> bytes:
-    hexed = binascii.hexlify(body, b" ") + b" "  # every byte is "xx ": groups of eight are 24 bytes
+def _joined_rows(data: bytes | bytearray | memoryview, size: int, rows: int) -> bytes:
+    # Every byte is "xx ", and a last partial row is padded with spaces: each row is two groups
+    # of eight bytes' hex, 24 characters each.
+    hexed = binascii.hexlify(data, b" ").ljust(rows * 2 * _GROUP)
     cut_groups = _hex_groups.get(rows) or _hex_groups.setdefault(rows, struct.Struct(f"{_GROUP}s" * 2 * rows))
-    cut_rows = _ascii_rows.get(rows) or _ascii_rows.setdefault(rows, struct.Struct(f"{ROW}s" * rows))
     groups = cut_groups.unpack(hexed)
+    whole = size // ROW
+    cut_rows = _ascii_rows.get(whole) or _ascii_rows.setdefault(whole, struct.Struct(f"{ROW}s" * whole))
+    printable = bytes(data).translate(_PRINTABLE)
+    ascii_rows = cut_rows.unpack_from(printable)
     pieces: list[bytes] = [b" "] * (7 * rows)  # offset, group, " ", group, " |", ascii, "|\n"
     pieces[0::7] = _offset_columns[:rows]
     pieces[1::7] = groups[0::2]
     pieces[3::7] = groups[1::2]
     pieces[4::7] = [b" |"] * rows
-    pieces[5::7] = cut_rows.unpack(bytes(body).translate(_PRINTABLE))
+    pieces[5::7] = ascii_rows if whole == rows else (*ascii_rows, printable[whole * ROW :])
     pieces[6::7] = [b"|\n"] * rows
     return b"".join(pieces)
 
