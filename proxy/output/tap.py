@@ -7,15 +7,25 @@ bounded output queue so that a reader that does not keep up never slows serving.
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from typing import TextIO
 
 from proxy.output.queue import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
-from proxy.protocol.hexdump import dump_lines
+from proxy.protocol.hexdump import dump_size, dump_text
+
+_second = -1
+_second_text = ""
 
 
 def timestamp_us() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    """Now as ISO 8601 in UTC to the microsecond (`2026-12-07T23:41:24.123456+00:00`): the date
+    and time of day are formatted once a second, the rest is arithmetic."""
+    global _second, _second_text
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    if second != _second:
+        _second, _second_text = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second_text}.{micro:06d}+00:00"
 
 
 class HexdumpWriter:
@@ -51,8 +61,14 @@ class HexdumpWriter:
         self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")
 
     def chunk(self, conn: int, direction: str, offset: int, data: memoryview, source: str, destination: str) -> None:
-        header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={len(data)} {source} -> {destination}\n"
-        self._emit(conn, header + "\n".join(dump_lines(data)) + "\n")
+        size = len(data)
+        header = f"{timestamp_us()} conn={conn} {direction} offset={offset} len={size} {source} -> {destination}\n"
+        output = self.output
+        # Records wait for a reader that does not keep up: one the queue cannot take is dropped
+        # before a byte of it is formatted.
+        refused = output.queued and output.refuses(len(header) + dump_size(size), 1 + (size + 15) // 16)
+        if refused or not output.write(header.encode() + dump_text(data)):
+            self._dropped_conn = conn
 
     def truncated(self, conn: int, direction: str, offset: int) -> None:
         self._emit(conn, f"{timestamp_us()} conn={conn} {direction} truncated offset={offset}\n")

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.output.tap import HexdumpWriter, SnappedDump
-from proxy.protocol.hexdump import dump_lines, parse_dump_line
+import proxy.output.tap
+from proxy.output.tap import HexdumpWriter, SnappedDump, timestamp_us
+from proxy.protocol.hexdump import dump_lines, dump_size, dump_text, parse_dump_line
 
 CONTRACT_INPUT = b"GET / HTTP/1.1\r\n\r\n"
 CONTRACT_LINES = [
@@ -166,3 +167,76 @@ def test_a_snapped_dump_keeps_the_first_snaplen_bytes_then_says_truncated_once(s
     assert dumped == sent[:snaplen]
     truncated = [line.split(" ", 1)[1] for line in lines if " truncated " in line]
     assert truncated == ([f"conn=7 client->upstream truncated offset={snaplen}"] if len(sent) > snaplen else [])
+
+
+# -- the whole chunk at once ---------------------------------------------------------------
+
+
+def _row_by_row(data: bytes) -> bytes:
+    """The format as the contract states it, one row at a time: what dump_text must equal."""
+    lines = []
+    for start in range(0, len(data), 16):
+        row = data[start : start + 16]
+        cells = "".join(f"{b:02x} " for b in row[:8]) + " " + "".join(f"{b:02x} " for b in row[8:])
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+        lines.append(f"{start:08x}  {cells:<49} |{text}|\n")
+    return "".join(lines).encode()
+
+
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=300))
+def test_a_chunk_formatted_at_once_equals_its_rows_formatted_one_by_one(tail, rows):
+    # Whole rows are cut in blocks of 64 (1 KiB): sizes around and past those edges.
+    data = random.Random(rows).randbytes(16 * rows) + tail
+    expected = _row_by_row(data)
+    assert dump_text(data) == expected
+    assert dump_text(memoryview(data)) == expected
+    assert dump_size(len(data)) == len(expected)
+
+
+@pytest.mark.parametrize("size", [1023, 1024, 1025, 65536, 65536 + 17, 200_000])
+def test_large_chunks_dump_row_by_row_too(size):
+    data = random.Random(size).randbytes(size)
+    assert dump_text(data) == _row_by_row(data)
+    assert dump_size(size) == len(dump_text(data))
+
+
+def test_timestamps_are_iso_8601_utc_to_the_microsecond_and_follow_the_clock():
+    import datetime
+
+    before = datetime.datetime.now(datetime.UTC)
+    stamps = [timestamp_us() for _ in range(3)]
+    after = datetime.datetime.now(datetime.UTC)
+    for stamp in stamps:
+        assert len(stamp) == len("2026-12-07T23:41:24.123456+00:00")
+        moment = datetime.datetime.fromisoformat(stamp)
+        assert before - datetime.timedelta(milliseconds=1) <= moment <= after + datetime.timedelta(milliseconds=1)
+    assert stamps == sorted(stamps)
+
+
+def test_a_chunk_the_output_cannot_take_is_dropped_before_it_is_formatted(monkeypatch):
+    reader, writer = os.pipe()
+    with open(writer, "w", closefd=False) as stream:  # a pipe nobody reads yet
+        dump = HexdumpWriter(stream)
+        chunk = memoryview(bytes(range(256)) * 64)  # 16 KiB, about 80 KiB of dump
+        while not dump.output.dropped_bytes:  # fill the pipe and the queue until a record is dropped
+            dump.chunk(1, "client->upstream", 0, chunk, "a:1", "b:2")
+        formatted = []
+        monkeypatch.setattr(proxy.output.tap, "dump_text", lambda data: formatted.append(data) or b"")
+        dropped = dump.output.dropped_bytes
+        dump.chunk(9, "client->upstream", 5, chunk, "a:1", "b:2")
+        assert formatted == []
+        header = len(f"{timestamp_us()} conn=9 client->upstream offset=5 len=16384 a:1 -> b:2\n")
+        assert dump.output.dropped_bytes - dropped == header + dump_size(len(chunk))
+        os.set_blocking(reader, False)
+        seen = b""
+        for _ in range(1000):  # the reader catches up: the loss is reported, naming the last dropped record's conn
+            try:
+                seen = seen[-4096:] + os.read(reader, 1 << 20)
+            except BlockingIOError:
+                dump.output.drain()
+            if b"dump_dropped" in seen:
+                break
+        assert b"conn=9 dump_dropped bytes=" in seen
+        dump.output.close()
+    os.close(reader)
+    os.close(writer)
