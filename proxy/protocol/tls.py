@@ -6,8 +6,8 @@ A TlsSession wraps `ssl.SSLObject` between two `ssl.MemoryBIO`s and never touche
 the dispatcher feeds it the ciphertext it received (`receive`), asks for the plaintext in a
 buffer of its own (`read_into`: no bytes object per record), gives it plaintext to protect
 (`write`), and sends whatever ciphertext it produced (`pending_ciphertext`). The handshake
-advances in `handshake` until it completes. Asked for plaintext when nothing it
-received is left to process, it answers at once: OpenSSL would answer by raising
+advances in `handshake` until it completes. Asked for plaintext or a handshake step when
+nothing it received is left to process, it answers at once: OpenSSL would answer by raising
 SSLWantReadError, which costs more than decrypting a record.
 
 States (checked: any other move is a TlsStateError):
@@ -74,6 +74,7 @@ class TlsSession:
         self._ssl = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
+        self._server_side = server_side
         self.state = TlsState.HANDSHAKING
         self.eof = False  # the peer's close_notify arrived (or its TCP stream ended without one)
         self.write_closed = False  # our close_notify went out
@@ -133,6 +134,9 @@ class TlsSession:
             raise TlsError(self.error)
         if self.state is not TlsState.HANDSHAKING:
             return True
+        incoming = self._incoming
+        if self._server_side and not incoming.pending and not incoming.eof:
+            return False  # a server's every step answers what the client sent: nothing new yet
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:

@@ -111,6 +111,14 @@ def test_a_record_larger_than_the_read_comes_in_pieces_with_nothing_left_in_the_
     assert pieces == [b"0123456789" * 100] * 10
 
 
+def test_a_server_handshake_step_with_nothing_received_waits(files):
+    client, server = sessions(files)
+    assert server.handshake() is False  # before the ClientHello
+    assert server.pending_ciphertext() == b""
+    handshake(client, server)
+    assert server.state is TlsState.OPEN
+
+
 def test_close_notify_is_a_half_close(files):
     client, server = sessions(files)
     handshake(client, server)
