@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 A TlsSession wraps `ssl.SSLObject` between two `ssl.MemoryBIO`s and never touches a socket:
-the dispatcher feeds it the ciphertext it received (`receive`), asks it for plaintext (`read`),
-gives it plaintext to protect (`write`), and sends whatever ciphertext it produced
-(`pending_ciphertext`). The handshake advances inside `receive`/`read` until it completes.
+the dispatcher feeds it the ciphertext it received (`receive`), asks for the plaintext in a
+buffer of its own (`read_into`: no bytes object per record), gives it plaintext to protect
+(`write`), and sends whatever ciphertext it produced (`pending_ciphertext`). The handshake
+advances in `handshake` until it completes. Asked for plaintext or a handshake step when
+nothing it received is left to process, it answers at once: OpenSSL would answer by raising
+SSLWantReadError, which costs more than decrypting a record.
 
 States (checked: any other move is a TlsStateError):
 
@@ -28,8 +31,6 @@ import enum
 import ssl
 
 from proxy.errors import describe_ssl_error
-
-READ_SIZE = 64 * 1024
 
 
 class TlsError(Exception):
@@ -73,6 +74,7 @@ class TlsSession:
         self._ssl = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
+        self._server_side = server_side
         self.state = TlsState.HANDSHAKING
         self.eof = False  # the peer's close_notify arrived (or its TCP stream ended without one)
         self.write_closed = False  # our close_notify went out
@@ -101,11 +103,12 @@ class TlsSession:
         """One more direction ended (`eof` or `write_closed` was just set)."""
         self._move(TlsState.CLOSED if self.eof and self.write_closed else TlsState.CLOSING)
 
-    def _check_usable(self, operation: str) -> None:
+    def _unusable(self, operation: str) -> TlsError:
+        """What `operation` raises in a session that failed or has not finished its handshake
+        (the callers test for those two first: a call on every record's path costs as much)."""
         if self.error is not None:
-            raise TlsError(self.error)
-        if self.state is _HANDSHAKING:
-            raise TlsStateError(f"cannot {operation} before the TLS handshake is complete")
+            return TlsError(self.error)
+        return TlsStateError(f"cannot {operation} before the TLS handshake is complete")
 
     # -- ciphertext in and out -----------------------------------------------------------
 
@@ -131,6 +134,9 @@ class TlsSession:
             raise TlsError(self.error)
         if self.state is not TlsState.HANDSHAKING:
             return True
+        incoming = self._incoming
+        if self._server_side and not incoming.pending and not incoming.eof:
+            return False  # a server's every step answers what the client sent: nothing new yet
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
@@ -163,30 +169,35 @@ class TlsSession:
 
     # -- plaintext -----------------------------------------------------------------------
 
-    def read(self, size: int = READ_SIZE) -> bytes | None:
-        """Plaintext received: bytes, b"" at the peer's close_notify, None when more is needed.
+    def read_into(self, buffer: memoryview, size: int) -> int | None:
+        """Plaintext received, at most `size` bytes written into `buffer`: the byte count, 0 at
+        the peer's close_notify, None when more ciphertext is needed.
 
-        Only once the handshake is complete. The first b"" ends the peer's direction (OPEN ->
-        CLOSING, or CLOSING -> CLOSED when ours had ended); every later read is b"" again.
+        Only once the handshake is complete. The first 0 ends the peer's direction (OPEN ->
+        CLOSING, or CLOSING -> CLOSED when ours had ended); every later read is 0 again.
         """
         if self.eof:
-            return b""
-        self._check_usable("read")
+            return 0
+        if self.error is not None or self.state is _HANDSHAKING:
+            raise self._unusable("read")
+        incoming = self._incoming
+        if not incoming.pending and not incoming.eof and not self._ssl.pending():
+            return None  # nothing received is left to decrypt (see the theory of operation)
         try:
-            data = self._ssl.read(size)
+            count = self._ssl.read(size, buffer)
         except ssl.SSLWantReadError:
-            return None
+            return None  # part of a record only, or a record with no plaintext (a key update)
         except ssl.SSLZeroReturnError:
-            data = b""  # close_notify (raised only when ours went first; otherwise read gives b"")
+            count = 0  # close_notify (raised only when ours went first; otherwise read gives 0)
         except ssl.SSLEOFError:
-            data = b""  # the TCP connection ended without a close_notify: an end of stream all the same
+            count = 0  # the TCP connection ended without a close_notify: an end of stream all the same
             self.truncated = True
         except ssl.SSLError as exc:
             raise self._fail(exc) from None
-        if not data:
+        if not count:
             self.eof = True
             self._half_closed()
-        return data
+        return count
 
     def write(self, plaintext: bytes | memoryview) -> None:
         """Protect `plaintext`; the records are then in `pending_ciphertext()`.
@@ -194,7 +205,8 @@ class TlsSession:
         Only once the handshake is complete and before `close_write`; the peer's close_notify
         does not stop it (that is the half-close).
         """
-        self._check_usable("write")
+        if self.error is not None or self.state is _HANDSHAKING:
+            raise self._unusable("write")
         if self.write_closed:
             raise TlsStateError("cannot write after our close_notify")
         try:

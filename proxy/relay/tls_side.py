@@ -61,19 +61,23 @@ class TlsSide(Side):
             self.owner.handshake_failed(self, "tls_error", "connection closed during the handshake")
 
     def drain_plaintext(self) -> None:
-        """Deliver the plaintext the session holds, until it needs more or the peer is full."""
-        session = self.session
+        """Deliver the plaintext the session holds, until it needs more or the peer is full.
+
+        The plaintext is decrypted into the scratch buffer, as a plain side's reads are: the
+        ciphertext it held is in the session by then, and the peer sends or copies what it is
+        given before the next read."""
+        session, scratch, size = self.session, self.scratch, self.read_size
         ended = False
         while self.read is READING:  # a side closed meanwhile is not READING
             try:
-                data = session.read(self.read_size)
+                count = session.read_into(scratch, size)
             except TlsError as exc:
                 self.owner.protocol_failed(self, "tls_error", str(exc))
                 return
-            if not data:
-                ended = data is not None
+            if not count:
+                ended = count is not None
                 break
-            self.deliver(memoryview(data))
+            self.deliver(scratch[:count])
         if self.read is READ_CLOSED:
             return  # the peer failed taking what was delivered, and the pair is over
         self._send_ciphertext()  # reading can answer too (TLS 1.3 key updates)

@@ -57,6 +57,13 @@ def pump(a: TlsSession, b: TlsSession) -> None:
             a.receive(to_a)
 
 
+def read(session: TlsSession, size: int = 64 * 1024) -> bytes | None:
+    """What `read_into` gives, as bytes: b"" at the peer's end, None when more is needed."""
+    buffer = bytearray(size)
+    count = session.read_into(memoryview(buffer), size)
+    return None if count is None else bytes(buffer[:count])
+
+
 def handshake(client: TlsSession, server: TlsSession) -> None:
     for _ in range(10):
         client_done = client.handshake()
@@ -84,13 +91,32 @@ def test_handshake_then_data_both_ways(files):
     client.write(b"ping" * 10000)
     pump(client, server)
     received = b""
-    while (chunk := server.read()) not in (None, b""):
+    while (chunk := read(server)) not in (None, b""):
         received += chunk
     assert received == b"ping" * 10000
     server.write(b"pong")
     pump(client, server)
-    assert client.read() == b"pong"
-    assert client.read() is None  # nothing more yet
+    assert read(client) == b"pong"
+    assert read(client) is None  # nothing more yet
+
+
+def test_a_record_larger_than_the_read_comes_in_pieces_with_nothing_left_in_the_socket_buffer(files):
+    client, server = sessions(files)
+    handshake(client, server)
+    client.write(b"0123456789" * 1000)  # one record: all of it is inside OpenSSL after the first read
+    pump(client, server)
+    pieces = []
+    while (piece := read(server, 1000)) is not None:
+        pieces.append(piece)
+    assert pieces == [b"0123456789" * 100] * 10
+
+
+def test_a_server_handshake_step_with_nothing_received_waits(files):
+    client, server = sessions(files)
+    assert server.handshake() is False  # before the ClientHello
+    assert server.pending_ciphertext() == b""
+    handshake(client, server)
+    assert server.state is TlsState.OPEN
 
 
 def test_close_notify_is_a_half_close(files):
@@ -99,21 +125,21 @@ def test_close_notify_is_a_half_close(files):
     client.write(b"last words")
     client.close_write()
     pump(client, server)
-    assert server.read() == b"last words"
-    assert server.read() == b""
+    assert read(server) == b"last words"
+    assert read(server) == b""
     assert server.eof
     server.write(b"reply after the client's close_notify")
     pump(client, server)
-    assert client.read() == b"reply after the client's close_notify"
+    assert read(client) == b"reply after the client's close_notify"
     server.close_write()
     pump(client, server)
-    assert client.read() == b""
+    assert read(client) == b""
 
 
 def read_all(session: TlsSession) -> bytes:
     """The plaintext a session holds, up to the peer's end or what has arrived so far."""
     received = b""
-    while chunk := session.read():
+    while chunk := read(session):
         received += chunk
     return received
 
@@ -150,7 +176,7 @@ def test_we_close_first_then_the_peer(files, version):
     assert server.state is OPEN  # nothing read yet: the close_notify is still in the records
     assert read_all(server) == b"bye"
     assert flags(server) == (CLOSING, True, False)
-    assert server.read() == b""  # and again, without touching the state
+    assert read(server) == b""  # and again, without touching the state
     server.write(b"answer after your close_notify")
     pump(client, server)
     assert read_all(client) == b"answer after your close_notify"
@@ -158,7 +184,7 @@ def test_we_close_first_then_the_peer(files, version):
     server.close_write()
     assert flags(server) == (CLOSED, True, True)
     pump(client, server)
-    assert client.read() == b""
+    assert read(client) == b""
     assert flags(client) == (CLOSED, True, True)
 
 
@@ -168,7 +194,7 @@ def test_the_peer_closes_first_then_we(files, version):
     client, server = versioned_sessions(files, version)
     server.close_write()
     pump(client, server)
-    assert client.read() == b""
+    assert read(client) == b""
     assert flags(client) == (CLOSING, True, False)
     client.write(b"still mine to say")
     pump(client, server)
@@ -177,7 +203,7 @@ def test_the_peer_closes_first_then_we(files, version):
     client.close_write()
     assert flags(client) == (CLOSED, True, True)
     pump(client, server)
-    assert server.read() == b""
+    assert read(server) == b""
     assert flags(server) == (CLOSED, True, True)
 
 
@@ -185,7 +211,7 @@ def test_a_bare_tcp_end_is_the_peers_end_and_ours_needs_no_close_notify(files):
     client, server = sessions(files)
     handshake(client, server)
     server.receive(b"")
-    assert server.read() == b""
+    assert read(server) == b""
     assert flags(server) == (CLOSING, True, False)
     server.pending_ciphertext()  # TLS 1.3 session tickets, written at the first read
     server.close_write()  # OpenSSL sends nothing after an unclean end; no error either
@@ -195,7 +221,7 @@ def test_a_bare_tcp_end_is_the_peers_end_and_ours_needs_no_close_notify(files):
 
 def test_calls_the_state_does_not_allow_are_refused(files):
     client, server = sessions(files)
-    for call in (client.read, lambda: client.write(b"early")):
+    for call in (lambda: read(client), lambda: client.write(b"early")):
         with pytest.raises(TlsStateError, match="before the TLS handshake is complete"):
             call()
     client.close_write()  # no close_notify before the handshake: nothing happens
@@ -235,7 +261,7 @@ def test_a_failed_session_is_closed_and_keeps_saying_why(files):
     assert client.state is CLOSED
     assert client.error == str(caught.value)
     assert client.pending_ciphertext()  # the alert that tells the server why
-    for call in (client.handshake, client.read, lambda: client.write(b"x")):
+    for call in (client.handshake, lambda: read(client), lambda: client.write(b"x")):
         with pytest.raises(TlsError, match="hostname mismatch"):
             call()
     client.close_write()  # nothing to send: the caller's TCP half-close ends it
@@ -246,7 +272,7 @@ def test_tcp_end_without_close_notify_reads_as_end_of_stream(files):
     client, server = sessions(files)
     handshake(client, server)
     server.receive(b"")
-    assert server.read() == b""
+    assert read(server) == b""
 
 
 def test_wrong_name_fails_verification(files):
@@ -422,9 +448,9 @@ def test_certificate_names_refuse_what_is_no_certificate(files, tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=300))
 def test_certificate_names_of_random_bytes_raise_only_value_error(data):
-    for read in (der_names, pem_names):
+    for parse in (der_names, pem_names):
         try:
-            names = read(data)
+            names = parse(data)
         except ValueError:
             continue
         assert all(isinstance(name, str) for name in names)
