@@ -107,11 +107,15 @@ class Output:
     # -- writing ----------------------------------------------------------------------------
 
     def _write_all(self, data: bytes) -> int:
-        """A file or device that never waits for a reader: everything, blocking."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        return len(data)
+        """A file or device that never waits for a reader: everything, blocking (in one write,
+        but for a full disk or a signal)."""
+        size = len(data)
+        written = os.write(self.fd, data)
+        if written < size:
+            view = memoryview(data)
+            while written < size:
+                written += os.write(self.fd, view[written:])
+        return size
 
     def _write_once(self, data: bytes) -> int:
         return os.write(self.fd, data)
