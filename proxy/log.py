@@ -7,6 +7,10 @@ No text a client chose reaches a screen raw: logfmt quotes every value holding a
 is not printable (C0 and C1 controls, DEL, U+2028/U+2029, ...) and escapes it the way a Python
 string literal would (`\\x1b`, `\\u2028`, `\\U000e0001`; `\\n`, `\\r`, `\\t` for the usual three),
 and JSON lines are pure ASCII with every such character as `\\u001b`. One event is one line.
+
+Every connection writes a line (the access line), so making one is kept cheap: its time is made
+once per second and given its milliseconds per line (`Clock`), and its fields are written in one
+pass in which a number costs no call and a plain ASCII value one match (`logfmt_pairs`).
 """
 
 from __future__ import annotations
