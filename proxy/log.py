@@ -7,20 +7,31 @@ No text a client chose reaches a screen raw: logfmt quotes every value holding a
 is not printable (C0 and C1 controls, DEL, U+2028/U+2029, ...) and escapes it the way a Python
 string literal would (`\\x1b`, `\\u2028`, `\\U000e0001`; `\\n`, `\\r`, `\\t` for the usual three),
 and JSON lines are pure ASCII with every such character as `\\u001b`. One event is one line.
+
+Every connection writes a line (the access line), so making one is kept cheap: its time is made
+once per second and given its milliseconds per line (`Clock`), and its fields are written in one
+pass in which a number costs no call and a plain ASCII value one match (`logfmt_pairs`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 import traceback
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from proxy.output import LOG_QUEUE_LIMIT, Output, StreamOutput, output_for
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-_LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
+_LEVEL_NAMES = {name: name.upper() for name in LEVELS}
+# json.dumps(record, default=str) would make this encoder anew for every line.
+_JSON = json.JSONEncoder(default=str)  # ensure_ascii: every control character is \u-escaped
+# Printable ASCII but the space, the quote, "=" and the backslash: logfmt writes such a value bare.
+# Most values are (numbers, addresses, names), and one match decides it; any other value goes
+# through `logfmt_value`, which says the same for these.
+_bare_ascii = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
 
 
 _SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -54,6 +65,46 @@ def logfmt_value(value: Any) -> str:
     return f'"{escape_text(text)}"'
 
 
+def logfmt_pairs(fields: dict[str, Any]) -> str:
+    """`key=value ...` for the fields that are not None, each value as `logfmt_value` writes it."""
+    return " ".join(
+        [
+            f"{key}={value}"
+            if value.__class__ is int or (value.__class__ is str and _bare_ascii(value))
+            else f"{key}={logfmt_value(value)}"
+            for key, value in fields.items()
+            if value is not None
+        ]
+    )
+
+
+class Clock:
+    """The time of a log line as `datetime.now(UTC).isoformat(timespec="milliseconds")` writes
+    it (`2026-11-25T10:00:02.410+00:00`), without a datetime per line: the date and the time of
+    day are made once per second, and each line adds its milliseconds (truncated, as isoformat
+    does)."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def stamp(self, ns: int | None = None) -> str:
+        """The time `ns` (nanoseconds since the epoch; now if None) as the log writes it."""
+        if ns is None:
+            ns = time.time_ns()
+        second = ns // 1_000_000_000
+        if second != self._second:
+            day = time.gmtime(second)
+            self._text = (
+                f"{day.tm_year:04d}-{day.tm_mon:02d}-{day.tm_mday:02d}"
+                f"T{day.tm_hour:02d}:{day.tm_min:02d}:{day.tm_sec:02d}"
+            )
+            self._second = second
+        return f"{self._text}.{ns // 1_000_000 % 1000:03d}+00:00"
+
+
 def _printable_lines(text: str) -> str:
     """Multi-line text (a traceback) with everything but its newlines escaped."""
     return "".join([char if char.isprintable() or char == "\n" else _escape_char(char) for char in text])
@@ -71,6 +122,7 @@ class EventLog:
         self.threshold = LEVELS[level]
         self.json = fmt == "json"
         self.stream = stream if stream is not None else sys.stderr
+        self.clock = Clock()
         self.output: Output | StreamOutput = output_for(self.stream, LOG_QUEUE_LIMIT)
         self.output.on_recovered = lambda lines, _size: self.line("warning", "log_dropped", {"lines": lines})
 
@@ -83,14 +135,15 @@ class EventLog:
 
     def line(self, level: str, event: str, fields: dict[str, Any]) -> bytes:
         """One event as the bytes of its line."""
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        stamp = self.clock.stamp()
         if self.json:
-            record = {"time": stamp, "level": _LEVEL_NAMES[LEVELS[level]], "event": event}
-            record.update((k, v) for k, v in fields.items() if v is not None)
-            text = json.dumps(record, default=str)  # ensure_ascii: every control character is \u-escaped
+            record = {"time": stamp, "level": _LEVEL_NAMES[level], "event": event}
+            record.update({key: value for key, value in fields.items() if value is not None})
+            text = _JSON.encode(record)
         else:
-            pairs = " ".join(f"{k}={logfmt_value(v)}" for k, v in fields.items() if v is not None)
-            text = f"{stamp} {_LEVEL_NAMES[LEVELS[level]]} {event} {pairs}".rstrip()
+            head = f"{stamp} {_LEVEL_NAMES[level]} {event}"
+            pairs = logfmt_pairs(fields)
+            text = f"{head} {pairs}" if pairs else head
         return (text + "\n").encode("utf-8", "backslashreplace")
 
     def write(self, level: str, event: str, fields: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ class Address:
     host: str
     port: int
 
-    @property
+    @functools.cached_property
     def is_ipv6(self) -> bool:
         return ":" in self.host
 

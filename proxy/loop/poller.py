@@ -15,7 +15,6 @@ can be passed on together (epoll only).
 
 from __future__ import annotations
 
-import math
 import select
 import selectors
 
@@ -55,8 +54,9 @@ class EpollPoller:
             timeout = -1
         elif timeout > 0:
             # epoll counts milliseconds and rounds down: a timer due in 0.4 ms would be waited
-            # for with 0, over and over. Round up instead, as the selectors module does.
-            timeout = math.ceil(timeout * 1e3) * 1e-3
+            # for with 0, over and over. Round up instead, as the selectors module does (math.ceil
+            # without the call: this runs once a pass).
+            timeout = -(-timeout * 1e3 // 1.0) * 1e-3
         try:
             return self._epoll.poll(timeout)
         except InterruptedError:

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 # The longest single wait: epoll refuses timeouts past the platform's time_t, and a timer may be
 # due centuries away (a huge idle_timeout); waking once an hour to look again costs nothing.
 MAX_WAIT = 3600.0
+# Cancelled timers stay in the heap until due; long timeouts (idle: minutes) on short connections
+# would pile them up, so the heap is rebuilt once more than this many are most of it.
+COMPACT_AFTER = 1024
 
 
 class Timer:
@@ -65,7 +68,11 @@ class Timer:
             self.cancelled = True
             self.callback = _nothing
             self.args = ()
-            self.reactor.timer_cancelled()
+            # Counted here rather than in a reactor method: most connections cancel two timers.
+            reactor = self.reactor
+            reactor.cancelled_timers += 1
+            if reactor.cancelled_timers > COMPACT_AFTER and reactor.cancelled_timers * 2 > len(reactor.timers):
+                reactor.compact_timers()
 
 
 def _nothing(*_args: Any) -> None:
@@ -83,9 +90,9 @@ class Reactor:
         self.now = time.monotonic()
         self.dirty: set[Dispatcher] = set()  # whose interest to re-read before the next wait
         # (when, seq, timer): tuples compare in C, and seq keeps equal times in scheduling order.
-        self._timers: list[tuple[float, int, Timer]] = []
+        self.timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = 0
-        self._cancelled_timers = 0
+        self.cancelled_timers = 0  # of those in `timers` (Timer.cancel counts them)
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._running = False
@@ -146,22 +153,19 @@ class Reactor:
         self._timer_seq += 1
         when = time.monotonic() + delay
         timer = Timer(self, when, callback, args)
-        heapq.heappush(self._timers, (when, self._timer_seq, timer))
+        heapq.heappush(self.timers, (when, self._timer_seq, timer))
         return timer
 
-    def timer_cancelled(self) -> None:
-        # Cancelled timers stay in the heap until due; long timeouts (idle: minutes) on short
-        # connections would pile them up, so rebuild the heap once they are most of it.
-        self._cancelled_timers += 1
-        if self._cancelled_timers > 1024 and self._cancelled_timers * 2 > len(self._timers):
-            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
-            heapq.heapify(self._timers)
-            self._cancelled_timers = 0
+    def compact_timers(self) -> None:
+        """Drop the cancelled timers from the heap."""
+        self.timers = [entry for entry in self.timers if not entry[2].cancelled]
+        heapq.heapify(self.timers)
+        self.cancelled_timers = 0
 
     @property
     def pending_timers(self) -> int:
         """Timers in the heap, cancelled ones included (they are dropped lazily)."""
-        return len(self._timers)
+        return len(self.timers)
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback(*args)` on the loop after the current pass. Loop thread only."""
@@ -191,21 +195,24 @@ class Reactor:
     def _timeout(self) -> float | None:
         if self._ready or self._threadsafe:
             return 0
-        timers = self._timers
+        timers = self.timers
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
-            self._cancelled_timers -= 1
+            self.cancelled_timers -= 1
         if not timers:
             return None
-        return min(max(0.0, timers[0][0] - time.monotonic()), MAX_WAIT)
+        wait = timers[0][0] - time.monotonic()  # (once a pass: no min() and max() calls)
+        if wait <= 0.0:
+            return 0.0
+        return wait if wait < MAX_WAIT else MAX_WAIT
 
     def _run_due_timers(self) -> None:
-        timers = self._timers
+        timers = self.timers
         now = self.now
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if timer.cancelled:
-                self._cancelled_timers -= 1
+                self.cancelled_timers -= 1
             else:
                 timer.cancelled = True  # spent: a later cancel() must not count it again
                 self._run_callback(timer.callback, timer.args)
@@ -276,7 +283,8 @@ class Reactor:
                         dispatcher.handle_write_event(mask)
                 except Exception as exc:
                     dispatcher.handle_error(exc)
-            if self._timers:
+            timers = self.timers  # (a cancel may have compacted it into a new list)
+            if timers and timers[0][0] <= self.now:
                 self._run_due_timers()
             if self._ready:
                 self._run_ready()

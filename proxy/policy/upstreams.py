@@ -60,6 +60,7 @@ class ServerState:
 
     __slots__ = (
         "active",
+        "address",
         "backoff",
         "changed_at",
         "check_streak",
@@ -76,6 +77,7 @@ class ServerState:
 
     def __init__(self, config: ServerConfig, index: int = 0) -> None:
         self.config = config
+        self.address: Address = config.address  # an attribute: the connector and the dialer read it per connection
         self.index = index  # position in config order: the tie-breaker of every strategy
         self.active = 0  # open connections through it (least_conn)
         self.backoff = 0.0  # the current passive back-off; 0 while the last connect worked
@@ -88,10 +90,6 @@ class ServerState:
         self.total = 0  # connections sent to it
         self.failures = 0  # connects to it that failed
         self.connect_times = ConnectTimes()
-
-    @property
-    def address(self) -> Address:
-        return self.config.address
 
     @property
     def weight(self) -> int:

@@ -469,7 +469,7 @@ class Pair:
         if self.timeline:
             self.event("closed", result=result, reason=reason, close_by=close_by)
         if self.runtime.log_access:
-            self.runtime.log.info("access", **access_fields(self, result, reason, close_by))
+            self.runtime.log.write("info", "access", access_fields(self, result, reason, close_by))
         if inspection is not None:
             inspection.closed(result)
         if self.on_finish is not None:

@@ -113,8 +113,9 @@ class Side(Dispatcher):
         self.conn = conn  # the connection's number, for the dump
         self.outgoing = SendBuffer(buffer_size, budget=budget)
         self.buffer_size = buffer_size
-        self.read_size = read_size = min(buffer_size, len(scratch))
-        self.bulk_read = min(BULK_READ, read_size)
+        # min() twice, without the calls: two sides a connection.
+        self.read_size = read_size = buffer_size if buffer_size < scratch.nbytes else scratch.nbytes
+        self.bulk_read = BULK_READ if read_size > BULK_READ else read_size
 
     # -- state ---------------------------------------------------------------------------
 
