@@ -148,6 +148,14 @@ class Output:
             self.drainer.interest_changed()
         return True
 
+    def refuses(self, size: int, lines: int) -> bool:
+        """Whether a record of `size` bytes (`lines` lines) would be dropped if written now; if
+        so it counts as dropped, so the caller need not even make it."""
+        if not self.queue or self.queued + size <= self.limit:
+            return False
+        self._count_drop(size, lines)
+        return True
+
     def _write_pieces(self, data: bytes) -> bytes:
         """Write a large record in atomic pieces while they go; returns what is left."""
         start = 0
@@ -165,8 +173,10 @@ class Output:
         return data[start:]
 
     def _count_dropped(self, data: bytes) -> None:
-        lines = data.count(b"\n")
-        self.dropped_bytes += len(data)
+        self._count_drop(len(data), data.count(b"\n"))
+
+    def _count_drop(self, size: int, lines: int) -> None:
+        self.dropped_bytes += size
         self.dropped_lines += lines
         self.dropped_total += lines
 
@@ -243,10 +253,14 @@ class StreamOutput:
         self.stream = stream
         self.on_recovered: Callable[[int, int], bytes] | None = None  # nothing is ever dropped
         self.dropped_total = 0
+        self.queued = 0  # nothing ever waits
 
     def write(self, data: bytes) -> bool:
         self.stream.write(data.decode("utf-8", "replace"))
         return True
+
+    def refuses(self, size: int, lines: int) -> bool:
+        return False
 
     def detach(self) -> None:
         pass
