@@ -80,15 +80,18 @@ def logfmt_pairs(fields: dict[str, Any]) -> str:
 
 class Clock:
     """The time of a log line as `datetime.now(UTC).isoformat(timespec="milliseconds")` writes
-    it (`2026-11-25T10:00:02.410+00:00`), without a datetime per line: the date and the time of
-    day are made once per second, and each line adds its milliseconds (truncated, as isoformat
-    does)."""
+    it (`2026-11-25T10:00:02.410+00:00`), or to the microsecond with `digits=6` as the hex dump
+    writes it, without a datetime per line: the date and the time of day are made once per
+    second, and each line adds its fraction (truncated, as isoformat does)."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("_second", "_text", "_unit", "_modulus", "_digits")
 
-    def __init__(self) -> None:
+    def __init__(self, digits: int = 3) -> None:
         self._second = -1
         self._text = ""
+        self._unit = 10 ** (9 - digits)  # nanoseconds per shown unit of the fraction
+        self._modulus = 10**digits
+        self._digits = digits
 
     def stamp(self, ns: int | None = None) -> str:
         """The time `ns` (nanoseconds since the epoch; now if None) as the log writes it."""
@@ -102,7 +105,7 @@ class Clock:
                 f"T{day.tm_hour:02d}:{day.tm_min:02d}:{day.tm_sec:02d}"
             )
             self._second = second
-        return f"{self._text}.{ns // 1_000_000 % 1000:03d}+00:00"
+        return f"{self._text}.{ns // self._unit % self._modulus:0{self._digits}d}+00:00"
 
 
 def _printable_lines(text: str) -> str:

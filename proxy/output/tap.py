@@ -7,25 +7,13 @@ bounded output queue so that a reader that does not keep up never slows serving.
 from __future__ import annotations
 
 import sys
-import time
-from datetime import UTC, datetime
 from typing import TextIO
 
+from proxy.log import Clock
 from proxy.output.queue import DUMP_QUEUE_LIMIT, Output, StreamOutput, output_for
 from proxy.protocol.hexdump import dump_size, dump_text
 
-_second = -1
-_second_text = ""
-
-
-def timestamp_us() -> str:
-    """Now as ISO 8601 in UTC to the microsecond (`2026-12-07T23:41:24.123456+00:00`): the date
-    and time of day are formatted once a second, the rest is arithmetic."""
-    global _second, _second_text
-    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    if second != _second:
-        _second, _second_text = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second_text}.{micro:06d}+00:00"
+timestamp_us = Clock(digits=6).stamp  # now, as ISO 8601 in UTC to the microsecond
 
 
 class HexdumpWriter:
