@@ -210,6 +210,8 @@ class Peer:
                     "--host=127.0.0.1", f"--dest_port={upstream}"]  # fmt: skip
         elif name == "uvloop":
             argv = [sys.executable, str(ROOT / "bench" / "uvloop_forward.py"), str(port), str(upstream)]
+        elif name == "python-floor":
+            argv = [sys.executable, str(ROOT / "bench" / "floor_forward.py"), str(port), str(upstream)]
         elif name == "pproxy":  # its raw TCP tunnel (README: "Raw connection tunnel"), no proxy protocol
             argv = [tools["pproxy"], "-l", f"tunnel{{127.0.0.1:{upstream}}}://127.0.0.1:{port}"]
         elif name.startswith("pairproxy"):
@@ -332,6 +334,7 @@ PEERS = [
     Peer("socat-x", ("socat",)),
     Peer("twisted", ("twistd",)),
     Peer("uvloop", ("uvloop",)),
+    Peer("python-floor"),
     Peer("pproxy", ("pproxy",)),
     Peer("pairproxy"),
     Peer("pairproxy-copy"),
