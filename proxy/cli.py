@@ -435,7 +435,7 @@ def _run(args: argparse.Namespace, log: EventLog) -> int:
 
 def _serve(server: Server, pid_file: PidFile | None) -> int:
     server.bind()
-    with written(pid_file):
+    with written(pid_file, server.close):
         server.serve()
     return 0
 

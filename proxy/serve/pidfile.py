@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from proxy.errors import StartupError, describe_os_error
@@ -86,12 +86,17 @@ class PidFile:
 
 
 @contextmanager
-def written(pid_file: PidFile | None) -> Iterator[None]:
-    """The pid file written for the time of the block (nothing without one)."""
+def written(pid_file: PidFile | None, undo: Callable[[], None]) -> Iterator[None]:
+    """The pid file written for the time of the block (nothing without one); `undo` runs when it
+    cannot be written, before the StartupError goes on (what listens is closed, its files removed)."""
     if pid_file is None:
         yield
         return
-    pid_file.write()
+    try:
+        pid_file.write()
+    except StartupError:
+        undo()
+        raise
     try:
         yield
     finally:

@@ -379,3 +379,12 @@ def test_under_workers_only_the_supervisor_writes_the_pid_file(tmp_path, start_p
     assert _pid_in(pid_file) == proxy.proc.pid  # the worker that died, and its successor, left it alone
     assert proxy.stop() == 0
     assert not pid_file.exists()
+
+
+def test_a_pid_file_that_cannot_be_written_stops_the_start_and_leaves_no_socket_file(tmp_path):
+    socket_file = tmp_path / "app.sock"
+    pid_file = tmp_path / "missing" / "pairproxy.pid"
+    done = run_cli(["forward", f"unix:{socket_file}", "127.0.0.1:9", "--pid-file", str(pid_file)])
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"pairproxy: pid file {pid_file}: no such file or directory"
+    assert not socket_file.exists()
