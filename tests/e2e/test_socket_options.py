@@ -302,8 +302,12 @@ try:
     except OSError:
         pass
     print(f"{time.monotonic() - silenced:.2f}")
-    proxy.terminate()
-    print(proxy.stderr.read())
+    proxy.terminate()  # a connection still open would wait out the drain: not for long
+    try:
+        print(proxy.communicate(timeout=5)[1])
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        print(proxy.communicate()[1])
 finally:
     proxy.kill()
 """
