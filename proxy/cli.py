@@ -35,29 +35,18 @@ from proxy.config.schema import (
     forward_config,
     with_overrides,
 )
-from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size, whole_number
+from proxy.config.units import parse_address, parse_duration, parse_positive_duration, parse_size
 from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
+from proxy.serve.flags import add_pid_file_flag, add_socket_flags, claim_pid_file, count_parser, socket_options
+from proxy.serve.flags import argument_type as _argument
+from proxy.serve.pidfile import PidFile, written
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
-
-
-def _argument(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
-    """An argparse `type` that reports the parser's own message rather than argparse's."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = what
-    return convert
-
 
 _address = _argument(parse_address, "address")
 _upstream_address = _argument(lambda text: parse_address(text, allow_port_zero=False), "address")
@@ -65,20 +54,8 @@ _duration = _argument(parse_duration, "duration")
 _timeout = _argument(parse_positive_duration, "duration")
 
 
-def _parse_count(maximum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        number = whole_number(text)
-        if number is None or number < 1:
-            raise ValueError(f"expected a whole number of at least 1, got {text!r}")
-        if maximum is not None and number > maximum:
-            raise ValueError(f"must be at most {maximum}, got {text!r}")
-        return number
-
-    return parse
-
-
-_positive = _argument(_parse_count(), "count")
-_pcap_keep = _argument(_parse_count(MAX_PCAP_KEEP), "count")
+_positive = _argument(count_parser(), "count")
+_pcap_keep = _argument(count_parser(MAX_PCAP_KEEP), "count")
 _size = _argument(parse_size, "size")
 
 
@@ -167,6 +144,7 @@ def _add_serving_options(parser: argparse.ArgumentParser, keylog_group: argparse
         metavar="TYPE:KEY=VALUE,...",
         help="a toxic on every connection, e.g. latency:latency=100ms,stream=downstream; repeatable",
     )
+    add_pid_file_flag(parser)
 
 
 def _dump_overrides(args: argparse.Namespace) -> DumpOverrides:
@@ -264,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-insecure", action="store_true", help="do not verify the upstream's certificate")
     tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
     tls.add_argument("--upstream-key", metavar="FILE", help="the key of --upstream-cert")
+    add_socket_flags(forward)
     _add_serving_options(forward, tls)
     forward.set_defaults(workers=1)  # one process, as the checks of the dump flags need to know
 
@@ -369,9 +348,11 @@ def _forward(args: argparse.Namespace, log: EventLog) -> int:
         buffer_size=args.buffer_size,
         tls=_listener_tls(args),
         upstream_tls=_upstream_tls(args),
+        **socket_options(args),
     )
+    pid_file = claim_pid_file(args)
     keylog = _start_outputs(args, log, LoadedConfig(config, ()), overrides)
-    return _serve(Server(with_overrides(config, overrides), log, splice=_splice_wanted(), keylog=keylog))
+    return _serve(Server(with_overrides(config, overrides), log, splice=_splice_wanted(), keylog=keylog), pid_file)
 
 
 def _certificate(cert: str | None, key: str | None, flags: str) -> CertificatePair | None:
@@ -444,16 +425,18 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 def _run(args: argparse.Namespace, log: EventLog) -> int:
     overrides = _dump_overrides(args)
     loaded = _load(args)
+    pid_file = claim_pid_file(args)
     keylog = _start_outputs(args, log, loaded, overrides)
     options = {"overrides": overrides, "splice": _splice_wanted(), "keylog": keylog}
     if args.workers > 1:
-        return Supervisor(loaded.config, Path(args.config), log, args.workers, **options).run()
-    return _serve(Server(loaded.config, log, config_path=Path(args.config), **options))
+        return Supervisor(loaded.config, Path(args.config), log, args.workers, pid_file=pid_file, **options).run()
+    return _serve(Server(loaded.config, log, config_path=Path(args.config), **options), pid_file)
 
 
-def _serve(server: Server) -> int:
+def _serve(server: Server, pid_file: PidFile | None) -> int:
     server.bind()
-    server.serve()
+    with written(pid_file, server.close):
+        server.serve()
     return 0
 
 

@@ -34,6 +34,7 @@ from proxy.config.schema import (
     AdminConfig,
     Config,
     HealthCheckConfig,
+    KeepaliveConfig,
     ListenerConfig,
     ListenerTlsConfig,
     MatchConfig,
@@ -47,7 +48,7 @@ from proxy.config.sections.admin import ADMIN, admin, socket_path
 from proxy.config.sections.files import output_path
 from proxy.config.sections.inspection import PCAP
 from proxy.config.sections.listeners import LISTENER, LISTENER_TLS, MATCH, ROUTE, listener
-from proxy.config.sections.upstreams import HEALTH_CHECK, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
+from proxy.config.sections.upstreams import HEALTH_CHECK, KEEPALIVE, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
 from proxy.errors import UsageError, describe_os_error
 from proxy.output import file_identity
 
@@ -281,6 +282,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "upstream": (UPSTREAM, UpstreamConfig),
     "server": (SERVER, ServerConfig),
     "health_check": (HEALTH_CHECK, HealthCheckConfig),
+    "keepalive": (KEEPALIVE, KeepaliveConfig),
     "upstream tls": (UPSTREAM_TLS, UpstreamTlsConfig),
     "admin": (ADMIN, AdminConfig),
 }

@@ -19,6 +19,7 @@ DEFAULT_IDLE_TIMEOUT = 15 * 60.0
 DEFAULT_MAX_CONNECTIONS = 10000
 DEFAULT_BUFFER_SIZE = 256 * 1024
 DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_BACKLOG = 1024  # the kernel takes at most net.core.somaxconn of it
 
 
 def _default_max_buffered() -> int:
@@ -40,10 +41,29 @@ DEFAULT_RETRIES = 2
 
 
 @dataclass(frozen=True)
+class KeepaliveConfig:
+    """TCP keepalive: a probe after `idle` seconds of silence, then every `interval`; `count`
+    unanswered probes end the connection. None: the kernel's default (net.ipv4.tcp_keepalive_*)."""
+
+    idle: int | None = None
+    interval: int | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """The local address connects to the servers leave from: bound before the connect."""
+
+    host: str  # an IP address, canonical
+    ports: tuple[int, int] | None = None  # (first, last): the local ports to take one from; None: any
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     address: SocketAddress
     weight: int = 1
     backup: bool = False
+    source: SourceConfig | None = None  # None: the upstream's
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,9 @@ class UpstreamConfig:
     proxy_protocol: str | None = None  # "v1" | "v2"
     health_check: HealthCheckConfig | None = None
     tls: UpstreamTlsConfig | None = None
+    keepalive: KeepaliveConfig | None = None  # None: no keepalive probes toward the servers
+    user_timeout: float | None = None  # TCP_USER_TIMEOUT, seconds; None: the kernel's
+    source: SourceConfig | None = None  # None: the kernel picks the local address
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,9 @@ class ListenerConfig:
     proxy_trusted: tuple[IPNetwork, ...] | None = None
     tls: ListenerTlsConfig | None = None
     faults: tuple[FaultConfig, ...] = ()  # toxics for every connection (a route may add more)
+    backlog: int | None = None  # the listen backlog; None: DEFAULT_BACKLOG
+    keepalive: KeepaliveConfig | None = None  # None: no keepalive probes toward the clients
+    user_timeout: float | None = None  # TCP_USER_TIMEOUT, seconds; None: the kernel's
 
 
 @dataclass(frozen=True)
@@ -262,10 +288,14 @@ def forward_config(
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     tls: ListenerTlsConfig | None = None,
     upstream_tls: UpstreamTlsConfig | None = None,
+    keepalive: KeepaliveConfig | None = None,
+    source: SourceConfig | None = None,
+    backlog: int | None = None,
 ) -> Config:
     """The one-listener, one-server table that `pairproxy forward LISTEN UPSTREAM` means.
 
-    Its dump flags are applied afterwards, by `with_overrides`, as for `run`.
+    `keepalive` is asked on both sides, the client's and the server's, where they speak TCP. Its dump flags are applied
+    afterwards, by `with_overrides`, as for `run`.
     """
     name = str(upstream)
     return Config(
@@ -278,11 +308,18 @@ def forward_config(
                 connect_timeout=connect_timeout,
                 buffer_size=buffer_size,
                 tls=tls,
+                backlog=backlog,
+                keepalive=None if listen.is_unix else keepalive,
             ),
         ),
         upstreams={
             name: UpstreamConfig(
-                name=name, servers=(ServerConfig(upstream),), connect_timeout=connect_timeout, tls=upstream_tls
+                name=name,
+                servers=(ServerConfig(upstream),),
+                connect_timeout=connect_timeout,
+                tls=upstream_tls,
+                keepalive=None if upstream.is_unix else keepalive,
+                source=source,
             )
         },
     )

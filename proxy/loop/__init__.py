@@ -7,6 +7,7 @@ dispatchers, and the dispatchers every server needs.
 - `listener`: bind, accept in batches, pause when out of descriptors; UNIX socket files; the
   sockets a supervisor keeps (`SocketFiles`) and hands a worker (`HandedSockets`)
 - `connector`: a non-blocking connect to one server after another
+- `sockopts`: the socket options a listener or an upstream asks for, set once per load
 - `resolver`: name lookups in worker threads
 - `drain`: an output's queue drained when its descriptor is writable
 

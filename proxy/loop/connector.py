@@ -10,6 +10,8 @@ The outcome is reported to an observer, naming the candidate object itself: `con
 attempt that worked, `attempt_failed` for each candidate that could not be reached (so health
 tracking can learn from it), and `unreachable` when the list is exhausted, or at once with
 `local=True` when this process itself is short of descriptors or ports (no server is to blame).
+A connector given `prepare` has it set up each socket before its connect (proxy/loop/sockopts.py);
+a socket it cannot prepare is a failed connect to that address, with its reason.
 The observer owns the connected attempt: it hands the socket to a dispatcher of its own
 (`hand_over`, which keeps the poller registration) or closes it. Whatever the observer raises
 goes to its `handle_error`, once the connector has stopped and closed any socket it still held.
@@ -54,6 +56,10 @@ class ConnectObserver(Protocol):
     def unreachable(self, reason: str, *, local: bool = False) -> None: ...
 
     def handle_error(self, exc: Exception) -> None: ...
+
+
+# Makes a new socket ready to connect to a candidate (options, a source bound); why it cannot, or None.
+Prepare = Callable[[socket.socket, Candidate], str | None]
 
 
 # Non-blocking from birth where the platform allows: one system call fewer on every connect.
@@ -122,12 +128,14 @@ class Connector:
         servers: Iterator[Candidate],
         timeout: float,
         observer: ConnectObserver,
+        prepare: Prepare | None = None,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.servers = servers
         self.timeout = timeout
         self.observer = observer
+        self.prepare = prepare
         self.server: Candidate | None = None
         self.last_reason = "no server to try"
         self._sockaddrs: list[tuple[int, tuple]] = []
@@ -205,6 +213,10 @@ class Connector:
                 continue
             if not _SOCK_NONBLOCK:
                 sock.setblocking(False)
+            if self.prepare is not None and (reason := self.prepare(sock, self.server)) is not None:
+                sock.close()
+                self.last_reason = reason
+                continue
             code = sock.connect_ex(sockaddr)
             if code in (0, errno.EINPROGRESS):
                 self._attempt = ConnectAttempt(self.reactor, sock, sockaddr, self)

@@ -30,13 +30,14 @@ import stat
 from collections.abc import Callable, Collection
 from dataclasses import replace
 
+from proxy.config.schema import DEFAULT_BACKLOG
 from proxy.config.units import SocketAddress, UnixAddress, format_any_sockaddr
 from proxy.errors import OUT_OF_DESCRIPTORS, StartupError, StateEnum, StateError, describe_os_error
 from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.reactor import Reactor
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the rest
-BACKLOG = 1024
+BACKLOG = DEFAULT_BACKLOG  # a listener's `backlog:` is set once it listens (proxy/loop/sockopts.py)
 EMFILE_BACKOFF_FIRST = 0.05
 EMFILE_BACKOFF_MAX = 1.0
 # A client that gave up while queued, or a transient network error: accept the next one.

@@ -120,13 +120,17 @@ class ServerState:
 
 
 Strategy = Callable[[list[ServerState], str], list[ServerState]]
+Prepare = Callable[..., str | None]  # a socket and a server in, why it cannot connect out (loop.sockopts.Dialing)
 
 
 class Pool:
     """The servers of one upstream, their health, and the strategy that orders them."""
 
-    def __init__(self, config: UpstreamConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: UpstreamConfig, rng: random.Random | None = None, prepare: Prepare | None = None
+    ) -> None:
         self.config = config
+        self.prepare = prepare  # what each connect's socket goes through first; None: nothing
         self.servers = [ServerState(server, index) for index, server in enumerate(config.servers)]
         self.rng = rng or random.Random()
         self.health_check = config.health_check or HealthCheckConfig()

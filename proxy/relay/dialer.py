@@ -66,7 +66,8 @@ class Dialer:
 
     def _connect_next(self, servers: Iterator[ServerState]) -> None:
         runtime = self.pair.runtime
-        self.connector = Connector(runtime.reactor, runtime.resolver, servers, self.pool.config.connect_timeout, self)
+        timeout = self.pool.config.connect_timeout
+        self.connector = Connector(runtime.reactor, runtime.resolver, servers, timeout, self, self.pool.prepare)
         self.connector.start()
 
     # -- the ConnectObserver protocol ----------------------------------------------------

@@ -1,5 +1,6 @@
-"""What one load of a configuration builds before anything changes: the pools, the TLS contexts
-toward upstreams, the listening sockets not open yet and each listener's `Table`.
+"""What one load of a configuration builds before anything changes: the pools (with how their
+connects are prepared), the TLS contexts toward upstreams, the listening sockets not open yet
+(with their backlog and keepalive set) and each listener's `Table`.
 
 Building starts nothing and changes nothing that serves: every problem becomes one line in
 `problems`, and the server then either puts the whole build in force or discards it (closing
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from proxy.config.schema import Config, listener_key
 from proxy.config.units import SocketAddress, format_any_sockaddr
 from proxy.errors import ProxyError, StartupError, describe_os_error, describe_ssl_error
+from proxy.loop.sockopts import Dialing, configure_listening
 from proxy.policy.upstreams import Pool
 from proxy.serve.contexts import client_context
 from proxy.serve.frontend import DumpOutputs, Frontend, Table
@@ -65,7 +67,7 @@ class Build:
         """
         built = cls(config, {}, {}, {}, {}, [])
         for name, upstream in config.upstreams.items():
-            built.pools[name] = Pool(upstream)
+            built.pools[name] = Pool(upstream, prepare=Dialing.of(upstream))
             tls = upstream.tls
             if tls is None:
                 continue
@@ -88,6 +90,12 @@ class Build:
                 built.problems.append(str(exc))
                 continue
             name = listener.name or format_any_sockaddr(sock.getsockname())
+            if frontend is None:  # a running one's options change when the build is put in force
+                try:
+                    configure_listening(sock, listener, None)
+                except OSError as exc:
+                    built.problems.append(f"listener {name}: cannot set its socket options: {describe_os_error(exc)}")
+                    continue
             try:
                 built.tables[key] = Table.build(
                     listener,

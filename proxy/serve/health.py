@@ -59,7 +59,8 @@ class HealthChecker:
             if any(probe.server is server for probe in self._probes):
                 continue  # the last check of this server has not finished yet
             probe = _Probe(self, server)
-            connector = Connector(self.reactor, self.resolver.health, iter([server]), self.check.timeout, probe)
+            lane, timeout = self.resolver.health, self.check.timeout
+            connector = Connector(self.reactor, lane, iter([server]), timeout, probe, self.pool.prepare)
             self._probes[probe] = connector
             connector.start()
 

@@ -35,6 +35,7 @@ from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
+from proxy.config.sockets import effective_backlog, somaxconn
 from proxy.config.units import SocketAddress, did_you_mean, parse_address
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
@@ -42,6 +43,7 @@ from proxy.loop.drain import attach_output
 from proxy.loop.listener import HandedSockets, bind_listening_socket, raise_fd_limit
 from proxy.loop.reactor import Reactor
 from proxy.loop.resolver import Resolver
+from proxy.loop.sockopts import configure_listening
 from proxy.output import open_private
 from proxy.output.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.output.tap import HexdumpWriter
@@ -238,7 +240,13 @@ class Server:
         kept = 0
         for key, table in build.tables.items():
             if key in self.listeners:
-                self.listeners[key].apply(table)
+                running = self.listeners[key]
+                try:
+                    configure_listening(running.dispatcher.socket, table.config, running.table.config)
+                except OSError as exc:  # they worked at the bind: a kernel that changed its mind
+                    error = describe_os_error(exc)
+                    self.log.warning("listener_options_failed", listener=table.settings.listener, error=error)
+                running.apply(table)
                 kept += 1
                 continue
             listener = self.listeners[key] = Frontend(
@@ -291,9 +299,10 @@ class Server:
         """Everything the admin surfaces show, as plain JSON-able data (see docs/operations.md)."""
         now = self.reactor.now
         uptime = time.monotonic() - self._started_monotonic
+        listeners_now = self.listeners.values()
         listeners = [
             frontend.stats.to_json(frontend.name, frontend.dispatcher.address, list(frontend.pairs))
-            for frontend in self.listeners.values()
+            for frontend in listeners_now
         ]
         return {
             "info": {
@@ -308,6 +317,8 @@ class Server:
                 "reloads": self.reloads,
                 "log_dropped": self.log.output.dropped_total,
                 "draining": self.draining,
+                "somaxconn": somaxconn(),
+                "backlog": " ".join(f"{each.name}={effective_backlog(each.table.config)}" for each in listeners_now),
             },
             "listeners": listeners,
             "servers": server_rows(self.pools, now),

@@ -51,6 +51,7 @@ from proxy.loop.dispatcher import Dispatcher
 from proxy.loop.drain import attach_output
 from proxy.loop.listener import HandedSockets, SocketFiles, bind_reuseport_group
 from proxy.loop.reactor import Reactor
+from proxy.serve.pidfile import PidFile
 from proxy.serve.systemd import Systemd
 
 if TYPE_CHECKING:
@@ -151,8 +152,10 @@ class Supervisor:
         overrides: DumpOverrides,
         splice: bool,
         keylog: str | None = None,
+        pid_file: PidFile | None = None,
     ) -> None:
         self.config = config
+        self.pid_file = pid_file  # written once every listener is bound; the workers never touch it
         self.pins: dict[str, int] = {}
         self.config_path = config_path
         self.log = log
@@ -193,12 +196,16 @@ class Supervisor:
                 if listener.listen.port == 0:
                     self.pins[listener_key(listener)] = group[0].getsockname()[1]
             self._served = set(self._groups)
+            if self.pid_file is not None:
+                self.pid_file.write()
             for index in range(self.count):
                 self._start(index)
             self._groups.clear()  # all handed over: a restart binds its own socket
             self.reactor.call_later(REAP_INTERVAL, self._reap)
             self.reactor.loop()
         finally:
+            if self.pid_file is not None:
+                self.pid_file.remove()  # by the supervisor alone: it is the pid written
             if self.admin is not None:
                 self.admin.close()  # and its file
             if self.admin_http is not None:

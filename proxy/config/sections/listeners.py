@@ -27,7 +27,8 @@ from proxy.config.schema import (
 )
 from proxy.config.sections.files import ca_file, certificate
 from proxy.config.sections.inspection import dump_only, faults, pcap
-from proxy.config.sections.upstreams import UPSTREAM
+from proxy.config.sections.upstreams import UPSTREAM, tcp_only
+from proxy.config.sockets import MAX_BACKLOG, somaxconn
 from proxy.config.units import IPNetwork, SocketAddress, did_you_mean, parse_address, whole_number
 
 
@@ -45,6 +46,7 @@ def listener(reader: Reader, node: yaml.Node) -> ListenerConfig | None:
     listen = socket_file(reader, listen, fields)
     if listen.is_unix:
         unix_client_rules(reader, fields, routes or [])
+        tcp_only(reader, fields, ("keepalive", "user_timeout"), "listener", [listen])
     reader.bound.append(Bound(reader.place(node), options["name"], listen))
     if routes is None:
         return None
@@ -120,6 +122,15 @@ def unix_client_rules(reader: Reader, fields: Fields, routes: list[tuple[yaml.No
     for item, route in routes:
         if route.match.source:
             reader.error(item, f"route matches on source, but {why}")
+
+
+def backlog(reader: Reader, node: yaml.Node, what: str) -> int | Invalid:
+    """The listen backlog; above net.core.somaxconn it is kept, with a warning: the kernel takes somaxconn."""
+    value = reader.integer(node, what, 1, MAX_BACKLOG)
+    cap = somaxconn()
+    if not isinstance(value, Invalid) and cap is not None and value > cap:
+        reader.warn(node, f"{what}: {value} is above net.core.somaxconn ({cap}): the kernel takes {cap}")
+    return value
 
 
 def listener_routes(reader: Reader, node: yaml.Node, fields: Fields) -> list[tuple[yaml.Node, RouteConfig]] | None:
@@ -242,6 +253,9 @@ LISTENER = Section(
         "snaplen": Reader.size,
         "dump_only": dump_only,
         "faults": faults,
+        "backlog": backlog,
+        "keepalive": UPSTREAM.parsers["keepalive"],
+        "user_timeout": UPSTREAM.parsers["user_timeout"],
     },
     by_hand=("listen", "upstream", "routes", "mode", "owner", "group"),
 )

@@ -1,19 +1,23 @@
-"""The `upstreams:` section: pools of servers, their health checks and the TLS spoken to them."""
+"""The `upstreams:` section: pools of servers, their health checks, the TLS spoken to them and the
+socket options toward them (keepalive, user_timeout, source; the listeners share the first two)."""
 
 from __future__ import annotations
 
 import yaml
 
-from proxy.config.reader import INVALID, Invalid, Reader, Section, at_least_one
+from proxy.config.reader import INVALID, Fields, Invalid, Reader, Section, at_least_one
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
     PROXY_PROTOCOL_VERSIONS,
     HealthCheckConfig,
+    KeepaliveConfig,
     ServerConfig,
+    SourceConfig,
     UpstreamConfig,
     UpstreamTlsConfig,
 )
 from proxy.config.sections.files import ca_file, certificate
+from proxy.config.sockets import keepalive_count, keepalive_seconds, parse_source, user_timeout
 from proxy.config.units import SocketAddress
 
 
@@ -33,6 +37,10 @@ def upstream(reader: Reader, name: str, node: yaml.Node) -> UpstreamConfig | Non
         reader.error(servers_node, f"{what} has an empty server list")
     if not servers:
         return None
+    tcp_only(reader, fields, _TCP_KEYS, what, [s.address for s in servers])
+    source = options.get("source")
+    if source is not None:
+        source_family(reader, fields["source"][1], source, [s.address for s in servers if s.source is None])
     tls = options.get("tls")
     if tls is not None and tls.verify and tls.server_name is None and any(s.address.is_unix for s in servers):
         message = "TLS to a UNIX socket server needs 'server_name:', the name its certificate is checked for"
@@ -47,7 +55,41 @@ def server(reader: Reader, node: yaml.Node) -> ServerConfig | Invalid:
     fields = reader.fields_with(node, "server", SERVER, "address", "server needs an 'address:'")
     if fields is None:
         return INVALID
-    return reader.built(node, fields, SERVER, ServerConfig)
+    built = reader.built(node, fields, SERVER, ServerConfig)
+    if not isinstance(built, Invalid) and built.source is not None:
+        tcp_only(reader, fields, ("source",), "server", [built.address])
+        source_family(reader, fields["source"][1], built.source, [built.address])
+    return built
+
+
+def tcp_only(reader: Reader, fields: Fields, keys: tuple[str, ...], what: str, addresses: list[SocketAddress]) -> None:
+    """Report the TCP socket options `fields` gives where one of `addresses` is a UNIX socket."""
+    unix = next((address for address in addresses if address.is_unix), None)
+    for key in keys:
+        if key in fields and unix is not None:
+            reader.error(fields[key][0], f"{what}: {key} applies to TCP only, and {unix} is a UNIX socket")
+
+
+def source_family(reader: Reader, node: yaml.Node, source: SourceConfig, addresses: list[SocketAddress]) -> None:
+    """Report a source of the other IP family than a server's address (a name is checked when resolved)."""
+    v6 = ":" in source.host
+    for address in addresses:
+        if not address.is_unix and address.is_literal and address.is_ipv6 != v6:
+            family = "IPv6" if v6 else "IPv4"
+            reader.error(node, f"source {source.host} is {family} and server {address} is not: no connect from there")
+            return
+
+
+def keepalive(reader: Reader, node: yaml.Node, what: str) -> KeepaliveConfig | Invalid | None:
+    """`true` (the kernel's times), `false` (none), or `{idle: 60s, interval: 10s, count: 6}`."""
+    if isinstance(node, yaml.MappingNode):
+        return reader.built(node, reader.mapping(node, what, KEEPALIVE.keys), KEEPALIVE, KeepaliveConfig)
+    value = reader.scalar(node, what)
+    if isinstance(value, bool):
+        return KeepaliveConfig() if value else None
+    if not isinstance(value, Invalid):
+        reader.error(node, f"{what}: must be true, false or {{idle: 60s, interval: 10s, count: 6}}, got {value!r}")
+    return INVALID
 
 
 def health_check(reader: Reader, node: yaml.Node, what: str) -> HealthCheckConfig | Invalid:
@@ -71,6 +113,14 @@ def _upstream_address(reader: Reader, node: yaml.Node, key: str) -> SocketAddres
     return reader.address(node, key, listener=False)
 
 
+def _user_timeout(reader: Reader, node: yaml.Node, key: str) -> float | Invalid:
+    return reader.parsed(node, key, user_timeout)
+
+
+def _source(reader: Reader, node: yaml.Node, key: str) -> SourceConfig | Invalid:
+    return reader.parsed(node, key, parse_source)
+
+
 UPSTREAM = Section(
     {
         "balance": lambda reader, node, key: reader.choice(node, key, BALANCE_STRATEGIES),
@@ -79,10 +129,21 @@ UPSTREAM = Section(
         "proxy_protocol": lambda reader, node, key: reader.choice(node, key, PROXY_PROTOCOL_VERSIONS),
         "health_check": health_check,
         "tls": upstream_tls,
+        "keepalive": keepalive,
+        "user_timeout": _user_timeout,
+        "source": _source,
     },
     by_hand=("servers",),
 )
-SERVER = Section({"address": _upstream_address, "weight": at_least_one, "backup": Reader.boolean})
+_TCP_KEYS = ("keepalive", "user_timeout", "source")  # the keys that mean nothing to a UNIX socket
+SERVER = Section({"address": _upstream_address, "weight": at_least_one, "backup": Reader.boolean, "source": _source})
+KEEPALIVE = Section(
+    {
+        "idle": lambda reader, node, key: reader.parsed(node, key, keepalive_seconds),
+        "interval": lambda reader, node, key: reader.parsed(node, key, keepalive_seconds),
+        "count": lambda reader, node, key: reader.parsed(node, key, keepalive_count),
+    }
+)
 HEALTH_CHECK = Section(
     {"interval": Reader.timeout, "timeout": Reader.timeout, "rise": at_least_one, "fall": at_least_one}
 )
