@@ -274,8 +274,11 @@ class TcpConversation:
         """
         flow, receiver = self._sending(sender, "send")
         view = memoryview(data).cast("B")
-        packets = []
         size = self.max_payload
+        if 0 < len(view) <= size:  # one segment, as most chunks are: no slicing, no loop
+            data_segment = self._segment(flow, _PSH | _ACK, receiver.seq, view, flow.payload_sum(view))
+            return [data_segment, self._segment(receiver, _ACK, flow.seq)]
+        packets = []
         for start in range(0, len(view), size):
             payload = view[start : start + size]
             packets.append(self._segment(flow, _PSH | _ACK, receiver.seq, payload, flow.payload_sum(payload)))
