@@ -2,8 +2,10 @@
 
 The sink frames packets as pcapng (proxy/protocol/pcapng.py) and writes them through a bounded
 output queue (proxy/output/queue.py), so a reader that does not keep up (`--pcap - | wireshark`)
-never slows serving: a block that does not fit is dropped whole, and so is everything after it
-until the queue has drained (a packet must never follow the interface block it needs, lost).
+never slows serving. The blocks of one `write` (a chunk's segments and their acknowledgements,
+and the interface block they need, the first time) go out as one record: a record that does not
+fit is dropped whole, and so is everything after it until the queue has drained (a packet must
+never follow the interface block it needs, lost).
 Then the log says how much was lost and the capture goes on in the same section; Wireshark
 shows the gap as what it is, segments that were not captured. An interface whose block was lost
 is declared again, under a new index.
@@ -24,8 +26,9 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from proxy.config.schema import PcapConfig
 from proxy.errors import describe_os_error
@@ -33,6 +36,16 @@ from proxy.output.queue import DUMP_QUEUE_LIMIT, Output, StreamOutput, open_priv
 from proxy.protocol.pcapng import Packet, PcapngWriter
 
 STANDARD_OUTPUT = "-"
+
+
+class Speaker(Protocol):
+    """What a sink's packets come from (a leg of a connection): it says who it is once per
+    generation (see PcapSink), on its first packet."""
+
+    generation: int  # the sink's generation it last said who it is in
+
+    @property
+    def introduction(self) -> str: ...
 
 
 def worker_path(path: str, worker: int, workers: int) -> str:
@@ -51,11 +64,11 @@ def worker_path(path: str, worker: int, workers: int) -> str:
 class PcapSink:
     """One capture target: sections, interfaces, rotation and drops.
 
-    `write` takes one packet of a listener's connection; `generation` counts the new files and
-    the recoveries from drops so far, so that a connection can say who it is again (its comment)
-    on its first packet after one. `warn(event, **fields)` logs what went wrong: packets lost to a
-    stalled reader (once it has caught up), a rotation that failed. A capture never fails the
-    connections it watches.
+    `write` takes the packets of one chunk of a listener's connection; `generation` counts the
+    new files and the recoveries from drops so far, so that a connection can say who it is again
+    (its comment) on its first packet after one. `warn(event, **fields)` logs what went wrong:
+    packets lost to a stalled reader (once it has caught up), a rotation that failed. A capture
+    never fails the connections it watches.
     """
 
     def __init__(self, config: PcapConfig, path: str, warn: Callable[..., None]) -> None:
@@ -131,49 +144,78 @@ class PcapSink:
         self,
         listener: str,
         timestamp_us: int,
-        packet: Packet,
-        comment: str | None = None,
-        captured: int | None = None,
+        packets: Sequence[Packet],
+        speaker: Speaker | None = None,
+        kept: int | None = None,
     ) -> None:
-        """Frame and write one packet of a connection of `listener` (see PcapngWriter.packet).
+        """Frame and write packets of a connection of `listener`, all seen at `timestamp_us`.
 
-        A file that holds a packet is rotated first if this one (with its interface's block, the
-        first time the file sees `listener`) would take it past `max_size`; a fresh file takes its
-        first packet whatever its size, so a file passes `max_size` only by that packet (and its
-        section's fixed blocks), and every rotation is followed by a packet written.
+        `speaker` (None: nobody) says who it is on its first packet in each generation. `kept`
+        is how many more bytes of the sender's payload are kept (a snap length, see
+        PcapngWriter.packet; an acknowledgement has no payload to cut); None keeps them all.
+        The packets go in one write, but for a rotation: a file that holds a packet is rotated
+        first if the next one (with its interface's block, the first time the file sees
+        `listener`) would take it past `max_size`; a fresh file takes its first packet whatever
+        its size, so a file passes `max_size` only by that packet (and its section's fixed
+        blocks), and every rotation is followed by a packet written.
         """
-        interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
-        if self._rotation_due(len(declaration) + len(block)):
-            if declaration:
-                self._writer.withdraw_interface()
-            self._rotate()
-            interface, declaration, block = self._framed(listener, timestamp_us, packet, comment, captured)
-        if declaration:
-            if not self._put(declaration):
-                self._writer.withdraw_interface()
-                self.lost_packets += 1
-                return
-            self._interfaces[listener] = interface
-        if self._put(block):
-            self._holds_packets = True
-        else:
-            self.lost_packets += 1
-
-    def _framed(
-        self, listener: str, timestamp_us: int, packet: Packet, comment: str | None, captured: int | None
-    ) -> tuple[int, bytes, bytes]:
-        """The packet's interface and block, and the block declaring that interface first if this
-        section has not (b"" if it has): its index is given out, to withdraw if it is not written."""
+        frame = self._writer.packet
+        limit = self.config.max_size if self._rotates else None
         interface = self._interfaces.get(listener)
-        declaration = b""
+        pieces: list[bytes | memoryview] = []
         if interface is None:
-            interface, declaration = self._writer.interface(listener)
-        block = self._writer.packet(interface, timestamp_us, packet.ip, packet.direction, comment, captured)
-        return interface, declaration, block
+            interface, pieces = self._declared(listener)
+        size = len(pieces[0]) if pieces else 0  # of what this write holds so far
+        count = 0  # packets it holds
+        mark = 0
+        for packet in packets:
+            comment = None
+            if speaker is not None and speaker.generation != self.generation:
+                speaker.generation = self.generation
+                comment = speaker.introduction
+            if limit is not None:
+                mark = len(pieces)
+            block = frame(pieces, interface, timestamp_us, packet, comment, kept)
+            if limit is not None and (count or self._holds_packets) and self._size + size + block > limit:
+                del pieces[mark:]
+                self._put_packets(listener, interface, pieces, count)
+                self._rotate()
+                limit = self.config.max_size if self._rotates else None  # None if the rotation failed
+                interface, pieces = self._declared(listener)
+                size, count = (len(pieces[0]) if pieces else 0), 0
+                block = frame(pieces, interface, timestamp_us, packet, comment, kept)
+            size += block
+            count += 1
+            if kept is not None:
+                kept -= len(packet.payload)
+        self._put_packets(listener, interface, pieces, count)
 
-    def _rotation_due(self, size: int) -> bool:
-        limit = self.config.max_size
-        return limit is not None and self._rotates and self._holds_packets and self._size + size > limit
+    def _declared(self, listener: str) -> tuple[int, list[bytes | memoryview]]:
+        """The interface of `listener` in this section, and the pieces of a write starting with
+        the block declaring it if the section has not: its index is given out, to withdraw if
+        that write does not happen."""
+        interface = self._interfaces.get(listener)
+        if interface is not None:
+            return interface, []
+        interface, declaration = self._writer.interface(listener)
+        return interface, [declaration]
+
+    def _put_packets(self, listener: str, interface: int, pieces: list[bytes | memoryview], count: int) -> None:
+        """Write `count` packets framed into `pieces`, after their interface's declaration if
+        `listener` has none yet in this section."""
+        declares = listener not in self._interfaces
+        if not count:
+            if declares:
+                self._writer.withdraw_interface()
+            return
+        if not self._put(b"".join(pieces)):
+            if declares:
+                self._writer.withdraw_interface()
+            self.lost_packets += count
+            return
+        if declares:
+            self._interfaces[listener] = interface
+        self._holds_packets = True
 
     def _rotate(self) -> None:
         """PATH to PATH.1, PATH.1 to PATH.2, ..., keeping `keep` old files; then a fresh PATH.

@@ -13,10 +13,17 @@ byte. No TCP options are sent, so no window scaling: the window reads as the 65,
 and a segment (at most 65,495 payload bytes over IPv4, 65,515 over IPv6, so that the IP length
 fields fit) never fills it, since everything before it is already acknowledged.
 
+A packet comes in two parts, its IP and TCP headers and its payload, a view of the data given:
+the payload is copied once, into the block that frames it. The checksums are added up from
+numbers (see "checksums and headers"): per flow, what never changes; per segment, a few fields
+and the payload's sum, which a PayloadSums shared by a proxy's two legs computes once for bytes
+received on one and sent on the other.
+
 A PcapngWriter frames those IP packets as pcapng: a Section Header Block, an Interface
 Description Block per listener (link type raw IP), an Enhanced Packet Block per packet with its
-direction as seen by the proxy and an optional comment. Neither reads a clock nor writes a file:
-the caller gives the timestamps and writes the bytes, in the order they are returned.
+direction as seen by the proxy and an optional comment, in parts for the caller to join (many
+packets' blocks in one write). Neither reads a clock nor writes a file: the caller gives the
+timestamps and writes the bytes, in the order they are returned.
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 LINKTYPE_RAW = 101  # each packet starts with its IPv4 or IPv6 header
 SNAPLEN = 262_144  # more than the largest packet made here (40 + 65,535 bytes over IPv6): none is cut
@@ -64,43 +74,92 @@ class Peer(enum.Enum):
     SERVER = "server"  # answered it
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    ip: bytes  # one whole IPv4 or IPv6 packet carrying one TCP segment
+class Packet(NamedTuple):
+    """One IPv4 or IPv6 packet carrying one TCP segment, in two parts: the IP and TCP headers,
+    then the payload (b"" but for data)."""
+
+    header: bytes
+    payload: bytes | memoryview
     direction: Direction
 
 
 # -- checksums and headers ------------------------------------------------------------------
+#
+# The Internet checksum (RFC 1071) is the ones' complement of the ones' complement sum of the
+# 16-bit words. 2**16 is 1 modulo 0xFFFF, so that sum is the number the words spell modulo
+# 0xFFFF (0xFFFF, not 0, unless every word is 0), and any field may be added as a number of
+# its own: a 32-bit sequence number as itself rather than as two words, an address as the
+# number it spells. So a segment's checksum is a per-flow constant (addresses, ports, protocol,
+# window) plus a few numbers per segment plus its payload's sum, computed once; its complement
+# is 0xFFFF - (sum % 0xFFFF or 0xFFFF), the sum never being 0 (the protocol number is in it).
+
+_PIECE = 4096  # bytes of a payload read as one number
 
 
-def _checksum(*parts: bytes | memoryview) -> int:
-    """The Internet checksum (RFC 1071) of the parts laid end to end, each but the last of even length."""
-    total = 0
-    for part in parts:
-        value = int.from_bytes(part, "big")
-        total += value << 8 if len(part) % 2 else value  # an odd tail is padded with a zero byte
-    # 2**16 is 1 modulo 0xFFFF, so the ones' complement sum of the 16-bit words is the number they
-    # spell modulo 0xFFFF (0xFFFF, not 0, unless every word is 0): one big-integer remainder
-    # instead of a Python loop over tens of thousands of words.
-    folded = total % 0xFFFF or (0xFFFF if total else 0)
-    return 0xFFFF - folded
+def _payload_sum(payload: bytes | memoryview) -> int:
+    """A number congruent modulo 0xFFFF to the sum of `payload`'s big-endian 16-bit words (an odd
+    tail padded with a zero byte)."""
+    # Read little-endian, each word is byte-swapped, which multiplies it by 2**8 modulo 0xFFFF;
+    # 2**8 is its own inverse there, so shifting by 8 bits again gives the big-endian sum.
+    if len(payload) <= _PIECE:
+        return (int.from_bytes(payload, "little") % 0xFFFF) << 8
+    # A remainder divides digit by digit, slower than reading the bytes; pieces starting at even
+    # offsets add up to the same sum, and their sum is a number of only one piece's size.
+    from_bytes = int.from_bytes
+    pieces = [from_bytes(payload[start : start + _PIECE], "little") for start in range(0, len(payload), _PIECE)]
+    return (sum(pieces) % 0xFFFF) << 8
 
 
-def _ipv4(src: bytes, dst: bytes, ident: int, segment: bytes) -> bytes:
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, _IPV4_HEADER + len(segment), ident, 0x4000, _TTL, _PROTO_TCP, 0, src, dst
-    )  # version 4, 5 words of header, don't fragment
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + segment
+class PayloadSums:
+    """Payload sums kept from what a proxy received, for when it sends the same bytes on.
+
+    A proxy's two legs carry the same bytes: what it reads from one end it usually sends to the
+    other at once and whole, cut into the same segments. The conversations of both legs share
+    one PayloadSums: a large payload received (INBOUND) is summed and kept, and the same payload
+    sent (OUTBOUND) takes its sum instead of reading it again. Sending consumes what is kept (a
+    payload that does not match, sent in part, say, drops it), so at most one read's segments
+    (KEPT) are held, until the connection next sends.
+    """
+
+    __slots__ = ("_kept",)
+    KEPT = 4  # segments: a read of up to 256 KiB
+    FROM = 4096  # payload bytes below which summing again costs less than comparing
+
+    def __init__(self) -> None:
+        self._kept: deque[tuple[bytes, int]] = deque(maxlen=self.KEPT)
+
+    def received(self, payload: bytes | memoryview) -> int:
+        """The sum of a payload the proxy received."""
+        if len(payload) < self.FROM:
+            return _payload_sum(payload)
+        copy = bytes(payload)  # what the caller's buffer holds now may be gone when it is sent
+        total = _payload_sum(copy)
+        self._kept.append((copy, total))
+        return total
+
+    def sent(self, payload: bytes | memoryview) -> int:
+        """The sum of a payload the proxy sent."""
+        kept = self._kept
+        if kept and len(payload) >= self.FROM:
+            copy = bytes(payload)  # compared whole (memcmp); a view would compare byte by byte
+            while kept:
+                earlier, total = kept.popleft()
+                if earlier == copy:
+                    return total
+        return _payload_sum(payload)
 
 
-def _ipv6(src: bytes, dst: bytes, segment: bytes) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(segment), _PROTO_TCP, _TTL, src, dst) + segment
+# A Packet made in C: a NamedTuple's own constructor is a Python function, called twice a chunk.
+_new_packet = partial(tuple.__new__, Packet)
 
-
-def _pseudo_header(src: bytes, dst: bytes, tcp_length: int) -> bytes:
-    if len(src) == 4:
-        return struct.pack("!4s4sBBH", src, dst, 0, _PROTO_TCP, tcp_length)
-    return struct.pack("!16s16sI3xB", src, dst, tcp_length, _PROTO_TCP)
+# One struct per header layout, fields in wire order: IP then TCP (20 bytes, no options).
+_IPV4_TCP = struct.Struct("!HHHHHH4s4sHHIIHHHH")
+_IPV6_TCP = struct.Struct("!IHBB16s16sHHIIHHHH")
+_IPV4_FIRST_WORD = 0x4500  # version 4, 5 words of header, no type of service
+_DONT_FRAGMENT = 0x4000
+_TTL_PROTO = _TTL << 8 | _PROTO_TCP
+_IPV6_FIRST_WORD = 6 << 28  # version 6, no traffic class, no flow label
+_TCP_OFFSET = 5 << 12  # 5 words of header: no options
 
 
 # -- the TCP conversation -------------------------------------------------------------------
@@ -128,10 +187,18 @@ _MOVES: dict[ConversationState, frozenset[ConversationState]] = {
 class _Flow:
     """One direction of the conversation, named by its sender."""
 
-    __slots__ = ("direction", "dst", "dst_port", "finished", "ident", "receiver", "seq", "src", "src_port")
+    __slots__ = (
+        "direction", "dst", "dst_port", "finished", "ident", "ip_sum", "payload_sum", "seq", "src", "src_port",
+        "tcp_sum",
+    )  # fmt: skip
 
     def __init__(
-        self, src: tuple[bytes, int], dst: tuple[bytes, int], isn: int, direction: Direction, receiver: Peer
+        self,
+        src: tuple[bytes, int],
+        dst: tuple[bytes, int],
+        isn: int,
+        direction: Direction,
+        payload_sum: Callable[[bytes | memoryview], int],
     ) -> None:
         self.src, self.src_port = src
         self.dst, self.dst_port = dst
@@ -139,9 +206,12 @@ class _Flow:
         self.ident = 0  # the IPv4 identification of the sender's next packet
         self.finished = False  # the sender's FIN went
         self.direction = direction
-        # The other direction, by name: a reference to its flow would make a cycle, which only the
-        # cycle collector frees, per captured connection.
-        self.receiver = receiver
+        self.payload_sum = payload_sum  # _payload_sum, or what a PayloadSums shared with another leg says
+        addresses = int.from_bytes(self.src, "big") + int.from_bytes(self.dst, "big")
+        # What every segment's checksums add up the same: the pseudo-header's addresses and
+        # protocol, the ports and the window; and the IPv4 header's fixed words and addresses.
+        self.tcp_sum = addresses + _PROTO_TCP + self.src_port + self.dst_port + WINDOW
+        self.ip_sum = addresses + _IPV4_FIRST_WORD + _DONT_FRAGMENT + _TTL_PROTO
 
 
 def _endpoint(name: str, address: tuple[str, int]) -> tuple[bytes, int]:
@@ -156,9 +226,10 @@ class TcpConversation:
 
     `local` is the end the proxy is (SERVER on a client's leg, CLIENT on the upstream leg): its
     packets are OUTBOUND, the other end's INBOUND. Each call returns its packets in order, to be
-    framed at once. `open()` comes first; `send` and `shutdown` are for an end that has not yet
-    half-closed; after both FINs (CLOSED) or an RST (RESET) nothing more may be sent. A call the
-    state does not allow raises ConversationStateError and changes nothing.
+    framed at once: a data packet's payload is a view of the data given, valid as long as that
+    is. `open()` comes first; `send` and `shutdown` are for an end that has not yet half-closed;
+    after both FINs (CLOSED) or an RST (RESET) nothing more may be sent. A call the state does
+    not allow raises ConversationStateError and changes nothing.
     """
 
     def __init__(
@@ -169,6 +240,7 @@ class TcpConversation:
         local: Peer,
         client_isn: int = 0,
         server_isn: int = 0,
+        sums: PayloadSums | None = None,
     ) -> None:
         client_end, server_end = _endpoint("client", client), _endpoint("server", server)
         if len(client_end[0]) != len(server_end[0]):
@@ -177,21 +249,11 @@ class TcpConversation:
             if not 0 <= isn < _SEQ_MOD:
                 raise ValueError(f"{name} initial sequence number {isn} is not a 32-bit number")
         outbound_from_client = local is Peer.CLIENT
-        from_client = _Flow(
-            client_end,
-            server_end,
-            client_isn,
-            Direction.OUTBOUND if outbound_from_client else Direction.INBOUND,
-            Peer.SERVER,
-        )
-        from_server = _Flow(
-            server_end,
-            client_end,
-            server_isn,
-            Direction.INBOUND if outbound_from_client else Direction.OUTBOUND,
-            Peer.CLIENT,
-        )
-        self._flows = {Peer.CLIENT: from_client, Peer.SERVER: from_server}
+        inbound = (Direction.INBOUND, _payload_sum if sums is None else sums.received)
+        outbound = (Direction.OUTBOUND, _payload_sum if sums is None else sums.sent)
+        # Two attributes rather than a table by Peer: Enum hashes in Python, twice a packet.
+        self._from_client = _Flow(client_end, server_end, client_isn, *(outbound if outbound_from_client else inbound))
+        self._from_server = _Flow(server_end, client_end, server_isn, *(inbound if outbound_from_client else outbound))
         self._ipv4 = len(client_end[0]) == 4
         self.max_payload = MAX_PAYLOAD_IPV4 if self._ipv4 else MAX_PAYLOAD_IPV6
         self.header_size = (_IPV4_HEADER if self._ipv4 else _IPV6_HEADER) + _TCP_HEADER  # before a payload
@@ -200,8 +262,10 @@ class TcpConversation:
     def open(self) -> list[Packet]:
         """The three-way handshake: the client's SYN, the server's SYN-ACK, the client's ACK."""
         self._move(ConversationState.OPEN)
-        client, server = self._flows[Peer.CLIENT], self._flows[Peer.SERVER]
-        return [self._segment(client, _SYN), self._segment(server, _SYN | _ACK), self._segment(client, _ACK)]
+        client, server = self._from_client, self._from_server
+        syn = self._segment(client, _SYN, 0)
+        syn_ack = self._segment(server, _SYN | _ACK, client.seq)
+        return [syn, syn_ack, self._segment(client, _ACK, server.seq)]
 
     def send(self, sender: Peer, data: bytes | memoryview) -> list[Packet]:
         """`data` from `sender`: segments of at most `max_payload` bytes, each acknowledged at once.
@@ -210,16 +274,22 @@ class TcpConversation:
         """
         flow, receiver = self._sending(sender, "send")
         view = memoryview(data).cast("B")
+        size = self.max_payload
+        if 0 < len(view) <= size:  # one segment, as most chunks are: no slicing, no loop
+            data_segment = self._segment(flow, _PSH | _ACK, receiver.seq, view, flow.payload_sum(view))
+            return [data_segment, self._segment(receiver, _ACK, flow.seq)]
         packets = []
-        for start in range(0, len(view), self.max_payload):
-            packets.append(self._segment(flow, _PSH | _ACK, view[start : start + self.max_payload]))
-            packets.append(self._segment(receiver, _ACK))
+        for start in range(0, len(view), size):
+            payload = view[start : start + size]
+            packets.append(self._segment(flow, _PSH | _ACK, receiver.seq, payload, flow.payload_sum(payload)))
+            packets.append(self._segment(receiver, _ACK, flow.seq))
         return packets
 
     def shutdown(self, sender: Peer) -> list[Packet]:
         """`sender` half-closes: its FIN, and the other end's ACK of it."""
         flow, receiver = self._sending(sender, "shut down")
-        packets = [self._segment(flow, _FIN | _ACK), self._segment(receiver, _ACK)]
+        fin = self._segment(flow, _FIN | _ACK, receiver.seq)
+        packets = [fin, self._segment(receiver, _ACK, flow.seq)]
         flow.finished = True
         if receiver.finished:
             self._move(ConversationState.CLOSED)
@@ -228,7 +298,8 @@ class TcpConversation:
     def reset(self, sender: Peer) -> list[Packet]:
         """`sender` aborts the connection: one RST, acknowledging all it received."""
         self._move(ConversationState.RESET)
-        return [self._segment(self._flows[sender], _RST | _ACK)]
+        flow, receiver = self._flows(sender)
+        return [self._segment(flow, _RST | _ACK, receiver.seq)]
 
     # -- inside -------------------------------------------------------------------------
 
@@ -237,33 +308,61 @@ class TcpConversation:
             raise ConversationStateError(f"TCP conversation cannot go from {self.state.value} to {new.value}")
         self.state = new
 
+    def _flows(self, sender: Peer) -> tuple[_Flow, _Flow]:
+        """The flow `sender` sends on, and the one it receives on."""
+        if sender is Peer.CLIENT:
+            return self._from_client, self._from_server
+        return self._from_server, self._from_client
+
     def _sending(self, sender: Peer, operation: str) -> tuple[_Flow, _Flow]:
         if self.state is not ConversationState.OPEN:
             raise ConversationStateError(f"cannot {operation} on a TCP conversation that is {self.state.value}")
-        flow = self._flows[sender]
+        # _flows(sender), without a call: this runs for every chunk.
+        if sender is Peer.CLIENT:
+            flow, receiver = self._from_client, self._from_server
+        else:
+            flow, receiver = self._from_server, self._from_client
         if flow.finished:
             raise ConversationStateError(f"cannot {operation}: the {sender.value} already sent its FIN")
-        return flow, self._flows[flow.receiver]
+        return flow, receiver
 
-    def _segment(self, flow: _Flow, flags: int, payload: bytes | memoryview = b"") -> Packet:
-        """One segment from `flow`'s sender, acknowledging all the other end sent if `flags` has ACK."""
-        ack = self._flows[flow.receiver].seq if flags & _ACK else 0
-        header = struct.pack(
-            "!HHIIBBHHH", flow.src_port, flow.dst_port, flow.seq, ack, 5 << 4, flags, WINDOW, 0, 0
-        )  # 5 words of header: no options
-        length = len(header) + len(payload)
-        checksum = _checksum(_pseudo_header(flow.src, flow.dst, length), header, payload)
-        segment = b"".join((header[:16], struct.pack("!H", checksum), header[18:], payload))
+    def _segment(
+        self, flow: _Flow, flags: int, ack: int, payload: bytes | memoryview = b"", payload_sum: int = 0
+    ) -> Packet:
+        """One segment from `flow`'s sender acknowledging `ack` (0 without ACK in `flags`);
+        `payload_sum` is `_payload_sum(payload)`."""
+        seq = flow.seq
+        size = len(payload)
+        tcp_length = _TCP_HEADER + size
+        control = _TCP_OFFSET | flags
+        tcp_sum = flow.tcp_sum + tcp_length + seq + ack + control + payload_sum
+        tcp_checksum = 0xFFFF - (tcp_sum % 0xFFFF or 0xFFFF)  # see "checksums and headers"
         if self._ipv4:
-            ip = _ipv4(flow.src, flow.dst, flow.ident, segment)
-            flow.ident = (flow.ident + 1) & 0xFFFF
+            ident = flow.ident
+            total = _IPV4_HEADER + tcp_length
+            ip_sum = flow.ip_sum + total + ident
+            header = _IPV4_TCP.pack(
+                _IPV4_FIRST_WORD, total, ident, _DONT_FRAGMENT, _TTL_PROTO, 0xFFFF - (ip_sum % 0xFFFF or 0xFFFF),
+                flow.src, flow.dst, flow.src_port, flow.dst_port, seq, ack, control, WINDOW, tcp_checksum, 0,
+            )  # fmt: skip
+            flow.ident = (ident + 1) & 0xFFFF
         else:
-            ip = _ipv6(flow.src, flow.dst, segment)
-        flow.seq = (flow.seq + len(payload) + (1 if flags & (_SYN | _FIN) else 0)) % _SEQ_MOD
-        return Packet(ip, flow.direction)
+            header = _IPV6_TCP.pack(
+                _IPV6_FIRST_WORD, tcp_length, _PROTO_TCP, _TTL,
+                flow.src, flow.dst, flow.src_port, flow.dst_port, seq, ack, control, WINDOW, tcp_checksum, 0,
+            )  # fmt: skip
+        flow.seq = (seq + size + (1 if flags & (_SYN | _FIN) else 0)) % _SEQ_MOD
+        return _new_packet((header, payload, flow.direction))
 
 
 # -- pcapng ---------------------------------------------------------------------------------
+
+_EPB_HEAD = struct.Struct("<IIIIIII")  # type, total length, interface, timestamp (high, low), captured, length
+# After a packet: its padding to 32 bits, epb_flags (the direction), opt_endofopt, the total
+# length again; one layout per length of padding. A block without a comment is then two packs.
+_EPB_TAILS = [struct.Struct(f"<{padding}xHHIHHI") for padding in range(4)]
+_EPB_FIXED = _EPB_HEAD.size + 4  # the head and the closing total length
+_EPB_FLAGS_ONLY = 12  # epb_flags and opt_endofopt
 
 
 def _padded(value: bytes | memoryview) -> bytes:
@@ -287,7 +386,7 @@ class PcapngWriter:
     """The pcapng blocks of one capture, little-endian, timestamps in microseconds (the default).
 
     `header()` starts a section; `interface()` declares an interface of that section, before its
-    packets; `packet()` frames one packet. Each returns bytes for the caller to write, in order.
+    packets; `packet()` frames one packet. The caller writes them, in order.
     """
 
     def __init__(self) -> None:
@@ -320,26 +419,36 @@ class PcapngWriter:
 
     def packet(
         self,
+        pieces: list[bytes | memoryview],
         interface: int,
         timestamp_us: int,
-        ip_packet: bytes,
-        direction: Direction,
+        packet: Packet,
         comment: str | None = None,
-        captured: int | None = None,
-    ) -> bytes:
-        """An Enhanced Packet Block: `ip_packet` seen at `timestamp_us` (microseconds since the epoch).
+        kept: int | None = None,
+    ) -> int:
+        """An Enhanced Packet Block: `packet` seen at `timestamp_us` (microseconds since the epoch).
 
-        `captured` keeps only that many of its first bytes (a snap length), the block still
-        saying how long the packet was; None keeps it whole.
+        The block goes onto `pieces` in parts, to be joined (its payload is not copied here); it
+        returns the block's length. `kept` keeps at most that many bytes of the payload (a snap
+        length), the block still saying how long the packet was; None keeps it whole.
         """
         if self._interfaces is None or not 0 <= interface < self._interfaces:
             raise ValueError(f"interface {interface} was not declared in this section")
         if not 0 <= timestamp_us < 1 << 64:
             raise ValueError(f"timestamp {timestamp_us} is not a 64-bit count of microseconds")
-        options = [(_EPB_FLAGS, struct.pack("<I", direction))]
-        if comment is not None:
-            options.append((_OPT_COMMENT, comment.encode()))
-        size = len(ip_packet)
-        kept = ip_packet if captured is None or captured >= size else memoryview(ip_packet)[: max(captured, 0)]
-        fixed = struct.pack("<IIIII", interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, len(kept), size)
-        return _block(_EPB, fixed + _padded(kept) + _options(*options))
+        header, payload, direction = packet
+        size = captured = len(header) + len(payload)
+        if kept is not None and kept < len(payload):
+            payload = payload[: max(kept, 0)]
+            captured = len(header) + len(payload)
+        padding = -captured % 4
+        if comment is None:
+            total = _EPB_FIXED + captured + padding + _EPB_FLAGS_ONLY
+            tail = _EPB_TAILS[padding].pack(_EPB_FLAGS, 4, direction, _OPT_ENDOFOPT, 0, total)
+        else:
+            options = _options((_EPB_FLAGS, struct.pack("<I", direction)), (_OPT_COMMENT, comment.encode()))
+            total = _EPB_FIXED + captured + padding + len(options)
+            tail = b"".join((b"\0" * padding, options, struct.pack("<I", total)))
+        high, low = timestamp_us >> 32, timestamp_us & 0xFFFFFFFF
+        pieces += (_EPB_HEAD.pack(_EPB, total, interface, high, low, captured, size), header, payload, tail)
+        return total

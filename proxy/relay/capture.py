@@ -4,7 +4,10 @@ A captured connection's sockets are wrapped in RecordingSockets, which pass ever
 and tell their leg what went over the wire: bytes received and sent (TLS sides: the
 ciphertext), a FIN at end of stream or at shutdown, an RST at a reset or an abortive close. Each
 leg (client to proxy, proxy to upstream) is a TcpConversation between the socket's real
-addresses, which turns that into packets, and the capture hands them to a PcapSink.
+addresses, which turns that into packets, and the capture hands them to a PcapSink: the packets
+of one call (a chunk's segments and their acknowledgements) in one write, all with the time of
+the call. The two legs share one PayloadSums, so that bytes received on one leg and sent on
+the other are summed for their checksums once.
 
 Whether a connection is captured is only certain once it is routed and connected (a filter may
 name the route or the server), but its first packets (the handshake, a PROXY header, a
@@ -31,7 +34,7 @@ from typing import Any
 from proxy.config.units import unix_name_text, unix_peer
 from proxy.errors import Meaning, classify
 from proxy.output.pcap_sink import PcapSink
-from proxy.protocol.pcapng import ConversationStateError, Packet, Peer, TcpConversation
+from proxy.protocol.pcapng import ConversationStateError, Packet, PayloadSums, Peer, TcpConversation
 from proxy.relay.states import StateEnum, check_move
 
 PENDING_LIMIT = 1024 * 1024  # bytes of packets held before the decision; beyond, they are not captured
@@ -45,7 +48,7 @@ _MADE_UP_PORTS = 1024  # the first of the client ports made up from connection n
 class Leg:
     """One TCP connection of a captured pair, as seen from the proxy's end of it."""
 
-    __slots__ = ("capture", "conversation", "local", "remote", "label", "headers", "sent", "abortive", "generation")
+    __slots__ = ("capture", "conversation", "local", "remote", "label", "sent", "received", "abortive", "generation")
 
     def __init__(self, capture: ConnectionCapture, conversation: TcpConversation, local: Peer, label: str) -> None:
         self.capture = capture
@@ -53,27 +56,31 @@ class Leg:
         self.local = local
         self.remote = Peer.SERVER if local is Peer.CLIENT else Peer.CLIENT
         self.label = label  # what the leg's comment adds: which leg, and its far end
-        self.headers = conversation.header_size
-        self.sent = {Peer.CLIENT: 0, Peer.SERVER: 0}  # payload bytes per sender, for the snap length
+        self.sent = 0  # payload bytes the proxy sent, then the far end, for the snap length
+        self.received = 0
         self.abortive = False  # SO_LINGER 0 was set: closing sends an RST
         self.generation = 0  # the sink section this leg last said who it is in
 
+    @property
+    def introduction(self) -> str:
+        """Who the leg is, on its first packet in a file (and after packets were lost)."""
+        return f"{self.capture.comment} leg={self.label}"
+
     def data(self, sender: Peer, data: memoryview) -> None:
-        packets = self._call(self.conversation.send, sender, data)
+        try:
+            packets = self.conversation.send(sender, data)
+        except ConversationStateError:
+            return  # as in _call, inlined: this runs for every chunk
         if not packets:
             return
-        # Each packet's payload offset in its sender's stream, for the snap length: data and
-        # acknowledgements alternate, and only data packets carry payload.
-        offset = self.sent[sender]
-        self.sent[sender] = offset + len(data)
-        offsets: list[int | None] = []
-        for packet in packets:
-            if len(packet.ip) > self.headers:
-                offsets.append(offset)
-                offset += len(packet.ip) - self.headers
-            else:
-                offsets.append(None)
-        self.capture.emit(self, packets, offsets)
+        # Where the packets' payload starts in its sender's stream, for the snap length.
+        if sender is self.local:
+            offset = self.sent
+            self.sent = offset + len(data)
+        else:
+            offset = self.received
+            self.received = offset + len(data)
+        self.capture.emit(self, packets, offset)
 
     def fin(self, sender: Peer) -> None:
         self.capture.emit(self, self._call(self.conversation.shutdown, sender))
@@ -203,7 +210,7 @@ _RECORDING_MOVES: dict[Recording, frozenset[Recording]] = {
 class ConnectionCapture:
     """The capture of one connection: its legs, and its packets before and after the decision."""
 
-    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "state", "pending", "pending_size")
+    __slots__ = ("conn", "listener", "snaplen", "sink", "comment", "state", "pending", "pending_size", "sums")
 
     def __init__(self, conn: int, listener: str) -> None:
         self.conn = conn
@@ -212,8 +219,9 @@ class ConnectionCapture:
         self.sink: PcapSink | None = None  # while WRITING
         self.comment = ""
         self.state = _HOLDING
-        self.pending: list[tuple[Leg, int, Packet, int | None]] = []
+        self.pending: list[tuple[Leg, int, list[Packet], int]] = []  # a list of packets an emit
         self.pending_size = 0
+        self.sums = PayloadSums()  # both legs': what one receives, the other usually sends
 
     def _to(self, new: Recording) -> None:
         self.state = check_move(_RECORDING_MOVES, self.state, new, f"the capture of conn {self.conn}")
@@ -222,21 +230,21 @@ class ConnectionCapture:
         """Record the accepted socket `sock` from `peer`; its handshake has just happened."""
         if sock.family == socket.AF_UNIX:
             return self._record_unix(sock, sock.getsockname(), Peer.SERVER, "client")
-        conversation = TcpConversation(peer, sock.getsockname(), local=Peer.SERVER)
+        conversation = TcpConversation(peer, sock.getsockname(), local=Peer.SERVER, sums=self.sums)
         return self._record(sock, conversation, Peer.SERVER, "client")
 
     def upstream_leg(self, sock: socket.socket) -> RecordingSocket:
         """Record the socket the proxy connected to an upstream server with."""
         if sock.family == socket.AF_UNIX:
             return self._record_unix(sock, sock.getpeername(), Peer.CLIENT, "upstream")
-        conversation = TcpConversation(sock.getsockname(), sock.getpeername(), local=Peer.CLIENT)
+        conversation = TcpConversation(sock.getsockname(), sock.getpeername(), local=Peer.CLIENT, sums=self.sums)
         return self._record(sock, conversation, Peer.CLIENT, "upstream")
 
     def _record_unix(self, sock: socket.socket, path: str | bytes, local: Peer, label: str) -> RecordingSocket:
         """Record a UNIX leg between made-up loopback addresses; `path` is the socket file it reached."""
         made_up_client = (_MADE_UP_HOST, _MADE_UP_PORTS + self.conn % (65536 - _MADE_UP_PORTS))
         made_up_server = (_MADE_UP_HOST, 1 if label == "client" else 2)
-        conversation = TcpConversation(made_up_client, made_up_server, local=local)
+        conversation = TcpConversation(made_up_client, made_up_server, local=local, sums=self.sums)
         return self._record(sock, conversation, local, f"{label} unix={unix_name_text(unix_peer(path)[1])}")
 
     def _record(self, sock: socket.socket, conversation: TcpConversation, local: Peer, label: str) -> RecordingSocket:
@@ -244,31 +252,30 @@ class ConnectionCapture:
         self.emit(leg, conversation.open())
         return RecordingSocket(sock, leg)
 
-    def emit(self, leg: Leg, packets: list[Packet], offsets: list[int | None] | None = None) -> None:
-        """Write `packets` of `leg` (held until the decision); `offsets` of data packets in their stream."""
+    def emit(self, leg: Leg, packets: list[Packet], offset: int = 0) -> None:
+        """Write `packets` of `leg` (held until the decision); their payload starts at `offset`
+        in its sender's stream. A payload may be a view of a buffer the caller reuses: it is
+        written at once, or copied to be held."""
         state = self.state
         if state is _DROPPED:
             return
         now = time.time_ns() // 1000
-        for index, packet in enumerate(packets):
-            offset = None if offsets is None else offsets[index]
-            if state is _WRITING:
-                self._write(leg, now, packet, offset)
-            elif self.pending_size < PENDING_LIMIT:
-                self.pending.append((leg, now, packet, offset))
-                self.pending_size += len(packet.ip)
+        if state is _WRITING:
+            self._write(leg, now, packets, offset)
+            return
+        held = []
+        for header, payload, direction in packets:
+            if self.pending_size >= PENDING_LIMIT:
+                break
+            held.append(Packet(header, bytes(payload), direction))
+            self.pending_size += len(header) + len(payload)
+        if held:
+            self.pending.append((leg, now, held, offset))
 
-    def _write(self, leg: Leg, timestamp_us: int, packet: Packet, offset: int | None) -> None:
-        sink = self.sink
-        comment = None
-        if leg.generation != sink.generation:
-            leg.generation = sink.generation
-            comment = f"{self.comment} leg={leg.label}"
-        captured = None
+    def _write(self, leg: Leg, timestamp_us: int, packets: list[Packet], offset: int) -> None:
         snaplen = self.snaplen
-        if snaplen is not None and offset is not None and offset + len(packet.ip) - leg.headers > snaplen:
-            captured = leg.headers + max(0, snaplen - offset)
-        sink.write(self.listener, timestamp_us, packet, comment, captured)
+        kept = None if snaplen is None else snaplen - offset  # past `snaplen` bytes, headers only
+        self.sink.write(self.listener, timestamp_us, packets, leg, kept)  # type: ignore[union-attr]
 
     def commit(self, sink: PcapSink, comment: str, snaplen: int | None) -> None:
         """Capture this connection to `sink`: what was held, then everything that follows.
@@ -281,8 +288,8 @@ class ConnectionCapture:
         self.sink, self.comment, self.snaplen = sink, comment, snaplen
         pending, self.pending = self.pending, []
         self.pending_size = 0
-        for leg, timestamp_us, packet, offset in pending:
-            self._write(leg, timestamp_us, packet, offset)
+        for leg, timestamp_us, packets, offset in pending:
+            self._write(leg, timestamp_us, packets, offset)
 
     def discard(self) -> None:
         """Not captured after all: drop what was held and record nothing more."""

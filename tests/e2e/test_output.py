@@ -569,22 +569,22 @@ def test_a_capture_whose_interface_block_was_dropped_writes_nothing_that_needs_i
     first = TcpConversation(("10.0.0.1", 1000), ("10.0.0.2", 80), local=Peer.SERVER)
     second = TcpConversation(("10.0.0.3", 1000), ("10.0.0.2", 81), local=Peer.SERVER)
     for packet in first.open() + first.send(Peer.CLIENT, os.urandom(400_000)):
-        sink.write("a", 1, packet)
+        sink.write("a", 1, [packet])
     assert sink.output.queued > 190_000 and sink.lost_packets, "the queue is full"
     packets = second.open()
-    sink.write("b" * 200, 1, packets[0])  # its interface block does not fit
+    sink.write("b" * 200, 1, [packets[0]])  # its interface block does not fit
     data = bytearray()
     os.set_blocking(reader, False)
     while len(data) < 120_000:  # room again, but not drained
         data += _read_available(reader)
         sink.output.drain()
     for packet in packets[1:]:
-        sink.write("b" * 200, 1, packet)
+        sink.write("b" * 200, 1, [packet])
     while sink.output.queue or sink.lost_packets:
         data += _read_available(reader)
         sink.output.drain()
     for packet in second.send(Peer.CLIENT, b"after"):
-        sink.write("b" * 200, 1, packet)
+        sink.write("b" * 200, 1, [packet])
     while sink.output.queue:
         data += _read_available(reader)
         sink.output.drain()

@@ -25,6 +25,14 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)  # a hook cannot be removed: it records only while a test sets _renames
 
 
+class Speaker:
+    """A leg that says who it is on each packet (the sink's generation never matches)."""
+
+    def __init__(self, introduction: str) -> None:
+        self.introduction = introduction
+        self.generation = -1
+
+
 def full_segments(count: int) -> list:
     """`count` data packets as large as IPv4 allows (without the ACKs between them), each
     larger than 64 KiB once framed."""
@@ -48,7 +56,7 @@ def test_a_rotation_renames_only_the_old_files_that_exist(tmp_path):
     _renames = []
     try:
         for packet in full_segments(3):
-            sink.write("edge", 1_700_000_000_000_000, packet, "conn=1")
+            sink.write("edge", 1_700_000_000_000_000, [packet], Speaker("conn=1"))
     finally:
         renames, _renames = _renames, None
     sink.close()
@@ -74,7 +82,7 @@ def test_headers_past_the_guard_rotate_once_per_packet_and_never_loop(tmp_path):
     sink = rotating_sink(capture, 2, warnings)
     packets = full_segments(3)
     for packet in packets:
-        sink.write(listener, 1_700_000_000_000_000, packet, f"conn=1 listener={listener}")
+        sink.write(listener, 1_700_000_000_000_000, [packet], Speaker(f"conn=1 listener={listener}"))
     sink.close()
     files = [capture, *(tmp_path / f"capture.pcapng.{index}" for index in (1, 2))]
     assert sorted(path.name for path in tmp_path.iterdir()) == [path.name for path in files]
@@ -86,5 +94,5 @@ def test_headers_past_the_guard_rotate_once_per_packet_and_never_loop(tmp_path):
             assert len(epbs) == 1, f"{path.name}: only a file's first packet takes it past max_size"
     oldest_first = [block for path in reversed(files) for block in parse_blocks(path.read_bytes())]
     lengths = [struct.unpack("<I", body[12:16])[0] for kind, body in oldest_first if kind == EPB]
-    assert lengths == [len(packet.ip) for packet in packets], "every packet, one a file"
+    assert lengths == [len(packet.header) + len(packet.payload) for packet in packets], "every packet, one a file"
     assert warnings == []

@@ -103,10 +103,24 @@ def parse_epb(body: bytes) -> tuple[int, int, bytes, list[tuple[int, bytes]]]:
     return interface, high << 32 | low, body[20 : 20 + captured], parse_options(body[end:])
 
 
+def ip(packet: Packet) -> bytes:
+    """The whole IP packet."""
+    return packet.header + bytes(packet.payload)
+
+
+def packet_block(writer: PcapngWriter, interface: int, timestamp: int, data: bytes, direction: Direction, **options):
+    """One Enhanced Packet Block of `data`, whose length the writer says."""
+    pieces: list = []
+    size = writer.packet(pieces, interface, timestamp, Packet(b"", data, direction), **options)
+    block = b"".join(pieces)
+    assert len(block) == size
+    return block
+
+
 def segments(packets: list[Packet]) -> list[Segment]:
     parsed = []
     for packet in packets:
-        segment = parse_ip(packet.ip)
+        segment = parse_ip(ip(packet))
         segment.direction = packet.direction
         parsed.append(segment)
     return parsed
@@ -143,14 +157,14 @@ def test_a_new_section_numbers_its_interfaces_from_zero():
     writer.header()
     assert writer.interface("c")[0] == 0
     with pytest.raises(ValueError, match="interface 1 was not declared"):
-        writer.packet(1, 0, b"x", Direction.INBOUND)
+        packet_block(writer, 1, 0, b"x", Direction.INBOUND)
 
 
 def test_no_interface_or_packet_before_the_section_header():
     with pytest.raises(ValueError, match="header"):
         PcapngWriter().interface("a")
     with pytest.raises(ValueError, match="interface 0"):
-        PcapngWriter().packet(0, 0, b"x", Direction.INBOUND)
+        packet_block(PcapngWriter(), 0, 0, b"x", Direction.INBOUND)
 
 
 @pytest.mark.parametrize("size", range(9))
@@ -161,7 +175,7 @@ def test_a_packet_block_is_padded_to_32_bits_with_its_length_at_both_ends(size, 
     writer.interface("a")
     writer.interface("b")
     data = bytes(range(0x41, 0x41 + size))
-    block = writer.packet(1, (7 << 32) + 12345, data, Direction.OUTBOUND, comment=comment)
+    block = packet_block(writer, 1, (7 << 32) + 12345, data, Direction.OUTBOUND, comment=comment)
     assert len(block) % 4 == 0
     [(block_type, body)] = parse_blocks(block)
     assert block_type == EPB
@@ -177,7 +191,7 @@ def test_inbound_is_epb_flags_direction_one():
     writer = PcapngWriter()
     writer.header()
     writer.interface("a")
-    [(_, body)] = parse_blocks(writer.packet(0, 0, b"", Direction.INBOUND))
+    [(_, body)] = parse_blocks(packet_block(writer, 0, 0, b"", Direction.INBOUND))
     assert parse_epb(body)[3] == [(2, struct.pack("<I", 1))]
 
 
@@ -187,7 +201,7 @@ def test_a_timestamp_must_fit_64_bits(timestamp):
     writer.header()
     writer.interface("a")
     with pytest.raises(ValueError, match="timestamp"):
-        writer.packet(0, timestamp, b"", Direction.INBOUND)
+        packet_block(writer, 0, timestamp, b"", Direction.INBOUND)
 
 
 # -- the conversation -----------------------------------------------------------------------
@@ -256,7 +270,7 @@ def test_segments_are_cut_where_the_ip_length_field_is_full(endpoints, limit):
     data = random.Random(3).randbytes(2 * limit + 1)
     exact = conversation.send(Peer.SERVER, data[:limit])
     assert [len(s.payload) for s in segments(exact)] == [limit, 0]
-    longest = exact[0].ip
+    longest = ip(exact[0])
     length_field = struct.unpack("!H", longest[2:4] if endpoints is V4 else longest[4:6])[0]
     assert length_field == 0xFFFF
     more = segments(conversation.send(Peer.SERVER, data))
@@ -279,7 +293,7 @@ def test_a_segment_whose_words_already_sum_to_all_ones_carries_checksum_zero():
     def first_data_segment(payload: bytes) -> bytes:
         conversation = TcpConversation(*V4, local=Peer.SERVER, client_isn=77, server_isn=99)
         conversation.open()
-        return conversation.send(Peer.CLIENT, payload)[0].ip
+        return ip(conversation.send(Peer.CLIENT, payload)[0])
 
     probe = first_data_segment(b"abcd\0\0")
     rest = ~struct.unpack("!H", probe[36:38])[0] & 0xFFFF  # the sum of all words but the last
@@ -308,7 +322,7 @@ def test_what_the_proxy_sends_is_outbound(local, client_direction):
 def test_ipv4_identification_counts_per_sender():
     conversation = TcpConversation(*V4, local=Peer.SERVER)
     packets = conversation.open() + conversation.send(Peer.CLIENT, b"a") + conversation.send(Peer.SERVER, b"b")
-    idents = [(parse_ip(p.ip).src, struct.unpack("!H", p.ip[4:6])[0]) for p in packets]
+    idents = [(parse_ip(ip(p)).src, struct.unpack("!H", p.header[4:6])[0]) for p in packets]
     assert idents == [(V4[0], 0), (V4[1], 0), (V4[0], 1), (V4[0], 2), (V4[1], 1), (V4[1], 2), (V4[0], 3)]
 
 
@@ -432,7 +446,7 @@ def test_any_conversation_reassembles_to_what_each_end_sent(endpoints, local, is
     assert received == {endpoints[0]: sent[Peer.CLIENT], endpoints[1]: sent[Peer.SERVER]}
     fins = [s.src for s in segments(packets) if s.flags & FIN]
     assert sorted(fins) == sorted(endpoints[peer is Peer.SERVER] for peer in finished)
-    assert sum(1 for p in packets if parse_ip(p.ip).flags & RST) == (reset_by is not None and len(finished) < 2)
+    assert sum(1 for p in packets if parse_ip(ip(p)).flags & RST) == (reset_by is not None and len(finished) < 2)
 
 
 # -- with tshark, as a Wireshark user would ---------------------------------------------------
@@ -491,7 +505,7 @@ def capture(legs: list[Leg]) -> bytes:
                 for index, packet in enumerate(item.calls[step]()):
                     clock += 7
                     comment = item.comment if step == 0 and index == 0 else None
-                    out.append(writer.packet(interfaces[item.listener], clock, packet.ip, packet.direction, comment))
+                    writer.packet(out, interfaces[item.listener], clock, packet, comment)
     return b"".join(out)
 
 
