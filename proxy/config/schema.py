@@ -75,6 +75,21 @@ class ListenerTlsConfig:
     others: tuple[CertificatePair, ...] = ()
 
 
+# Servers from DNS (docs/discovery.md).
+DNS_PORT = 53  # the port a nameserver is asked on unless one is given
+
+
+@dataclass(frozen=True)
+class ResolversConfig:
+    """The DNS client's nameservers and how long answers hold. `nameservers` None: /etc/resolv.conf's."""
+
+    nameservers: tuple[Address, ...] | None = None
+    timeout: float = 1.0  # per try, one nameserver
+    attempts: int = 2  # times the list of nameservers is tried
+    hold_valid: float = 10.0  # an answer is asked again after its TTL, at most this
+    hold_obsolete: float = 30.0  # while lookups fail the last good answer is kept this long
+
+
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str
@@ -202,6 +217,7 @@ class Config:
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
     dump_file: str | None = None  # where the hex dump goes: None or "-": standard output; else absolute
     admin: AdminConfig | None = None
+    resolvers: ResolversConfig = ResolversConfig()
 
     def __post_init__(self) -> None:
         # Frozen all through: a copy of what was given, read-only.
