@@ -42,6 +42,7 @@ from proxy.output import file_identity
 from proxy.policy import explain
 from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
+from proxy.serve.route_lookup import explain_route
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
 
@@ -346,13 +347,7 @@ def _route(args: argparse.Namespace, _log: EventLog) -> int:
     listener = listeners.get(args.listener)
     if listener is None:
         raise UsageError(f"no listener {args.listener!r} in {args.config}; listeners: {', '.join(listeners)}")
-    client, port = None, None
-    if args.client is not None:
-        try:
-            client, port = explain.parse_client(args.client)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    result = explain.explain(listener, config.upstreams, client, port, args.sni)
+    result = explain_route(listener, config, args.client, args.sni)  # with the servers DNS gives now
     print(json.dumps(result.to_json()) if args.json else explain.render_text(result))
     return 0
 

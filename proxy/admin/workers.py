@@ -290,6 +290,8 @@ class Workers:
             "servers": [],
             "conns": [],
             "process": process_stats(),
+            "dns": [],
+            "dns_queries": {},
         }
 
     def kill_conn(self, conn: int) -> Later[bool]:
@@ -356,7 +358,8 @@ class Workers:
         return f"queued for worker {', '.join(map(str, silent))}, which did not answer"
 
     def _has_server(self, upstream: str, address: str) -> bool:
-        """Whether the supervisor's own table has that server (True when it has no table)."""
+        """Whether the supervisor's own table has that server (True when it has no table, and for a
+        pool that follows DNS: only its workers know the servers DNS gave them)."""
         if self._table is None:
             return True
         pool = self._table().upstreams.get(upstream)
@@ -364,7 +367,7 @@ class Workers:
             wanted = parse_address(address, allow_port_zero=False)
         except ValueError:
             return False
-        return pool is not None and any(server.address == wanted for server in pool.servers)
+        return pool is not None and (pool.from_dns or any(server.address == wanted for server in pool.servers))
 
     def reload(self) -> list[str]:
         return self._reload()

@@ -33,6 +33,7 @@ from proxy.config.schema import (
     MIN_MAX_BUFFERED,
     AdminConfig,
     Config,
+    DiscoverConfig,
     HealthCheckConfig,
     ListenerConfig,
     ListenerTlsConfig,
@@ -49,7 +50,7 @@ from proxy.config.sections.files import output_path
 from proxy.config.sections.inspection import PCAP
 from proxy.config.sections.listeners import LISTENER, LISTENER_TLS, MATCH, ROUTE, listener
 from proxy.config.sections.resolvers import RESOLVERS, resolvers
-from proxy.config.sections.upstreams import HEALTH_CHECK, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
+from proxy.config.sections.upstreams import DISCOVER, HEALTH_CHECK, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
 from proxy.errors import UsageError, describe_os_error
 from proxy.output import file_identity
 
@@ -289,6 +290,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "health_check": (HEALTH_CHECK, HealthCheckConfig),
     "upstream tls": (UPSTREAM_TLS, UpstreamTlsConfig),
     "admin": (ADMIN, AdminConfig),
+    "discover": (DISCOVER, DiscoverConfig),
     "resolvers": (RESOLVERS, ResolversConfig),
 }
 _CONFIG_FIELDS = tuple(field.name for field in schema_fields(Config) if field.name in DEFAULTS.parsers)

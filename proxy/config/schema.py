@@ -44,6 +44,7 @@ class ServerConfig:
     address: SocketAddress
     weight: int = 1
     backup: bool = False
+    resolve: str | None = None  # "all": every A/AAAA record of the name is a server (RESOLVE_MODES)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,17 @@ class ListenerTlsConfig:
 
 
 # Servers from DNS (docs/discovery.md).
+RESOLVE_MODES = ("all",)
+DEFAULT_MAX_SERVERS = 256
 DNS_PORT = 53  # the port a nameserver is asked on unless one is given
+MAX_MAX_SERVERS = 10000
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Servers a pool finds in DNS beside those it lists: each SRV target and port of `srv`."""
+
+    srv: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,13 @@ class UpstreamConfig:
     proxy_protocol: str | None = None  # "v1" | "v2"
     health_check: HealthCheckConfig | None = None
     tls: UpstreamTlsConfig | None = None
+    discover: DiscoverConfig | None = None
+    max_servers: int = DEFAULT_MAX_SERVERS  # at most this many servers from DNS (and `add server`)
+
+    @property
+    def from_dns(self) -> bool:
+        """Whether DNS answers make some of its servers."""
+        return self.discover is not None or any(server.resolve is not None for server in self.servers)
 
 
 @dataclass(frozen=True)

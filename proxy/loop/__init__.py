@@ -8,8 +8,10 @@ dispatchers, and the dispatchers every server needs.
   sockets a supervisor keeps (`SocketFiles`) and hands a worker (`HandedSockets`)
 - `connector`: a non-blocking connect to one server after another
 - `resolver`: name lookups in worker threads
+- `dns`: a DNS client on the reactor (UDP, TCP after truncation, one nameserver after another)
 - `drain`: an output's queue drained when its descriptor is writable
 
 It knows sockets, timers and signals, nothing of pairs, routes or YAML. It may import
-`proxy.config` (addresses), `proxy.output`, `proxy.log` and `proxy.errors`, nothing above it.
+`proxy.config` (addresses), `proxy.protocol` (DNS messages), `proxy.output`, `proxy.log` and
+`proxy.errors`, nothing above it.
 """

@@ -38,7 +38,7 @@ class SrvRecord(Hashable, Protocol):
     def target(self) -> str: ...
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Found:
     """One server an answer names: tier 0 serves first, higher tiers are backups in turn."""
 
@@ -63,12 +63,12 @@ def _address(host: str, port: int) -> Address:
 
 def address_servers(hosts: Iterable[str], port: int, weight: int = 1, tier: int = 0) -> list[Found]:
     """Every address of a `resolve: all` name as a server of the name's port, weight and tier."""
-    return sorted({Found(tier, _address(host, port), weight) for host in hosts})
+    return sorted({Found(tier, _address(host, port), weight) for host in hosts}, key=_order)
 
 
 def srv_servers(records: Sequence[SrvRecord], addresses: Mapping[str, Sequence[str]]) -> list[Found]:
     """The servers SRV `records` name, each target at each of its `addresses` (target -> IPs; a
-    target missing there has none), sorted by tier then address. An address named twice keeps its
+    target missing there has none), in tier and address order. An address named twice keeps its
     first record's (the lowest priority's)."""
     priorities = sorted({record.priority for record in records if record.target not in ("", ".")})
     tier_of = {priority: tier for tier, priority in enumerate(priorities)}
@@ -81,7 +81,7 @@ def srv_servers(records: Sequence[SrvRecord], addresses: Mapping[str, Sequence[s
             address = _address(host, record.port)
             if address not in found:
                 found[address] = Found(tier_of[record.priority], address, weights[record])
-    return sorted(found.values())
+    return sorted(found.values(), key=_order)
 
 
 def srv_weights(records: Sequence[SrvRecord]) -> dict[SrvRecord, int]:
@@ -107,18 +107,26 @@ def bounded(found: Sequence[Found], limit: int) -> list[Found]:
 
 
 def _order(found: Found) -> tuple:
-    return (found.tier, found.address.is_ipv6, found.address.host, found.address.port)
+    """Tier, then address by number (IPv4 first, then IPv6, then a name), then port."""
+    host, port = found.address.host, found.address.port
+    try:
+        ip = canonical_ip(host)
+    except ValueError:  # a `resolve: all` name standing for itself before DNS answers
+        return (found.tier, 7, 0, host, port)
+    return (found.tier, ip.version, int(ip), "", port)
 
 
 def diff(old: Iterable[Found], new: Iterable[Found]) -> Change:
     """What changed from `old` to `new`, by address: servers added, removed, and those whose
-    weight or tier changed. Each tuple sorted."""
+    weight or tier changed. Each tuple in tier and address order."""
     before = {each.address: each for each in old}
     after = {each.address: each for each in new}
     return Change(
-        added=tuple(sorted(each for address, each in after.items() if address not in before)),
-        removed=tuple(sorted(each for address, each in before.items() if address not in after)),
-        changed=tuple(sorted(each for address, each in after.items() if address in before and before[address] != each)),
+        added=tuple(sorted((each for address, each in after.items() if address not in before), key=_order)),
+        removed=tuple(sorted((each for address, each in before.items() if address not in after), key=_order)),
+        changed=tuple(
+            sorted((each for address, each in after.items() if before.get(address, each) != each), key=_order)
+        ),
     )
 
 

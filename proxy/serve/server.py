@@ -13,6 +13,9 @@ bound and every TLS context built before anything changes (a `Build`, proxy/serv
 any failure what was built is closed and the old table keeps serving (`reload_failed`, one line
 per problem). Listeners keep their socket when their address stays, and servers whose upstream
 and address stay keep their health, back-off, balancing state and open-connection counts.
+
+Pools that follow DNS are kept current by a `Discovery` (proxy/serve/discovery.py) of each load,
+on this reactor; a reload's takes over the servers and answers of the last one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from proxy import __version__
 from proxy.admin.command_socket import CommandSocket
@@ -54,6 +57,10 @@ from proxy.serve.build import Build
 from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
 from proxy.serve.systemd import Systemd
+
+if TYPE_CHECKING:
+    from proxy.loop.dns import DnsClient
+    from proxy.serve.discovery import Discovery
 
 
 class Server:
@@ -99,6 +106,8 @@ class Server:
         self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
+        self.discovery: Discovery | None = None  # while some pool follows DNS
+        self.dns: DnsClient | None = None
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
@@ -232,6 +241,7 @@ class Server:
             for pool in self.pools.values()
             if pool.config.health_check is not None
         ]
+        self._follow_dns(config)
         for name, upstream in config.upstreams.items():
             if upstream.tls is not None and not upstream.tls.verify:
                 self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
@@ -246,6 +256,27 @@ class Server:
             )
             self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         return kept, len(build.tables) - kept
+
+    def _follow_dns(self, config: Config) -> None:
+        """Watch the DNS groups of the pools now in force (a reload's watches take over the last
+        ones' answers); the DNS client is made when a first pool needs it, and again when the
+        `resolvers:` section changes."""
+        previous, self.discovery = self.discovery, None
+        if previous is not None:
+            previous.stop()
+        if not any(pool.config.from_dns for pool in self.pools.values()):
+            return
+        # Imported here, where a pool follows DNS: dnspython takes a tenth of a second to import,
+        # which a table without such a pool should not pay at every start.
+        from proxy.loop.dns import DnsClient
+        from proxy.serve.discovery import Discovery, nameservers
+
+        settings = config.resolvers
+        if self.dns is None or previous is None or previous.settings != settings:
+            if self.dns is not None:
+                self.dns.close()
+            self.dns = DnsClient(self.reactor, nameservers(settings), settings.timeout, settings.attempts)
+        self.discovery = Discovery(self.reactor, self.dns, settings, self.pools, self.log, previous)
 
     def reload(self) -> list[str]:
         """Re-read the file and put it in force whole, or keep serving the old table; the problems
@@ -311,6 +342,8 @@ class Server:
             },
             "listeners": listeners,
             "servers": server_rows(self.pools, now),
+            "dns": [] if self.discovery is None else self.discovery.rows(),
+            "dns_queries": {} if self.dns is None else dict(self.dns.results),
             "conns": [connection_row(pair, now) for pair in sorted(self.runtime.pairs, key=lambda pair: pair.conn)],
             "process": process_stats(),
         }
@@ -454,6 +487,8 @@ class Server:
             listener.dispatcher.close()
         for checker in self.health:
             checker.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         self.log.info("draining", connections=len(self.runtime.pairs), grace_s=self.config.shutdown_grace)
         if self.runtime.pairs:
             self.reactor.call_later(self.config.shutdown_grace, self.stop_now)
@@ -478,6 +513,10 @@ class Server:
             pair.finish("shutdown")
         for checker in self.health:
             checker.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
+        if self.dns is not None:
+            self.dns.close()
         for listener in self.listeners.values():
             listener.dispatcher.close()
         self.resolver.close()

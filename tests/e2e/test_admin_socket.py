@@ -618,7 +618,8 @@ def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
         assert wait_until(lambda: server.listeners[next(iter(server.listeners))].stats.closed["main", "closed"] == 2)
     try:
         snapshot = json.loads(json.dumps(server.snapshot()))  # plain data all through
-        assert set(snapshot) == {"info", "listeners", "servers", "conns", "process"}
+        assert set(snapshot) == {"info", "listeners", "servers", "conns", "process", "dns", "dns_queries"}
+        assert (snapshot["dns"], snapshot["dns_queries"]) == ([], {})  # no pool follows DNS
         (listener,) = snapshot["listeners"]
         assert (listener["name"], listener["active"], listener["connections_total"]) == ("web", 1, 3)
         assert (listener["bytes_up_total"], listener["bytes_down_total"]) == (12, 12)

@@ -24,6 +24,7 @@ FIELDS_READ_BY_HAND = {
     "health_check": set(),
     "upstream tls": {"client_cert"},  # cert: + key:
     "admin": set(),
+    "discover": set(),
     "resolvers": set(),
 }
 

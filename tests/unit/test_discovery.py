@@ -1,5 +1,5 @@
 """Servers from DNS answers, pure: SRV priorities as tiers and weights (RFC 2782), the bound,
-the diff between two answers, when to ask again."""
+the diff between two answers, when to ask again; and a pool taking answers in."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.config.schema import DiscoverConfig, ServerConfig, UpstreamConfig
 from proxy.config.units import Address
 from proxy.policy.discovery import (
     MIN_REFRESH,
     ZERO_WEIGHT_SCALE,
     Found,
+    address_servers,
     bounded,
     diff,
     refresh_after,
     srv_servers,
     srv_weights,
 )
+from proxy.policy.upstreams import SRV_GROUP, Pool
 from proxy.protocol.dns import SrvRecord
 
 targets = st.sampled_from([f"t{n}.test" for n in range(6)])
@@ -45,7 +48,7 @@ def test_the_lowest_priority_is_the_first_tier_and_the_tiers_follow_in_order(ans
         named = [r.priority for r in answer if server.address.port == r.port and server.address.host in GLUE[r.target]]
         assert server.tier == tier_of[min(named)]
     assert len({server.address for server in servers}) == len(servers)
-    assert servers == sorted(servers)
+    assert [server.tier for server in servers] == sorted(server.tier for server in servers)
 
 
 @given(records)
@@ -78,7 +81,7 @@ def test_a_diff_applied_to_the_old_set_gives_the_new_one(old, new):
     for each in (*change.added, *change.changed):
         result[each.address] = each
     assert result == {each.address: each for each in new}
-    assert bool(change) == (sorted(old) != sorted(new))
+    assert bool(change) == (set(old) != set(new))
     assert not {each.address for each in change.added} & {each.address for each in old}
 
 
@@ -98,3 +101,43 @@ def test_an_answer_is_asked_again_within_its_ttl_and_hold_valid_but_never_in_a_l
     delay = refresh_after(ttl, hold_valid)
     assert delay >= MIN_REFRESH
     assert delay <= max(MIN_REFRESH, min(ttl, hold_valid))
+
+
+def _dns_pool(**kwargs) -> Pool:
+    listed = ServerConfig(Address("app.test", 80), resolve="all")
+    return Pool(UpstreamConfig("app", (listed,), discover=DiscoverConfig("_app._tcp.test"), **kwargs))
+
+
+def test_a_pool_keeps_the_state_of_a_server_whose_address_stays_and_lets_go_of_one_that_left():
+    pool = _dns_pool()
+    assert [str(s.address) for s in pool.servers] == ["app.test:80"]  # the name, until DNS answers
+    change = pool.found(0, address_servers(["10.0.0.1", "10.0.0.2"], 80))
+    assert [str(each.address) for each in change.added] == ["10.0.0.1:80", "10.0.0.2:80"]
+    assert [str(each.address) for each in change.removed] == ["app.test:80"]
+    staying = pool.servers[0]
+    pool.connection_started(staying)
+    leaving = pool.servers[1]
+    pool.found(0, address_servers(["10.0.0.1", "10.0.0.3"], 80))
+    assert pool.servers[0] is staying and staying.active == 1
+    assert leaving not in pool.servers
+    pool.connection_ended(leaving)  # a connection open on it ends on its own counter
+    assert [str(s.address) for s in pool.unresolved(0).added] == ["app.test:80"]
+
+
+def test_backup_tiers_serve_only_when_every_tier_before_is_down():
+    pool = _dns_pool()
+    answer = [SrvRecord(10, 1, 1, "t0.test"), SrvRecord(20, 1, 2, "t1.test"), SrvRecord(30, 1, 3, "t2.test")]
+    pool.found(SRV_GROUP, srv_servers(answer, GLUE))
+    pool.found(0, [])  # the name has no address: only the SRV servers are left
+    first_tier = [s for s in pool.servers if s.tier == 0]
+    assert {s.address.port for s in pool.candidates("c", 0)[:2]} == {1}
+    for server in first_tier:
+        pool.connect_failed(server, 0.0)
+    assert pool.candidates("c", 0)[0].address.port == 2
+
+
+def test_max_servers_bounds_the_dns_groups_together():
+    pool = _dns_pool(max_servers=3)
+    pool.found(0, address_servers(["10.0.0.1", "10.0.0.2"], 80))
+    pool.found(SRV_GROUP, srv_servers([SrvRecord(1, 1, 9, "t0.test")], GLUE))
+    assert len(pool.servers) == 3 and len(pool.groups[SRV_GROUP]) == 1

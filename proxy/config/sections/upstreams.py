@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import yaml
 
 from proxy.config.reader import INVALID, Invalid, Reader, Section, at_least_one
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
+    MAX_MAX_SERVERS,
     PROXY_PROTOCOL_VERSIONS,
+    RESOLVE_MODES,
+    DiscoverConfig,
     HealthCheckConfig,
     ServerConfig,
     UpstreamConfig,
@@ -23,15 +29,19 @@ def upstream(reader: Reader, name: str, node: yaml.Node) -> UpstreamConfig | Non
     if not isinstance(node, yaml.MappingNode):
         return None
     options = {**reader.inherited(UPSTREAM.parsers), **reader.options(fields, UPSTREAM)}
-    if "servers" not in fields:
-        reader.error(node, f"{what} has no 'servers:' list")
+    if "servers" not in fields and "discover" not in fields:
+        reader.error(node, f"{what} has no 'servers:' list (nor 'discover:')")
         return None
-    servers_node = fields["servers"][1]
-    listed = (server(reader, item) for item in reader.sequence(servers_node, "servers"))
-    servers = [s for s in listed if not isinstance(s, Invalid)]
-    if isinstance(servers_node, yaml.SequenceNode) and not servers_node.value:
-        reader.error(servers_node, f"{what} has an empty server list")
-    if not servers:
+    servers: list[ServerConfig] = []
+    if "servers" in fields:
+        servers_node = fields["servers"][1]
+        listed = (server(reader, item) for item in reader.sequence(servers_node, "servers"))
+        servers = [s for s in listed if not isinstance(s, Invalid)]
+        if isinstance(servers_node, yaml.SequenceNode) and not servers_node.value:
+            reader.error(servers_node, f"{what} has an empty server list")
+        if not servers:
+            return None
+    elif "discover" not in options:
         return None
     tls = options.get("tls")
     if tls is not None and tls.verify and tls.server_name is None and any(s.address.is_unix for s in servers):
@@ -47,7 +57,17 @@ def server(reader: Reader, node: yaml.Node) -> ServerConfig | Invalid:
     fields = reader.fields_with(node, "server", SERVER, "address", "server needs an 'address:'")
     if fields is None:
         return INVALID
-    return reader.built(node, fields, SERVER, ServerConfig)
+    built = reader.built(node, fields, SERVER, ServerConfig)
+    if (
+        not isinstance(built, Invalid)
+        and built.resolve is not None
+        and (built.address.is_unix or built.address.is_literal)
+    ):
+        reader.error(
+            fields["resolve"][1], f"resolve: {built.resolve} needs a server named by a DNS name, not {built.address}"
+        )
+        return INVALID
+    return built
 
 
 def health_check(reader: Reader, node: yaml.Node, what: str) -> HealthCheckConfig | Invalid:
@@ -67,6 +87,28 @@ def upstream_tls(reader: Reader, node: yaml.Node, what: str) -> UpstreamTlsConfi
     return UpstreamTlsConfig(client_cert=client_cert, **options)
 
 
+# -- servers from DNS (docs/discovery.md) --------------------------------------------------
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def dns_name(reader: Reader, node: yaml.Node, what: str) -> str | Invalid:
+    """A DNS name to look up (letters, digits, `-` and `_`, as SRV names have), in lower case."""
+
+    def parse(value: Any) -> str:
+        name = value.lower().rstrip(".") if isinstance(value, str) else ""
+        if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in name.split(".")):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return name
+
+    return reader.parsed(node, what, parse)
+
+
+def discover(reader: Reader, node: yaml.Node, what: str) -> DiscoverConfig | Invalid:
+    fields = reader.fields_with(node, what, DISCOVER, "srv", f"{what} needs 'srv:', the SRV name to follow")
+    return INVALID if fields is None else reader.built(node, fields, DISCOVER, DiscoverConfig)
+
+
 def _upstream_address(reader: Reader, node: yaml.Node, key: str) -> SocketAddress | Invalid:
     return reader.address(node, key, listener=False)
 
@@ -79,10 +121,20 @@ UPSTREAM = Section(
         "proxy_protocol": lambda reader, node, key: reader.choice(node, key, PROXY_PROTOCOL_VERSIONS),
         "health_check": health_check,
         "tls": upstream_tls,
+        "discover": discover,
+        "max_servers": lambda reader, node, key: reader.integer(node, key, 1, MAX_MAX_SERVERS),
     },
     by_hand=("servers",),
 )
-SERVER = Section({"address": _upstream_address, "weight": at_least_one, "backup": Reader.boolean})
+SERVER = Section(
+    {
+        "address": _upstream_address,
+        "weight": at_least_one,
+        "backup": Reader.boolean,
+        "resolve": lambda reader, node, key: reader.choice(node, key, RESOLVE_MODES),
+    }
+)
+DISCOVER = Section({"srv": dns_name})
 HEALTH_CHECK = Section(
     {"interval": Reader.timeout, "timeout": Reader.timeout, "rise": at_least_one, "fall": at_least_one}
 )
