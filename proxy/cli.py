@@ -318,7 +318,9 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
     )
     ctl.add_argument("-s", "--socket", metavar="PATH", help="the admin socket (default: admin.socket of FILE)")
     ctl.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
-    ctl.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. show conns")
+    ctl.add_argument(
+        "words", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. show conns, reload --keep-runtime"
+    )
 
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:

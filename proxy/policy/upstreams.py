@@ -25,6 +25,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
 from proxy.config.units import Address, canonical_ip
@@ -132,19 +133,22 @@ class ServerState:
 Strategy = Callable[[list[ServerState], str], list[ServerState]]
 
 
-# The group of a pool's servers that its `discover: {srv: ...}` name makes (the listed servers'
-# groups are their positions in the list).
+# The group of a pool's servers that its `discover: {srv: ...}` name makes, and the group of those
+# an operator added at run time (the listed servers' groups are their positions in the list).
 SRV_GROUP = "srv"
+RUNTIME_GROUP = "runtime"
 
 
 class Pool:
     """The servers of one upstream, their health, and the strategy that orders them.
 
     The servers come in groups, one per source: each listed server is a group of its own, and so
-    is the `discover:` name (SRV_GROUP). A `resolve: all` server stands for itself (one name, any
-    address, looked up as a connection needs it) until DNS answers; `found` then puts the servers
-    of each answer in its group's place. A server that leaves is only dropped from the list: the
-    connections open on it keep its state and finish on it.
+    is the `discover:` name (SRV_GROUP) and what an operator added (RUNTIME_GROUP). A `resolve: all`
+    server stands for itself (one name, any address, looked up as a connection needs it) until
+    DNS answers; `found` then puts the servers of each answer in its group's place. A server that
+    leaves (an answer without it, `remove_server`) is only dropped from the list: the connections
+    open on it keep its state and finish on it. `max_servers` bounds the servers from DNS and
+    from operators together.
     """
 
     def __init__(self, config: UpstreamConfig, rng: random.Random | None = None) -> None:
@@ -154,6 +158,7 @@ class Pool:
         }
         if config.discover is not None:
             self.groups[SRV_GROUP] = []
+        self.groups[RUNTIME_GROUP] = []
         self.servers: list[ServerState] = []
         self.rng = rng or random.Random()
         self.health_check = config.health_check or HealthCheckConfig()
@@ -181,9 +186,9 @@ class Pool:
         return listed + ([SRV_GROUP] if self.config.discover is not None else [])
 
     def found(self, group: int | str, servers: list[Found]) -> Change:
-        """Put `servers` (an answer's) in `group`'s place, as many as `max_servers` leaves room for
-        (it bounds the servers of every DNS group together); what changed."""
-        others = sum(len(self.groups[key]) for key in self.dns_groups() if key != group)
+        """Put `servers` (an answer's) in `group`'s place, as many as `max_servers` leaves room for;
+        what changed."""
+        others = self._bounded_count() - len(self.groups[group])
         kept = bounded(servers, self.config.max_servers - others)
         current = {server.address: server for server in self.groups[group]}
         states = []
@@ -198,6 +203,45 @@ class Pool:
         self.groups[group] = states
         self._index_servers()
         return change
+
+    def _bounded_count(self) -> int:
+        """The servers `max_servers` bounds: those DNS answers and operators gave."""
+        return sum(len(self.groups[key]) for key in (*self.dns_groups(), RUNTIME_GROUP))
+
+    # -- servers an operator adds, removes and weighs at run time ------------------------------
+
+    def add_server(self, config: ServerConfig) -> None:
+        """One more server (ValueError if the pool has it already, or is full)."""
+        name = self.config.name
+        if any(server.address == config.address for server in self.servers):
+            raise ValueError(f"upstream {name} has server {config.address} already")
+        if self._bounded_count() >= self.config.max_servers:
+            raise ValueError(f"upstream {name} is full: max_servers is {self.config.max_servers}")
+        self.groups[RUNTIME_GROUP].append(ServerState(config))
+        self._index_servers()
+
+    def remove_server(self, address: Address) -> None:
+        """No new connections to the server at `address`, those open on it finish (ValueError if
+        there is none, or if DNS gave it: the next answer would bring it back)."""
+        members, server = self._own(address)
+        members.remove(server)
+        self._index_servers()
+
+    def set_weight(self, address: Address, weight: int) -> None:
+        """The server at `address` weighs `weight` from now on (ValueError as for remove_server)."""
+        _members, server = self._own(address)
+        server.config = replace(server.config, weight=weight)
+
+    def _own(self, address: Address) -> tuple[list[ServerState], ServerState]:
+        """The group and state of the server at `address`, one that the file or an operator gave."""
+        from_dns = self.dns_groups()
+        for group, members in self.groups.items():
+            for server in members:
+                if server.address == address and group in from_dns:
+                    raise ValueError(f"DNS gives server {address} of upstream {self.config.name}: disable it instead")
+                if server.address == address:
+                    return members, server
+        raise ValueError(f"no server {address} in upstream {self.config.name}")
 
     def unresolved(self, group: int | str) -> Change:
         """`group` as it was before DNS answered (its last answer has expired): a `resolve: all`

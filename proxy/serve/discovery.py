@@ -262,6 +262,11 @@ class Discovery:
         for watch in self.watches:
             watch.stop()
 
+    def close(self) -> None:
+        """Stop, and close the DNS client: for good, not for a reload's Discovery to take over."""
+        self.stop()
+        self.client.close()
+
     def rows(self) -> list[dict]:
         now = self.reactor.now
         return [watch.row(now) for watch in self.watches]

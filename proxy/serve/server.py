@@ -3,9 +3,10 @@ through reloads and run-time changes until it drains.
 
 It gets each listener's socket (bound, or passed by systemd or its supervisor), puts every load
 in force whole, and answers what the admin surfaces (proxy/admin) ask of it: `snapshot()`, and the
-few changes an operator makes at run time (kill a connection, a server in maintenance, dump
-rules, toxics). What one client goes through between accept and connect is its listener's
-`Frontend`'s business (proxy/serve/frontend.py), under the `Table` of the load it came in by.
+few changes an operator makes at run time (kill a connection, servers in maintenance, added or
+removed, dump rules, toxics); its `dns` follows the names pools have. What one client goes
+through between accept and connect is its listener's `Frontend`'s business
+(proxy/serve/frontend.py), under the `Table` of the load it came in by.
 
 SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
 closed with `result=shutdown`. SIGHUP reloads the file, all or nothing: every new listener is
@@ -13,9 +14,6 @@ bound and every TLS context built before anything changes (a `Build`, proxy/serv
 any failure what was built is closed and the old table keeps serving (`reload_failed`, one line
 per problem). Listeners keep their socket when their address stays, and servers whose upstream
 and address stay keep their health, back-off, balancing state and open-connection counts.
-
-Pools that follow DNS are kept current by a `Discovery` (proxy/serve/discovery.py) of each load,
-on this reactor; a reload's takes over the servers and answers of the last one.
 """
 
 from __future__ import annotations
@@ -27,18 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from proxy import __version__
 from proxy.admin.command_socket import CommandSocket
-from proxy.admin.commands import dump_answer
+from proxy.admin.commands import ServerChange, dump_answer
 from proxy.admin.stats import connection_row, process_stats, server_rows
 from proxy.admin.web import AdminHttp
 from proxy.config.dumping import parse_dump_condition
 from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
-from proxy.config.units import SocketAddress, did_you_mean, parse_address
+from proxy.config.units import SocketAddress, did_you_mean
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -54,13 +52,11 @@ from proxy.relay.dumping import Rule
 from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.serve.build import Build
+from proxy.serve.dns_follow import DnsFollowing
 from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
+from proxy.serve.operator_servers import OperatorServers
 from proxy.serve.systemd import Systemd
-
-if TYPE_CHECKING:
-    from proxy.loop.dns import DnsClient
-    from proxy.serve.discovery import Discovery
 
 
 class Server:
@@ -106,8 +102,8 @@ class Server:
         self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
-        self.discovery: Discovery | None = None  # while some pool follows DNS
-        self.dns: DnsClient | None = None
+        self.dns = DnsFollowing(self.reactor, log)  # the pools' names followed, if any
+        self.operator = OperatorServers(log)
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
@@ -241,7 +237,7 @@ class Server:
             for pool in self.pools.values()
             if pool.config.health_check is not None
         ]
-        self._follow_dns(config)
+        self.dns.follow(config.resolvers, self.pools)
         for name, upstream in config.upstreams.items():
             if upstream.tls is not None and not upstream.tls.verify:
                 self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
@@ -257,30 +253,10 @@ class Server:
             self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         return kept, len(build.tables) - kept
 
-    def _follow_dns(self, config: Config) -> None:
-        """Watch the DNS groups of the pools now in force (a reload's watches take over the last
-        ones' answers); the DNS client is made when a first pool needs it, and again when the
-        `resolvers:` section changes."""
-        previous, self.discovery = self.discovery, None
-        if previous is not None:
-            previous.stop()
-        if not any(pool.config.from_dns for pool in self.pools.values()):
-            return
-        # Imported here, where a pool follows DNS: dnspython takes a tenth of a second to import,
-        # which a table without such a pool should not pay at every start.
-        from proxy.loop.dns import DnsClient
-        from proxy.serve.discovery import Discovery, nameservers
-
-        settings = config.resolvers
-        if self.dns is None or previous is None or previous.settings != settings:
-            if self.dns is not None:
-                self.dns.close()
-            self.dns = DnsClient(self.reactor, nameservers(settings), settings.timeout, settings.attempts)
-        self.discovery = Discovery(self.reactor, self.dns, settings, self.pools, self.log, previous)
-
-    def reload(self) -> list[str]:
+    def reload(self, keep_runtime: bool = False) -> list[str]:
         """Re-read the file and put it in force whole, or keep serving the old table; the problems
-        that kept it from being put in force, if any."""
+        that kept it from being put in force, if any; the servers an operator changed are changed
+        again (`keep_runtime`) or dropped."""
         if self.config_path is None:
             reason = "no configuration file (forward mode)"
             self.log.warning("reload_ignored", reason=reason)
@@ -311,6 +287,7 @@ class Server:
             self.systemd.reloaded(len(self.listeners), build.problems[0])
             return build.problems
         kept, started = self._swap(build)
+        self.operator.reloaded(self.pools, keep_runtime)
         self.reloads += 1
         self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
         self.systemd.reloaded(len(self.listeners))
@@ -342,8 +319,8 @@ class Server:
             },
             "listeners": listeners,
             "servers": server_rows(self.pools, now),
-            "dns": [] if self.discovery is None else self.discovery.rows(),
-            "dns_queries": {} if self.dns is None else dict(self.dns.results),
+            "dns": self.dns.rows(),
+            "dns_queries": self.dns.queries(),
             "conns": [connection_row(pair, now) for pair in sorted(self.runtime.pairs, key=lambda pair: pair.conn)],
             "process": process_stats(),
         }
@@ -395,18 +372,14 @@ class Server:
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
         """Put a server in maintenance (`on`) or back in service; False if there is no such server."""
-        pool = self.pools.get(upstream)
-        try:
-            wanted = parse_address(address, allow_port_zero=False)
-        except ValueError:
-            return False
-        for server in pool.servers if pool is not None else ():
-            if server.address == wanted:
-                server.set_maintenance(on, self.reactor.now)
-                event = "server_disabled" if on else "server_enabled"
-                self.log.warning(event, upstream=upstream, server=server.address, by="admin")
-                return True
-        return False
+        return self.operator.maintenance(self.pools, upstream, address, on, self.reactor.now)
+
+    def change_server(self, change: ServerChange) -> str:
+        """Add, remove (it drains) or weigh a server until the next reload; ValueError says why not."""
+        return self.operator.make(self.pools, change)
+
+    def runtime_changes(self) -> list[str]:
+        return [str(change) for change in self.operator.changes]
 
     # -- faults at run time (the admin socket's `fault add`, `fault remove`, `fault list`) --
 
@@ -487,8 +460,6 @@ class Server:
             listener.dispatcher.close()
         for checker in self.health:
             checker.stop()
-        if self.discovery is not None:
-            self.discovery.stop()
         self.log.info("draining", connections=len(self.runtime.pairs), grace_s=self.config.shutdown_grace)
         if self.runtime.pairs:
             self.reactor.call_later(self.config.shutdown_grace, self.stop_now)
@@ -513,10 +484,7 @@ class Server:
             pair.finish("shutdown")
         for checker in self.health:
             checker.stop()
-        if self.discovery is not None:
-            self.discovery.stop()
-        if self.dns is not None:
-            self.dns.close()
+        self.dns.close()
         for listener in self.listeners.values():
             listener.dispatcher.close()
         self.resolver.close()
