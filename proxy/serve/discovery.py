@@ -85,7 +85,7 @@ class Watch:
         self.server = None if group == SRV_GROUP else pool.config.servers[int(group)]
         self.answered_at: float | None = previous.answered_at if previous is not None else None
         self.failure: str | None = None  # why the last lookup failed, while it is so
-        self.bounded: tuple[int, int] | None = None  # (named, kept) last said in the log
+        self.bounded: tuple[int, int, int] | None = None  # (found, unasked, kept) last said in the log
         self._gather: _Gather | None = None
         self._timer: Timer | None = discovery.reactor.call_later(0, self.lookup)
 
@@ -120,14 +120,13 @@ class Watch:
         if answer.nxdomain:
             self._failed(f"{self.name}: no such name (NXDOMAIN)")
             return
-        named = len({(record.target, record.port) for record in answer.srv if record.target != "."})
         # The targets of the first tiers first: past max_servers none would be kept, so none is asked.
         unglued = [record for record in answer.srv if record.target not in answer.glue and record.target != "."]
         by_tier = sorted(unglued, key=lambda record: (record.priority, record.target))
-        targets = list(dict.fromkeys(record.target for record in by_tier))[: self.pool.config.max_servers]
+        unasked = list(dict.fromkeys(record.target for record in by_tier))
+        targets, unasked = unasked[: self.pool.config.max_servers], unasked[self.pool.config.max_servers :]
         if not targets:
-            found = srv_servers(answer.srv, answer.glue)
-            self._found(found, _ttl([answer], self.discovery.settings.hold_valid), max(named, len(found)))
+            self._found(srv_servers(answer.srv, answer.glue), _ttl([answer], self.discovery.settings.hold_valid))
             return
         questions = [(target, rdtype) for target in targets for rdtype in ("A", "AAAA")]
 
@@ -139,30 +138,29 @@ class Watch:
             for (target, _rdtype), each in more.items():
                 addresses[target] = (*addresses.get(target, ()), *each.addresses)
             ttl = _ttl([answer, *more.values()], self.discovery.settings.hold_valid)
-            found = srv_servers(answer.srv, addresses)
-            self._found(found, ttl, max(named, len(found)))
+            self._found(srv_servers(answer.srv, addresses), ttl, len(unasked))
 
         self._gather = _Gather(self.discovery.client, questions, addresses_answered)
 
     # -- what came of it ---------------------------------------------------------------------
 
-    def _found(self, found: list[Found], ttl: float, named: int | None = None) -> None:
-        """`found` in the group's place; `named`: how many servers the answer named, when some
-        targets were not even looked up for the bound (else as many as were found)."""
+    def _found(self, found: list[Found], ttl: float, unasked: int = 0) -> None:
+        """`found` in the group's place; `unasked`: SRV targets not even looked up, for the bound."""
         self._gather = None
         discovery = self.discovery
         self.answered_at = discovery.reactor.now
         self.failure = None
         self._say(self.pool.found(self.group, found))
-        named = len(found) if named is None else named
         kept = len(self.pool.groups[self.group])
-        if kept < named and self.bounded != (named, kept):
-            self.bounded = (named, kept)
+        bounded = (len(found), unasked, kept)
+        if (kept < len(found) or unasked) and self.bounded != bounded:
+            self.bounded = bounded
             discovery.log.warning(
                 "dns_bounded",
                 pool=self.pool.config.name,
                 name=self.name,
-                answer=named,
+                found=len(found),
+                unasked=unasked or None,
                 kept=kept,
                 max_servers=self.pool.config.max_servers,
             )

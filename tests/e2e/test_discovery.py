@@ -224,7 +224,7 @@ def test_a_registry_of_ten_thousand_records_is_bounded_by_max_servers(tmp_path, 
     discover = "discover: {srv: _big._tcp.test}\n            max_servers: 50"
     proxy = start_proxy("run", "-c", str(write(tmp_path, _table([nameserver.address], discover, timeout="2s"))))
     bounded = logfmt(proxy.wait_for(" dns_bounded ", timeout=15))
-    assert int(bounded["answer"]) > 1000 and bounded["kept"] == "50" and bounded["max_servers"] == "50", bounded
+    assert int(bounded["unasked"]) > 1000 and bounded["kept"] == "50" and bounded["max_servers"] == "50", bounded
     assert _server_count(proxy) == 50
     added = logfmt(proxy.wait_for(" dns_changed "))["added"].strip("[]").split(",")
     assert len(added) == 50
@@ -268,3 +268,16 @@ def test_a_reload_keeps_the_servers_dns_gave_and_status_shows_the_answers_age(
         ("pairproxy_dns_answer_age_seconds", (("name", "app.test"), ("upstream", "app")))
     ]
     assert 0 <= age < 5
+
+
+def test_an_srv_target_without_an_address_is_no_server_and_no_bound(tmp_path, start_proxy, start_dnsmasq):
+    nameserver = start_dnsmasq(
+        {"one.test": ["127.0.0.2"]},
+        srv=("_app._tcp.test,one.test,9,1,1", "_app._tcp.test,gone.test,9,1,1"),  # gone.test: NXDOMAIN
+    )
+    proxy = start_proxy(
+        "run", "-c", str(write(tmp_path, _table([nameserver.address], "discover: {srv: _app._tcp.test}")))
+    )
+    assert logfmt(proxy.wait_for(" dns_changed "))["added"] == "[127.0.0.2:9]"
+    time.sleep(0.3)
+    assert not _events(proxy, "dns_bounded"), proxy.log_text()
