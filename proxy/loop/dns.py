@@ -12,6 +12,10 @@ answer (NXDOMAIN is one); a truncated UDP answer is asked again of the same name
 refusal, garbage or an error code moves on to the next try. When none is left the callback gets
 a `DnsFailure` naming what each nameserver did.
 
+At most MAX_IN_FLIGHT questions are under way at once (an SRV answer of thousands of targets
+without glue would otherwise open a socket for each A and AAAA question); the others wait, in
+order, for one to end.
+
 Every try's outcome is counted in `DnsClient.results` (ok, nxdomain, truncated, timeout, error):
 the `pairproxy_dns_queries_total{result}` metric.
 """
@@ -31,6 +35,7 @@ from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol.dns import MAX_MESSAGE, Answer, BadAnswer, Question, read_answer, tcp_length
 
 RESULTS = ("ok", "nxdomain", "truncated", "timeout", "error")
+MAX_IN_FLIGHT = 64  # questions under way at once, a socket each; the others wait their turn
 
 
 class DnsFailure:
@@ -60,21 +65,36 @@ class DnsClient:
         self.timeout = timeout
         self.attempts = attempts
         self.results: Counter[str] = Counter()
-        self._asks: set[Ask] = set()
+        self._asks: set[Ask] = set()  # under way
+        self._waiting: dict[Ask, None] = {}  # their turn to come, in order
 
     def ask(self, name: str, rdtype: str, callback: AnswerCallback) -> Ask:
         """Ask for `name`'s `rdtype` records (A, AAAA or SRV); `callback` runs once, on the loop,
         with the Answer or a DnsFailure, unless the returned Ask is cancelled first."""
         ask = Ask(self, Question(name, rdtype), callback)
-        self._asks.add(ask)
-        ask.next_try()
+        if len(self._asks) < MAX_IN_FLIGHT:
+            self._asks.add(ask)
+            ask.next_try()
+        else:
+            self._waiting[ask] = None
         return ask
 
     def finished(self, ask: Ask) -> None:
+        """`ask` ended (answered, failed or cancelled): the next waiting one starts."""
+        self._waiting.pop(ask, None)
+        if ask not in self._asks:
+            return
         self._asks.discard(ask)
+        if self._waiting:
+            following = next(iter(self._waiting))
+            del self._waiting[following]
+            self._asks.add(following)
+            following.next_try()
 
     def close(self) -> None:
         """Cancel every question still asked: no callback runs after this."""
+        for ask in list(self._waiting):
+            ask.cancel()
         for ask in list(self._asks):
             ask.cancel()
 

@@ -3,6 +3,7 @@ silent, refusing or garbling one, TCP after a truncated answer, and a failure th
 
 from __future__ import annotations
 
+import os
 import time
 
 import dns.flags
@@ -12,7 +13,7 @@ import dns.rrset
 import pytest
 
 from proxy.config.units import Address
-from proxy.loop.dns import DnsClient, DnsFailure
+from proxy.loop.dns import MAX_IN_FLIGHT, DnsClient, DnsFailure
 from proxy.protocol.dns import Answer
 from tests.support import free_port
 from tests.support.dns import TinyNameserver
@@ -108,3 +109,26 @@ def test_nxdomain_is_an_answer_not_a_reason_to_ask_the_next(reactor, nameservers
     answer, results, _took = _ask(reactor, [first.address, second.address])
     assert answer.nxdomain and not second.asked
     assert results == {"nxdomain": 1}
+
+
+def test_questions_asked_at_once_hold_a_bounded_number_of_sockets(reactor, nameservers):
+    silent = nameservers(lambda _query, _tcp: None)
+    client = DnsClient(reactor, [Address("127.0.0.1", silent.port)], TIMEOUT, 1)
+    before = len(os.listdir("/proc/self/fd"))
+    failures = []
+    for n in range(300):  # an SRV answer of 150 targets without glue: A and AAAA of each
+        client.ask(f"t{n}.test", "A", failures.append)
+    held = []
+    reactor.call_later(TIMEOUT / 2, lambda: held.append(len(os.listdir("/proc/self/fd")) - before))
+    reactor.call_later(10, reactor.stop)
+
+    def done() -> None:
+        if len(failures) == 300:
+            reactor.stop()
+        else:
+            reactor.call_later(0.05, done)
+
+    reactor.call_later(0.05, done)
+    reactor.loop()
+    assert held[0] <= MAX_IN_FLIGHT, held
+    assert len(failures) == 300 and all(isinstance(each, DnsFailure) for each in failures)
