@@ -45,6 +45,7 @@ from proxy.serve.echo import serve_echo
 from proxy.serve.flags import add_pid_file_flag, add_socket_flags, claim_pid_file, count_parser, socket_options
 from proxy.serve.flags import argument_type as _argument
 from proxy.serve.pidfile import PidFile, written
+from proxy.serve.route_lookup import explain_route
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
 
@@ -296,7 +297,9 @@ def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
     )
     ctl.add_argument("-s", "--socket", metavar="PATH", help="the admin socket (default: admin.socket of FILE)")
     ctl.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
-    ctl.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. show conns")
+    ctl.add_argument(
+        "words", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. show conns, reload --keep-runtime"
+    )
 
 
 def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
@@ -325,13 +328,7 @@ def _route(args: argparse.Namespace, _log: EventLog) -> int:
     listener = listeners.get(args.listener)
     if listener is None:
         raise UsageError(f"no listener {args.listener!r} in {args.config}; listeners: {', '.join(listeners)}")
-    client, port = None, None
-    if args.client is not None:
-        try:
-            client, port = explain.parse_client(args.client)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    result = explain.explain(listener, config.upstreams, client, port, args.sni)
+    result = explain_route(listener, config, args.client, args.sni)  # with the servers DNS gives now
     print(json.dumps(result.to_json()) if args.json else explain.render_text(result))
     return 0
 

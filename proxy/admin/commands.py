@@ -13,6 +13,7 @@ CommandError whose one line is the answer. What a method of `Controlled` returns
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from proxy.config.units import whole_number
 from proxy.log import EventLog, logfmt_value
 
 MAX_LINE = 4096  # bytes of one command line
+MAX_WEIGHT = 1_000_000  # the largest weight a command gives a server
 
 
 class Controlled(Protocol):
@@ -35,7 +37,11 @@ class Controlled(Protocol):
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool | str | Later[bool | str]: ...
 
-    def reload(self) -> list[str]: ...
+    def reload(self, keep_runtime: bool = False) -> list[str]: ...
+
+    def change_server(self, change: ServerChange) -> str | Later[str]: ...
+
+    def runtime_changes(self) -> list[str]: ...
 
     def set_dump(self, on: bool, filters: list[str]) -> str | Later[str]: ...
 
@@ -47,6 +53,39 @@ class Controlled(Protocol):
 
 
 Answer = str | Later[str]
+
+
+@dataclass(frozen=True)
+class ServerChange:
+    """A server added (`op` "add": weight, backup), removed ("del") or weighed ("weight") at run
+    time; as plain data it goes to workers (`to_json`, `of_json`)."""
+
+    op: str
+    upstream: str
+    address: str
+    weight: int = 1
+    backup: bool = False
+
+    def __str__(self) -> str:
+        where = f"server {self.upstream} {self.address}"
+        if self.op == "del":
+            return f"del {where}"
+        if self.op == "weight":
+            return f"set {where} weight {self.weight}"
+        return f"add {where} weight {self.weight}" + (" backup" if self.backup else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "upstream": self.upstream,
+            "address": self.address,
+            "weight": self.weight,
+            "backup": self.backup,
+        }
+
+    @classmethod
+    def of_json(cls, data: dict[str, Any]) -> ServerChange:
+        return cls(data["op"], data["upstream"], data["address"], int(data["weight"]), bool(data["backup"]))
 
 
 def _value(value: Any) -> str:
@@ -142,16 +181,52 @@ def dump_answer(on: bool, changed: int, rules: int) -> str:
     return f"{changed} open connection{'' if changed == 1 else 's'} {state}; {rules} run-time rules"
 
 
-def reload(target: Controlled, _args: list[str]) -> str:
-    problems = target.reload()
+def reload(target: Controlled, args: list[Any]) -> str:
+    (options,) = args
+    if options not in ([], ["--keep-runtime"]):
+        raise CommandError("usage: reload [--keep-runtime]")
+    keep = bool(options)
+    dropped = [] if keep else target.runtime_changes()
+    problems = target.reload(keep_runtime=keep)
     if problems:
         raise CommandError("; ".join(problems))
-    return "ok"
+    return "ok" + "".join(f"\ndropped: {change}" for change in dropped)
+
+
+def _server_options(words: list[str]) -> tuple[int, bool]:
+    """`[weight N] [backup]`, in any order: (weight, backup); CommandError for anything else."""
+    weight, backup, rest = 1, False, list(words)
+    while rest:
+        word = rest.pop(0)
+        if word == "backup" and not backup:
+            backup = True
+        elif word == "weight" and rest:
+            weight = _weight(rest.pop(0))
+        else:
+            raise CommandError("usage: add server UPSTREAM ADDRESS [weight N] [backup]")
+    return weight, backup
+
+
+def add_server(target: Controlled, args: list[Any]) -> Answer:
+    upstream, address, options = args
+    weight, backup = _server_options(options)
+    return _refused_at_once(lambda: target.change_server(ServerChange("add", upstream, address, weight, backup)))
+
+
+def del_server(target: Controlled, args: list[Any]) -> Answer:
+    upstream, address = args
+    return _refused_at_once(lambda: target.change_server(ServerChange("del", upstream, address)))
+
+
+def set_server_weight(target: Controlled, args: list[Any]) -> Answer:
+    upstream, address, weight = args
+    return _refused_at_once(lambda: target.change_server(ServerChange("weight", upstream, address, weight)))
 
 
 def show_help(_target: Controlled, _args: list[str]) -> str:
-    width = max(len(command.usage) for command in COMMANDS.values())
-    return "\n".join(f"{command.usage:<{width}}  {command.summary}" for command in COMMANDS.values())
+    usages = {name: f"{command.usage} {command.options}".rstrip() for name, command in COMMANDS.items()}
+    width = max(len(usage) for usage in usages.values())
+    return "\n".join(f"{usages[name]:<{width}}  {command.summary}" for name, command in COMMANDS.items())
 
 
 def _connection_id(text: str) -> int:
@@ -161,41 +236,66 @@ def _connection_id(text: str) -> int:
     return conn
 
 
+def _weight(text: str) -> int:
+    weight = whole_number(text)
+    if weight is None or not 1 <= weight <= MAX_WEIGHT:
+        raise CommandError(f"{text!r} is not a weight (a whole number from 1 to {MAX_WEIGHT})")
+    return weight
+
+
 # How an argument the usages name is read (CommandError if it cannot be); any other stays text.
-ARGUMENT_TYPES: dict[str, Callable[[str], Any]] = {"ID": _connection_id}
+ARGUMENT_TYPES: dict[str, Callable[[str], Any]] = {"ID": _connection_id, "N": _weight}
 
 
 @dataclass(frozen=True)
 class Command:
-    usage: str  # the words, then the arguments in capitals; a last one ending in "..." takes the rest
+    """`usage`: the command's words, then its arguments in capitals (a last one ending in "..."
+    takes the rest) and words to be given as they are (`weight`); `options`, if any, are words
+    that may follow, given to the handler as one more argument, a list, for it to read."""
+
+    usage: str
     summary: str
     handler: Callable[[Controlled, list[Any]], Answer]
+    options: str = ""
 
     @property
     def words(self) -> str:
-        return " ".join(word for word in self.usage.split() if not word.isupper())
+        return " ".join(itertools.takewhile(lambda word: not word.isupper(), self.usage.split()))
 
     @property
     def arguments(self) -> list[str]:
-        return [word for word in self.usage.split() if word.isupper()]
+        """What follows the words: arguments (in capitals) and words given as they are."""
+        return self.usage.split()[len(self.words.split()) :]
 
     def takes(self, args: list[str]) -> bool:
         """Whether `args` are as many as the usage names."""
         named = self.arguments
-        if named and named[-1].endswith("..."):
+        if (named and named[-1].endswith("...")) or self.options:
             return len(args) >= len(named)
         return len(args) == len(named)
 
     def read(self, args: list[str]) -> list[Any]:
         """`args` as the handler takes them, each read by its type; CommandError if one is not one."""
         if not self.takes(args):
-            raise CommandError(f"usage: {self.usage}")
+            raise CommandError(f"usage: {self.usage} {self.options}".rstrip())
         named = self.arguments
+        if self.options:
+            return [*self._typed(named, args[: len(named)]), args[len(named) :]]
         named += named[-1:] * (len(args) - len(named))  # the arguments a last NAME... takes
-        try:
-            return [ARGUMENT_TYPES.get(name, str)(arg) for name, arg in zip(named, args, strict=True)]
-        except CommandError as exc:
-            raise CommandError(f"{self.words}: {exc}") from None
+        return self._typed(named, args)
+
+    def _typed(self, named: list[str], args: list[str]) -> list[Any]:
+        typed = []
+        for name, arg in zip(named, args, strict=True):
+            if not name.isupper():
+                if arg != name:
+                    raise CommandError(f"usage: {self.usage}")
+                continue
+            try:
+                typed.append(ARGUMENT_TYPES.get(name.removesuffix("..."), str)(arg))
+            except CommandError as exc:
+                raise CommandError(f"{self.words}: {exc}") from None
+        return typed
 
 
 # The words of each command (as one string) -> the command.
@@ -209,7 +309,15 @@ COMMANDS: dict[str, Command] = {
         Command("kill conn ID", "end connection ID (result=shutdown)", kill_conn),
         Command("disable server UPSTREAM ADDRESS", "no new connections to it, open ones finish", _maintenance(True)),
         Command("enable server UPSTREAM ADDRESS", "back in service", _maintenance(False)),
-        Command("reload", "re-read the configuration file, like SIGHUP", reload),
+        Command("add server UPSTREAM ADDRESS", "a server more, until a reload", add_server, "[weight N] [backup]"),
+        Command("del server UPSTREAM ADDRESS", "no new connections to it, open ones finish", del_server),
+        Command("set server UPSTREAM ADDRESS weight N", "its weight from now on", set_server_weight),
+        Command(
+            "reload",
+            "re-read the configuration file, like SIGHUP; --keep-runtime makes the server changes again",
+            reload,
+            "[--keep-runtime]",
+        ),
         Command("dump on FILTER...", "hex dump (and capture, where configured) what the filters select", _dump(True)),
         Command("dump off FILTER...", "stop that, for new and open connections", _dump(False)),
         Command("fault add TARGET SPEC", "add a toxic (TYPE:KEY=VALUE,...) to a listener or route", fault_add),

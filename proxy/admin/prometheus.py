@@ -136,6 +136,22 @@ def render(snapshot: Snapshot) -> str:
         _histogram_samples(servers),
     )
     out += _family(
+        "pairproxy_dns_queries_total",
+        "counter",
+        "DNS queries of pools that follow DNS, each try by its outcome (ok, nxdomain, truncated, timeout, error).",
+        [("", (("result", result),), count) for result, count in sorted(snapshot["dns_queries"].items())],
+    )
+    out += _family(
+        "pairproxy_dns_answer_age_seconds",
+        "gauge",
+        "Seconds since the last good answer for the name a pool follows (absent before the first).",
+        [
+            ("", (("upstream", each["upstream"]), ("name", each["name"])), each["age"])
+            for each in snapshot["dns"]
+            if each["age"] is not None
+        ],
+    )
+    out += _family(
         "pairproxy_log_dropped_total",
         "counter",
         "Log lines dropped because standard error did not keep up.",

@@ -46,6 +46,8 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
         "servers": _merge_servers([snapshot["servers"] for snapshot in snapshots]),
         "conns": [conn for snapshot in snapshots for conn in snapshot["conns"]],
         "process": process,
+        "dns": _merge_dns([snapshot["dns"] for snapshot in snapshots]),
+        "dns_queries": _sum_counts([snapshot["dns_queries"] for snapshot in snapshots]),
     }
 
 
@@ -85,6 +87,32 @@ def _merge_servers(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             into["last_change"] = min(into["last_change"], server["last_change"])
             _add_histogram(into["connect_seconds"], server["connect_seconds"])
     return list(merged.values())
+
+
+def _merge_dns(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each worker follows each name itself: the freshest answer and the most servers are shown,
+    and a name is failing while any worker's lookups fail."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in lists:
+        for row in rows:
+            into = merged.get((row["upstream"], row["name"]))
+            if into is None:
+                merged[row["upstream"], row["name"]] = dict(row)
+                continue
+            into["servers"] = max(into["servers"], row["servers"])
+            ages = [age for age in (into["age"], row["age"]) if age is not None]
+            into["age"] = min(ages) if ages else None
+            if row["state"] == "failing":
+                into["state"], into["reason"] = "failing", row["reason"]
+    return list(merged.values())
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for each in counts:
+        for key, count in each.items():
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 def _copy_histogram(histogram: dict[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,24 @@ def _upstreams(servers: list[dict[str, Any]]) -> str:
     return "\n".join(parts) or "<p>No upstreams.</p>"
 
 
+def _dns(rows: list[dict[str, Any]]) -> str:
+    """The names pools follow: how many servers each gives, how old its last answer is."""
+    if not rows:
+        return ""
+    cells = [
+        f'<tr class="{"up" if row["state"] == "ok" else "down"}">'
+        + _cell(row["upstream"], "name")
+        + _cell(row["name"], "name")
+        + _cell(row["type"])
+        + _cell(row["servers"])
+        + _cell("-" if row["age"] is None else _duration(row["age"]) + " ago")
+        + _cell(row["state"] + (f": {row['reason']}" if row["reason"] else ""), "name")
+        + "</tr>"
+        for row in rows
+    ]
+    return "\n<h2>DNS</h2>\n" + _table(["upstream", "name", "type", "servers", "last answer", "state"], cells)
+
+
 def _conns(conns: list[dict[str, Any]]) -> str:
     rows = [
         "<tr>"
@@ -155,6 +173,7 @@ def render_status(snapshot: Snapshot) -> str:
         + _listeners(snapshot["listeners"])
         + "\n"
         + _upstreams(snapshot["servers"])
+        + _dns(snapshot["dns"])
         + f"\n<h2>connections ({len(snapshot['conns'])} open)</h2>\n"
         + _conns(snapshot["conns"])
         + "\n</body></html>\n"

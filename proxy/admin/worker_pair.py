@@ -4,7 +4,7 @@ Each worker gets an admin pair besides its link (the link's records keep their o
 On it, frames go both ways: a 4-byte big-endian length, then that many bytes of JSON. The
 supervisor (admin.workers) sends requests `{"id", "op", ...}`; the worker answers
 `{"id", "result"}` (or `{"id", "error"}`) from its Server: `snapshot`, `kill_conn`,
-`set_server_maintenance`, `change_dump`, the faults, and `ping`. The worker's end
+`set_server_maintenance`, `change_dump`, the faults, `change_server`, and `ping`. The worker's end
 (`WorkerAdminPair`) is a dispatcher on its reactor: a request is bounded (MAX_REQUEST), and an
 answer (megabytes for 10k connections) is written without blocking, reading no new request until
 it is gone, so one answer is all it ever holds.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from proxy.admin.channel import Channel
+from proxy.admin.commands import ServerChange
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
 
@@ -67,6 +68,8 @@ class WorkerServer(Protocol):
 
     def list_faults(self) -> list[str]: ...
 
+    def change_server(self, change: ServerChange) -> str: ...
+
 
 def _operations(server: WorkerServer) -> dict[str, Callable[[dict], Any]]:
     return {
@@ -79,6 +82,7 @@ def _operations(server: WorkerServer) -> dict[str, Callable[[dict], Any]]:
         "add_fault": lambda request: server.add_fault(request["target"], request["spec"]),
         "remove_fault": lambda request: server.remove_fault(request["target"], request["type"]),
         "list_faults": lambda _request: server.list_faults(),
+        "change_server": lambda request: server.change_server(ServerChange.of_json(request["change"])),
         "ping": lambda _request: True,
     }
 

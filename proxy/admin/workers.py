@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.admin.channel import Channel
-from proxy.admin.commands import dump_answer
+from proxy.admin.commands import ServerChange, dump_answer
 from proxy.admin.later import CommandError, Later
 from proxy.admin.snapshots import Snapshot, merge
 from proxy.admin.stats import process_stats
@@ -127,8 +127,9 @@ class Ask:
 class Workers:
     """What the supervisor's admin endpoints control (commands.Controlled): every live worker at once.
 
-    What an operator changed (servers in maintenance, run-time dump rules) is kept here too and
-    told to a worker that starts again, so that a restart does not undo it.
+    What an operator changed (servers in maintenance, added, removed or weighed, run-time dump
+    rules) is kept here too and told to a worker that starts again, so that a restart does not
+    undo it.
     """
 
     def __init__(
@@ -136,7 +137,7 @@ class Workers:
         reactor: Reactor,
         count: int,
         log: EventLog,
-        reload: Callable[[], list[str]],
+        reload: Callable[[bool], list[str]],
         draining: Callable[[], bool],
         table: Callable[[], Config] | None = None,
     ) -> None:
@@ -158,6 +159,7 @@ class Workers:
         self._snapshot_ask = 0  # the id of its ask
         self._maintenance: dict[tuple[str, str], bool] = {}  # (upstream, address) -> on
         self._dump_rules: list[list[str]] = []  # the filters of each rule turned on, in order
+        self._server_changes: list[ServerChange] = []  # in the order they were made
 
     def add(self, index: int, sock: socket.socket) -> None:
         """Worker `index` started with `sock` as the other end of its pair: it is asked from now on,
@@ -168,6 +170,8 @@ class Workers:
             channel.send(frame({"id": 0, **request}))
         for filters in self._dump_rules:
             channel.send(frame({"id": 0, "op": "change_dump", "on": True, "filters": filters}))
+        for change in self._server_changes:
+            channel.send(frame({"id": 0, "op": "change_server", "change": change.to_json()}))
 
     def remove(self, index: int) -> None:
         self.channels.pop(index).close()
@@ -290,6 +294,8 @@ class Workers:
             "servers": [],
             "conns": [],
             "process": process_stats(),
+            "dns": [],
+            "dns_queries": {},
         }
 
     def kill_conn(self, conn: int) -> Later[bool]:
@@ -346,6 +352,20 @@ class Workers:
     def list_faults(self) -> Later[list[str]]:
         return self.ask({"op": "list_faults"}).then(lambda answers: answers[min(answers)] if answers else [])
 
+    def change_server(self, change: ServerChange) -> Later[str]:
+        """Every worker makes the change (a worker that refuses says why); kept for a restarted
+        worker, and for a reload that keeps them."""
+        parse_address(change.address, allow_port_zero=False)  # said here, once, not by each worker
+
+        def made(answers: dict[int, str]) -> str:
+            self._server_changes.append(change)
+            return self._first(answers)
+
+        return self.ask({"op": "change_server", "change": change.to_json()}, changes=True).then(made)
+
+    def runtime_changes(self) -> list[str]:
+        return [str(change) for change in self._server_changes]
+
     def _first(self, answers: dict[int, Any]) -> Any:
         """The lowest-numbered worker's answer (every worker serves the same table); with none,
         that the change was sent to them all the same."""
@@ -356,7 +376,8 @@ class Workers:
         return f"queued for worker {', '.join(map(str, silent))}, which did not answer"
 
     def _has_server(self, upstream: str, address: str) -> bool:
-        """Whether the supervisor's own table has that server (True when it has no table)."""
+        """Whether the supervisor's own table has that server (True when it has no table, and for a
+        pool that follows DNS: only its workers know the servers DNS gave them)."""
         if self._table is None:
             return True
         pool = self._table().upstreams.get(upstream)
@@ -364,7 +385,13 @@ class Workers:
             wanted = parse_address(address, allow_port_zero=False)
         except ValueError:
             return False
-        return pool is not None and any(server.address == wanted for server in pool.servers)
+        added = any(change.op == "add" and change.upstream == upstream for change in self._server_changes)
+        return pool is not None and (pool.from_dns or added or any(server.address == wanted for server in pool.servers))
 
-    def reload(self) -> list[str]:
-        return self._reload()
+    def reload(self, keep_runtime: bool = False) -> list[str]:
+        """The supervisor's reload: each worker changes its servers again (`keep_runtime`) or drops
+        the changes, and so does what a restarted worker is told."""
+        problems = self._reload(keep_runtime)
+        if not problems and not keep_runtime:
+            self._server_changes.clear()
+        return problems

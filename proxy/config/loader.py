@@ -33,12 +33,14 @@ from proxy.config.schema import (
     MIN_MAX_BUFFERED,
     AdminConfig,
     Config,
+    DiscoverConfig,
     HealthCheckConfig,
     KeepaliveConfig,
     ListenerConfig,
     ListenerTlsConfig,
     MatchConfig,
     PcapConfig,
+    ResolversConfig,
     RouteConfig,
     ServerConfig,
     UpstreamConfig,
@@ -48,7 +50,8 @@ from proxy.config.sections.admin import ADMIN, admin, socket_path
 from proxy.config.sections.files import output_path
 from proxy.config.sections.inspection import PCAP
 from proxy.config.sections.listeners import LISTENER, LISTENER_TLS, MATCH, ROUTE, listener
-from proxy.config.sections.upstreams import HEALTH_CHECK, KEEPALIVE, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
+from proxy.config.sections.resolvers import RESOLVERS, resolvers
+from proxy.config.sections.upstreams import DISCOVER, HEALTH_CHECK, KEEPALIVE, SERVER, UPSTREAM, UPSTREAM_TLS, upstream
 from proxy.errors import UsageError, describe_os_error
 from proxy.output import file_identity
 
@@ -211,7 +214,7 @@ def _table(reader: Reader, root: yaml.Node | None) -> Config | None:
         return None
     # `x-` keys at the top are the user's own, a place for anchors that listeners merge (as in Compose files).
     top = reader.mapping(
-        root, "the file", ("defaults", "upstreams", "listeners", "dump_file", "admin"), user_prefix="x-"
+        root, "the file", ("defaults", "upstreams", "listeners", "dump_file", "admin", "resolvers"), user_prefix="x-"
     )
     if "defaults" in top:
         reader.defaults = reader.options(reader.mapping(top["defaults"][1], "defaults", DEFAULTS.keys), DEFAULTS)
@@ -244,12 +247,16 @@ def _table(reader: Reader, root: yaml.Node | None) -> Config | None:
     if isinstance(dump_file, str) and dump_file != "-":
         reader.outputs.append(OutputFile(HEX_DUMP, dump_file, reader.place(top["dump_file"][1])))
     admin_config = admin(reader, top["admin"][1], "admin") if "admin" in top else None
+    resolvers_config = resolvers(reader, top["resolvers"][1], "resolvers") if "resolvers" in top else None
     config = Config(
         listeners=tuple(listeners),
         upstreams={**reader.upstreams, **reader.inline},
         admin=None if isinstance(admin_config, Invalid) else admin_config,
         **reader.inherited(_CONFIG_FIELDS),
         dump_file=None if isinstance(dump_file, Invalid) else dump_file,
+        **(
+            {} if resolvers_config is None or isinstance(resolvers_config, Invalid) else {"resolvers": resolvers_config}
+        ),
     )
     for finding in unused_upstreams(config, upstream_places):
         reader.report(finding)
@@ -285,5 +292,7 @@ SECTIONS: dict[str, tuple[Section, type]] = {
     "keepalive": (KEEPALIVE, KeepaliveConfig),
     "upstream tls": (UPSTREAM_TLS, UpstreamTlsConfig),
     "admin": (ADMIN, AdminConfig),
+    "discover": (DISCOVER, DiscoverConfig),
+    "resolvers": (RESOLVERS, ResolversConfig),
 }
 _CONFIG_FIELDS = tuple(field.name for field in schema_fields(Config) if field.name in DEFAULTS.parsers)

@@ -64,6 +64,7 @@ class ServerConfig:
     weight: int = 1
     backup: bool = False
     source: SourceConfig | None = None  # None: the upstream's
+    resolve: str | None = None  # "all": every A/AAAA record of the name is a server (RESOLVE_MODES)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,31 @@ class ListenerTlsConfig:
     others: tuple[CertificatePair, ...] = ()
 
 
+# Servers from DNS (docs/discovery.md).
+RESOLVE_MODES = ("all",)
+DEFAULT_MAX_SERVERS = 256
+DNS_PORT = 53  # the port a nameserver is asked on unless one is given
+MAX_MAX_SERVERS = 10000
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Servers a pool finds in DNS beside those it lists: each SRV target and port of `srv`."""
+
+    srv: str
+
+
+@dataclass(frozen=True)
+class ResolversConfig:
+    """The DNS client's nameservers and how long answers hold. `nameservers` None: /etc/resolv.conf's."""
+
+    nameservers: tuple[Address, ...] | None = None
+    timeout: float = 1.0  # per try, one nameserver
+    attempts: int = 2  # times the list of nameservers is tried
+    hold_valid: float = 10.0  # an answer is asked again after its TTL, at most this
+    hold_obsolete: float = 30.0  # while lookups fail the last good answer is kept this long
+
+
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str
@@ -108,6 +134,13 @@ class UpstreamConfig:
     keepalive: KeepaliveConfig | None = None  # None: no keepalive probes toward the servers
     user_timeout: float | None = None  # TCP_USER_TIMEOUT, seconds; None: the kernel's
     source: SourceConfig | None = None  # None: the kernel picks the local address
+    discover: DiscoverConfig | None = None
+    max_servers: int = DEFAULT_MAX_SERVERS  # at most this many servers from DNS (and `add server`)
+
+    @property
+    def from_dns(self) -> bool:
+        """Whether DNS answers make some of its servers."""
+        return self.discover is not None or any(server.resolve is not None for server in self.servers)
 
 
 @dataclass(frozen=True)
@@ -228,6 +261,7 @@ class Config:
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes all connections together may hold in buffers
     dump_file: str | None = None  # where the hex dump goes: None or "-": standard output; else absolute
     admin: AdminConfig | None = None
+    resolvers: ResolversConfig = ResolversConfig()
 
     def __post_init__(self) -> None:
         # Frozen all through: a copy of what was given, read-only.

@@ -9,8 +9,10 @@ dispatchers, and the dispatchers every server needs.
 - `connector`: a non-blocking connect to one server after another
 - `sockopts`: the socket options a listener or an upstream asks for, set once per load
 - `resolver`: name lookups in worker threads
+- `dns`: a DNS client on the reactor (UDP, TCP after truncation, one nameserver after another)
 - `drain`: an output's queue drained when its descriptor is writable
 
 It knows sockets, timers and signals, nothing of pairs, routes or YAML. It may import
-`proxy.config` (addresses), `proxy.output`, `proxy.log` and `proxy.errors`, nothing above it.
+`proxy.config` (addresses), `proxy.protocol` (DNS messages), `proxy.output`, `proxy.log` and
+`proxy.errors`, nothing above it.
 """

@@ -16,7 +16,7 @@ from typing import Any
 from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig, UpstreamConfig
 from proxy.config.units import IPAddress, canonical_ip, join_host_port, parse_address
 from proxy.policy.routes import AccessPolicy, RouteTable, first_network, first_pattern
-from proxy.policy.upstreams import Pool
+from proxy.policy.upstreams import Pool, ServerState
 
 # A route's status: matched, failed a condition, undecided without a client, or after the winner.
 MATCHED, NO_MATCH, UNKNOWN, NOT_REACHED = "matched", "no_match", "unknown", "not_reached"
@@ -67,6 +67,8 @@ class Plan:
     upstream: UpstreamConfig
     candidates: tuple[tuple[str, int, bool], ...] | None  # (address, weight, backup); None: needs a client
     detail: str
+    servers: tuple[tuple[str, int, bool], ...] = ()  # the pool's servers now, as candidates are
+    dns: tuple[str, ...] = ()  # what DNS said, for a pool that follows it
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,8 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "retries": upstream.retries,
         "proxy_protocol": upstream.proxy_protocol,
         "tls": upstream.tls is not None,
-        "servers": [
-            {"address": str(server.address), "weight": server.weight, "backup": server.backup}
-            for server in upstream.servers
-        ],
+        "servers": [{"address": a, "weight": w, "backup": b} for a, w, b in plan.servers],
+        "dns": list(plan.dns),
         "candidates": None
         if plan.candidates is None
         else [{"address": a, "weight": w, "backup": b} for a, w, b in plan.candidates],
@@ -139,8 +139,11 @@ def explain(
     port: int | None = None,
     sni: str | None = None,
     rng: random.Random | None = None,
+    discovered: Mapping[str, tuple[Pool, tuple[str, ...]]] | None = None,
 ) -> Explanation:
-    """What `listener` does with a client from `client` (None: unknown) that sends `sni`."""
+    """What `listener` does with a client from `client` (None: unknown) that sends `sni`.
+
+    `discovered` gives the pools that follow DNS as a lookup just found them, with what DNS said."""
     policy, table = AccessPolicy.of(listener), RouteTable(listener.routes)
     access = _access(policy, client)
     steps: tuple[RouteStep, ...] = ()
@@ -149,7 +152,8 @@ def explain(
         steps = _route_steps(table, client, sni)
         decision, label, route = _decide(table, steps, client, sni)
         if route is not None:
-            plan = _plan(upstreams[route.upstream], client, rng)
+            pool, said = (discovered or {}).get(route.upstream, (Pool(upstreams[route.upstream], rng), ()))
+            plan = _plan(pool, client, said)
         if access.decision == "unknown" and decision == "routed":
             decision = "undecided"
     return Explanation(
@@ -259,13 +263,18 @@ def _decide(
     return "routed", selected[0], selected[1]
 
 
-def _plan(upstream: UpstreamConfig, client: IPAddress | None, rng: random.Random | None) -> Plan:
-    pool = Pool(upstream, rng)
+def _servers(servers: list[ServerState]) -> tuple[tuple[str, int, bool], ...]:
+    return tuple((str(s.address), s.weight, s.config.backup) for s in servers)
+
+
+def _plan(pool: Pool, client: IPAddress | None, dns: tuple[str, ...]) -> Plan:
+    upstream = pool.config
     balance = upstream.balance
+    servers = _servers(pool.servers)
     if client is None and balance == "source_hash":
-        return Plan(upstream, None, "source_hash orders the servers by the client address: give --client")
-    servers = pool.candidates("" if client is None else str(client), now=0.0)
-    candidates = tuple((str(s.address), s.weight, s.config.backup) for s in servers)
+        detail = "source_hash orders the servers by the client address: give --client"
+        return Plan(upstream, None, detail, servers, dns)
+    candidates = _servers(pool.candidates("" if client is None else str(client), now=0.0))
     detail = {
         "round_robin": "round_robin on a fresh pool: the first connection's order; each connection moves it on",
         "least_conn": "least_conn with no open connections: the order follows weight and the rotation",
@@ -274,7 +283,7 @@ def _plan(upstream: UpstreamConfig, client: IPAddress | None, rng: random.Random
         "source_hash": f"source_hash: the fixed order for {client}",
     }[balance]
     tries = f"at most 1 + retries ({upstream.retries}) servers, backups after every primary"
-    return Plan(upstream, candidates, f"{detail}; {tries}; every server taken as up")
+    return Plan(upstream, candidates, f"{detail}; {tries}; every server taken as up", servers, dns)
 
 
 def _join(items: tuple[Any, ...]) -> str:
@@ -315,7 +324,7 @@ def _decision_text(e: Explanation) -> str:
 
 def _plan_text(plan: Plan) -> list[str]:
     upstream = plan.upstream
-    servers = ", ".join(_server_text(str(s.address), s.weight, s.backup) for s in upstream.servers)
+    servers = ", ".join(_server_text(*server) for server in plan.servers) or "none"
     extras = "".join(
         [
             f", PROXY {upstream.proxy_protocol} header" if upstream.proxy_protocol else "",
@@ -323,6 +332,7 @@ def _plan_text(plan: Plan) -> list[str]:
         ]
     )
     lines = [f"upstream {upstream.name}: balance {upstream.balance}{extras}; servers {servers}"]
+    lines += [f"  DNS: {said}" for said in plan.dns]
     if plan.candidates is None:
         lines.append(f"  {plan.detail}")
         return lines

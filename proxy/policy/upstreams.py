@@ -3,7 +3,9 @@
 Pure: no sockets; the time comes in as `now`, randomness from an injected `random.Random`.
 
 `candidates()` takes the servers that are available (not marked down by active checks, not in
-a passive back-off after a failed connect); backups only when no primary is available. The
+a passive back-off after a failed connect); backups only when no primary is available (a
+server's tier: 0 for primaries, 1 for backups, and for servers of an SRV answer the rank of
+their priority, each tier a backup of the tiers before it). The
 balancing strategy orders them, its pick first, and the first 1 + `retries` go to the
 connector to try in turn. The retries follow the strategy too, so that when a server dies
 unnoticed its clients' retries spread over the others instead of all landing on one:
@@ -23,9 +25,11 @@ import itertools
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
 from proxy.config.units import Address, canonical_ip
+from proxy.policy.discovery import Change, Found, bounded, diff
 
 PASSIVE_DOWN_FIRST = 1.0  # seconds a server is skipped after the first failed connect in a row
 PASSIVE_DOWN_MAX = 30.0  # the back-off doubles per failure in a row, up to this
@@ -72,13 +76,15 @@ class ServerState:
         "failures",
         "index",
         "maintenance",
+        "tier",
         "total",
     )
 
-    def __init__(self, config: ServerConfig, index: int = 0) -> None:
+    def __init__(self, config: ServerConfig, index: int = 0, tier: int | None = None) -> None:
         self.config = config
         self.address: Address = config.address  # an attribute: the connector and the dialer read it per connection
         self.index = index  # position in config order: the tie-breaker of every strategy
+        self.tier = int(config.backup) if tier is None else tier  # 0 serves first, then 1, ...
         self.active = 0  # open connections through it (least_conn)
         self.backoff = 0.0  # the current passive back-off; 0 while the last connect worked
         self.down_until = 0.0
@@ -110,6 +116,9 @@ class ServerState:
         ended = self.down_until if self.down_until <= now else 0.0
         return max(0.0, now - max(self.changed_at, ended))
 
+    def found(self) -> Found:
+        return Found(self.tier, self.config.address, self.weight)
+
     def set_maintenance(self, on: bool, now: float) -> None:
         if on != self.maintenance:
             self.maintenance = on
@@ -123,15 +132,36 @@ Strategy = Callable[[list[ServerState], str], list[ServerState]]
 Prepare = Callable[..., str | None]  # a socket and a server in, why it cannot connect out (loop.sockopts.Dialing)
 
 
+# The group of a pool's servers that its `discover: {srv: ...}` name makes, and the group of those
+# an operator added at run time (the listed servers' groups are their positions in the list).
+SRV_GROUP = "srv"
+RUNTIME_GROUP = "runtime"
+
+
 class Pool:
-    """The servers of one upstream, their health, and the strategy that orders them."""
+    """The servers of one upstream, their health, and the strategy that orders them.
+
+    The servers come in groups, one per source: each listed server is a group of its own, and so
+    is the `discover:` name (SRV_GROUP) and what an operator added (RUNTIME_GROUP). A `resolve: all`
+    server stands for itself (one name, any address, looked up as a connection needs it) until
+    DNS answers; `found` then puts the servers of each answer in its group's place. A server that
+    leaves (an answer without it, `remove_server`) is only dropped from the list: the connections
+    open on it keep its state and finish on it. `max_servers` bounds the servers from DNS and
+    from operators together.
+    """
 
     def __init__(
         self, config: UpstreamConfig, rng: random.Random | None = None, prepare: Prepare | None = None
     ) -> None:
         self.config = config
         self.prepare = prepare  # what each connect's socket goes through first; None: nothing
-        self.servers = [ServerState(server, index) for index, server in enumerate(config.servers)]
+        self.groups: dict[int | str, list[ServerState]] = {
+            index: [ServerState(server)] for index, server in enumerate(config.servers)
+        }
+        if config.discover is not None:
+            self.groups[SRV_GROUP] = []
+        self.groups[RUNTIME_GROUP] = []
+        self.servers: list[ServerState] = []
         self.rng = rng or random.Random()
         self.health_check = config.health_check or HealthCheckConfig()
         self._order: Strategy = {
@@ -144,14 +174,93 @@ class Pool:
         self._index_servers()
 
     def _index_servers(self) -> None:
+        self.servers = [server for group in self.groups.values() for server in group]
+        for index, server in enumerate(self.servers):
+            server.index = index
+        self._tiers = sorted({server.tier for server in self.servers})
         # Hashing a server's address rather than its position keeps source_hash clients on
         # their server when the server list is edited around it.
         self._hash_keys = {id(server): b"\0" + str(server.address).encode() for server in self.servers}
 
+    def dns_groups(self) -> list[int | str]:
+        """The groups DNS answers make: the `resolve: all` servers' and the `discover:` name's."""
+        listed = [index for index, server in enumerate(self.config.servers) if server.resolve is not None]
+        return listed + ([SRV_GROUP] if self.config.discover is not None else [])
+
+    def found(self, group: int | str, servers: list[Found]) -> Change:
+        """Put `servers` (an answer's) in `group`'s place, as many as `max_servers` leaves room for;
+        what changed."""
+        others = self._bounded_count() - len(self.groups[group])
+        kept = bounded(servers, self.config.max_servers - others)
+        current = {server.address: server for server in self.groups[group]}
+        states = []
+        for each in kept:
+            state = current.get(each.address)
+            config = ServerConfig(each.address, each.weight, each.tier > 0)
+            if state is None:
+                state = ServerState(config, tier=each.tier)
+            state.config, state.tier = config, each.tier
+            states.append(state)
+        change = diff((server.found() for server in current.values()), kept)
+        self.groups[group] = states
+        self._index_servers()
+        return change
+
+    def _bounded_count(self) -> int:
+        """The servers `max_servers` bounds: those DNS answers and operators gave."""
+        return sum(len(self.groups[key]) for key in (*self.dns_groups(), RUNTIME_GROUP))
+
+    # -- servers an operator adds, removes and weighs at run time ------------------------------
+
+    def add_server(self, config: ServerConfig) -> None:
+        """One more server (ValueError if the pool has it already, or is full)."""
+        name = self.config.name
+        if any(server.address == config.address for server in self.servers):
+            raise ValueError(f"upstream {name} has server {config.address} already")
+        if self._bounded_count() >= self.config.max_servers:
+            raise ValueError(f"upstream {name} is full: max_servers is {self.config.max_servers}")
+        self.groups[RUNTIME_GROUP].append(ServerState(config))
+        self._index_servers()
+
+    def remove_server(self, address: Address) -> None:
+        """No new connections to the server at `address`, those open on it finish (ValueError if
+        there is none, or if DNS gave it: the next answer would bring it back)."""
+        members, server = self._own(address)
+        members.remove(server)
+        self._index_servers()
+
+    def set_weight(self, address: Address, weight: int) -> None:
+        """The server at `address` weighs `weight` from now on (ValueError as for remove_server)."""
+        _members, server = self._own(address)
+        server.config = replace(server.config, weight=weight)
+
+    def _own(self, address: Address) -> tuple[list[ServerState], ServerState]:
+        """The group and state of the server at `address`, one that the file or an operator gave."""
+        from_dns = self.dns_groups()
+        for group, members in self.groups.items():
+            for server in members:
+                if server.address == address and group in from_dns:
+                    raise ValueError(f"DNS gives server {address} of upstream {self.config.name}: disable it instead")
+                if server.address == address:
+                    return members, server
+        raise ValueError(f"no server {address} in upstream {self.config.name}")
+
+    def unresolved(self, group: int | str) -> Change:
+        """`group` as it was before DNS answered (its last answer has expired): a `resolve: all`
+        server stands for itself again, an SRV name has no servers."""
+        old = [server.found() for server in self.groups[group]]
+        self.groups[group] = [] if group == SRV_GROUP else [ServerState(self.config.servers[int(group)])]
+        self._index_servers()
+        return diff(old, [server.found() for server in self.groups[group]])
+
     def take_over(self, previous: Pool) -> None:
         """After a reload: servers that `previous` (the same upstream) had at the same address
         keep their state object, and with it their health, back-off, balancing state and open
-        connections, which then end on the very counter they started on."""
+        connections, which then end on the very counter they started on. A DNS group whose name
+        stays keeps the servers its last answer gave."""
+        for group in self.dns_groups():
+            if group in previous.groups and self._same_source(previous, group):
+                self.found(group, [server.found() for server in previous.groups[group]])
         states: dict[Address, list[ServerState]] = {}
         for state in previous.servers:
             states.setdefault(state.address, []).append(state)
@@ -159,9 +268,17 @@ class Pool:
             same = states.get(server.address)
             if same:
                 state = same.pop(0)
-                state.config, state.index = server.config, index
+                state.config, state.index, state.tier = server.config, index, server.tier
                 self.servers[index] = state
+        for group, members in self.groups.items():
+            self.groups[group] = [self.servers[server.index] for server in members]
         self._index_servers()
+
+    def _same_source(self, previous: Pool, group: int | str) -> bool:
+        if group == SRV_GROUP:
+            return previous.config.discover == self.config.discover
+        index = int(group)
+        return index < len(previous.config.servers) and previous.config.servers[index] == self.config.servers[index]
 
     def candidates(self, client_ip: str, now: float) -> list[ServerState]:
         """The servers to try for a new client, the balancer's pick first: at most 1 + retries.
@@ -181,11 +298,11 @@ class Pool:
         return ordered or self._ordered_groups(client_ip, limit, lambda server: not server.maintenance)
 
     def _ordered_groups(self, client_ip: str, limit: int, eligible: Callable[[ServerState], bool]) -> list[ServerState]:
-        """Eligible primaries, then eligible backups, each group in the strategy's order, cut to
+        """Eligible servers tier by tier (primaries, then backups), each tier in the strategy's order, cut to
         `limit`; a group that cannot make the cut is not ordered (ordering moves round robin on)."""
         ordered: list[ServerState] = []
-        for backup in (False, True):
-            group = [s for s in self.servers if s.config.backup == backup and eligible(s)]
+        for tier in self._tiers:
+            group = [s for s in self.servers if s.tier == tier and eligible(s)]
             if group and len(ordered) < limit:
                 ordered += self._order(group, client_ip)
         return ordered[:limit]

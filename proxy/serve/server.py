@@ -3,9 +3,10 @@ through reloads and run-time changes until it drains.
 
 It gets each listener's socket (bound, or passed by systemd or its supervisor), puts every load
 in force whole, and answers what the admin surfaces (proxy/admin) ask of it: `snapshot()`, and the
-few changes an operator makes at run time (kill a connection, a server in maintenance, dump
-rules, toxics). What one client goes through between accept and connect is its listener's
-`Frontend`'s business (proxy/serve/frontend.py), under the `Table` of the load it came in by.
+few changes an operator makes at run time (kill a connection, servers in maintenance, added or
+removed, dump rules, toxics); its `dns` follows the names pools have. What one client goes
+through between accept and connect is its listener's `Frontend`'s business
+(proxy/serve/frontend.py), under the `Table` of the load it came in by.
 
 SIGTERM/SIGINT drain: listeners close at once, open pairs get `shutdown_grace`, the rest are
 closed with `result=shutdown`. SIGHUP reloads the file, all or nothing: every new listener is
@@ -28,7 +29,7 @@ from typing import TextIO
 
 from proxy import __version__
 from proxy.admin.command_socket import CommandSocket
-from proxy.admin.commands import dump_answer
+from proxy.admin.commands import ServerChange, dump_answer
 from proxy.admin.stats import connection_row, process_stats, server_rows
 from proxy.admin.web import AdminHttp
 from proxy.config.dumping import parse_dump_condition
@@ -36,7 +37,7 @@ from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_t
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
 from proxy.config.sockets import effective_backlog, somaxconn
-from proxy.config.units import SocketAddress, did_you_mean, parse_address
+from proxy.config.units import SocketAddress, did_you_mean
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -53,8 +54,10 @@ from proxy.relay.dumping import Rule
 from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
 from proxy.serve.build import Build
+from proxy.serve.dns_follow import DnsFollowing
 from proxy.serve.frontend import DumpOutputs, Frontend
 from proxy.serve.health import HealthChecker
+from proxy.serve.operator_servers import OperatorServers
 from proxy.serve.systemd import Systemd
 
 
@@ -101,6 +104,8 @@ class Server:
         self.runtime = Runtime(self.reactor, self.resolver, log, worker, max_buffered=config.max_buffered)
         self.pools: dict[str, Pool] = {}
         self.health: list[HealthChecker] = []
+        self.dns = DnsFollowing(self.reactor, log)  # the pools' names followed, if any
+        self.operator = OperatorServers(log)
         self.listeners: dict[str, Frontend] = {}
         self.draining = False
         self._interrupts = 0
@@ -234,6 +239,7 @@ class Server:
             for pool in self.pools.values()
             if pool.config.health_check is not None
         ]
+        self.dns.follow(config.resolvers, self.pools)
         for name, upstream in config.upstreams.items():
             if upstream.tls is not None and not upstream.tls.verify:
                 self.log.warning("tls_verify_off", upstream=name, risk="any server certificate is accepted")
@@ -255,9 +261,10 @@ class Server:
             self.log.info("listening", listener=listener.name, address=listener.dispatcher.address)
         return kept, len(build.tables) - kept
 
-    def reload(self) -> list[str]:
+    def reload(self, keep_runtime: bool = False) -> list[str]:
         """Re-read the file and put it in force whole, or keep serving the old table; the problems
-        that kept it from being put in force, if any."""
+        that kept it from being put in force, if any; the servers an operator changed are changed
+        again (`keep_runtime`) or dropped."""
         if self.config_path is None:
             reason = "no configuration file (forward mode)"
             self.log.warning("reload_ignored", reason=reason)
@@ -288,6 +295,7 @@ class Server:
             self.systemd.reloaded(len(self.listeners), build.problems[0])
             return build.problems
         kept, started = self._swap(build)
+        self.operator.reloaded(self.pools, keep_runtime)
         self.reloads += 1
         self.log.info("reloaded", file=self.config_path, listeners=len(self.listeners), kept=kept, started=started)
         self.systemd.reloaded(len(self.listeners))
@@ -322,6 +330,8 @@ class Server:
             },
             "listeners": listeners,
             "servers": server_rows(self.pools, now),
+            "dns": self.dns.rows(),
+            "dns_queries": self.dns.queries(),
             "conns": [connection_row(pair, now) for pair in sorted(self.runtime.pairs, key=lambda pair: pair.conn)],
             "process": process_stats(),
         }
@@ -373,18 +383,14 @@ class Server:
 
     def set_server_maintenance(self, upstream: str, address: str, on: bool) -> bool:
         """Put a server in maintenance (`on`) or back in service; False if there is no such server."""
-        pool = self.pools.get(upstream)
-        try:
-            wanted = parse_address(address, allow_port_zero=False)
-        except ValueError:
-            return False
-        for server in pool.servers if pool is not None else ():
-            if server.address == wanted:
-                server.set_maintenance(on, self.reactor.now)
-                event = "server_disabled" if on else "server_enabled"
-                self.log.warning(event, upstream=upstream, server=server.address, by="admin")
-                return True
-        return False
+        return self.operator.maintenance(self.pools, upstream, address, on, self.reactor.now)
+
+    def change_server(self, change: ServerChange) -> str:
+        """Add, remove (it drains) or weigh a server until the next reload; ValueError says why not."""
+        return self.operator.make(self.pools, change)
+
+    def runtime_changes(self) -> list[str]:
+        return [str(change) for change in self.operator.changes]
 
     # -- faults at run time (the admin socket's `fault add`, `fault remove`, `fault list`) --
 
@@ -489,6 +495,7 @@ class Server:
             pair.finish("shutdown")
         for checker in self.health:
             checker.stop()
+        self.dns.close()
         for listener in self.listeners.values():
             listener.dispatcher.close()
         self.resolver.close()

@@ -66,6 +66,7 @@ RECORD_MAX = 4096
 # Records on a link. Supervisor to worker: a socket, or why an address has none; then `serve`
 # (start) or `reload`. Worker to supervisor: `ready` once bound, or `failed` with the reason.
 LISTEN, REFUSE, SERVE, RELOAD, READY, FAILED = b"listen", b"refuse", b"serve", b"reload", b"ready", b"failed"
+KEEP_RUNTIME = "keep-runtime"  # the text of a `reload` record whose servers changed at run time stay
 
 
 def _send(link: socket.socket, kind: bytes, text: str = "", sock: socket.socket | None = None) -> None:
@@ -88,15 +89,16 @@ def _receive(link: socket.socket) -> tuple[bytes, str, socket.socket | None] | N
     return kind, text.decode(), socket.socket(fileno=fds[0]) if fds else None
 
 
-def _take_handed_records(link: socket.socket, until: bytes, handed: HandedSockets) -> bool:
-    """Keep the sockets and refusals the supervisor sent in `handed`, up to the record `until`; False at end of file."""
+def _take_handed_records(link: socket.socket, until: bytes, handed: HandedSockets) -> str | None:
+    """Keep the sockets and refusals the supervisor sent in `handed`, up to the record `until`: its
+    text; None at end of file."""
     while True:
         received = _receive(link)
         if received is None:
-            return False
+            return None
         kind, text, sock = received
         if kind == until:
-            return True
+            return text
         if kind == LISTEN and sock is not None:
             handed.hand_over(text, sock)
         elif kind == REFUSE:
@@ -130,8 +132,9 @@ class SupervisorLink(Dispatcher):
 
     def handle_read(self) -> None:
         # A reload's records are sent at once, so the rest follows the first without waiting.
-        if _take_handed_records(self.socket, RELOAD, self.handed):
-            self.server.reload()
+        reload = _take_handed_records(self.socket, RELOAD, self.handed)
+        if reload is not None:
+            self.server.reload(keep_runtime=reload == KEEP_RUNTIME)
             self.handed.discard()
             return
         self.close()
@@ -306,7 +309,7 @@ class Supervisor:
         handed = HandedSockets()
         ready = False
         try:
-            if not _take_handed_records(link, SERVE, handed):
+            if _take_handed_records(link, SERVE, handed) is None:
                 return 1
             server = Server(
                 self.config,
@@ -413,9 +416,10 @@ class Supervisor:
             except ProcessLookupError:
                 pass  # it exited; the reaper will notice
 
-    def _reload(self) -> list[str]:
-        """Bind the new addresses for the workers, then have them reload (each logs what it found);
-        the problems the supervisor found (a file that does not load, an address it cannot bind).
+    def _reload(self, keep_runtime: bool = False) -> list[str]:
+        """Bind the new addresses for the workers, then have them reload (each logs what it found,
+        and keeps the servers an operator changed if `keep_runtime`); the problems the supervisor
+        found (a file that does not load, an address it cannot bind).
 
         A worker started later must begin with the same table, so the supervisor keeps the newest
         valid one too. An address it cannot bind reaches the workers as that error.
@@ -460,7 +464,7 @@ class Supervisor:
                 if link is not None:
                     for kind, text, sock in pending:
                         _send(link, kind, text, sock)
-                    _send(link, RELOAD)
+                    _send(link, RELOAD, KEEP_RUNTIME if keep_runtime else "")
             except OSError as exc:  # a dead or stuck worker: the reaper or the next reload deals with it
                 self.log.warning("reload_not_sent", worker=index, error=describe_os_error(exc))
             finally:

@@ -288,6 +288,25 @@ def test_a_server_in_maintenance_stays_there_when_health_checks_pass(tmp_path, s
         assert recv_exactly(client, 4) == b"two:"
 
 
+def test_servers_changed_at_run_time_are_made_again_by_a_reload_that_keeps_them(tmp_path, start_proxy, start_upstream):
+    one, two = start_upstream(echo_handler), start_upstream(echo_handler)
+    proxy, sock = admin_proxy(tmp_path, start_proxy, [one.address])
+    assert ok(sock, "add", "server", "app", two.address, "weight", "2") == "ok\n"
+    assert ok(sock, "set", "server", "app", one.address, "weight", "5") == "ok\n"
+    refused = ctl(sock, "add", "server", "app", two.address)
+    assert refused.returncode == 1 and refused.stderr == f"pairproxy: upstream app has server {two.address} already\n"
+    assert ok(sock, "reload", "--keep-runtime") == "ok\n"
+    servers = [logfmt(line)["server"] for line in ok(sock, "show", "servers").splitlines()]
+    assert servers == [one.address, two.address]
+    answer = ok(sock, "reload")
+    assert (
+        answer
+        == f"ok\ndropped: add server app {two.address} weight 2\ndropped: set server app {one.address} weight 5\n"
+    )
+    assert [logfmt(line)["server"] for line in ok(sock, "show", "servers").splitlines()] == [one.address]
+    assert len([line for line in proxy.lines if " runtime_dropped " in line]) == 2
+
+
 def test_reload_answers_ok_or_the_errors(tmp_path, start_proxy, start_upstream):
     upstream = start_upstream(echo_handler)
     _proxy, sock = admin_proxy(tmp_path, start_proxy, [upstream.address])
@@ -618,7 +637,8 @@ def test_the_snapshot_counts_what_went_through(tmp_path, start_upstream):
         assert wait_until(lambda: server.listeners[next(iter(server.listeners))].stats.closed["main", "closed"] == 2)
     try:
         snapshot = json.loads(json.dumps(server.snapshot()))  # plain data all through
-        assert set(snapshot) == {"info", "listeners", "servers", "conns", "process"}
+        assert set(snapshot) == {"info", "listeners", "servers", "conns", "process", "dns", "dns_queries"}
+        assert (snapshot["dns"], snapshot["dns_queries"]) == ([], {})  # no pool follows DNS
         (listener,) = snapshot["listeners"]
         assert (listener["name"], listener["active"], listener["connections_total"]) == ("web", 1, 3)
         assert (listener["bytes_up_total"], listener["bytes_down_total"]) == (12, 12)

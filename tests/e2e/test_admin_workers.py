@@ -1,5 +1,6 @@
 """End to end: the admin socket and the HTTP admin of `run --workers 2`, served by the supervisor
-for the whole process tree (each worker asked over its own pair)."""
+for the whole process tree (each worker asked over its own pair), and what an operator changes
+there reaching every worker (servers added, removed and weighed at run time among it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -479,3 +481,64 @@ def test_a_change_no_worker_answered_is_queued_and_kept_for_a_restart(tree, star
         with connect(proxy.address) as client:
             found.add(recv_exactly(client, 4))
     assert found == {b"two:"}  # the worker that was stopped applied it, the restarted one was told it
+
+
+# -- servers added, removed and weighed at run time ---------------------------------------
+
+
+def _tags(proxy, count: int) -> Counter:
+    found = Counter()
+    for _ in range(count):
+        with connect(proxy.address) as client:
+            found[recv_exactly(client, 4)] += 1
+    return found
+
+
+def _servers(sock_path) -> list[str]:
+    return [logfmt(line)["server"] for line in ok(sock_path, "show", "servers").splitlines()]
+
+
+def test_a_server_added_weighed_and_removed_at_run_time_in_every_worker(tree, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, address = tree(one.address)
+    assert ok(sock_path, "add", "server", "app", two.address, "weight", "3") == "ok\n"
+    assert _servers(sock_path) == [one.address, two.address]
+    assert metrics(address)[("pairproxy_server_up", labels(upstream="app", server=two.address))] == 1
+    found = _tags(proxy, 40)
+    assert 4 <= found[b"one:"] <= 16 and found[b"two:"] == 40 - found[b"one:"], found  # 1:3 in each worker
+    assert ok(sock_path, "set", "server", "app", two.address, "weight", "1") == "ok\n"
+    staying = connect(proxy.address)
+    for _ in range(20):  # a connection open on `two` when it is removed (one in two goes there)
+        if recv_exactly(staying, 4) == b"two:":
+            break
+        staying.close()
+        staying = connect(proxy.address)
+    with staying:
+        assert ok(sock_path, "del", "server", "app", two.address) == "ok\n"
+        assert _tags(proxy, 10) == {b"one:": 10}
+        staying.sendall(b"still")
+        assert recv_exactly(staying, 5) == b"still"
+    assert _servers(sock_path) == [one.address]
+
+
+def test_a_restarted_worker_is_told_the_servers_changed(tree, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address)
+    assert ok(sock_path, "add", "server", "app", two.address) == "ok\n"
+    assert ok(sock_path, "del", "server", "app", one.address) == "ok\n"
+    os.kill(worker_pids(proxy)[1], signal.SIGKILL)
+    proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") == WORKERS + 1)
+    assert _tags(proxy, 20) == {b"two:": 20}
+
+
+def test_a_reload_drops_the_run_time_servers_and_says_which_unless_it_keeps_them(tree, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address)
+    ok(sock_path, "add", "server", "app", two.address, "backup")
+    assert ok(sock_path, "reload") == f"ok\ndropped: add server app {two.address} weight 1 backup\n"
+    assert wait_until(lambda: _servers(sock_path) == [one.address])
+    assert proxy.wait_for(" runtime_dropped ")
+    ok(sock_path, "add", "server", "app", two.address)
+    assert ok(sock_path, "reload", "--keep-runtime") == "ok\n"
+    assert wait_until(lambda: proxy.log_text().count(" reloaded ") == 2 * WORKERS)
+    assert _servers(sock_path) == [one.address, two.address]

@@ -139,6 +139,18 @@ def snapshot(listener: str = "web", conns: int = 1) -> dict:
             "max_fds": 1024,
             "start_time_seconds": 1_700_000_000.0,
         },
+        "dns": [
+            {
+                "upstream": "app",
+                "name": "app.service.consul",
+                "type": "all",
+                "servers": 2,
+                "age": 1.5,
+                "state": "ok",
+                "reason": None,
+            }
+        ],
+        "dns_queries": {"ok": 5, "timeout": 1},
     }
 
 

@@ -126,6 +126,23 @@ def test_metrics_carry_the_snapshot_values():
     assert found[("process_max_fds", ())] == 1024
 
 
+def test_metrics_carry_the_dns_queries_and_the_age_of_each_answer():
+    found = samples(render(snapshot()))
+    assert found[("pairproxy_dns_queries_total", (("result", "ok"),))] == 5
+    assert found[("pairproxy_dns_queries_total", (("result", "timeout"),))] == 1
+    name = (("name", "app.service.consul"), ("upstream", "app"))
+    assert found[("pairproxy_dns_answer_age_seconds", name)] == 1.5
+
+
+def test_workers_dns_rows_show_the_freshest_answer_and_a_failing_worker():
+    first, second = snapshot(), snapshot()
+    second["dns"][0] |= {"age": 0.5, "servers": 3, "state": "failing", "reason": "timeout"}
+    merged = merge([first, second])
+    assert merged["dns"] == [{**first["dns"][0], "age": 0.5, "servers": 3, "state": "failing", "reason": "timeout"}]
+    assert merged["dns_queries"] == {"ok": 10, "timeout": 2}
+    assert "failing: timeout" in " ".join(page_of(merged).text)
+
+
 def test_each_family_has_its_help_and_type_once():
     text = render(snapshot())
     kinds = families(text)

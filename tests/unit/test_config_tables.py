@@ -25,6 +25,8 @@ FIELDS_READ_BY_HAND = {
     "keepalive": set(),
     "upstream tls": {"client_cert"},  # cert: + key:
     "admin": set(),
+    "discover": set(),
+    "resolvers": set(),
 }
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.schema import BALANCE_STRATEGIES, HealthCheckConfig
+from proxy.config.schema import BALANCE_STRATEGIES, HealthCheckConfig, ServerConfig
+from proxy.config.units import Address
 from proxy.policy.upstreams import PASSIVE_DOWN_FIRST, PASSIVE_DOWN_MAX, Pool
 from tests.support import pool, ports
 
@@ -329,3 +332,25 @@ def test_source_hash_keeps_a_client_unless_its_own_server_goes_down(weights, dow
     p.connect_failed(p.servers[down % len(weights)], now=0)
     expected = next(port for port in order if port != down % len(weights) + 1)
     assert pick(p, client, now=0.1) == expected
+
+
+# -- servers an operator adds, removes and weighs ---------------------------------------------
+
+
+def test_servers_added_removed_and_weighed_at_run_time():
+    p = pool(1, 2, max_servers=2)
+    p.add_server(ServerConfig(Address("127.0.0.1", 3), weight=2))
+    assert ports(p.servers) == [1, 2, 3]
+    with pytest.raises(ValueError, match=re.escape("upstream p has server 127.0.0.1:3 already")):
+        p.add_server(ServerConfig(Address("127.0.0.1", 3)))
+    p.add_server(ServerConfig(Address("127.0.0.1", 4)))
+    with pytest.raises(ValueError, match="upstream p is full: max_servers is 2"):
+        p.add_server(ServerConfig(Address("127.0.0.1", 5)))
+    leaving = p.servers[0]
+    p.connection_started(leaving)
+    p.remove_server(Address("127.0.0.1", 1))  # a listed server, until the next reload
+    assert ports(p.servers) == [2, 3, 4] and leaving.active == 1
+    p.set_weight(Address("127.0.0.1", 2), 3)
+    assert Counter(picks(p, 60)) == {2: 30, 3: 20, 4: 10}
+    with pytest.raises(ValueError, match=re.escape("no server 127.0.0.1:1 in upstream p")):
+        p.set_weight(Address("127.0.0.1", 1), 2)

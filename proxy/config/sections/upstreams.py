@@ -3,12 +3,18 @@ socket options toward them (keepalive, user_timeout, source; the listeners share
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import yaml
 
 from proxy.config.reader import INVALID, Fields, Invalid, Reader, Section, at_least_one
 from proxy.config.schema import (
     BALANCE_STRATEGIES,
+    MAX_MAX_SERVERS,
     PROXY_PROTOCOL_VERSIONS,
+    RESOLVE_MODES,
+    DiscoverConfig,
     HealthCheckConfig,
     KeepaliveConfig,
     ServerConfig,
@@ -27,15 +33,19 @@ def upstream(reader: Reader, name: str, node: yaml.Node) -> UpstreamConfig | Non
     if not isinstance(node, yaml.MappingNode):
         return None
     options = {**reader.inherited(UPSTREAM.parsers), **reader.options(fields, UPSTREAM)}
-    if "servers" not in fields:
-        reader.error(node, f"{what} has no 'servers:' list")
+    if "servers" not in fields and "discover" not in fields:
+        reader.error(node, f"{what} has no 'servers:' list (nor 'discover:')")
         return None
-    servers_node = fields["servers"][1]
-    listed = (server(reader, item) for item in reader.sequence(servers_node, "servers"))
-    servers = [s for s in listed if not isinstance(s, Invalid)]
-    if isinstance(servers_node, yaml.SequenceNode) and not servers_node.value:
-        reader.error(servers_node, f"{what} has an empty server list")
-    if not servers:
+    servers: list[ServerConfig] = []
+    if "servers" in fields:
+        servers_node = fields["servers"][1]
+        listed = (server(reader, item) for item in reader.sequence(servers_node, "servers"))
+        servers = [s for s in listed if not isinstance(s, Invalid)]
+        if isinstance(servers_node, yaml.SequenceNode) and not servers_node.value:
+            reader.error(servers_node, f"{what} has an empty server list")
+        if not servers:
+            return None
+    elif "discover" not in options:
         return None
     tcp_only(reader, fields, _TCP_KEYS, what, [s.address for s in servers])
     source = options.get("source")
@@ -59,6 +69,15 @@ def server(reader: Reader, node: yaml.Node) -> ServerConfig | Invalid:
     if not isinstance(built, Invalid) and built.source is not None:
         tcp_only(reader, fields, ("source",), "server", [built.address])
         source_family(reader, fields["source"][1], built.source, [built.address])
+    if (
+        not isinstance(built, Invalid)
+        and built.resolve is not None
+        and (built.address.is_unix or built.address.is_literal)
+    ):
+        reader.error(
+            fields["resolve"][1], f"resolve: {built.resolve} needs a server named by a DNS name, not {built.address}"
+        )
+        return INVALID
     return built
 
 
@@ -109,6 +128,28 @@ def upstream_tls(reader: Reader, node: yaml.Node, what: str) -> UpstreamTlsConfi
     return UpstreamTlsConfig(client_cert=client_cert, **options)
 
 
+# -- servers from DNS (docs/discovery.md) --------------------------------------------------
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def dns_name(reader: Reader, node: yaml.Node, what: str) -> str | Invalid:
+    """A DNS name to look up (letters, digits, `-` and `_`, as SRV names have), in lower case."""
+
+    def parse(value: Any) -> str:
+        name = value.lower().rstrip(".") if isinstance(value, str) else ""
+        if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in name.split(".")):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return name
+
+    return reader.parsed(node, what, parse)
+
+
+def discover(reader: Reader, node: yaml.Node, what: str) -> DiscoverConfig | Invalid:
+    fields = reader.fields_with(node, what, DISCOVER, "srv", f"{what} needs 'srv:', the SRV name to follow")
+    return INVALID if fields is None else reader.built(node, fields, DISCOVER, DiscoverConfig)
+
+
 def _upstream_address(reader: Reader, node: yaml.Node, key: str) -> SocketAddress | Invalid:
     return reader.address(node, key, listener=False)
 
@@ -132,11 +173,21 @@ UPSTREAM = Section(
         "keepalive": keepalive,
         "user_timeout": _user_timeout,
         "source": _source,
+        "discover": discover,
+        "max_servers": lambda reader, node, key: reader.integer(node, key, 1, MAX_MAX_SERVERS),
     },
     by_hand=("servers",),
 )
 _TCP_KEYS = ("keepalive", "user_timeout", "source")  # the keys that mean nothing to a UNIX socket
-SERVER = Section({"address": _upstream_address, "weight": at_least_one, "backup": Reader.boolean, "source": _source})
+SERVER = Section(
+    {
+        "address": _upstream_address,
+        "weight": at_least_one,
+        "backup": Reader.boolean,
+        "resolve": lambda reader, node, key: reader.choice(node, key, RESOLVE_MODES),
+        "source": _source,
+    }
+)
 KEEPALIVE = Section(
     {
         "idle": lambda reader, node, key: reader.parsed(node, key, keepalive_seconds),
@@ -144,6 +195,7 @@ KEEPALIVE = Section(
         "count": lambda reader, node, key: reader.parsed(node, key, keepalive_count),
     }
 )
+DISCOVER = Section({"srv": dns_name})
 HEALTH_CHECK = Section(
     {"interval": Reader.timeout, "timeout": Reader.timeout, "rise": at_least_one, "fall": at_least_one}
 )
