@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.config.schema import MATCH_PROTOCOLS
 from proxy.protocol.detect import (
     PEEK_LIMIT,
     PROTOCOLS,
@@ -194,3 +195,7 @@ def test_every_detector_decides_within_the_byte_limit(start, filler, protocol):
     assert detect(protocol, data) is not None
     assert http_host(data)[0] is not None
     assert PEEK_LIMIT == 2 * MAX_CLIENT_HELLO
+
+
+def test_the_names_a_route_may_match_are_the_detectors_and_silent():
+    assert (*PROTOCOLS, SILENT) == MATCH_PROTOCOLS
