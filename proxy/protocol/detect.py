@@ -239,6 +239,9 @@ class FirstBytes:
             return self._verdicts[protocol]
         if protocol == SILENT:
             verdict = False if self.data else (True if self.final else None)
+        elif protocol == "tls":  # is_tls, from the ClientHello already read for its name and ALPN
+            hello = self.hello
+            verdict = self._settled(None if hello is None else hello.reason != "not_tls")
         else:
             verdict = self._settled(detect(protocol, self.data))
         self._verdicts[protocol] = verdict
@@ -246,21 +249,21 @@ class FirstBytes:
 
     @property
     def hello(self) -> Hello | None:
-        """The ClientHello, once read (None while it may still come; a Hello with a reason if not)."""
+        """What the ClientHello peek answers (a Hello, with a reason when it names no server);
+        None while a ClientHello may still be arriving, or never did."""
         if self._hello is None:
-            hello = peek_server_name(self.data)
-            if hello is None and self.final:
-                hello = Hello(None, "not_tls" if self.data else "silent")
-            self._hello = hello
+            self._hello = peek_server_name(self.data)
         return self._hello
 
     def server_name(self) -> tuple[Verdict, str | None]:
         hello = self.hello
-        return (None, None) if hello is None else (hello.server_name is not None, hello.server_name)
+        if hello is None:
+            return self._settled(None), None
+        return hello.server_name is not None, hello.server_name
 
     def alpn(self) -> tuple[Verdict, tuple[str, ...]]:
         hello = self.hello
-        return (None, ()) if hello is None else (bool(hello.alpn), hello.alpn)
+        return (self._settled(None), ()) if hello is None else (bool(hello.alpn), hello.alpn)
 
     def host(self) -> tuple[Verdict, str | None]:
         if self._host is None:

@@ -16,6 +16,8 @@ def access_fields(pair: Pair, result: str, reason: str | None, close_by: str) ->
         truncated = (side.name for side in (pair.client, upstream) if side is not None and side.truncated())
         reason = next((f"{name}: no close_notify" for name in truncated), pair.note)
     tls_fields = {"sni": pair.sni, **pair.client.log_fields()}
+    if pair.protocol is not None:  # a peek at the first bytes found out what they are
+        tls_fields.update(protocol=pair.protocol, alpn=pair.alpn, host=pair.host)
     if upstream is not None:
         tls_fields.update(upstream.log_fields())
     if pair.credentials is not None:
