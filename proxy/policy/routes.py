@@ -136,7 +136,12 @@ WAIT = Wait()
 
 
 class RouteTable:
-    """A listener's routes in order; `select` gives the first that matches, with its label."""
+    """A listener's routes in order; `select` gives the first that matches, with its label, and
+    `decide` the same from a client's first bytes.
+
+    What its routes look at: `needs_source` (the client's address), `needs_server_name` (SNI,
+    so a ClientHello has to be read first), `reads_first_bytes` (a protocol, ALPN, a Host or a
+    prefix: the first bytes decide)."""
 
     def __init__(self, routes: tuple[RouteConfig, ...]) -> None:
         self.routes = tuple(
@@ -145,6 +150,10 @@ class RouteTable:
             else route
             for route in routes
         )
+        # Asked per connection: answered once.
+        self.needs_source = any(route.match.source for route in self.routes)
+        self.needs_server_name = any(route.match.sni for route in self.routes)
+        self.reads_first_bytes = any(route.match.reads_first_bytes for route in self.routes)
 
     def select(self, address: IPAddress, server_name: str | None = None) -> tuple[str | int, RouteConfig] | None:
         """(label, route) of the first matching route, or None (the client gets `no_route`).
@@ -166,18 +175,3 @@ class RouteTable:
             if verdict:
                 return (route.name if route.name is not None else index), route
         return None
-
-    @property
-    def reads_first_bytes(self) -> bool:
-        """True when some route matches on protocol, ALPN, Host or a prefix: the first bytes decide."""
-        return any(route.match.reads_first_bytes for route in self.routes)
-
-    @property
-    def needs_source(self) -> bool:
-        """True when some route matches on the client's address."""
-        return any(route.match.source for route in self.routes)
-
-    @property
-    def needs_server_name(self) -> bool:
-        """True when some route matches on SNI, so the ClientHello has to be read first."""
-        return any(route.match.sni for route in self.routes)

@@ -18,6 +18,7 @@ _HANDSHAKE_CLIENT_HELLO = 0x01
 _EXTENSION_SERVER_NAME = 0x0000
 _EXTENSION_ALPN = 0x0010
 _NAME_TYPE_HOST = 0x00
+_EXTENSION_HEADER = struct.Struct("!HH")  # extension_type, the length of its data
 _MAX_RECORD = 2**14 + 2048  # TLSCiphertext's limit; anything larger is not TLS
 
 
@@ -75,14 +76,25 @@ def _parse_client_hello(body: bytes) -> Hello:
         reader.take(reader.number(1))  # legacy_compression_methods
         if reader.remaining == 0:
             return Hello(None, "no_sni")  # no extensions at all
-        extensions = _Reader(reader.take(reader.number(2)))
-        while extensions.remaining:
-            kind = extensions.number(2)
-            content = extensions.take(extensions.number(2))
+        extensions = reader.take(reader.number(2))
+        # Walked by offsets, not through a _Reader: a ClientHello has a dozen extensions or more,
+        # and this runs for every client of a listener that peeks.
+        end, position = len(extensions), 0
+        while position < end:
+            if position + 4 > end:
+                raise ValueError("truncated")
+            kind, size = _EXTENSION_HEADER.unpack_from(extensions, position)
+            start, position = position + 4, position + 4 + size
+            if position > end:
+                raise ValueError("truncated")
             if kind == _EXTENSION_SERVER_NAME:
-                named = _server_name(content)
+                named = _server_name(extensions[start:position])
+                if alpn:
+                    break
             elif kind == _EXTENSION_ALPN:
-                alpn = _protocol_names(content)
+                alpn = _protocol_names(extensions[start:position])
+                if named.reason != "no_sni":
+                    break  # both found: what follows is not read, as it never was after the name
     except ValueError:
         if named.server_name is None:
             return Hello(None, "not_tls")
@@ -110,13 +122,16 @@ def _server_name(content: bytes) -> Hello:
 
 def _protocol_names(content: bytes) -> tuple[str, ...]:
     """RFC 7301's ProtocolNameList; ValueError (not TLS) when it is malformed or names an empty protocol."""
-    names = _Reader(_Reader(content).take_prefixed(2))
-    offered = []
-    while names.remaining:
-        name = names.take_prefixed(1)
-        if not name:
-            raise ValueError("an empty ALPN protocol name")
-        offered.append(name.decode("ascii", "backslashreplace"))  # opaque bytes: shown, never trusted
+    end = len(content)
+    if end < 2 or int.from_bytes(content[:2], "big") != end - 2:
+        raise ValueError("a malformed ALPN list")
+    offered, position = [], 2
+    while position < end:
+        start = position + 1
+        position = start + content[position]
+        if position == start or position > end:
+            raise ValueError("a malformed ALPN protocol name")
+        offered.append(content[start:position].decode("ascii", "backslashreplace"))  # shown, never trusted
     return tuple(offered)
 
 
