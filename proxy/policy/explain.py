@@ -249,11 +249,12 @@ def _notes(
         source = "the ClientHello (TLS passed through)"
     else:
         source = None
-    if source is not None and sni is None and table.needs_server_name:
+    described = isinstance(first, Described)  # else the bytes themselves say it all
+    if described and source is not None and sni is None and table.needs_server_name:
         notes.append(f"no --sni: the server name comes from {source}, so routes with sni cannot match")
     elif source is None and sni is not None:
         notes.append("no route matches on sni, so this listener never reads it: --sni changes nothing")
-    if table.reads_first_bytes and first.protocol() is None:
+    if described and table.reads_first_bytes and first.protocol() is None:
         notes.append("no --protocol or --first-bytes: routes on the protocol cannot match")
     if client is None and (listener.allow is not None or listener.deny or table.needs_source):
         notes.append("no --client: rules on the client address cannot be decided")
@@ -304,12 +305,20 @@ def _byte_detail(kind: str, match: MatchConfig, first: ClientBytes, held: bool) 
     if kind == "prefix":
         return f"the bytes start with one of {wanted}" if held else f"the bytes start with none of {wanted}"
     if seen is None:
-        return f"no {kind} {'seen' if kind == 'protocol' else 'given'}, so none of {wanted}"
+        return f"{_NOTHING_SEEN[kind]}, so none of {wanted}"
     if kind == "sni" and held:
         return f"{seen} matches {first_pattern(match.sni, seen)}"
     if kind == "host" and held:
         return f"{seen} matches {first_pattern(match.host, seen)}"
     return f"{seen} is one of {wanted}" if held else f"{seen} matches none of {wanted}"
+
+
+_NOTHING_SEEN = {
+    "protocol": "no protocol recognised",
+    "sni": "no server name",
+    "alpn": "no ALPN protocol offered",
+    "host": "no Host",
+}
 
 
 def _shown(prefix: bytes) -> str:
