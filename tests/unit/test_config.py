@@ -1257,3 +1257,17 @@ def test_a_route_covered_by_an_earlier_one_on_the_first_bytes_is_never_matched(e
         """)
     expected = ("t.yaml:5:9: warning: this route can never match: route 0 before it matches all it does",)
     assert loaded.warnings == (expected if never else ())
+
+
+def test_a_peek_timeout_on_a_listener_that_reads_no_first_bytes_is_warned_about():
+    loaded = load("""\
+        listeners:
+          - listen: 443
+            peek_timeout: 1s
+            routes:
+              - {match: {sni: a.test}, upstream: 22}
+        """)
+    assert loaded.warnings == (
+        "t.yaml:3:5: warning: peek_timeout: no route matches on the first bytes (protocol, alpn, host, prefix),"
+        " so none are waited for",
+    )

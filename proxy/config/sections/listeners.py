@@ -60,6 +60,9 @@ def listener(reader: Reader, node: yaml.Node) -> ListenerConfig | None:
     )
     for finding in listener_warnings(listener, places, reader.names):
         reader.report(finding)
+    if "peek_timeout" in fields and not any(route.match.reads_first_bytes for route in listener.routes):
+        why = "no route matches on the first bytes (protocol, alpn, host, prefix), so none are waited for"
+        reader.warn(fields["peek_timeout"][0], f"peek_timeout: {why}")
     return listener
 
 
