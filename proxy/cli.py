@@ -7,14 +7,13 @@ traceback only at `--log-level debug`): 2 for usage and configuration, 1 at run 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from proxy import __version__
+from proxy import __version__, route_command
 from proxy.admin import command_socket
 from proxy.config.certificates import CertificatePair, check_ca_file, check_certificate
 from proxy.config.checks import CAPTURE, HEX_DUMP, KEY_LOG, OutputFile, output_clashes, standard_output_clash
@@ -39,13 +38,11 @@ from proxy.config.units import parse_address, parse_duration, parse_positive_dur
 from proxy.errors import ProxyError, StartupError, UsageError, describe_os_error
 from proxy.log import LEVELS, EventLog
 from proxy.output import file_identity
-from proxy.policy import explain
 from proxy.serve.contexts import open_keylog
 from proxy.serve.echo import serve_echo
 from proxy.serve.flags import add_pid_file_flag, add_socket_flags, claim_pid_file, count_parser, socket_options
 from proxy.serve.flags import argument_type as _argument
 from proxy.serve.pidfile import PidFile, written
-from proxy.serve.route_lookup import explain_route
 from proxy.serve.server import Server
 from proxy.serve.workers import Supervisor
 
@@ -262,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
 
-    _add_route_command(commands)
+    route_command.add_parser(commands)
     _add_ctl_command(commands)
 
     echo = commands.add_parser("echo", help="run an echo server", description="Echo every byte back.")
@@ -271,21 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--log-level", choices=list(LEVELS), default="info", help="default: info")
         command.add_argument("--log-format", choices=["text", "json"], default="text", help="default: text")
     return parser
-
-
-def _add_route_command(commands: argparse._SubParsersAction) -> None:
-    route = commands.add_parser(
-        "route",
-        help="explain where a client would go",
-        description="Explain what the table in FILE decides for a client of LISTENER, and why.",
-    )
-    route.add_argument("-c", "--config", default="pairproxy.yaml", metavar="FILE", help="default: pairproxy.yaml")
-    route.add_argument(
-        "--listener", required=True, metavar="NAME", help="a listener's name (its address when it has none)"
-    )
-    route.add_argument("--client", metavar="IP[:PORT]", help="the client's address (default: left undecided)")
-    route.add_argument("--sni", metavar="NAME", help="the server name the client sends")
-    route.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
 
 def _add_ctl_command(commands: argparse._SubParsersAction) -> None:
@@ -323,14 +305,7 @@ def _ctl(args: argparse.Namespace, _log: EventLog) -> int:
 
 
 def _route(args: argparse.Namespace, _log: EventLog) -> int:
-    config = _load(args).config
-    listeners = {explain.listener_name(listener): listener for listener in config.listeners}
-    listener = listeners.get(args.listener)
-    if listener is None:
-        raise UsageError(f"no listener {args.listener!r} in {args.config}; listeners: {', '.join(listeners)}")
-    result = explain_route(listener, config, args.client, args.sni)  # with the servers DNS gives now
-    print(json.dumps(result.to_json()) if args.json else explain.render_text(result))
-    return 0
+    return route_command.run(args, _load(args).config)
 
 
 def _forward(args: argparse.Namespace, log: EventLog) -> int:

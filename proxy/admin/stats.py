@@ -77,6 +77,9 @@ def connection_row(pair: Pair, now: float) -> dict:
         "idle": now - pair.last_active(),
         "bytes_up": pair.client.bytes_read,
         "bytes_down": 0 if upstream is None else upstream.bytes_read,
+        "protocol": pair.protocol,  # what a peek at the first bytes found (None: no peek, or nothing known)
+        "alpn": pair.alpn,
+        "host": pair.host,
     }
 
 

@@ -1,7 +1,8 @@
 """Checks across the whole route table, once it is built: findings located in the file.
 
 Pure functions over the schema's dataclasses and the places (FILE:LINE:COLUMN) each part was
-written at: listeners that cannot all bind, routes that can never match, SNI routes no
+written at: listeners that cannot all bind, routes that can never match (their conditions exclude
+each other, or a route before matches all they do), SNI routes no
 certificate covers, allow/deny lists that leave nobody, trusted-proxy warnings and unused
 upstreams, dump filters that can never hold, dumps that would share standard output, and
 outputs that would write one file. The loader reads the file and reports what these return;
@@ -109,15 +110,41 @@ def listener_warnings(
 
 
 def route_coverage(listener: ListenerConfig, places: ListenerPlaces) -> list[Finding]:
-    """Warnings: routes that can never match, since a route before each matches all it does."""
+    """Warnings: routes that can never match, since their own conditions exclude each other or a
+    route before each matches all it does."""
     findings = []
     coverage = _Coverage()
+    terminates = listener.tls is not None
     for index, (route, place) in enumerate(zip(listener.routes, places.routes, strict=True)):
+        why = _contradiction(route.match, terminates)
+        if why is not None:
+            findings.append(Finding(place, f"this route can never match: {why}", warning=True))
+            continue
         cover = coverage.add(route.match, route.name or str(index))  # unnamed: its index, as in the access log
         if cover is not None:
             message = f"this route can never match: route {cover} before it matches all it does"
             findings.append(Finding(place, message, warning=True))
     return findings
+
+
+def _contradiction(match: MatchConfig, terminates: bool) -> str | None:
+    """Why no client can meet all of `match`'s conditions, or None."""
+    protocols = set(match.protocol)
+    tls_keys = [key for key in ("sni", "alpn") if getattr(match, key)]
+    if match.host and terminates:
+        return (
+            "host is a plain HTTP request's Host, and this listener's HTTP clients speak TLS"
+            " (route them by sni; host matches only plain HTTP sent to it)"
+        )
+    if match.host and tls_keys:
+        return f"host is read from plain HTTP, {tls_keys[0]} from TLS"
+    if match.host and protocols and "http" not in protocols:
+        return "host is read from a plain HTTP/1.x request, which its protocol excludes"
+    if tls_keys and protocols and "tls" not in protocols:
+        return f"{tls_keys[0]} is read from a TLS ClientHello, which its protocol excludes"
+    if protocols == {"silent"} and (tls_keys or match.host or match.prefix):
+        return "protocol silent means no bytes came, so nothing in them can match"
+    return None
 
 
 def dump_filter_warnings(listener: ListenerConfig, places: ListenerPlaces) -> list[Finding]:
@@ -341,10 +368,18 @@ class _Coverage:
 
 def _covers(earlier: MatchConfig, later: MatchConfig) -> bool:
     """True when every client that `later` matches is taken by `earlier` first."""
-    if earlier.sni:
-        patterns = frozenset(earlier.sni)
-        if not (later.sni and all(_sni_covered(name, patterns) for name in later.sni)):
+    for names in ("sni", "host"):
+        patterns = frozenset(getattr(earlier, names))
+        if patterns and not (getattr(later, names) and all(_sni_covered(n, patterns) for n in getattr(later, names))):
             return False
+    for values in ("protocol", "alpn"):
+        held = frozenset(getattr(earlier, values))
+        if held and not (getattr(later, values) and held.issuperset(getattr(later, values))):
+            return False
+    if earlier.prefix and not (
+        later.prefix and all(any(data.startswith(start) for start in earlier.prefix) for data in later.prefix)
+    ):
+        return False
     if not earlier.source:
         return True
     return bool(later.source) and all(_network_within(network, earlier.source) for network in later.source)

@@ -273,7 +273,9 @@ def _table(reader: Reader, root: yaml.Node | None) -> Config | None:
 # What every listener, upstream or the whole table takes unless it says otherwise.
 DEFAULTS = Section(
     {
-        **{key: LISTENER.parsers[key] for key in ("connect_timeout", "idle_timeout", "max_connections")},
+        **{
+            key: LISTENER.parsers[key] for key in ("connect_timeout", "idle_timeout", "peek_timeout", "max_connections")
+        },
         **{key: LISTENER.parsers[key] for key in ("buffer_size", "hexdump", "pcap", "snaplen", "dump_only")},
         "max_buffered": lambda reader, node, key: reader.size(node, key, MIN_MAX_BUFFERED),
         "shutdown_grace": Reader.duration,

@@ -20,6 +20,7 @@ DEFAULT_MAX_CONNECTIONS = 10000
 DEFAULT_BUFFER_SIZE = 256 * 1024
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_BACKLOG = 1024  # the kernel takes at most net.core.somaxconn of it
+DEFAULT_PEEK_TIMEOUT = 2.0  # as sslh's: SSH clients wait this long for a server that speaks first
 
 
 def _default_max_buffered() -> int:
@@ -143,12 +144,29 @@ class UpstreamConfig:
         return self.discover is not None or any(server.resolve is not None for server in self.servers)
 
 
+# What `match.protocol` may name: a protocol detected in the client's first bytes, or `silent`.
+MATCH_PROTOCOLS = ("tls", "ssh", "http", "http2", "socks5", "openvpn", "xmpp", "proxy", "silent")
+MAX_PREFIX = 16 * 1024  # a ClientHello's limit: a longer prefix could never be read
+
+
 @dataclass(frozen=True)
 class MatchConfig:
-    """Conditions of a route; all given ones must hold. Empty tuples match everything."""
+    """Conditions of a route; all given ones must hold, and within one, any of its values.
+    Empty tuples match everything.
+
+    `protocol`, `alpn`, `host` and `prefix` are read from the client's first bytes (a peek)."""
 
     sni: tuple[str, ...] = ()
     source: tuple[IPNetwork, ...] = ()
+    protocol: tuple[str, ...] = ()  # of MATCH_PROTOCOLS
+    alpn: tuple[str, ...] = ()  # the TLS client offers one of these
+    host: tuple[str, ...] = ()  # a plain HTTP/1.x request's Host: names, or *. wildcards
+    prefix: tuple[bytes, ...] = ()  # the stream starts with one of these
+
+    @property
+    def reads_first_bytes(self) -> bool:
+        """True when a condition needs the client's first bytes (beyond a ClientHello's SNI)."""
+        return bool(self.protocol or self.alpn or self.host or self.prefix)
 
 
 # A listener's or route's name goes into each captured connection's comment, a pcapng option of
@@ -227,6 +245,8 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...]
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # How long a client's first bytes are waited for when a route matches on them.
+    peek_timeout: float = DEFAULT_PEEK_TIMEOUT
     buffer_size: int = DEFAULT_BUFFER_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     hexdump: bool = False

@@ -42,8 +42,9 @@ class HexdumpWriter:
         if not self.output.write(text.encode()):
             self._dropped_conn = conn
 
-    def opened(self, conn: int, source: str, destination: str) -> None:
-        self._emit(conn, f"{timestamp_us()} conn={conn} open {source} -> {destination}\n")
+    def opened(self, conn: int, source: str, destination: str, detected: str = "") -> None:
+        """The open line; `detected` (` protocol=ssh ...`, escaped) is appended as it is."""
+        self._emit(conn, f"{timestamp_us()} conn={conn} open {source} -> {destination}{detected}\n")
 
     def closed(self, conn: int, result: str) -> None:
         self._emit(conn, f"{timestamp_us()} conn={conn} close result={result}\n")

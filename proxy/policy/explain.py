@@ -1,9 +1,11 @@
 """Why a listener's table sends a client where it does: the decision and its reasons, for `pairproxy route`.
 
-Pure. The decision itself comes from the serving code (`AccessPolicy.permits`, `RouteTable.select`,
+Pure. The decision itself comes from the serving code (`AccessPolicy.permits`, `RouteTable.decide`,
 `Pool.candidates` on a fresh pool); the reasons come from the same predicates those use
-(`first_network`, `first_pattern`), so the explanation cannot drift from what a connection gets.
-A client may be left out: rules on its address are then reported as undecided.
+(`first_network`, `byte_conditions`), so the explanation cannot drift from what a connection gets.
+A client may be left out: rules on its address are then reported as undecided. What it sends
+first is described (`Described`: a protocol, ALPN names, a Host, a server name) or given as bytes
+(proxy/protocol/detect.py's `FirstBytes`, which `pairproxy route --first-bytes` makes).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from typing import Any
 
 from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig, UpstreamConfig
 from proxy.config.units import IPAddress, canonical_ip, join_host_port, parse_address
-from proxy.policy.routes import AccessPolicy, RouteTable, first_network, first_pattern
+from proxy.policy.routes import (
+    AccessPolicy,
+    FirstBytesView,
+    RouteTable,
+    Verdict,
+    Wait,
+    byte_conditions,
+    first_network,
+    first_pattern,
+)
 from proxy.policy.upstreams import Pool, ServerState
 
 # A route's status: matched, failed a condition, undecided without a client, or after the winner.
@@ -37,9 +48,49 @@ def parse_client(text: str) -> tuple[IPAddress, int | None]:
         raise ValueError(f"bad client address {text!r}: expected IP, IP:PORT or [IPv6]:PORT") from None
 
 
+class ClientBytes(FirstBytesView):
+    """A client's first bytes as routes see them, and the protocol they are (None: none known)."""
+
+    def protocol(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Described:
+    """A client described by what it sends first rather than by its bytes: a protocol (else TLS
+    when a server name or ALPN is given, plain HTTP when a Host is), ALPN names, a Host, an SNI.
+    It sends no bytes a prefix could match."""
+
+    given_protocol: str | None = None
+    offered: tuple[str, ...] = ()
+    host_name: str | None = None
+    sni: str | None = None
+
+    def protocol(self) -> str | None:
+        if self.given_protocol is not None:
+            return self.given_protocol
+        if self.sni is not None or self.offered:
+            return "tls"
+        return "http" if self.host_name is not None else None
+
+    def speaks(self, protocol: str) -> Verdict:
+        return protocol == self.protocol()
+
+    def server_name(self) -> tuple[Verdict, str | None]:
+        return self.sni is not None, self.sni
+
+    def alpn(self) -> tuple[Verdict, tuple[str, ...]]:
+        return bool(self.offered), self.offered
+
+    def host(self) -> tuple[Verdict, str | None]:
+        return self.host_name is not None, self.host_name
+
+    def starts_with(self, prefix: bytes) -> Verdict:
+        return False
+
+
 @dataclass(frozen=True)
 class Condition:
-    kind: str  # "source" | "sni"
+    kind: str  # "source" | "protocol" | "sni" | "alpn" | "host" | "prefix"
     held: bool | None  # None: cannot be told without a client address
     detail: str
 
@@ -78,6 +129,10 @@ class Explanation:
     client: IPAddress | None
     port: int | None
     sni: str | None
+    protocol: str | None
+    alpn: tuple[str, ...]
+    host: str | None
+    reads_first_bytes: bool  # some route matches on the protocol, ALPN, Host or a prefix
     notes: tuple[str, ...]
     access: Access
     routes: tuple[RouteStep, ...]
@@ -93,6 +148,10 @@ class Explanation:
             "client": None if self.client is None else str(self.client),
             "client_port": self.port,
             "sni": self.sni,
+            "protocol": self.protocol,
+            "alpn": list(self.alpn),
+            "host": self.host,
+            "reads_first_bytes": self.reads_first_bytes,
             "notes": list(self.notes),
             "access": asdict(self.access),
             "routes": [
@@ -139,18 +198,22 @@ def explain(
     port: int | None = None,
     sni: str | None = None,
     rng: random.Random | None = None,
+    first: ClientBytes | None = None,
     discovered: Mapping[str, tuple[Pool, tuple[str, ...]]] | None = None,
 ) -> Explanation:
-    """What `listener` does with a client from `client` (None: unknown) that sends `sni`.
+    """What `listener` does with a client from `client` (None: unknown) that sends `sni`, or the
+    first bytes `first` (which then say the server name too).
 
     `discovered` gives the pools that follow DNS as a lookup just found them, with what DNS said."""
     policy, table = AccessPolicy.of(listener), RouteTable(listener.routes)
+    first = first if first is not None else Described(sni=sni)
+    sni = first.server_name()[1]
     access = _access(policy, client)
     steps: tuple[RouteStep, ...] = ()
     decision, label, plan = "denied", None, None
     if access.decision != "denied":
-        steps = _route_steps(table, client, sni)
-        decision, label, route = _decide(table, steps, client, sni)
+        steps = _route_steps(table, client, first)
+        decision, label, route = _decide(table, steps, client, first)
         if route is not None:
             pool, said = (discovered or {}).get(route.upstream, (Pool(upstreams[route.upstream], rng), ()))
             plan = _plan(pool, client, said)
@@ -162,7 +225,11 @@ def explain(
         client=client,
         port=port,
         sni=sni,
-        notes=_notes(listener, table, client, sni),
+        protocol=first.protocol(),
+        alpn=first.alpn()[1],
+        host=first.host()[1],
+        reads_first_bytes=table.reads_first_bytes,
+        notes=_notes(listener, table, client, first),
         access=access,
         routes=steps,
         decision=decision,
@@ -171,8 +238,11 @@ def explain(
     )
 
 
-def _notes(listener: ListenerConfig, table: RouteTable, client: IPAddress | None, sni: str | None) -> tuple[str, ...]:
+def _notes(
+    listener: ListenerConfig, table: RouteTable, client: IPAddress | None, first: ClientBytes
+) -> tuple[str, ...]:
     notes = []
+    sni = first.server_name()[1]
     if listener.accept_proxy_protocol:
         notes.append("this listener reads a PROXY header: the client address is the one the header would carry")
         if listener.proxy_trusted is not None:
@@ -183,10 +253,13 @@ def _notes(listener: ListenerConfig, table: RouteTable, client: IPAddress | None
         source = "the ClientHello (TLS passed through)"
     else:
         source = None
-    if source is not None and sni is None and table.needs_server_name:
+    described = isinstance(first, Described)  # else the bytes themselves say it all
+    if described and source is not None and sni is None and table.needs_server_name:
         notes.append(f"no --sni: the server name comes from {source}, so routes with sni cannot match")
     elif source is None and sni is not None:
         notes.append("no route matches on sni, so this listener never reads it: --sni changes nothing")
+    if described and table.reads_first_bytes and first.protocol() is None:
+        notes.append("no --protocol or --first-bytes: routes on the protocol cannot match")
     if client is None and (listener.allow is not None or listener.deny or table.needs_source):
         notes.append("no --client: rules on the client address cannot be decided")
     return tuple(notes)
@@ -209,7 +282,7 @@ def _access(policy: AccessPolicy, client: IPAddress | None) -> Access:
     return Access("allowed", "allow", str(allowed_by), f"{client} is in allow {allowed_by}")
 
 
-def _conditions(match: MatchConfig, client: IPAddress | None, sni: str | None) -> tuple[Condition, ...]:
+def _conditions(match: MatchConfig, client: IPAddress | None, first: ClientBytes) -> tuple[Condition, ...]:
     conditions = []
     if match.source:
         if client is None:
@@ -219,23 +292,51 @@ def _conditions(match: MatchConfig, client: IPAddress | None, sni: str | None) -
             held = network is not None
             detail = f"{client} is in {network}" if held else f"{client} is in none of {_join(match.source)}"
             conditions.append(Condition("source", held, detail))
-    if match.sni:
-        if sni is None:
-            conditions.append(Condition("sni", False, f"no server name, so none of {_join(match.sni)}"))
-        else:
-            pattern = first_pattern(match.sni, sni)
-            held = pattern is not None
-            detail = f"{sni} matches {pattern}" if held else f"{sni} matches none of {_join(match.sni)}"
-            conditions.append(Condition("sni", held, detail))
+    for kind, verdict in byte_conditions(match, first):
+        conditions.append(Condition(kind, bool(verdict), _byte_detail(kind, match, first, bool(verdict))))
     return tuple(conditions)
 
 
-def _route_steps(table: RouteTable, client: IPAddress | None, sni: str | None) -> tuple[RouteStep, ...]:
+def _byte_detail(kind: str, match: MatchConfig, first: ClientBytes, held: bool) -> str:
+    """Why a condition on the first bytes held or not, in the words of the route's own values."""
+    wanted = _join(getattr(match, kind)) if kind != "prefix" else _join(tuple(_shown(p) for p in match.prefix))
+    seen = {
+        "protocol": first.protocol(),
+        "sni": first.server_name()[1],
+        "alpn": _join(first.alpn()[1]) or None,
+        "host": first.host()[1],
+    }.get(kind)
+    if kind == "prefix":
+        return f"the bytes start with one of {wanted}" if held else f"the bytes start with none of {wanted}"
+    if seen is None:
+        return f"{_NOTHING_SEEN[kind]}, so none of {wanted}"
+    if kind == "sni" and held:
+        return f"{seen} matches {first_pattern(match.sni, seen)}"
+    if kind == "host" and held:
+        return f"{seen} matches {first_pattern(match.host, seen)}"
+    return f"{seen} is one of {wanted}" if held else f"{seen} matches none of {wanted}"
+
+
+_NOTHING_SEEN = {
+    "protocol": "no protocol recognised",
+    "sni": "no server name",
+    "alpn": "no ALPN protocol offered",
+    "host": "no Host",
+}
+
+
+def _shown(prefix: bytes) -> str:
+    """A prefix as a route writes it: its text when printable ASCII, else hex:."""
+    text = prefix.decode("ascii", "replace")
+    return text if text.isprintable() and text.isascii() else f"hex:{prefix.hex()}"
+
+
+def _route_steps(table: RouteTable, client: IPAddress | None, first: ClientBytes) -> tuple[RouteStep, ...]:
     steps: list[RouteStep] = []
     reached = True
     for index, route in enumerate(table.routes):
         label = route.name if route.name is not None else index
-        conditions = _conditions(route.match, client, sni)
+        conditions = _conditions(route.match, client, first)
         if not reached:
             status = NOT_REACHED
         elif any(condition.held is False for condition in conditions):
@@ -249,7 +350,7 @@ def _route_steps(table: RouteTable, client: IPAddress | None, sni: str | None) -
 
 
 def _decide(
-    table: RouteTable, steps: tuple[RouteStep, ...], client: IPAddress | None, sni: str | None
+    table: RouteTable, steps: tuple[RouteStep, ...], client: IPAddress | None, first: ClientBytes
 ) -> tuple[str, str | int | None, RouteConfig | None]:
     """The route the serving code picks; "undecided" when a route before it depends on a missing client."""
     if any(step.status == UNKNOWN for step in steps):
@@ -257,7 +358,8 @@ def _decide(
     if client is None:  # no route before the winner looks at the address: the conditions say it all
         selected = next(((s.label, r) for s, r in zip(steps, table.routes, strict=True) if s.status == MATCHED), None)
     else:
-        selected = table.select(client, sni)
+        selected = table.decide(client, first)
+        assert not isinstance(selected, Wait)  # a described client has said all it will
     if selected is None:
         return "no_route", None, None
     return "routed", selected[0], selected[1]
@@ -295,6 +397,10 @@ def render_text(explanation: Explanation) -> str:
     e = explanation
     who = "(none given)" if e.client is None else join_host_port(str(e.client), e.port) if e.port else str(e.client)
     lines = [f"listener {e.listener} ({e.listen}), client {who}, sni {e.sni or '(none)'}"]
+    if e.reads_first_bytes:
+        lines.append(
+            f"  sends: protocol {e.protocol or '(none)'}, alpn {_join(e.alpn) or '(none)'}, host {e.host or '(none)'}"
+        )
     lines += [f"  note: {note}" for note in e.notes]
     access = e.access
     lines.append(f"access: {access.decision}: {access.detail}")

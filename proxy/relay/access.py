@@ -37,8 +37,10 @@ def access_fields(pair: Pair, result: str, reason: str | None, close_by: str) ->
     }
     if not plain:
         fields.update(client.log_fields())
-        if upstream is not None:
-            fields.update(upstream.log_fields())
+    if pair.protocol is not None:  # a peek at the first bytes found out what they are
+        fields.update(protocol=pair.protocol, alpn=pair.alpn, host=pair.host)
+    if not plain and upstream is not None:
+        fields.update(upstream.log_fields())
     if pair.credentials is not None:
         fields.update(pair.credentials)
     return fields

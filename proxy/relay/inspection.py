@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from proxy.config.schema import FaultConfig
 from proxy.config.units import Address, parse_address
+from proxy.log import logfmt_value
 from proxy.relay.capture import ConnectionCapture, RecordingSocket
 from proxy.relay.dumping import DumpPlan, Facts
 from proxy.relay.faults import Toxics
@@ -50,6 +51,15 @@ class Dumped:
         self.tap.chunk(side.conn, side.direction, self.offset, data, side.address, side.peer.address)
         self.offset += len(data)
         self.then(data, flags)
+
+
+def detected(pair: Pair) -> str:
+    """What a peek at the first bytes found, as the dump's open line and a capture's comment end:
+    ` protocol=... alpn=... host=...` (each escaped, as a client chose it), or nothing."""
+    if pair.protocol is None:
+        return ""
+    seen = (("protocol", pair.protocol), ("alpn", pair.alpn), ("host", pair.host))
+    return "".join(f" {key}={logfmt_value(value)}" for key, value in seen if value is not None)
 
 
 class Inspection:
@@ -131,9 +141,8 @@ class Inspection:
             return
         pair = self.pair
         route = "-" if pair.route is None else pair.route
-        capture.commit(
-            decision.sink, f"conn={pair.conn} listener={pair.settings.listener} route={route}", decision.snaplen
-        )
+        comment = f"conn={pair.conn} listener={pair.settings.listener} route={route}{detected(pair)}"
+        capture.commit(decision.sink, comment, decision.snaplen)
 
     def _drop_capture(self) -> None:
         self.capture.discard()
@@ -172,7 +181,7 @@ class Inspection:
 
     def _open_line(self) -> None:
         pair = self.pair
-        self.dump_events.opened(pair.conn, pair.client.address, pair.upstream.address)
+        self.dump_events.opened(pair.conn, pair.client.address, pair.upstream.address, detected(pair))
         self.opened = True
 
     def _plug_dump(self, tap: HexdumpWriter | SnappedDump | None) -> None:
@@ -217,5 +226,5 @@ class Inspection:
             return
         pair = self.pair
         if not self.opened:  # decided at the end: the connection never opened
-            self.dump_events.opened(pair.conn, pair.client.address, pair.settings.listener)
+            self.dump_events.opened(pair.conn, pair.client.address, pair.settings.listener, detected(pair))
         self.dump_events.closed(pair.conn, result)

@@ -119,6 +119,9 @@ class Pair:
     inspection: Inspection | None = None  # None: nothing dumps, captures or faults this connection
     connect_ms: float | None = None  # from the start of the connect to the upstream ready
     sni: str | None = None  # the server name a passthrough peek found
+    protocol: str | None = None  # what a peek at the first bytes found them to be
+    alpn: str | None = None  # the ALPN protocols a peeked ClientHello offers, comma-separated
+    host: str | None = None  # the Host of a peeked plain HTTP request
     note: str | None = None  # why routing fell back, when it did (for `reason=`)
     credentials: dict[str, int] | None = None  # a UNIX client's peer_uid and peer_pid, for the access line
     _first_eof: str | None = None  # the side whose end of stream came first

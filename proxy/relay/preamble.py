@@ -1,7 +1,9 @@
-"""The preamble reader: what a client sends before it can be routed (a PROXY header, a ClientHello).
+"""The preamble reader: what a client sends before it can be routed (a PROXY header, the first
+bytes a route matches on).
 
 It reads on the client's socket before the pair is open, bounded in size and in time (the
-listener's `connect_timeout`), and hands the socket back to the pair when it is done.
+listener's `connect_timeout`, or the peek's own timeout), and hands the socket back to the pair
+when it is done.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ if TYPE_CHECKING:
 
 
 class PreambleReader(Dispatcher):
-    """Reads what a client sends before it can be routed (a PROXY header, a ClientHello).
+    """Reads what a client sends before it can be routed (a PROXY header, the first bytes).
 
     `parse(data)` answers None while more is needed, (info, consumed) once complete, or raises
     ValueError. `on_done(info, rest)` then gets the bytes after the preamble, which belong to
-    the payload (a peek consumes nothing). At most `limit` bytes are read, within the listener's
-    `connect_timeout`. When no complete preamble will come, because that time ran out or the
-    client half-closed first, `on_incomplete(data, why)` decides (`why` is "timeout" or "eof";
-    the client's EOF is still ahead of the pair, to be forwarded), or the pair ends.
+    the payload (a peek consumes nothing). At most `limit` bytes are read, within `timeout`
+    seconds (default: the listener's `connect_timeout`). When no complete preamble will come,
+    because that time ran out or the client half-closed first, `on_incomplete(data, why)`
+    decides (`why` is "timeout" or "eof"; the client's EOF is still ahead of the pair, to be
+    forwarded), or the pair ends.
     `initial` is what an earlier preamble reader read past its own preamble.
     """
 
@@ -37,6 +40,7 @@ class PreambleReader(Dispatcher):
         *,
         initial: bytes = b"",
         on_incomplete: Callable[[bytes, str], None] | None = None,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(pair.runtime.reactor, pair.client.socket)
         self.pair = pair
@@ -46,7 +50,9 @@ class PreambleReader(Dispatcher):
         self.on_done = on_done
         self.on_incomplete = on_incomplete
         self.data = bytearray(initial)
-        self._timer = self.reactor.call_later(pair.settings.connect_timeout, self._timed_out)
+        self._timer = self.reactor.call_later(
+            pair.settings.connect_timeout if timeout is None else timeout, self._timed_out
+        )
         pair.preamble_started(self)
         self.interest_changed()
         if initial:

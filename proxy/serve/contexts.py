@@ -39,15 +39,18 @@ def server_context(
     client_ca: str | None = None,
     *,
     keylog: str | None = None,
+    alpn: tuple[str, ...] = (),
 ) -> ssl.SSLContext:
     """A context for terminating TLS: `default` unless the client's SNI picks one of `others`.
 
     The chosen name is kept on the SSLObject as `sni_name` for routing and the access log.
+    With `alpn`, the handshake answers the first of these the client offers (every certificate's
+    context says the same, since OpenSSL asks the one SNI chose).
     """
-    context = _new_server_context(default, client_ca, keylog)
+    context = _new_server_context(default, client_ca, keylog, alpn)
     by_name: dict[str, ssl.SSLContext] = {}
     for pair in others:
-        other = _new_server_context(pair, client_ca, keylog)
+        other = _new_server_context(pair, client_ca, keylog, alpn)
         for name in certificate_names(pair.cert):
             by_name.setdefault(name.lower(), other)
 
@@ -69,10 +72,14 @@ def _lookup(by_name: dict[str, ssl.SSLContext], name: str) -> ssl.SSLContext | N
     return by_name.get(f"*.{parent}") if dot else None
 
 
-def _new_server_context(pair: CertificatePair, client_ca: str | None, keylog: str | None) -> ssl.SSLContext:
+def _new_server_context(
+    pair: CertificatePair, client_ca: str | None, keylog: str | None, alpn: tuple[str, ...]
+) -> ssl.SSLContext:
     context = _logged(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), keylog)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(pair.cert, pair.key)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     if client_ca is not None:
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED

@@ -6,6 +6,13 @@ a Pair and an `Admission` that carries the Table the client was accepted under t
 step: the trusted-peer check, the PROXY header, allow/deny, TLS or the SNI peek, routing and the
 connect. A reload therefore never changes a client's rules halfway, and an unexpected exception
 in any step ends only that client (`result=error`).
+
+A listener whose routes match on the client's first bytes (a protocol, ALPN, a Host, a prefix, or
+SNI without terminating TLS) peeks at them before routing: the table decides as soon as the
+bytes read are enough and waits only while a route before the one that matches is undecided, for
+at most `peek_timeout` (`connect_timeout` when only SNI is matched). On a TLS-terminating listener
+the ClientHello is read before the handshake, and the handshake then answers with the context
+of the route picked (its ALPN list). Other listeners read nothing before the connect.
 """
 
 from __future__ import annotations
@@ -19,23 +26,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.admin.stats import ListenerStats
-from proxy.config.schema import ListenerConfig, MatchConfig
+from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig
 from proxy.config.units import IPNetwork, canonical_ip, format_sockaddr, unix_peer
 from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
 from proxy.output.tap import HexdumpWriter
 from proxy.policy.faults import FaultPlan
-from proxy.policy.routes import AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
+from proxy.policy.routes import WAIT, AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
-from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
+from proxy.protocol.detect import PEEK_LIMIT, FirstBytes
 from proxy.relay.dumping import DumpPlan, Rule, SinkFor
 from proxy.relay.pair import Pair
 from proxy.relay.preamble import PreambleReader
 from proxy.relay.runtime import PairSettings, Runtime
 from proxy.serve.contexts import server_context
 
-PEEK_LIMIT = 2 * MAX_CLIENT_HELLO  # a ClientHello's bytes plus its record headers
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 UpstreamTls = Mapping[str, tuple[ssl.SSLContext, str | None]]
@@ -48,12 +54,6 @@ def _parse_proxy_header(data: bytes) -> tuple[proxyproto.ProxyInfo, int] | None:
     return None if result is proxyproto.NEED_MORE else result
 
 
-def _peek_client_hello(data: bytes) -> tuple[Hello, int] | None:
-    """A peek: the ClientHello stays in the data, to be forwarded as it is."""
-    hello = peek_server_name(data)
-    return None if hello is None else (hello, 0)
-
-
 def _conditions_held(match: MatchConfig, address: Any, server_name: str | None) -> str:
     """Why a selected route matched, for the timeline: the network and the name pattern that held."""
     held = []
@@ -61,7 +61,12 @@ def _conditions_held(match: MatchConfig, address: Any, server_name: str | None) 
         held.append(f"source {first_network(address, match.source)}")
     if match.sni:
         held.append(f"sni {first_pattern(match.sni, server_name)}")
+    if match.reads_first_bytes:
+        held.append("first bytes")
     return " and ".join(held) or "default"
+
+
+Selected = tuple[str | int, RouteConfig]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,9 @@ class Table:
     tls_context: ssl.SSLContext | None
     trusted: tuple[IPNetwork, ...] | None  # the PROXY peers believed, canonical; None: every peer
     uses_source: bool  # some rule looks at the client's address
-    peek_sni: bool  # a passthrough route matches on SNI: read the ClientHello first
+    peek: bool  # routes match on the first bytes (or on SNI, passed through): read them first
+    peek_timeout: float  # how long the first bytes are waited for
+    alpn_contexts: Mapping[tuple[str, ...], ssl.SSLContext]  # terminating: a route's ALPN list -> its context
 
     @classmethod
     def build(
@@ -101,6 +108,12 @@ class Table:
         tls = config.tls
         trusted = config.proxy_trusted
         tls_context = None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca, keylog=keylog)
+        alpn_contexts = {}
+        if tls is not None:
+            for alpn in {route.match.alpn for route in routes.routes if route.match.alpn}:
+                alpn_contexts[alpn] = server_context(
+                    tls.certificate, tls.others, tls.client_ca, keylog=keylog, alpn=alpn
+                )
         return cls(
             config=config,
             settings=PairSettings(
@@ -119,7 +132,9 @@ class Table:
             tls_context=tls_context,
             trusted=None if trusted is None else canonical_networks(trusted),
             uses_source=config.allow is not None or bool(config.deny) or routes.needs_source,
-            peek_sni=tls is None and routes.needs_server_name,
+            peek=routes.reads_first_bytes or (tls is None and routes.needs_server_name),
+            peek_timeout=config.peek_timeout if routes.reads_first_bytes else config.connect_timeout,
+            alpn_contexts=alpn_contexts,
         )
 
     def with_dump_rules(self, dump_outputs: DumpOutputs) -> Table:
@@ -194,34 +209,66 @@ class Admission:
         if table.uses_source and not table.policy.permits(self.address):
             pair.finish("denied", f"source {self.address} is not allowed")
             return
-        if table.tls_context is not None:
-            pair.terminate_tls(table.tls_context, self.tls_done, rest)
-        elif table.peek_sni:
+        if table.peek:
             PreambleReader(
                 pair,
-                "ClientHello",
-                _peek_client_hello,
+                "first bytes",
+                self.decide,
                 PEEK_LIMIT,
-                lambda hello, data: self.run(self.peeked, hello, data),
+                lambda decided, data: self.run(self.peeked, decided, data, None),
                 initial=rest,
-                on_incomplete=lambda data, why: self.run(self.peeked, Hello(None, why), data),
+                on_incomplete=lambda data, why: self.run(self.peek_ended, data, why),
+                timeout=table.peek_timeout,
             )
+        elif table.tls_context is not None:
+            pair.terminate_tls(table.tls_context, self.tls_done, rest)
         else:
-            self.route(rest, None)
+            self.connect(table.routes.select(self.address), rest, None)
 
     def tls_done(self, pair: Pair) -> None:
-        self.run(self.route, b"", pair.client.session.server_name)
+        server_name = pair.client.session.server_name
+        self.run(self.connect, self.table.routes.select(self.address, server_name), b"", server_name)
 
-    def peeked(self, hello: Hello, data: bytes) -> None:
-        self.pair.sni = hello.server_name
-        self.pair.note = hello.reason
-        if self.pair.timeline:
-            self.pair.event("preamble", kind="client_hello", sni=hello.server_name, reason=hello.reason)
-        self.route(data, hello.server_name)
+    def decide(self, data: bytes, final: bool = False) -> tuple[tuple[Selected | None, FirstBytes], int] | None:
+        """The peek's parse: None while the table waits, else (the route or None, the bytes), 0 consumed."""
+        first = FirstBytes(data, final)
+        selected = self.table.routes.decide(self.address, first)
+        return None if selected is WAIT else ((selected, first), 0)
 
-    def route(self, payload: bytes, server_name: str | None) -> None:
+    def peek_ended(self, data: bytes, why: str) -> None:
+        """No more bytes within peek_timeout ("timeout"), or the client's end ("eof"): decide with
+        what came. A client that closes without a byte sent is done (a health check, say)."""
+        if not data and why == "eof":
+            self.pair.finish("closed", "silent", by="client")
+            return
+        decided, _ = self.decide(data, final=True)
+        self.peeked(decided, data, why)
+
+    def peeked(self, decided: tuple[Selected | None, FirstBytes], data: bytes, why: str | None) -> None:
+        """The first bytes decided: note what they are, then terminate TLS or connect."""
+        selected, first = decided
         table, pair = self.table, self.pair
-        selected = table.routes.select(self.address, server_name)
+        pair.protocol = first.protocol()
+        hello = first.hello
+        if hello is not None:
+            pair.sni, pair.alpn = hello.server_name, ",".join(hello.alpn) or None
+        routes = table.routes
+        if routes.needs_server_name and (pair.protocol == "tls" or not routes.reads_first_bytes):
+            pair.note = why if hello is None else hello.reason  # why a route on SNI did not match
+        if pair.protocol == "http":
+            pair.host = first.host()[1]
+        if pair.timeline:
+            seen = {"sni": pair.sni, "reason": pair.note, "alpn": pair.alpn, "host": pair.host}
+            pair.event("preamble", kind="first_bytes", protocol=pair.protocol, **seen)
+        if selected is not None and table.tls_context is not None and pair.protocol == "tls":
+            context = table.alpn_contexts.get(selected[1].match.alpn, table.tls_context)
+            pair.terminate_tls(context, lambda _pair: self.run(self.connect, selected, b"", pair.sni), data)
+            return
+        self.connect(selected, data, pair.sni)
+
+    def connect(self, selected: Selected | None, payload: bytes, server_name: str | None) -> None:
+        """Connect to the upstream of the route selected (None: `no_route`), `payload` first."""
+        table, pair = self.table, self.pair
         if selected is None:
             pair.finish("no_route")
             return

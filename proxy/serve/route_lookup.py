@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import io
 
-from proxy.config.schema import Config, ListenerConfig
-from proxy.errors import UsageError
+from proxy.config.schema import Config
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from proxy.policy import explain
 from proxy.policy.upstreams import Pool
 
 POLL = 0.01  # seconds between looks at whether every name has answered
-
-
-def explain_route(
-    listener: ListenerConfig, config: Config, client_text: str | None, sni: str | None
-) -> explain.Explanation:
-    """`explain.explain` for a client given as text (IP[:PORT]; a UsageError if it is none)."""
-    client, port = None, None
-    if client_text is not None:
-        try:
-            client, port = explain.parse_client(client_text)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    return explain.explain(listener, config.upstreams, client, port, sni, discovered=discovered(config))
 
 
 def discovered(config: Config) -> dict[str, tuple[Pool, tuple[str, ...]]]:

@@ -757,7 +757,8 @@ def stalled_in_tls_handshake(env: Env, listener: str = "tls") -> Expect:
 def client_ends_inside_client_hello(env: Env, listener: str = "sni", size: int = 20) -> Expect:
     """The first `size` bytes of a ClientHello, then the client's half-close: no ClientHello
     will ever be parsable, so it takes the default route at once, which gets its bytes and then
-    its EOF (and answers), or it is closed if there is none."""
+    its EOF (and answers), or it is closed if there is none. Without a byte sent, it is a client
+    that said nothing and left (a health check): closed, `reason=silent`, no upstream bothered."""
     part = client_hello("a.test")[:size]
     with env.connect(listener) as client:
         name = who(client)
@@ -765,6 +766,9 @@ def client_ends_inside_client_hello(env: Env, listener: str = "sni", size: int =
         send_and_end(client, part)
         end, data = read_end(client)
         assert time.monotonic() - started < PROMPT  # at once, not after connect_timeout
+    if not part:
+        assert (end, data) == ("eof", b"")
+        return Expect(name, "closed", "silent", bytes_up=0, bytes_down=0)
     if listener == "sni-strict":
         assert (end, data) == ("eof", b"")
         return Expect(name, "no_route", "eof", bytes_up=0)

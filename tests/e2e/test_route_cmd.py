@@ -204,3 +204,40 @@ def test_what_route_predicts_is_what_the_running_proxy_does(tmp_path, start_prox
         assert access["server"] == tried[-1 if predicted["upstream"]["name"] == "public" else 0]
         assert tried[0] in (inside.address, dead)
     assert {seen[s]["result"] for s in sources} == {"denied", "closed"}
+
+
+MUX = """\
+listeners:
+  - name: mux
+    listen: 127.0.0.1:8443
+    routes:
+      - {name: ssh, match: {protocol: ssh}, upstream: 127.0.0.1:22}
+      - {name: acme, match: {protocol: tls, alpn: acme-tls/1}, upstream: 127.0.0.1:8444}
+      - {name: api, match: {protocol: http, host: api.example.com}, upstream: 127.0.0.1:8080}
+      - {name: fallback, upstream: 127.0.0.1:8081}
+"""
+
+
+def test_a_client_is_described_by_its_first_bytes_or_in_words(tmp_path):
+    path = write(tmp_path, MUX)
+    ssh = route_json("-c", path, "--listener", "mux", "--first-bytes", b"SSH-2.0-OpenSSH_9.2\r\n".hex())
+    assert (ssh["route"], ssh["protocol"]) == ("ssh", "ssh")
+    api = route_json("-c", path, "--listener", "mux", "--protocol", "http", "--host", "API.example.com:80")
+    assert (api["route"], api["host"]) == ("api", "api.example.com")
+    acme = route_json("-c", path, "--listener", "mux", "--alpn", "h2", "--alpn", "acme-tls/1", "--sni", "a.test")
+    assert (acme["route"], acme["protocol"], acme["alpn"]) == ("acme", "tls", ["h2", "acme-tls/1"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--first-bytes", "5353", "--protocol", "ssh"],
+            "--first-bytes says what the client sends: give it or --protocol, not both",
+        ),
+        (["--first-bytes", "SSH"], "--first-bytes: 'SSH' is not hex (pairs of hex digits)"),
+    ],
+)
+def test_first_bytes_mistakes_are_one_line(tmp_path, args, message):
+    done = route("-c", write(tmp_path, MUX), "--listener", "mux", *args)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"pairproxy: {message}\n")

@@ -11,12 +11,14 @@
 - admin: ctl, one HTTP request to the admin listener, /metrics, a worker's snapshot
 - inprocess: a Server on a thread of the test's own process
 - pcapng, wireshark: reading captures back, by hand and with tshark
+- firstbytes: what a client of each protocol sends first (a multiplexed listener detects it)
 
 Fixtures built on these are in tests/conftest.py.
 """
 
 from tests.support.admin import admin_address, ctl, histogram, http, labels, metrics, ok, samples, snapshot
 from tests.support.config import REPOSITORY, pool, ports, write
+from tests.support.firstbytes import FIRST_BYTES, client_hello
 from tests.support.inprocess import Lines, listener_address, serving
 from tests.support.logs import logfmt
 from tests.support.net import ask, connect, free_port, pattern, recv_all, recv_digest, recv_exactly
@@ -47,6 +49,7 @@ from tests.support.waits import WAIT, wait_until
 
 __all__ = [
     "EPB",
+    "FIRST_BYTES",
     "IDB",
     "REPOSITORY",
     "SHB",
@@ -60,6 +63,7 @@ __all__ = [
     "ask",
     "children_cpu_seconds",
     "client_context",
+    "client_hello",
     "connect",
     "ctl",
     "echo_handler",

@@ -1134,3 +1134,140 @@ def test_forward_refuses_a_connect_timeout_of_zero():
     result = run_cli(["forward", "0", "127.0.0.1:9", "--connect-timeout", "0"])
     assert result.returncode == 2
     assert result.stderr == "pairproxy forward: argument --connect-timeout: must be above 0, got '0'\n"
+
+
+# -- one port, many protocols --------------------------------------------------------------
+
+NAMES = "tls, ssh, http, http2, socks5, openvpn, xmpp, proxy, silent"
+
+
+def test_matches_on_the_first_bytes_and_the_peek_timeout_load():
+    config = load("""\
+        listeners:
+          - listen: 443
+            peek_timeout: 300ms
+            routes:
+              - {match: {protocol: ssh}, upstream: 22}
+              - {match: {protocol: [tls, http2], alpn: [h2, acme-tls/1], sni: "*.A.test"}, upstream: 8443}
+              - {match: {protocol: http, host: API.example.com}, upstream: 80}
+              - {match: {prefix: ["hex:00 01", "OK"]}, upstream: 7000}
+              - {match: {protocol: silent}, upstream: 22}
+              - upstream: 9
+        """).config
+    (listener,) = config.listeners
+    matches = [route.match for route in listener.routes]
+    assert listener.peek_timeout == 0.3
+    assert matches[0].protocol == ("ssh",)
+    assert (matches[1].protocol, matches[1].alpn, matches[1].sni) == (
+        ("tls", "http2"),
+        ("h2", "acme-tls/1"),
+        ("*.a.test",),
+    )
+    assert matches[2].host == ("api.example.com",)
+    assert matches[3].prefix == (b"\x00\x01", b"OK")
+    assert [m.reads_first_bytes for m in matches] == [True, True, True, True, True, False]
+    assert load("listeners: [{listen: 1, upstream: 2}]").config.listeners[0].peek_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("match", "expected"),
+    [
+        (
+            "{protocol: shh}",
+            f"t.yaml:4:28: protocol: 'shh' is not one of {NAMES} (did you mean 'ssh'?)",
+        ),
+        (
+            "{protocol: [tls, htp]}",
+            f"t.yaml:4:34: protocol: 'htp' is not one of {NAMES} (did you mean 'http'?)",
+        ),
+        ('{prefix: "hex:0g"}', "t.yaml:4:26: prefix: 'hex:0g': hex: takes pairs of hex digits, such as hex:16030100"),
+        ('{prefix: ""}', "t.yaml:4:26: prefix: must be text or \"hex:...\" bytes, got ''"),
+        ("{alpn: 2}", "t.yaml:4:24: alpn: must be an ALPN protocol name such as h2 or acme-tls/1, got 2"),
+        ('{host: "a b"}', "t.yaml:4:24: host: 'a b' is not a valid server name"),
+        ("{protocols: ssh}", "t.yaml:4:18: unknown key 'protocols' in match (did you mean 'protocol'?)"),
+    ],
+)
+def test_a_wrong_match_on_the_first_bytes_is_located(match, expected):
+    errors = errors_of(f"""\
+        listeners:
+          - listen: 443
+            routes:
+              - {{match: {match}, upstream: 22}}
+        """)
+    assert errors == [expected]
+
+
+def test_a_peek_timeout_must_be_a_duration_above_zero():
+    (error,) = errors_of("listeners: [{listen: 1, peek_timeout: 0s, upstream: 2}]")
+    assert error == "t.yaml:1:39: peek_timeout: must be above 0, got '0s'"
+
+
+@pytest.mark.parametrize(
+    ("tls", "match", "why"),
+    [
+        (
+            False,
+            "{protocol: ssh, host: a.test}",
+            "host is read from a plain HTTP/1.x request, which its protocol excludes",
+        ),
+        (False, "{protocol: http, alpn: h2}", "alpn is read from a TLS ClientHello, which its protocol excludes"),
+        (False, "{sni: a.test, host: a.test}", "host is read from plain HTTP, sni from TLS"),
+        (False, '{protocol: silent, prefix: "x"}', "protocol silent means no bytes came, so nothing in them can match"),
+        (
+            True,
+            "{host: a.test}",
+            "host is a plain HTTP request's Host, and this listener's HTTP clients speak TLS"
+            " (route them by sni; host matches only plain HTTP sent to it)",
+        ),
+    ],
+)
+def test_a_route_whose_own_conditions_exclude_each_other_is_warned_about(certs, tls, match, why):
+    tls_line = f'tls: {{cert: "{certs / "server.pem"}", key: "{certs / "server.key"}"}}' if tls else "name: plain"
+    loaded = load(f"""\
+        listeners:
+          - listen: 443
+            {tls_line}
+            routes:
+              - {{match: {match}, upstream: 22}}
+              - upstream: 9
+        """)
+    assert loaded.warnings == (f"t.yaml:5:9: warning: this route can never match: {why}",)
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later", "never"),
+    [
+        ("{protocol: [ssh, tls]}", "{protocol: tls, alpn: h2}", True),
+        ("{protocol: tls}", "{protocol: [tls, ssh]}", False),
+        ("{alpn: [h2, http/1.1]}", "{alpn: h2, sni: a.test}", True),
+        ("{alpn: h2}", "{alpn: [h2, acme-tls/1]}", False),
+        ('{host: "*.a.test"}', "{protocol: http, host: www.a.test}", True),
+        ('{prefix: "AB"}', '{prefix: "ABC"}', True),
+        ('{prefix: "ABC"}', '{prefix: "AB"}', False),
+        ("{protocol: ssh}", "{}", False),
+    ],
+)
+def test_a_route_covered_by_an_earlier_one_on_the_first_bytes_is_never_matched(earlier, later, never):
+    loaded = load(f"""\
+        listeners:
+          - listen: 443
+            routes:
+              - {{match: {earlier}, upstream: 9000}}
+              - {{match: {later}, upstream: 9001}}
+        """)
+    expected = ("t.yaml:5:9: warning: this route can never match: route 0 before it matches all it does",)
+    assert loaded.warnings == (expected if never else ())
+
+
+def test_a_peek_timeout_on_a_listener_that_reads_no_first_bytes_is_warned_about():
+    loaded = load("""\
+        listeners:
+          - listen: 443
+            peek_timeout: 1s
+            routes:
+              - {match: {sni: a.test}, upstream: 22}
+        """)
+    assert loaded.warnings == (
+        "t.yaml:3:5: warning: peek_timeout: no route matches on the first bytes (protocol, alpn, host, prefix),"
+        " so none are waited for",
+    )

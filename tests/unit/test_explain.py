@@ -18,9 +18,11 @@ from proxy.config.schema import (
     UpstreamConfig,
 )
 from proxy.config.units import Address, canonical_ip
-from proxy.policy.explain import explain, parse_client, render_text
+from proxy.policy.explain import Described, explain, parse_client, render_text
 from proxy.policy.routes import AccessPolicy, RouteTable
 from proxy.policy.upstreams import Pool
+from proxy.protocol.detect import FirstBytes
+from tests.support import FIRST_BYTES, client_hello
 
 
 def nets(*texts: str) -> tuple:
@@ -224,3 +226,48 @@ def test_the_decision_is_what_a_connection_gets(table, client_text, server_name)
     assert set(statuses[:winner]) <= {"no_match"} and set(statuses[winner + 1 :]) <= {"not_reached"}
     for step in result.routes[:winner]:
         assert any(condition.held is False for condition in step.conditions)
+
+
+# -- what the client sends first -----------------------------------------------------------
+
+MUX = listener(
+    RouteConfig("a", MatchConfig(protocol=("ssh",)), name="ssh"),
+    RouteConfig("a", MatchConfig(protocol=("tls",), alpn=("acme-tls/1",)), name="acme"),
+    RouteConfig("b", MatchConfig(protocol=("http",), host=("*.example.com",)), name="web"),
+    RouteConfig("b", MatchConfig(prefix=(b"\x00\x01",)), name="custom"),
+    RouteConfig("a", MatchConfig(protocol=("silent",)), name="banner"),
+    RouteConfig("b", name="fallback"),
+)
+
+
+@pytest.mark.parametrize(
+    ("described", "route"),
+    [
+        (Described("ssh"), "ssh"),
+        (Described(offered=("h2", "acme-tls/1"), sni="a.test"), "acme"),  # TLS: it offers ALPN
+        (Described(host_name="www.example.com"), "web"),  # plain HTTP: it has a Host
+        (Described("http", host_name="example.org"), "fallback"),
+        (Described("silent"), "banner"),
+        (Described(), "fallback"),  # nothing said: no protocol, no bytes
+    ],
+)
+def test_a_described_client_is_routed_by_what_it_sends(described, route):
+    assert explain(MUX, UPSTREAMS, None, first=described).route == route
+
+
+def test_first_bytes_are_detected_as_a_listener_would_and_shown():
+    result = explain(MUX, UPSTREAMS, None, first=FirstBytes(client_hello("a.test", ("acme-tls/1",)), final=True))
+    assert (result.route, result.protocol, result.alpn, result.sni) == ("acme", "tls", ("acme-tls/1",), "a.test")
+    assert explain(MUX, UPSTREAMS, None, first=FirstBytes(b"\x00\x01\x05", final=True)).route == "custom"
+    text = render_text(explain(MUX, UPSTREAMS, None, first=FirstBytes(FIRST_BYTES["http"], final=True)))
+    assert "  sends: protocol http, alpn (none), host www.example.com\n" in text
+    assert (
+        "  route web -> upstream b: matched: protocol: http is one of http; host: www.example.com matches *.example.com"
+        in text
+    )
+    assert "  route custom -> upstream b: not reached: prefix: the bytes start with none of hex:0001" in text
+
+
+def test_a_listener_on_the_first_bytes_notes_a_client_described_by_nothing():
+    (note,) = explain(MUX, UPSTREAMS, None).notes
+    assert note == "no --protocol or --first-bytes: routes on the protocol cannot match"

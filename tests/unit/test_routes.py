@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from proxy.config.certificates import name_matches
 from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig
 from proxy.config.units import Address, canonical_ip
-from proxy.policy.routes import AccessPolicy, RouteTable
+from proxy.policy.routes import WAIT, AccessPolicy, RouteTable
+from proxy.protocol.detect import FirstBytes
+from tests.support import FIRST_BYTES, client_hello
 
 
 def nets(*texts: str) -> tuple:
@@ -103,3 +105,62 @@ def test_a_source_route_matches_exactly_its_network(address, prefix):
         assert table.select(network.broadcast_address + 1)[1].upstream == "out"
     if int(network.network_address) > 0:
         assert table.select(network.network_address - 1)[1].upstream == "out"
+
+
+# -- routes on the client's first bytes ----------------------------------------------------
+
+MUX = RouteTable(
+    (
+        RouteConfig("ssh", MatchConfig(protocol=("ssh",))),
+        RouteConfig("acme", MatchConfig(protocol=("tls",), alpn=("acme-tls/1",))),
+        RouteConfig("web", MatchConfig(protocol=("tls",), sni=("*.example.com",), alpn=("h2", "http/1.1"))),
+        RouteConfig("api", MatchConfig(protocol=("http",), host=("api.example.com",))),
+        RouteConfig("custom", MatchConfig(prefix=(b"\x00\x01",))),
+        RouteConfig("banner", MatchConfig(protocol=("silent",))),
+        RouteConfig("fallback"),
+    )
+)
+
+
+def decided(data: bytes, final: bool = True):
+    selected = MUX.decide(ip("192.0.2.1"), FirstBytes(data, final))
+    return selected if selected is WAIT or selected is None else selected[1].upstream
+
+
+def test_the_first_bytes_pick_the_route_that_speaks_them():
+    assert decided(FIRST_BYTES["ssh"]) == "ssh"
+    assert decided(client_hello("acme.test", ("acme-tls/1",))) == "acme"
+    assert decided(client_hello("www.example.com", ("h2",))) == "web"
+    assert decided(client_hello("www.example.com")) == "fallback"  # no ALPN offered
+    assert decided(client_hello("other.test", ("h2",))) == "fallback"
+    assert decided(b"GET / HTTP/1.1\r\nHost: API.example.com:80\r\n\r\n") == "api"
+    assert decided(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n") == "fallback"
+    assert decided(b"\x00\x01\x02") == "custom"
+    assert decided(b"") == "banner"
+    assert decided(FIRST_BYTES["socks5"]) == "fallback"
+
+
+def test_the_table_waits_only_while_an_earlier_route_could_still_match():
+    assert decided(b"", final=False) is WAIT  # ssh could still come
+    assert decided(b"SS", final=False) is WAIT
+    assert decided(b"SSH-", final=False) == "ssh"
+    assert decided(b"GET / HTTP/1.1\r\n", final=False) is WAIT  # the Host may follow
+    assert decided(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", final=False) == "fallback"
+    assert decided(b"\x00", final=False) is WAIT  # a start of the prefix
+    assert decided(b"\x05\x01", final=False) == "fallback"  # nothing before the default can match
+    assert decided(FIRST_BYTES["tls"][:100], final=False) is WAIT
+    assert decided(b"SS", final=True) == "fallback"
+
+
+def test_without_a_default_bytes_no_route_recognises_get_none():
+    table = RouteTable((RouteConfig("ssh", MatchConfig(protocol=("ssh",))),))
+    assert table.decide(ip("192.0.2.1"), FirstBytes(b"GET / HTTP/1.1\r\n", final=False)) is None
+    assert table.reads_first_bytes and not RouteTable((RouteConfig("a"),)).reads_first_bytes
+
+
+def test_source_is_checked_before_any_byte_is_asked_for():
+    table = RouteTable(
+        (RouteConfig("inside", MatchConfig(source=nets("10.0.0.0/8"), protocol=("ssh",))), RouteConfig("other"))
+    )
+    assert table.decide(ip("192.0.2.1"), FirstBytes(b"", final=False))[1].upstream == "other"
+    assert table.decide(ip("10.0.0.1"), FirstBytes(b"", final=False)) is WAIT

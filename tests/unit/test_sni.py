@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ssl
+import struct
 
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
 from tests.support import in_records, synthetic_client_hello
+from tests.support.tls import extension
 
 
 def real_client_hello(server_name: str | None) -> bytes:
@@ -74,3 +76,18 @@ def test_truncated_inside_a_complete_record_is_not_tls():
 def test_the_empty_start_needs_more():
     assert peek_server_name(b"") is None
     assert peek_server_name(b"\x16\x03") is None
+
+
+def test_the_alpn_list_is_read_from_its_extension_and_a_malformed_one_is_not_tls():
+    def hello_with(extensions: bytes) -> bytes:
+        body = b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+        body += struct.pack("!H", len(extensions)) + extensions
+        return in_records(b"\x01" + len(body).to_bytes(3, "big") + body, 16384)
+
+    names = b"\x02h2\x0aacme-tls/1"
+    alpn = extension(0x0010, struct.pack("!H", len(names)) + names)
+    assert peek_server_name(hello_with(alpn)) == Hello(None, "no_sni", ("h2", "acme-tls/1"))
+    empty_name = extension(0x0010, b"\x00\x04\x02h2\x00")  # h2, then a name of no bytes
+    assert peek_server_name(hello_with(empty_name)).reason == "not_tls"
+    wrong_length = extension(0x0010, b"\x00\x09\x02h2")
+    assert peek_server_name(hello_with(wrong_length)).reason == "not_tls"

@@ -18,6 +18,8 @@ import yaml
 from proxy.config.checks import Bound, ListenerPlaces, listener_warnings
 from proxy.config.reader import INVALID, Fields, Invalid, Reader, Section, at_least_one
 from proxy.config.schema import (
+    MATCH_PROTOCOLS,
+    MAX_PREFIX,
     ListenerConfig,
     ListenerTlsConfig,
     MatchConfig,
@@ -60,6 +62,9 @@ def listener(reader: Reader, node: yaml.Node) -> ListenerConfig | None:
     )
     for finding in listener_warnings(listener, places, reader.names):
         reader.report(finding)
+    if "peek_timeout" in fields and not any(route.match.reads_first_bytes for route in listener.routes):
+        why = "no route matches on the first bytes (protocol, alpn, host, prefix), so none are waited for"
+        reader.warn(fields["peek_timeout"][0], f"peek_timeout: {why}")
     return listener
 
 
@@ -171,6 +176,45 @@ def match(reader: Reader, node: yaml.Node, what: str) -> MatchConfig:
     return MatchConfig(**reader.options(reader.mapping(node, what, MATCH.keys), MATCH))
 
 
+def protocols(reader: Reader, node: yaml.Node, what: str) -> tuple[str, ...]:
+    """`match.protocol`: one name of MATCH_PROTOCOLS or a list of them."""
+    names = (reader.choice(item, what, MATCH_PROTOCOLS) for item in reader.items(node, what))
+    return tuple(dict.fromkeys(name for name in names if not isinstance(name, Invalid)))
+
+
+def alpn_names(reader: Reader, node: yaml.Node, what: str) -> tuple[str, ...]:
+    """`match.alpn`: ALPN protocol names (RFC 7301: 1 to 255 bytes), one or a list."""
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not 1 <= len(value.encode()) <= 255:
+            raise ValueError(f"must be an ALPN protocol name such as h2 or acme-tls/1, got {value!r}")
+        return value
+
+    names = (reader.parsed(item, what, parse) for item in reader.items(node, what))
+    return tuple(dict.fromkeys(name for name in names if not isinstance(name, Invalid)))
+
+
+def prefixes(reader: Reader, node: yaml.Node, what: str) -> tuple[bytes, ...]:
+    """`match.prefix`: text, or `hex:` and hex digits, that the stream starts with; one or a list."""
+
+    def parse(value: Any) -> bytes:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f'must be text or "hex:..." bytes, got {value!r}')
+        if value.startswith("hex:"):
+            try:
+                data = bytes.fromhex(value.removeprefix("hex:"))
+            except ValueError:
+                raise ValueError(f"{value!r}: hex: takes pairs of hex digits, such as hex:16030100") from None
+        else:
+            data = value.encode()
+        if not data or len(data) > MAX_PREFIX:
+            raise ValueError(f"a prefix is 1 to {MAX_PREFIX} bytes, got {len(data)}")
+        return data
+
+    found = (reader.parsed(item, what, parse) for item in reader.items(node, what))
+    return tuple(dict.fromkeys(data for data in found if not isinstance(data, Invalid)))
+
+
 def route_target(reader: Reader, node: yaml.Node) -> str | Invalid:
     """The upstream name a route uses; an address names a one-server upstream, kept in `reader.inline`."""
     value = reader.scalar(node, "upstream")
@@ -246,6 +290,7 @@ LISTENER = Section(
         "tls": listener_tls,
         "idle_timeout": Reader.idle_timeout,
         "connect_timeout": Reader.timeout,
+        "peek_timeout": Reader.timeout,
         "max_connections": at_least_one,
         "buffer_size": Reader.size,
         "hexdump": Reader.boolean,
@@ -270,4 +315,13 @@ ROUTE = Section(
     },
     by_hand=("upstream",),
 )
-MATCH = Section({"sni": Reader.sni_patterns, "source": Reader.networks})
+MATCH = Section(
+    {
+        "sni": Reader.sni_patterns,
+        "source": Reader.networks,
+        "protocol": protocols,
+        "alpn": alpn_names,
+        "host": Reader.sni_patterns,  # the same names as SNI's, exact or *. wildcards
+        "prefix": prefixes,
+    }
+)
