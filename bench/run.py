@@ -291,6 +291,15 @@ def pairproxy_table(name: str, port: int, upstream: int, workdir: Path) -> str |
     if name == "pairproxy-tls":
         tls = f"{{cert: '{workdir / SERVER_CERT}', key: '{workdir / SERVER_KEY}'}}"
         return f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: '127.0.0.1:{upstream}', tls: {tls}}}\n"
+    if name == "pairproxy-mux":  # one port, many protocols: the HTTP client is told apart by its first bytes
+        target = f"'127.0.0.1:{upstream}'"
+        return (
+            f"listeners:\n  - listen: '127.0.0.1:{port}'\n    routes:\n"
+            f"      - {{match: {{protocol: ssh}}, upstream: {target}}}\n"
+            f"      - {{match: {{protocol: tls, alpn: h2}}, upstream: {target}}}\n"
+            f"      - {{match: {{protocol: http, host: 127.0.0.1}}, upstream: {target}}}\n"
+            f"      - {{upstream: {target}}}\n"
+        )
     if name == "pairproxy-proxy":
         return (
             f"upstreams:\n  app: {{servers: ['127.0.0.1:{upstream}'], proxy_protocol: v2}}\n"
@@ -354,6 +363,8 @@ PEERS = [
     Peer("pairproxy-tls", ("trustme",), HTTP, client_tls=True, haproxy="haproxy-tls"),
     Peer("haproxy-proxy", ("haproxy",), HTTP, upstream="http_proxy", haproxy="haproxy-proxy"),
     Peer("pairproxy-proxy", (), HTTP, upstream="http_proxy", haproxy="haproxy-proxy"),
+    # Routing by the client's first bytes (SSH, TLS with ALPN, HTTP by Host) on one listener.
+    Peer("pairproxy-mux", (), HTTP),
 ]
 PEERS_BY_NAME = {peer.name: peer for peer in PEERS}
 
