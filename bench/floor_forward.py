@@ -49,7 +49,10 @@ def main() -> None:
                 each.sock.close()
 
     while True:
+        born: set[int] = set()  # descriptors made in this batch: its other events are an old socket's
         for fd, events in poll.poll():
+            if fd in born:
+                continue
             if fd == listener.fileno():
                 while True:
                     try:
@@ -63,6 +66,7 @@ def main() -> None:
                     client, server = Side(client_sock), Side(server_sock, connecting=True)
                     client.peer, server.peer = server, client
                     sides[client.fd], sides[server.fd] = client, server
+                    born.update((client.fd, server.fd))
                     poll.register(server.fd, OUT)
                 continue
             side = sides.get(fd)

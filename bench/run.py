@@ -300,6 +300,13 @@ def pairproxy_table(name: str, port: int, upstream: int, workdir: Path) -> str |
             f"      - {{match: {{protocol: http, host: 127.0.0.1}}, upstream: {target}}}\n"
             f"      - {{upstream: {target}}}\n"
         )
+    if name == "pairproxy-dns":  # a pool that follows DNS: its name re-resolved every 5 s, off the connections' path
+        nameserver = (workdir / NAMESERVER).read_text()
+        return (
+            f"resolvers: {{nameservers: ['{nameserver}']}}\n"
+            f"upstreams:\n  app: {{servers: [{{address: 'bench.test:{upstream}', resolve: all}}]}}\n"
+            f"listeners:\n  - {{listen: '127.0.0.1:{port}', upstream: app}}\n"
+        )
     if name == "pairproxy-proxy":
         return (
             f"upstreams:\n  app: {{servers: ['127.0.0.1:{upstream}'], proxy_protocol: v2}}\n"
@@ -310,6 +317,7 @@ def pairproxy_table(name: str, port: int, upstream: int, workdir: Path) -> str |
 
 # -- certificates ------------------------------------------------------------------------
 
+NAMESERVER = "nameserver"  # the file in the workdir naming dnsmasq's address, for pairproxy-dns
 SERVER_CERT, SERVER_KEY, SERVER_PEM, NO_TICKETS = "server.crt", "server.key", "server.pem", "no-tickets.cnf"
 
 
@@ -365,6 +373,8 @@ PEERS = [
     Peer("pairproxy-proxy", (), HTTP, upstream="http_proxy", haproxy="haproxy-proxy"),
     # Routing by the client's first bytes (SSH, TLS with ALPN, HTTP by Host) on one listener.
     Peer("pairproxy-mux", (), HTTP),
+    # A pool whose server is every address DNS gives its name (dnsmasq answering on loopback).
+    Peer("pairproxy-dns", ("dnsmasq",), HTTP),
 ]
 PEERS_BY_NAME = {peer.name: peer for peer in PEERS}
 
@@ -404,6 +414,13 @@ class Upstreams:
             argv = [self.tools["redis-server"], "--port", str(port), "--save", "", "--appendonly", "no",
                     "--bind", "127.0.0.1", "--maxclients", "20000"]  # fmt: skip
             self.procs.append(start(argv, LOAD_CPU))
+        if self.tools.get("dnsmasq"):  # the nameserver of pairproxy-dns: `bench.test` is 127.0.0.1
+            port = self.ports["dns"] = free_port()
+            argv = [self.tools["dnsmasq"], "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--pid-file=",
+                    "--user=root", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                    "--host-record=bench.test,127.0.0.1", "--local=/test/", "--local-ttl=5"]  # fmt: skip
+            self.procs.append(start(argv, LOAD_CPU))
+            (self.workdir / NAMESERVER).write_text(f"127.0.0.1:{port}")
         port = self.ports["hold"] = free_port()
         self.procs.append(start([sys.executable, "-m", "proxy", "echo", f"127.0.0.1:{port}"], LOAD_CPU, cwd=ROOT))
         for port in self.ports.values():
@@ -642,6 +659,7 @@ def markdown(summary: dict) -> str:
 def find_tools(twistd: str | None, pproxy: str | None) -> dict[str, str | None]:
     names = ["socat", "haproxy", "nginx", "iperf3", "wrk", "redis-server", "redis-benchmark", "twistd"]
     tools = {name: shutil.which(name) for name in names}
+    tools["dnsmasq"] = shutil.which("dnsmasq", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if twistd:
         tools["twistd"] = twistd
     # pproxy, the other Python proxy: given, or beside this interpreter (a virtual environment
