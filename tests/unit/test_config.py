@@ -1183,6 +1183,14 @@ def test_matches_on_the_first_bytes_and_the_peek_timeout_load():
         ('{prefix: "hex:0g"}', "t.yaml:4:26: prefix: 'hex:0g': hex: takes pairs of hex digits, such as hex:16030100"),
         ('{prefix: ""}', "t.yaml:4:26: prefix: must be text or \"hex:...\" bytes, got ''"),
         ("{alpn: 2}", "t.yaml:4:24: alpn: must be an ALPN protocol name such as h2 or acme-tls/1, got 2"),
+        (
+            '{alpn: "h\u00e9"}',
+            "t.yaml:4:24: alpn: 'h\u00e9': an ALPN protocol name here is printable ASCII, such as h2 or acme-tls/1",
+        ),
+        (
+            '{alpn: [h2, "h2\\t"]}',
+            "t.yaml:4:29: alpn: 'h2\\t': an ALPN protocol name here is printable ASCII, such as h2 or acme-tls/1",
+        ),
         ('{host: "a b"}', "t.yaml:4:24: host: 'a b' is not a valid server name"),
         ("{protocols: ssh}", "t.yaml:4:18: unknown key 'protocols' in match (did you mean 'protocol'?)"),
     ],

@@ -183,11 +183,16 @@ def protocols(reader: Reader, node: yaml.Node, what: str) -> tuple[str, ...]:
 
 
 def alpn_names(reader: Reader, node: yaml.Node, what: str) -> tuple[str, ...]:
-    """`match.alpn`: ALPN protocol names (RFC 7301: 1 to 255 bytes), one or a list."""
+    """`match.alpn`: ALPN protocol names (RFC 7301: 1 to 255 bytes), one or a list.
+
+    Printable ASCII only: a terminating listener hands them to `SSLContext.set_alpn_protocols`,
+    which cannot encode anything else, and every registered name is."""
 
     def parse(value: Any) -> str:
         if not isinstance(value, str) or not 1 <= len(value.encode()) <= 255:
             raise ValueError(f"must be an ALPN protocol name such as h2 or acme-tls/1, got {value!r}")
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError(f"{value!r}: an ALPN protocol name here is printable ASCII, such as h2 or acme-tls/1")
         return value
 
     names = (reader.parsed(item, what, parse) for item in reader.items(node, what))
