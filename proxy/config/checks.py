@@ -111,11 +111,12 @@ def listener_warnings(
 
 def route_coverage(listener: ListenerConfig, places: ListenerPlaces) -> list[Finding]:
     """Warnings: routes that can never match, since their own conditions exclude each other or a
-    route before each matches all it does."""
+    route before each matches all it does; each route as it is served (on a terminating listener
+    that reads first bytes, one without `protocol` is a TLS route, and covers no other protocol)."""
     findings = []
     coverage = _Coverage()
     terminates = listener.tls is not None
-    for index, (route, place) in enumerate(zip(listener.routes, places.routes, strict=True)):
+    for index, (route, place) in enumerate(zip(listener.served_routes, places.routes, strict=True)):
         why = _contradiction(route.match, terminates)
         if why is not None:
             findings.append(Finding(place, f"this route can never match: {why}", warning=True))
@@ -131,7 +132,7 @@ def _contradiction(match: MatchConfig, terminates: bool) -> str | None:
     """Why no client can meet all of `match`'s conditions, or None."""
     protocols = set(match.protocol)
     tls_keys = [key for key in ("sni", "alpn") if getattr(match, key)]
-    if match.host and terminates:
+    if match.host and terminates and "http" not in protocols:
         return (
             "host is a plain HTTP request's Host, and this listener's HTTP clients speak TLS"
             " (route them by sni; host matches only plain HTTP sent to it)"

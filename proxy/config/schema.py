@@ -264,6 +264,19 @@ class ListenerConfig:
     keepalive: KeepaliveConfig | None = None  # None: no keepalive probes toward the clients
     user_timeout: float | None = None  # TCP_USER_TIMEOUT, seconds; None: the kernel's
 
+    @property
+    def served_routes(self) -> tuple[RouteConfig, ...]:
+        """The routes as they are served. On a listener that terminates TLS and reads its clients'
+        first bytes, a route naming no `protocol` is for TLS clients (as if it said `protocol:
+        tls`): a client speaking anything else reaches only a route that names its protocol, so no
+        catch-all takes it past the handshake (and `client_ca`) unencrypted."""
+        if self.tls is None or not any(route.match.reads_first_bytes for route in self.routes):
+            return self.routes
+        return tuple(
+            route if route.match.protocol else replace(route, match=replace(route.match, protocol=("tls",)))
+            for route in self.routes
+        )
+
 
 @dataclass(frozen=True)
 class AdminConfig:

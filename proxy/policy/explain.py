@@ -19,9 +19,9 @@ from proxy.config.schema import ListenerConfig, MatchConfig, RouteConfig, Upstre
 from proxy.config.units import IPAddress, canonical_ip, join_host_port, parse_address
 from proxy.policy.routes import (
     AccessPolicy,
+    Described,
     FirstBytesView,
     RouteTable,
-    Verdict,
     Wait,
     byte_conditions,
     first_network,
@@ -52,40 +52,6 @@ class ClientBytes(FirstBytesView):
     """A client's first bytes as routes see them, and the protocol they are (None: none known)."""
 
     def protocol(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class Described:
-    """A client described by what it sends first rather than by its bytes: a protocol (else TLS
-    when a server name or ALPN is given, plain HTTP when a Host is), ALPN names, a Host, an SNI.
-    It sends no bytes a prefix could match."""
-
-    given_protocol: str | None = None
-    offered: tuple[str, ...] = ()
-    host_name: str | None = None
-    sni: str | None = None
-
-    def protocol(self) -> str | None:
-        if self.given_protocol is not None:
-            return self.given_protocol
-        if self.sni is not None or self.offered:
-            return "tls"
-        return "http" if self.host_name is not None else None
-
-    def speaks(self, protocol: str) -> Verdict:
-        return protocol == self.protocol()
-
-    def server_name(self) -> tuple[Verdict, str | None]:
-        return self.sni is not None, self.sni
-
-    def alpn(self) -> tuple[Verdict, tuple[str, ...]]:
-        return bool(self.offered), self.offered
-
-    def host(self) -> tuple[Verdict, str | None]:
-        return self.host_name is not None, self.host_name
-
-    def starts_with(self, prefix: bytes) -> Verdict:
-        return False
 
 
 @dataclass(frozen=True)
@@ -136,7 +102,7 @@ class Explanation:
     notes: tuple[str, ...]
     access: Access
     routes: tuple[RouteStep, ...]
-    decision: str  # "routed" | "denied" | "no_route" | "undecided"
+    decision: str  # "routed" | "denied" | "no_route" | "tls_error" (no route, the handshake fails) | "undecided"
     route: str | int | None
     plan: Plan | None
 
@@ -205,7 +171,7 @@ def explain(
     first bytes `first` (which then say the server name too).
 
     `discovered` gives the pools that follow DNS as a lookup just found them, with what DNS said."""
-    policy, table = AccessPolicy.of(listener), RouteTable(listener.routes)
+    policy, table = AccessPolicy.of(listener), RouteTable(listener.served_routes)
     first = first if first is not None else Described(sni=sni)
     sni = first.server_name()[1]
     access = _access(policy, client)
@@ -214,6 +180,8 @@ def explain(
     if access.decision != "denied":
         steps = _route_steps(table, client, first)
         decision, label, route = _decide(table, steps, client, first)
+        if decision == "no_route" and _handshakes_the_unrouted(listener, table, first):
+            decision = "tls_error"
         if route is not None:
             pool, said = (discovered or {}).get(route.upstream, (Pool(upstreams[route.upstream], rng), ()))
             plan = _plan(pool, client, said)
@@ -238,6 +206,12 @@ def explain(
     )
 
 
+def _handshakes_the_unrouted(listener: ListenerConfig, table: RouteTable, first: ClientBytes) -> bool:
+    """Whether a client no route takes gets the TLS handshake anyway (and fails it): on a
+    terminating listener that reads first bytes, one that does not speak TLS."""
+    return listener.tls is not None and table.reads_first_bytes and first.protocol() != "tls"
+
+
 def _notes(
     listener: ListenerConfig, table: RouteTable, client: IPAddress | None, first: ClientBytes
 ) -> tuple[str, ...]:
@@ -253,6 +227,11 @@ def _notes(
         source = "the ClientHello (TLS passed through)"
     else:
         source = None
+    if listener.tls is not None and table.reads_first_bytes:
+        notes.append(
+            "this listener terminates TLS: a route without protocol takes TLS clients only (as if protocol: tls),"
+            " and a client speaking what no route names gets the handshake"
+        )
     described = isinstance(first, Described)  # else the bytes themselves say it all
     if described and source is not None and sni is None and table.needs_server_name:
         notes.append(f"no --sni: the server name comes from {source}, so routes with sni cannot match")
@@ -423,6 +402,11 @@ def _decision_text(e: Explanation) -> str:
         return "denied (result=denied)"
     if e.decision == "no_route":
         return "no route matches (result=no_route)"
+    if e.decision == "tls_error":
+        return (
+            "no route names what it speaks: the TLS handshake runs and fails"
+            " (result=tls_error; timeout for a client that stays silent)"
+        )
     if routed is not None:
         return f"undecided: allow/deny depend on the client address (give --client); if allowed: {routed}"
     return "undecided: it depends on the client address (give --client)"

@@ -86,6 +86,42 @@ class FirstBytesView(Protocol):
     def starts_with(self, prefix: bytes) -> Verdict: ...
 
 
+@dataclass(frozen=True)
+class Described:
+    """A client described by what it sends first rather than by its bytes: a protocol (else TLS
+    when a server name or ALPN is given, plain HTTP when a Host is), ALPN names, a Host, an SNI.
+    It sends no bytes a prefix could match. `pairproxy route` describes clients so, and a
+    terminating listener the client whose handshake ran before a route was picked (what the
+    handshake showed: TLS, its server name)."""
+
+    given_protocol: str | None = None
+    offered: tuple[str, ...] = ()
+    host_name: str | None = None
+    sni: str | None = None
+
+    def protocol(self) -> str | None:
+        if self.given_protocol is not None:
+            return self.given_protocol
+        if self.sni is not None or self.offered:
+            return "tls"
+        return "http" if self.host_name is not None else None
+
+    def speaks(self, protocol: str) -> Verdict:
+        return protocol == self.protocol()
+
+    def server_name(self) -> tuple[Verdict, str | None]:
+        return self.sni is not None, self.sni
+
+    def alpn(self) -> tuple[Verdict, tuple[str, ...]]:
+        return bool(self.offered), self.offered
+
+    def host(self) -> tuple[Verdict, str | None]:
+        return self.host_name is not None, self.host_name
+
+    def starts_with(self, prefix: bytes) -> Verdict:
+        return False
+
+
 def any_of(verdicts: Iterable[Verdict]) -> Verdict:
     """Three-valued or: True if one holds, else None if one is not known, else False."""
     pending = False

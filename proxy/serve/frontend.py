@@ -12,7 +12,9 @@ SNI without terminating TLS) peeks at them before routing: the table decides as 
 bytes read are enough and waits only while a route before the one that matches is undecided, for
 at most `peek_timeout` (`connect_timeout` when only SNI is matched). On a TLS-terminating listener
 the ClientHello is read before the handshake, and the handshake then answers with the context
-of the route picked (its ALPN list). Other listeners read nothing before the connect.
+of the route picked (its ALPN list); a route naming no `protocol` there is a TLS route, and a
+client that speaks something no route names gets the handshake too (and fails it), so nothing
+reaches an upstream past it unencrypted. Other listeners read nothing before the connect.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from proxy.loop.listener import Listener
 from proxy.loop.reactor import Reactor
 from proxy.output.tap import HexdumpWriter
 from proxy.policy.faults import FaultPlan
-from proxy.policy.routes import WAIT, AccessPolicy, RouteTable, canonical_networks, first_network, first_pattern
+from proxy.policy.routes import (
+    WAIT,
+    AccessPolicy,
+    Described,
+    RouteTable,
+    canonical_networks,
+    first_network,
+    first_pattern,
+)
 from proxy.policy.upstreams import Pool
 from proxy.protocol import proxyproto
 from proxy.protocol.detect import PEEK_LIMIT, FirstBytes
@@ -104,7 +114,7 @@ class Table:
         dump rules turned on at run time; `keylog`, where its TLS secrets go, if anywhere.
         """
         policy = AccessPolicy.of(config)
-        routes = RouteTable(config.routes)
+        routes = RouteTable(config.served_routes)
         tls = config.tls
         trusted = config.proxy_trusted
         tls_context = None if tls is None else server_context(tls.certificate, tls.others, tls.client_ca, keylog=keylog)
@@ -260,11 +270,25 @@ class Admission:
         if pair.timeline:
             seen = {"sni": pair.sni, "reason": pair.note, "alpn": pair.alpn, "host": pair.host}
             pair.event("preamble", kind="first_bytes", protocol=pair.protocol, **seen)
+        if table.tls_context is not None and selected is None and pair.protocol != "tls":
+            # No route names what this client speaks: it gets the handshake every client of a
+            # terminating listener gets, which fails unless it was a slow ClientHello after all.
+            pair.terminate_tls(table.tls_context, self.tls_done_undecided, data)
+            return
         if selected is not None and table.tls_context is not None and pair.protocol == "tls":
             context = table.alpn_contexts.get(selected[1].match.alpn, table.tls_context)
             pair.terminate_tls(context, lambda _pair: self.run(self.connect, selected, b"", pair.sni), data)
             return
         self.connect(selected, data, pair.sni)
+
+    def tls_done_undecided(self, pair: Pair) -> None:
+        """The handshake the first bytes did not route: route the TLS client it showed, by its
+        server name (it offered no ALPN the peek saw, and the listener's own context answered none)."""
+        pair.protocol = "tls"  # what the peek could not tell in time, the handshake has
+        server_name = pair.client.session.server_name
+        selected = self.table.routes.decide(self.address, Described("tls", sni=server_name))
+        assert selected is not WAIT  # a described client has said all it will
+        self.run(self.connect, selected, b"", server_name)
 
     def connect(self, selected: Selected | None, payload: bytes, server_name: str | None) -> None:
         """Connect to the upstream of the route selected (None: `no_route`), `payload` first."""

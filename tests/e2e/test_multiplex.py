@@ -33,7 +33,7 @@ from tests.support import (
     wait_until,
     write,
 )
-from tests.support.tls import tls_upstream
+from tests.support.tls import client_context, tls_upstream
 
 PEEK = 0.3  # peek_timeout where waiting for it is the behaviour
 
@@ -198,6 +198,61 @@ def test_a_terminating_listener_answers_the_alpn_of_the_route_it_picked(tmp_path
         ("fallback", None),
         ("ssh", None),
     ]
+
+
+def first_reply(sock: socket.socket) -> bytes:
+    """What the proxy sends first (a TLS alert, an upstream's tag), or b"" once it has closed."""
+    with contextlib.suppress(ConnectionResetError):
+        return sock.recv(1024)
+    return b""
+
+
+def test_a_terminating_listener_never_forwards_a_client_that_skips_the_handshake(
+    tmp_path, pki, start_proxy, start_upstream
+):
+    """Mutual TLS holds for every client a catch-all route takes: one that does not speak TLS
+    reaches only a route naming its protocol, and otherwise fails the handshake as it always did."""
+    upstreams = upstreams_for(start_upstream, ("h2", "http1", "ssh"))
+    text = f"""\
+        listeners:
+          - name: https
+            listen: 127.0.0.1:0
+            peek_timeout: {PEEK}s
+            connect_timeout: 1s
+            tls: {{cert: "{pki["proxy.pem"]}", key: "{pki["proxy.key"]}", client_ca: "{pki["ca"]}"}}
+            routes:
+              - {{name: h2, match: {{alpn: h2}}, upstream: "{upstreams["h2"].address}"}}
+              - {{name: http1, upstream: "{upstreams["http1"].address}"}}
+              - {{name: ssh, match: {{protocol: ssh}}, upstream: "{upstreams["ssh"].address}"}}
+        """
+    proxy = start_proxy("run", "-c", str(write(tmp_path, text)))
+    with connect(proxy.address) as client:  # plain HTTP, as if the port were not TLS
+        client.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        assert not first_reply(client).startswith(b"http1")
+    with connect(proxy.address) as client:  # silent: the handshake waits for it, then gives up
+        assert first_reply(client) == b""
+    plain, silent = proxy.wait_access(2)
+    assert (plain["result"], plain.get("route"), plain["protocol"]) == ("tls_error", None, "http")
+    assert (silent["result"], silent.get("route")) == ("timeout", None)
+    assert sum(upstream.accepted for upstream in upstreams.values()) == 0
+    with connect(proxy.address) as client:  # a route that names ssh takes it, after the catch-all
+        client.sendall(FIRST_BYTES["ssh"])
+        assert recv_exactly(client, 4 + len(FIRST_BYTES["ssh"])) == b"ssh\n" + FIRST_BYTES["ssh"]
+    context = client_context(pki, cert="client")
+    context.set_alpn_protocols(["http/1.1"])
+    with context.wrap_socket(connect(proxy.address), server_hostname="proxy.test") as tls:
+        assert recv_exactly(tls, 6) == b"http1\n"
+    context.set_alpn_protocols(["h2"])
+    with connect(proxy.address) as raw:  # a ClientHello after peek_timeout: terminated all the same
+        time.sleep(PEEK * 2)
+        with context.wrap_socket(raw, server_hostname="proxy.test") as tls:
+            assert tls.selected_alpn_protocol() is None  # its ALPN came too late to pick a route
+            assert recv_exactly(tls, 6) == b"http1\n"
+    ssh, http1, late = proxy.wait_access(5)[2:]
+    assert (ssh["route"], ssh["protocol"]) == ("ssh", "ssh")
+    assert (http1["route"], http1["client_cert"], late["route"], late["client_cert"]) == ("http1", "yes") * 2
+    assert (late["protocol"], late.get("alpn")) == ("tls", None)
+    assert (upstreams["h2"].accepted, upstreams["http1"].accepted, upstreams["ssh"].accepted) == (0, 2, 1)
 
 
 # -- what the connection was, in every output --------------------------------------------------

@@ -1267,6 +1267,28 @@ def test_a_route_covered_by_an_earlier_one_on_the_first_bytes_is_never_matched(e
     assert loaded.warnings == (expected if never else ())
 
 
+@pytest.mark.parametrize(
+    ("earlier", "later", "warning"),
+    [
+        ("{alpn: h2}", "{}", None),
+        ("{}", "{protocol: ssh}", None),  # the catch-all takes TLS clients only: SSH passes it
+        ("{protocol: tls}", "{alpn: h2}", "route 0 before it matches all it does"),  # both TLS routes
+        ("{alpn: h2}", "{protocol: http, host: a.test}", None),  # plain HTTP, named: it comes as it is
+    ],
+)
+def test_a_terminating_listener_on_the_first_bytes_is_checked_as_served(certs, earlier, later, warning):
+    loaded = load(f"""\
+        listeners:
+          - listen: 443
+            tls: {{cert: "{certs / "server.pem"}", key: "{certs / "server.key"}"}}
+            routes:
+              - {{match: {earlier}, upstream: 9000}}
+              - {{match: {later}, upstream: 9001}}
+        """)
+    expected = () if warning is None else (f"t.yaml:6:9: warning: this route can never match: {warning}",)
+    assert loaded.warnings == expected
+
+
 def test_a_peek_timeout_on_a_listener_that_reads_no_first_bytes_is_warned_about():
     loaded = load("""\
         listeners:

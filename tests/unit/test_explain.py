@@ -271,3 +271,42 @@ def test_first_bytes_are_detected_as_a_listener_would_and_shown():
 def test_a_listener_on_the_first_bytes_notes_a_client_described_by_nothing():
     (note,) = explain(MUX, UPSTREAMS, None).notes
     assert note == "no --protocol or --first-bytes: routes on the protocol cannot match"
+
+
+# -- a terminating listener: a route without protocol is a TLS route ---------------------------
+
+HTTPS = listener(
+    RouteConfig("a", MatchConfig(alpn=("h2",)), name="h2"),
+    RouteConfig("b", name="http1"),
+    RouteConfig("a", MatchConfig(protocol=("ssh",)), name="ssh"),
+    tls=ListenerTlsConfig(certificate=None),  # type: ignore[arg-type]  # only its presence matters here
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "decision", "route"),
+    [
+        (client_hello("www.example.com", ("h2", "http/1.1")), "routed", "h2"),
+        (client_hello("www.example.com", ("http/1.1",)), "routed", "http1"),
+        (FIRST_BYTES["ssh"], "routed", "ssh"),  # named: taken as it came, after the catch-all
+        (FIRST_BYTES["http"], "tls_error", None),  # named by no route: the handshake, never http1
+        (b"\xffjunk", "tls_error", None),
+        (b"", "tls_error", None),  # silent
+    ],
+)
+def test_a_terminating_listener_routes_only_tls_to_a_route_without_protocol(first, decision, route):
+    result = explain(HTTPS, UPSTREAMS, None, first=FirstBytes(first, final=True))
+    assert (result.decision, result.route) == (decision, route)
+
+
+def test_a_terminating_listener_explains_the_handshake_a_client_no_route_names_gets():
+    text = render_text(explain(HTTPS, UPSTREAMS, None, first=FirstBytes(FIRST_BYTES["http"], final=True)))
+    assert "  route http1 -> upstream b: no match: protocol: http matches none of tls\n" in text
+    assert (
+        "  note: this listener terminates TLS: a route without protocol takes TLS clients only"
+        " (as if protocol: tls), and a client speaking what no route names gets the handshake\n"
+    ) in text
+    assert text.endswith(
+        "decision: no route names what it speaks: the TLS handshake runs and fails"
+        " (result=tls_error; timeout for a client that stays silent)"
+    )
