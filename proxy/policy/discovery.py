@@ -52,6 +52,7 @@ class Change:
     added: tuple[Found, ...] = ()
     removed: tuple[Found, ...] = ()
     changed: tuple[Found, ...] = ()  # the same address with another weight or tier (as it is now)
+    other_family: tuple[Found, ...] = ()  # in the answer but no server: no connect reaches them from the source
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)

@@ -27,7 +27,8 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
+from proxy.config.schema import HealthCheckConfig, ServerConfig, SourceConfig, UpstreamConfig
+from proxy.config.sockets import source_mismatch
 from proxy.config.units import Address, canonical_ip
 from proxy.policy.discovery import Change, Found, bounded, diff
 
@@ -189,14 +190,22 @@ class Pool:
 
     def found(self, group: int | str, servers: list[Found]) -> Change:
         """Put `servers` (an answer's) in `group`'s place, as many as `max_servers` leaves room for;
-        what changed."""
+        what changed. Each takes the source of the listed server whose name gave it (SRV targets
+        the upstream's); an address of the other IP family than its source is left out, since no
+        connect could reach it (`Change.other_family`)."""
+        source = self.group_source(group)
+        reachable: list[Found] = []
+        other_family: list[Found] = []
+        for each in servers:
+            reaches = source is None or source_mismatch(source, each.address) is None
+            (reachable if reaches else other_family).append(each)
         others = self._bounded_count() - len(self.groups[group])
-        kept = bounded(servers, self.config.max_servers - others)
+        kept = bounded(reachable, self.config.max_servers - others)
         current = {server.address: server for server in self.groups[group]}
         states = []
         for each in kept:
             state = current.get(each.address)
-            config = ServerConfig(each.address, each.weight, each.tier > 0)
+            config = ServerConfig(each.address, each.weight, each.tier > 0, source)
             if state is None:
                 state = ServerState(config, tier=each.tier)
             state.config, state.tier = config, each.tier
@@ -204,7 +213,12 @@ class Pool:
         change = diff((server.found() for server in current.values()), kept)
         self.groups[group] = states
         self._index_servers()
-        return change
+        return replace(change, other_family=tuple(other_family))
+
+    def group_source(self, group: int | str) -> SourceConfig | None:
+        """The source the servers of `group` connect from."""
+        listed = None if group in (SRV_GROUP, RUNTIME_GROUP) else self.config.servers[int(group)].source
+        return listed or self.config.source
 
     def _bounded_count(self) -> int:
         """The servers `max_servers` bounds: those DNS answers and operators gave."""
@@ -213,12 +227,16 @@ class Pool:
     # -- servers an operator adds, removes and weighs at run time ------------------------------
 
     def add_server(self, config: ServerConfig) -> None:
-        """One more server (ValueError if the pool has it already, or is full)."""
+        """One more server (ValueError if the pool has it already, is full, or its source cannot
+        reach the server's address)."""
         name = self.config.name
         if any(server.address == config.address for server in self.servers):
             raise ValueError(f"upstream {name} has server {config.address} already")
         if self._bounded_count() >= self.config.max_servers:
             raise ValueError(f"upstream {name} is full: max_servers is {self.config.max_servers}")
+        source = config.source or self.group_source(RUNTIME_GROUP)
+        if source is not None and (mismatch := source_mismatch(source, config.address)) is not None:
+            raise ValueError(mismatch)
         self.groups[RUNTIME_GROUP].append(ServerState(config))
         self._index_servers()
 
