@@ -77,6 +77,7 @@ class ServerState:
         "failures",
         "index",
         "maintenance",
+        "name",
         "tier",
         "total",
     )
@@ -84,6 +85,8 @@ class ServerState:
     def __init__(self, config: ServerConfig, index: int = 0, tier: int | None = None) -> None:
         self.config = config
         self.address: Address = config.address  # an attribute: the connector and the dialer read it per connection
+        # The name TLS checks its certificate for and sends as SNI: its host, or the DNS name it was found by.
+        self.name: str | None = None if config.address.is_unix else config.address.host
         self.index = index  # position in config order: the tie-breaker of every strategy
         self.tier = int(config.backup) if tier is None else tier  # 0 serves first, then 1, ...
         self.active = 0  # open connections through it (least_conn)
@@ -118,7 +121,7 @@ class ServerState:
         return max(0.0, now - max(self.changed_at, ended))
 
     def found(self) -> Found:
-        return Found(self.tier, self.config.address, self.weight)
+        return Found(self.tier, self.config.address, self.weight, self.name)
 
     def set_maintenance(self, on: bool, now: float) -> None:
         if on != self.maintenance:
@@ -208,7 +211,7 @@ class Pool:
             config = ServerConfig(each.address, each.weight, each.tier > 0, source)
             if state is None:
                 state = ServerState(config, tier=each.tier)
-            state.config, state.tier = config, each.tier
+            state.config, state.tier, state.name = config, each.tier, each.name or each.address.host
             states.append(state)
         change = diff((server.found() for server in current.values()), kept)
         self.groups[group] = states
@@ -286,7 +289,7 @@ class Pool:
             same = states.get(server.address)
             if same:
                 state = same.pop(0)
-                state.config, state.index, state.tier = server.config, index, server.tier
+                state.config, state.index, state.tier, state.name = server.config, index, server.tier, server.name
                 self.servers[index] = state
         for group, members in self.groups.items():
             self.groups[group] = [self.servers[server.index] for server in members]

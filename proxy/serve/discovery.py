@@ -111,9 +111,10 @@ class Watch:
         if any(answer.nxdomain for answer in answers):
             self._failed(f"{self.name}: no such name (NXDOMAIN)")
             return
-        assert self.server is not None
+        server = self.server
+        assert server is not None
         hosts = [host for answer in answers for host in answer.addresses]
-        found = address_servers(hosts, self.server.address.port, self.server.weight, int(self.server.backup))
+        found = address_servers(hosts, server.address.port, server.weight, int(server.backup), self.name)
         self._found(found, _ttl(answers, self.discovery.settings.hold_valid))
 
     def _srv_answered(self, result: dict | str) -> None:

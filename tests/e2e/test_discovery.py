@@ -26,7 +26,9 @@ from tests.support import (
     recv_exactly,
     reload,
     run_cli,
+    server_context,
     tagged,
+    tls_upstream,
     wait_until,
     write,
 )
@@ -375,3 +377,36 @@ def test_an_address_of_the_other_family_than_the_source_is_no_server_and_is_said
     assert refused.returncode != 0
     assert f"source 127.0.0.2 is IPv4 and server [::1]:{upstream.port} is not" in refused.stdout + refused.stderr
     assert {line["result"] for line in proxy.wait_access(4)} == {"closed"}
+
+
+def test_tls_to_servers_from_dns_checks_and_sends_the_name_they_were_found_by(
+    tmp_path, pki, start_proxy, start_dnsmasq, start_upstream
+):
+    names: list[str | None] = []
+    context = server_context(pki, "upstream")
+    context.sni_callback = lambda _sock, name, _context: names.append(name)
+    upstream = start_upstream(tls_upstream(context, b"tls:"))
+    nameserver = start_dnsmasq(
+        {"upstream.test": ["127.0.0.1"]}, srv=(f"_app._tcp.test,upstream.test,{upstream.port},1,1",)
+    )
+    table = f"""\
+        resolvers: {{nameservers: [{nameserver.address}], timeout: 0.5s, attempts: 1}}
+        upstreams:
+          named:
+            servers: [{{address: "upstream.test:{upstream.port}", resolve: all}}]
+            tls: {{verify: true, ca: "{pki["ca"]}"}}
+          found:
+            discover: {{srv: _app._tcp.test}}
+            tls: {{verify: true, ca: "{pki["ca"]}"}}
+        listeners:
+          - {{name: named, listen: "127.0.0.1:0", upstream: named}}
+          - {{name: found, listen: "127.0.0.1:0", upstream: found}}
+        """
+    proxy = start_proxy("run", "-c", str(write(tmp_path, table)), wait_listening=2)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=upstream.test" in line)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=_app._tcp.test" in line)
+    for listener in ("named", "found"):
+        with connect(proxy.listener_address(listener)) as client:
+            assert recv_exactly(client, 4) == b"tls:"
+    assert names == ["upstream.test", "upstream.test"]
+    assert {line["result"] for line in proxy.wait_access(2)} == {"closed"}

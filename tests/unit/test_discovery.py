@@ -158,3 +158,17 @@ def test_servers_from_dns_take_their_source_and_an_address_of_the_other_family_i
     assert sources == {"10.0.0.1:80": "10.0.0.9", "10.1.0.1:9": "10.0.0.5", "10.1.0.2:9": "10.0.0.5"}
     with pytest.raises(ValueError, match=r"source 10.0.0.5 is IPv4 and server \[2001:db8::2\]:80 is not"):
         pool.add_server(ServerConfig(Address("2001:db8::2", 80)))
+
+
+def test_a_server_from_dns_keeps_the_name_it_was_found_by_through_a_reload():
+    pool = _dns_pool()
+    assert [server.name for server in pool.servers] == ["app.test"]  # the name, standing for itself
+    pool.found(0, address_servers(["10.0.0.1"], 80, name="app.test"))
+    pool.found(SRV_GROUP, srv_servers([SrvRecord(1, 1, 9, "t0.test")], GLUE))
+    reloaded = _dns_pool()
+    reloaded.take_over(pool)
+    assert [(str(s.address), s.name) for s in reloaded.servers] == [
+        ("10.0.0.1:80", "app.test"),
+        ("10.1.0.1:9", "t0.test"),
+        ("10.1.0.2:9", "t0.test"),
+    ]
