@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from proxy.config.schema import DEFAULT_BACKLOG, KeepaliveConfig, ListenerConfig, SourceConfig
-from proxy.config.units import parse_positive_duration, whole_number
+from proxy.config.units import SocketAddress, parse_positive_duration, whole_number
 
 MAX_KEEPALIVE_SECONDS = 32767  # MAX_TCP_KEEPIDLE and MAX_TCP_KEEPINTVL
 MAX_KEEPALIVE_COUNT = 127  # MAX_TCP_KEEPCNT
@@ -74,6 +74,15 @@ def parse_source(text: object) -> SourceConfig:
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address (a source is bound, never resolved)") from None
     return SourceConfig(address.compressed, None if ports is None else _port_range(ports))
+
+
+def source_mismatch(source: SourceConfig, address: SocketAddress) -> str | None:
+    """Why no connect from `source` reaches `address`: an IP literal of the other family (a name
+    is checked when resolved); None when it can."""
+    v6 = ":" in source.host
+    if address.is_unix or not address.is_literal or address.is_ipv6 == v6:
+        return None
+    return f"source {source.host} is {'IPv6' if v6 else 'IPv4'} and server {address} is not: no connect from there"
 
 
 def _port_range(text: str) -> tuple[int, int]:

@@ -34,7 +34,6 @@ from proxy.loop.dispatcher import CONNECTING, OPEN, Dispatcher, State
 from proxy.loop.reactor import Reactor, Timer
 from proxy.protocol.dns import MAX_MESSAGE, Answer, BadAnswer, Question, read_answer, tcp_length
 
-RESULTS = ("ok", "nxdomain", "truncated", "timeout", "error")
 MAX_IN_FLIGHT = 64  # questions under way at once, a socket each; the others wait their turn
 
 

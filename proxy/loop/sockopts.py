@@ -5,7 +5,8 @@ socket, whose clients inherit them (Linux copies SO_KEEPALIVE, the TCP_KEEP* tim
 TCP_USER_TIMEOUT into each accepted socket, as it does TCP_NODELAY), and a connect prepares its
 socket only when its upstream has a `Dialing` (`Dialing.of` is None otherwise).
 
-Toward a server, `source` is bound before the connect with IP_BIND_ADDRESS_NO_PORT, so the port
+Toward a server, its source (its own: a listed server's, which the addresses its name gives
+inherit; else its upstream's) is bound before the connect with IP_BIND_ADDRESS_NO_PORT, so the port
 is chosen at the connect, per destination: many connections from one source address do not use
 up its ports as bind() alone would. A port range is IP_LOCAL_PORT_RANGE (Linux 6.3), which the
 kernel narrows to net.ipv4.ip_local_port_range.
@@ -17,8 +18,14 @@ import socket
 import struct
 from typing import Protocol
 
-from proxy.config.schema import DEFAULT_BACKLOG, KeepaliveConfig, ListenerConfig, SourceConfig, UpstreamConfig
-from proxy.config.units import SocketAddress
+from proxy.config.schema import (
+    DEFAULT_BACKLOG,
+    KeepaliveConfig,
+    ListenerConfig,
+    ServerConfig,
+    SourceConfig,
+    UpstreamConfig,
+)
 from proxy.errors import describe_os_error
 
 Option = tuple[int, int, int]  # level, name, value
@@ -75,10 +82,10 @@ def _kernel_defaults() -> tuple[Option, ...]:
 
 
 class Server(Protocol):
-    """A server as the connector walks it: only its address matters here."""
+    """A server as the connector walks it: its config says its own source, if it has one."""
 
     @property
-    def address(self) -> SocketAddress: ...
+    def config(self) -> ServerConfig: ...
 
 
 class Dialing:
@@ -87,7 +94,7 @@ class Dialing:
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self.options = tcp_options(upstream.keepalive, upstream.user_timeout)
-        self.sources = {server.address: server.source or upstream.source for server in upstream.servers}
+        self.source = upstream.source
 
     @classmethod
     def of(cls, upstream: UpstreamConfig) -> Dialing | None:
@@ -97,7 +104,9 @@ class Dialing:
 
     def __call__(self, sock: socket.socket, server: Server) -> str | None:
         """Prepare `sock` to connect to `server`; None, or why it cannot be (a failed connect)."""
-        source = self.sources.get(server.address)
+        # On the server, not looked up by its address: a server DNS gave, or an operator added,
+        # is in no list of the file.
+        source = server.config.source or self.source
         try:
             for level, name, value in self.options:
                 sock.setsockopt(level, name, value)

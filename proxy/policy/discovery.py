@@ -12,7 +12,7 @@ service is not offered there.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.config.units import Address, canonical_ip
@@ -40,11 +40,14 @@ class SrvRecord(Hashable, Protocol):
 
 @dataclass(frozen=True)
 class Found:
-    """One server an answer names: tier 0 serves first, higher tiers are backups in turn."""
+    """One server an answer names: tier 0 serves first, higher tiers are backups in turn. `name`
+    is the DNS name its address came from (the `resolve: all` name, the SRV target), which its
+    TLS certificate is checked for; not part of what a diff compares."""
 
     tier: int
     address: Address
     weight: int = 1
+    name: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Change:
     added: tuple[Found, ...] = ()
     removed: tuple[Found, ...] = ()
     changed: tuple[Found, ...] = ()  # the same address with another weight or tier (as it is now)
+    other_family: tuple[Found, ...] = ()  # in the answer but no server: no connect reaches them from the source
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
@@ -61,9 +65,11 @@ def _address(host: str, port: int) -> Address:
     return Address(str(canonical_ip(host)), port)
 
 
-def address_servers(hosts: Iterable[str], port: int, weight: int = 1, tier: int = 0) -> list[Found]:
+def address_servers(
+    hosts: Iterable[str], port: int, weight: int = 1, tier: int = 0, name: str | None = None
+) -> list[Found]:
     """Every address of a `resolve: all` name as a server of the name's port, weight and tier."""
-    return sorted({Found(tier, _address(host, port), weight) for host in hosts}, key=_order)
+    return sorted({Found(tier, _address(host, port), weight, name) for host in hosts}, key=_order)
 
 
 def srv_servers(records: Sequence[SrvRecord], addresses: Mapping[str, Sequence[str]]) -> list[Found]:
@@ -80,7 +86,7 @@ def srv_servers(records: Sequence[SrvRecord], addresses: Mapping[str, Sequence[s
         for host in addresses.get(record.target, ()):
             address = _address(host, record.port)
             if address not in found:
-                found[address] = Found(tier_of[record.priority], address, weights[record])
+                found[address] = Found(tier_of[record.priority], address, weights[record], record.target)
     return sorted(found.values(), key=_order)
 
 

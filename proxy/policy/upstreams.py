@@ -27,7 +27,8 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.config.schema import HealthCheckConfig, ServerConfig, UpstreamConfig
+from proxy.config.schema import HealthCheckConfig, ServerConfig, SourceConfig, UpstreamConfig
+from proxy.config.sockets import source_mismatch
 from proxy.config.units import Address, canonical_ip
 from proxy.policy.discovery import Change, Found, bounded, diff
 
@@ -76,6 +77,7 @@ class ServerState:
         "failures",
         "index",
         "maintenance",
+        "name",
         "tier",
         "total",
     )
@@ -83,6 +85,8 @@ class ServerState:
     def __init__(self, config: ServerConfig, index: int = 0, tier: int | None = None) -> None:
         self.config = config
         self.address: Address = config.address  # an attribute: the connector and the dialer read it per connection
+        # The name TLS checks its certificate for and sends as SNI: its host, or the DNS name it was found by.
+        self.name: str | None = None if config.address.is_unix else config.address.host
         self.index = index  # position in config order: the tie-breaker of every strategy
         self.tier = int(config.backup) if tier is None else tier  # 0 serves first, then 1, ...
         self.active = 0  # open connections through it (least_conn)
@@ -117,7 +121,7 @@ class ServerState:
         return max(0.0, now - max(self.changed_at, ended))
 
     def found(self) -> Found:
-        return Found(self.tier, self.config.address, self.weight)
+        return Found(self.tier, self.config.address, self.weight, self.name)
 
     def set_maintenance(self, on: bool, now: float) -> None:
         if on != self.maintenance:
@@ -189,22 +193,35 @@ class Pool:
 
     def found(self, group: int | str, servers: list[Found]) -> Change:
         """Put `servers` (an answer's) in `group`'s place, as many as `max_servers` leaves room for;
-        what changed."""
+        what changed. Each takes the source of the listed server whose name gave it (SRV targets
+        the upstream's); an address of the other IP family than its source is left out, since no
+        connect could reach it (`Change.other_family`)."""
+        source = self.group_source(group)
+        reachable: list[Found] = []
+        other_family: list[Found] = []
+        for each in servers:
+            reaches = source is None or source_mismatch(source, each.address) is None
+            (reachable if reaches else other_family).append(each)
         others = self._bounded_count() - len(self.groups[group])
-        kept = bounded(servers, self.config.max_servers - others)
+        kept = bounded(reachable, self.config.max_servers - others)
         current = {server.address: server for server in self.groups[group]}
         states = []
         for each in kept:
             state = current.get(each.address)
-            config = ServerConfig(each.address, each.weight, each.tier > 0)
+            config = ServerConfig(each.address, each.weight, each.tier > 0, source)
             if state is None:
                 state = ServerState(config, tier=each.tier)
-            state.config, state.tier = config, each.tier
+            state.config, state.tier, state.name = config, each.tier, each.name or each.address.host
             states.append(state)
         change = diff((server.found() for server in current.values()), kept)
         self.groups[group] = states
         self._index_servers()
-        return change
+        return replace(change, other_family=tuple(other_family))
+
+    def group_source(self, group: int | str) -> SourceConfig | None:
+        """The source the servers of `group` connect from."""
+        listed = None if group in (SRV_GROUP, RUNTIME_GROUP) else self.config.servers[int(group)].source
+        return listed or self.config.source
 
     def _bounded_count(self) -> int:
         """The servers `max_servers` bounds: those DNS answers and operators gave."""
@@ -213,12 +230,16 @@ class Pool:
     # -- servers an operator adds, removes and weighs at run time ------------------------------
 
     def add_server(self, config: ServerConfig) -> None:
-        """One more server (ValueError if the pool has it already, or is full)."""
+        """One more server (ValueError if the pool has it already, is full, or its source cannot
+        reach the server's address)."""
         name = self.config.name
         if any(server.address == config.address for server in self.servers):
             raise ValueError(f"upstream {name} has server {config.address} already")
         if self._bounded_count() >= self.config.max_servers:
             raise ValueError(f"upstream {name} is full: max_servers is {self.config.max_servers}")
+        source = config.source or self.group_source(RUNTIME_GROUP)
+        if source is not None and (mismatch := source_mismatch(source, config.address)) is not None:
+            raise ValueError(mismatch)
         self.groups[RUNTIME_GROUP].append(ServerState(config))
         self._index_servers()
 
@@ -268,7 +289,7 @@ class Pool:
             same = states.get(server.address)
             if same:
                 state = same.pop(0)
-                state.config, state.index, state.tier = server.config, index, server.tier
+                state.config, state.index, state.tier, state.name = server.config, index, server.tier, server.name
                 self.servers[index] = state
         for group, members in self.groups.items():
             self.groups[group] = [self.servers[server.index] for server in members]

@@ -100,7 +100,7 @@ class Dialer:
             pair.upstream_ready()
             return
         context, server_name = self.upstream_tls
-        hostname = server_name or (None if server.address.is_unix else server.address.host)
+        hostname = server_name or server.name
         session = TlsSession(context, server_side=False, server_hostname=hostname)
         upstream = pair.make_side(TlsSide, sock, "upstream", address, "upstream->client", session=session)
         attempt.hand_over(upstream)

@@ -14,6 +14,9 @@ answered, NXDOMAIN for the name itself, a refusal) keeps the last good answer fo
 `hold_obsolete` and is tried again after policy.discovery.retry_after; past `hold_obsolete` the
 group goes back to how it was before any answer (`Pool.unresolved`).
 
+An address of the other IP family than the servers' source is no server (no connect could reach
+it from there): `dns_changed` names those left out (`other_family=`) whenever they change.
+
 Log events: `dns_changed` (what an answer changed), `dns_failed` (a lookup failed: what is kept),
 `dns_bounded` (an answer held more servers than `max_servers`). A reload makes new watches: a
 group whose name stays keeps its servers (Pool.take_over) and the age of its last answer, and is
@@ -86,6 +89,7 @@ class Watch:
         self.answered_at: float | None = previous.answered_at if previous is not None else None
         self.failure: str | None = None  # why the last lookup failed, while it is so
         self.bounded: tuple[int, int, int] | None = None  # (found, unasked, kept) last said in the log
+        self.other_family: tuple[Found, ...] = ()  # addresses left out for their family, last said
         self._gather: _Gather | None = None
         self._timer: Timer | None = discovery.reactor.call_later(0, self.lookup)
 
@@ -107,9 +111,10 @@ class Watch:
         if any(answer.nxdomain for answer in answers):
             self._failed(f"{self.name}: no such name (NXDOMAIN)")
             return
-        assert self.server is not None
+        server = self.server
+        assert server is not None
         hosts = [host for answer in answers for host in answer.addresses]
-        found = address_servers(hosts, self.server.address.port, self.server.weight, int(self.server.backup))
+        found = address_servers(hosts, server.address.port, server.weight, int(server.backup), self.name)
         self._found(found, _ttl(answers, self.discovery.settings.hold_valid))
 
     def _srv_answered(self, result: dict | str) -> None:
@@ -150,16 +155,18 @@ class Watch:
         discovery = self.discovery
         self.answered_at = discovery.reactor.now
         self.failure = None
-        self._say(self.pool.found(self.group, found))
+        change = self.pool.found(self.group, found)
+        self._say(change)
+        reachable = len(found) - len(change.other_family)
         kept = len(self.pool.groups[self.group])
-        bounded = (len(found), unasked, kept)
-        if (kept < len(found) or unasked) and self.bounded != bounded:
+        bounded = (reachable, unasked, kept)
+        if (kept < reachable or unasked) and self.bounded != bounded:
             self.bounded = bounded
             discovery.log.warning(
                 "dns_bounded",
                 pool=self.pool.config.name,
                 name=self.name,
-                found=len(found),
+                found=reachable,
                 unasked=unasked or None,
                 kept=kept,
                 max_servers=self.pool.config.max_servers,
@@ -190,8 +197,11 @@ class Watch:
         self._again(retry_after(settings.hold_valid))
 
     def _say(self, change: Change) -> None:
-        if not change:
+        """Log what changed: the servers, or the addresses left out for their family."""
+        left_out, self.other_family = self.other_family, change.other_family
+        if not change and change.other_family == left_out:
             return
+        source = self.pool.group_source(self.group)
         self.discovery.log.info(
             "dns_changed",
             pool=self.pool.config.name,
@@ -199,6 +209,8 @@ class Watch:
             added=_listed(change.added),
             removed=_listed(change.removed),
             changed=_listed(change.changed) if change.changed else None,
+            other_family=_listed(change.other_family) if change.other_family else None,
+            source=source.host if change.other_family and source is not None else None,
         )
 
     def _again(self, delay: float) -> None:

@@ -189,7 +189,9 @@ class Supervisor:
         # Handlers before the first fork: a signal from now on is passed on, never fatal.
         self.reactor.add_signal_handler(signal.SIGTERM, lambda: self._stop(signal.SIGTERM))
         self.reactor.add_signal_handler(signal.SIGINT, lambda: self._stop(signal.SIGINT))
-        self.reactor.add_signal_handler(signal.SIGHUP, self._reload)
+        # SIGHUP is `reload` without --keep-runtime: the run-time server changes go for good,
+        # so a worker restarted later is not told them either.
+        self.reactor.add_signal_handler(signal.SIGHUP, self.target.reload)
         try:
             self._bind_admin()
             passed = self.systemd.assign(self.config.listeners)

@@ -542,3 +542,16 @@ def test_a_reload_drops_the_run_time_servers_and_says_which_unless_it_keeps_them
     assert ok(sock_path, "reload", "--keep-runtime") == "ok\n"
     assert wait_until(lambda: proxy.log_text().count(" reloaded ") == 2 * WORKERS)
     assert _servers(sock_path) == [one.address, two.address]
+
+
+def test_a_sighup_drops_the_run_time_servers_for_a_worker_restarted_later_too(tree, start_upstream):
+    one, two = start_upstream(tagged(b"one:")), start_upstream(tagged(b"two:"))
+    proxy, sock_path, _address = tree(one.address)
+    assert ok(sock_path, "add", "server", "app", two.address) == "ok\n"
+    proxy.proc.send_signal(signal.SIGHUP)  # a reload without --keep-runtime
+    assert wait_until(lambda: proxy.log_text().count(" reloaded ") == WORKERS)
+    assert _servers(sock_path) == [one.address]
+    os.kill(worker_pids(proxy)[1], signal.SIGKILL)
+    proxy.wait_for(lambda _line: proxy.log_text().count(" listening ") == WORKERS + 1)
+    assert _servers(sock_path) == [one.address]
+    assert _tags(proxy, 20) == {b"one:": 20}

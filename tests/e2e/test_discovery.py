@@ -16,13 +16,20 @@ from tests.support import (
     admin_address,
     ask,
     connect,
+    ctl,
+    free_port,
     http,
     logfmt,
     metrics,
+    ok,
+    peer_reporter,
     recv_exactly,
     reload,
     run_cli,
+    server_context,
     tagged,
+    tls_upstream,
+    wait_until,
     write,
 )
 from tests.support.dns import Dnsmasq, TinyNameserver, upstreams_on_one_port
@@ -282,3 +289,124 @@ def test_an_srv_target_without_an_address_is_no_server_and_no_bound(tmp_path, st
     assert logfmt(proxy.wait_for(" dns_changed "))["added"] == "[127.0.0.2:9]"
     time.sleep(0.3)
     assert not _events(proxy, "dns_bounded"), proxy.log_text()
+
+
+# -- the servers DNS gives and the features of their upstream ---------------------------------
+
+
+def _source_of(address) -> str:
+    """The address the upstream saw the proxy's connection come from."""
+    with connect(address) as client:
+        return client.recv(64).decode().split()[0]
+
+
+def test_servers_from_dns_or_added_at_run_time_connect_from_their_source_and_so_do_their_checks(
+    tmp_path, start_proxy, start_dnsmasq, start_upstream
+):
+    checked: list[str] = []
+
+    def recording(conn) -> None:
+        checked.append(conn.getpeername()[0])
+        peer_reporter(conn)
+
+    named, found, added = start_upstream(peer_reporter), start_upstream(recording), start_upstream(peer_reporter)
+    nameserver = start_dnsmasq(
+        {"app.test": ["127.0.0.1"], "node.test": ["127.0.0.1"]}, srv=(f"_app._tcp.test,node.test,{found.port},1,1",)
+    )
+    placeholder = f"127.0.0.1:{free_port()}"
+    table = f"""\
+        admin: {{socket: admin.sock}}
+        resolvers: {{nameservers: [{nameserver.address}], timeout: 0.5s, attempts: 1, hold_valid: 1s}}
+        upstreams:
+          named:
+            servers: [{{address: "app.test:{named.port}", resolve: all, source: 127.0.0.3}}]
+            source: 127.0.0.2
+          found:
+            discover: {{srv: _app._tcp.test}}
+            source: 127.0.0.4
+            health_check: {{interval: 0.2s, timeout: 1s}}
+          added:
+            servers: ["{placeholder}"]
+            source: 127.0.0.5
+        listeners:
+          - {{name: named, listen: "127.0.0.1:0", upstream: named}}
+          - {{name: found, listen: "127.0.0.1:0", upstream: found}}
+          - {{name: added, listen: "127.0.0.1:0", upstream: added}}
+        """
+    proxy = start_proxy("run", "-c", str(write(tmp_path, table)), wait_listening=3)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=app.test" in line)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=_app._tcp.test" in line)
+    sock_path = tmp_path / "admin.sock"
+    ok(sock_path, "add", "server", "added", added.address)
+    ok(sock_path, "del", "server", "added", placeholder)
+    # The listed server's own source, inherited by the addresses its name gives; the upstream's
+    # for the SRV targets and for a server an operator added.
+    assert _source_of(proxy.listener_address("named")) == "127.0.0.3"
+    assert _source_of(proxy.listener_address("found")) == "127.0.0.4"
+    assert _source_of(proxy.listener_address("added")) == "127.0.0.5"
+    assert wait_until(lambda: len(checked) >= 3)
+    assert set(checked) == {"127.0.0.4"}, checked
+
+
+def test_an_address_of_the_other_family_than_the_source_is_no_server_and_is_said(
+    tmp_path, start_proxy, start_dnsmasq, start_upstream
+):
+    upstream = start_upstream(peer_reporter)
+    nameserver = start_dnsmasq({"app.test": ["127.0.0.1", "::1"]})
+    table = f"""\
+        admin: {{socket: admin.sock}}
+        resolvers: {{nameservers: [{nameserver.address}], timeout: 0.5s, attempts: 1, hold_valid: 1s}}
+        upstreams:
+          app:
+            servers: [{{address: "app.test:{upstream.port}", resolve: all}}]
+            source: 127.0.0.2
+            retries: 0
+        listeners:
+          - {{listen: "127.0.0.1:0", upstream: app}}
+        """
+    proxy = start_proxy("run", "-c", str(write(tmp_path, table)))
+    changed = logfmt(proxy.wait_for(" dns_changed "))
+    assert changed["added"] == f"[127.0.0.1:{upstream.port}]", changed
+    assert changed["other_family"] == f"[[::1]:{upstream.port}]", changed
+    assert changed["source"] == "127.0.0.2", changed
+    for _ in range(4):  # every connection reaches the server, none fails to bind
+        assert _source_of(proxy.address) == "127.0.0.2"
+    time.sleep(1.2)  # asked again, the same answer: nothing more is said
+    assert len(_events(proxy, "dns_changed")) == 1, proxy.log_text()
+    refused = ctl(tmp_path / "admin.sock", "add", "server", "app", f"[::1]:{upstream.port}")
+    assert refused.returncode != 0
+    assert f"source 127.0.0.2 is IPv4 and server [::1]:{upstream.port} is not" in refused.stdout + refused.stderr
+    assert {line["result"] for line in proxy.wait_access(4)} == {"closed"}
+
+
+def test_tls_to_servers_from_dns_checks_and_sends_the_name_they_were_found_by(
+    tmp_path, pki, start_proxy, start_dnsmasq, start_upstream
+):
+    names: list[str | None] = []
+    context = server_context(pki, "upstream")
+    context.sni_callback = lambda _sock, name, _context: names.append(name)
+    upstream = start_upstream(tls_upstream(context, b"tls:"))
+    nameserver = start_dnsmasq(
+        {"upstream.test": ["127.0.0.1"]}, srv=(f"_app._tcp.test,upstream.test,{upstream.port},1,1",)
+    )
+    table = f"""\
+        resolvers: {{nameservers: [{nameserver.address}], timeout: 0.5s, attempts: 1}}
+        upstreams:
+          named:
+            servers: [{{address: "upstream.test:{upstream.port}", resolve: all}}]
+            tls: {{verify: true, ca: "{pki["ca"]}"}}
+          found:
+            discover: {{srv: _app._tcp.test}}
+            tls: {{verify: true, ca: "{pki["ca"]}"}}
+        listeners:
+          - {{name: named, listen: "127.0.0.1:0", upstream: named}}
+          - {{name: found, listen: "127.0.0.1:0", upstream: found}}
+        """
+    proxy = start_proxy("run", "-c", str(write(tmp_path, table)), wait_listening=2)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=upstream.test" in line)
+    proxy.wait_for(lambda line: " dns_changed " in line and "name=_app._tcp.test" in line)
+    for listener in ("named", "found"):
+        with connect(proxy.listener_address(listener)) as client:
+            assert recv_exactly(client, 4) == b"tls:"
+    assert names == ["upstream.test", "upstream.test"]
+    assert {line["result"] for line in proxy.wait_access(2)} == {"closed"}

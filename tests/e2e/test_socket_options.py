@@ -23,6 +23,7 @@ from tests.support import (
     echo_handler,
     logfmt,
     ok,
+    peer_reporter,
     recv_exactly,
     required_tool,
     run_cli,
@@ -104,13 +105,6 @@ def listen_backlog(port: int) -> int:
     ss = required_tool("ss")
     out = subprocess.run([ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=WAIT).stdout
     return int(out.split()[2])
-
-
-def peer_reporter(conn: socket.socket) -> None:
-    """An upstream that says which address and port the connection came from."""
-    host, port = conn.getpeername()[:2]
-    conn.sendall(f"{host} {port}\n".encode())
-    conn.recv(1)
 
 
 def test_keepalive_and_user_timeout_from_yaml_are_on_each_side_s_sockets(tmp_path, start_proxy, start_upstream):

@@ -34,7 +34,15 @@ from tests.support.processes import (
     run_cli,
     splicing,
 )
-from tests.support.servers import UnixUpstream, Upstream, echo_handler, sink_handler, source_handler, tagged
+from tests.support.servers import (
+    UnixUpstream,
+    Upstream,
+    echo_handler,
+    peer_reporter,
+    sink_handler,
+    source_handler,
+    tagged,
+)
 from tests.support.tls import (
     client_context,
     echo_through,
@@ -80,6 +88,7 @@ __all__ = [
     "ok",
     "parse_blocks",
     "pattern",
+    "peer_reporter",
     "pool",
     "ports",
     "proc_status",

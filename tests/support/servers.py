@@ -106,6 +106,13 @@ def tagged(tag: bytes) -> Callable[[socket.socket], None]:
     return handler
 
 
+def peer_reporter(conn: socket.socket) -> None:
+    """An upstream that says which address and port the connection came from."""
+    host, port = conn.getpeername()[:2]
+    conn.sendall(f"{host} {port}\n".encode())
+    conn.recv(1)
+
+
 def sink_handler(conn: socket.socket) -> None:
     """Read to EOF, then answer `LENGTH SHA256\\n`: proves upload and half-close."""
     digest = hashlib.sha256()

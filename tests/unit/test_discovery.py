@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.schema import DiscoverConfig, ServerConfig, UpstreamConfig
+from proxy.config.schema import DiscoverConfig, ServerConfig, SourceConfig, UpstreamConfig
 from proxy.config.units import Address
 from proxy.policy.discovery import (
     MIN_REFRESH,
@@ -141,3 +142,33 @@ def test_max_servers_bounds_the_dns_groups_together():
     pool.found(0, address_servers(["10.0.0.1", "10.0.0.2"], 80))
     pool.found(SRV_GROUP, srv_servers([SrvRecord(1, 1, 9, "t0.test")], GLUE))
     assert len(pool.servers) == 3 and len(pool.groups[SRV_GROUP]) == 1
+
+
+def test_servers_from_dns_take_their_source_and_an_address_of_the_other_family_is_left_out():
+    listed = ServerConfig(Address("app.test", 80), source=SourceConfig("10.0.0.9"), resolve="all")
+    upstream = UpstreamConfig(
+        "app", (listed,), discover=DiscoverConfig("_app._tcp.test"), source=SourceConfig("10.0.0.5")
+    )
+    pool = Pool(upstream)
+    change = pool.found(0, address_servers(["10.0.0.1", "2001:db8::1"], 80))
+    assert [str(each.address) for each in change.added] == ["10.0.0.1:80"]
+    assert [str(each.address) for each in change.other_family] == ["[2001:db8::1]:80"]
+    pool.found(SRV_GROUP, srv_servers([SrvRecord(1, 1, 9, "t0.test")], GLUE))
+    sources = {str(server.address): server.config.source.host for server in pool.servers}
+    assert sources == {"10.0.0.1:80": "10.0.0.9", "10.1.0.1:9": "10.0.0.5", "10.1.0.2:9": "10.0.0.5"}
+    with pytest.raises(ValueError, match=r"source 10.0.0.5 is IPv4 and server \[2001:db8::2\]:80 is not"):
+        pool.add_server(ServerConfig(Address("2001:db8::2", 80)))
+
+
+def test_a_server_from_dns_keeps_the_name_it_was_found_by_through_a_reload():
+    pool = _dns_pool()
+    assert [server.name for server in pool.servers] == ["app.test"]  # the name, standing for itself
+    pool.found(0, address_servers(["10.0.0.1"], 80, name="app.test"))
+    pool.found(SRV_GROUP, srv_servers([SrvRecord(1, 1, 9, "t0.test")], GLUE))
+    reloaded = _dns_pool()
+    reloaded.take_over(pool)
+    assert [(str(s.address), s.name) for s in reloaded.servers] == [
+        ("10.0.0.1:80", "app.test"),
+        ("10.1.0.1:9", "t0.test"),
+        ("10.1.0.2:9", "t0.test"),
+    ]

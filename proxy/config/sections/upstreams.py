@@ -23,7 +23,7 @@ from proxy.config.schema import (
     UpstreamTlsConfig,
 )
 from proxy.config.sections.files import ca_file, certificate
-from proxy.config.sockets import keepalive_count, keepalive_seconds, parse_source, user_timeout
+from proxy.config.sockets import keepalive_count, keepalive_seconds, parse_source, source_mismatch, user_timeout
 from proxy.config.units import SocketAddress
 
 
@@ -91,11 +91,9 @@ def tcp_only(reader: Reader, fields: Fields, keys: tuple[str, ...], what: str, a
 
 def source_family(reader: Reader, node: yaml.Node, source: SourceConfig, addresses: list[SocketAddress]) -> None:
     """Report a source of the other IP family than a server's address (a name is checked when resolved)."""
-    v6 = ":" in source.host
     for address in addresses:
-        if not address.is_unix and address.is_literal and address.is_ipv6 != v6:
-            family = "IPv6" if v6 else "IPv4"
-            reader.error(node, f"source {source.host} is {family} and server {address} is not: no connect from there")
+        if (mismatch := source_mismatch(source, address)) is not None:
+            reader.error(node, mismatch)
             return
 
 
