@@ -97,17 +97,22 @@ class TinyNameserver:
         self.answer = answer
         self.asked: list[str] = []  # "udp" or "tcp", a query each
         self._stopping = threading.Event()
-        for _ in range(5):  # a port free for UDP may be taken for TCP: try another
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.bind(("127.0.0.1", 0))
-            self.port = self.udp.getsockname()[1]
+        # A port free for TCP (connections in TIME_WAIT do not hold it, with SO_REUSEADDR) and
+        # then for UDP: on a busy machine the first port tried may be taken for one of them.
+        for _ in range(50):
             self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind(("127.0.0.1", 0))
+            self.port = self.tcp.getsockname()[1]
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                self.tcp.bind(("127.0.0.1", self.port))
+                self.udp.bind(("127.0.0.1", self.port))
                 break
             except OSError:
                 self.udp.close()
                 self.tcp.close()
+        else:
+            raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1 after 50 tries")
         self.tcp.listen(8)
         for sock in (self.udp, self.tcp):
             sock.settimeout(0.2)
