@@ -14,7 +14,7 @@ import trustme
 
 from proxy.log import EventLog
 from proxy.loop.reactor import Reactor
-from tests.support import ProxyProcess, UnixUpstream, Upstream, write_pki
+from tests.support import ProxyProcess, UnixUpstream, Upstream, stopped_at_teardown, write_pki
 
 
 def pytest_configure(config):
@@ -58,31 +58,17 @@ def start_proxy(tmp_path, proxy_env):
         proc.kill()
 
 
-def _stopped_at_teardown(server_class):
-    """A fixture body: start(...) -> server_class(...), each closed when the test ends."""
-    started = []
-
-    def start(*args, **kwargs):
-        server = server_class(*args, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
-
-
 @pytest.fixture
 def start_upstream():
     """start_upstream(handler, host="127.0.0.1") -> Upstream; closed at teardown."""
-    yield from _stopped_at_teardown(Upstream)
+    yield from stopped_at_teardown(Upstream)
 
 
 @pytest.fixture
 def start_unix_upstream():
     """start_unix_upstream(handler, path) -> UnixUpstream (a path, or an abstract name as
     b"\\0name"); closed at teardown."""
-    yield from _stopped_at_teardown(UnixUpstream)
+    yield from stopped_at_teardown(UnixUpstream)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import WAIT, Upstream, echo_handler, free_port, recv_all, recv_exactly, wait_until
+from tests.support import WAIT, Upstream, accepts, echo_handler, free_port, recv_all, recv_exactly, wait_until
 
 # Each budget is today's count with a little room (a loop pass more or less, as the kernel's
 # wake-ups fall); lower it when a change saves calls, and raise it only with the change that
@@ -30,14 +30,6 @@ BUDGET = {
 FEW, MANY = 50, 250
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def profiled_calls(tmp_path: Path, upstream: str, work, units: int, level: str) -> int:
     """The calls a `forward` at log `level` makes while `work(port, units)` uses it, start to end."""
     port = free_port()
@@ -46,7 +38,7 @@ def profiled_calls(tmp_path: Path, upstream: str, work, units: int, level: str) 
     command += ["forward", f"127.0.0.1:{port}", upstream, "--log-level", level]
     proxy = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the profiled proxy never listened"
+        assert wait_until(lambda: accepts(port), timeout=WAIT * 3), "the profiled proxy never listened"
         work(port, units)
         proxy.send_signal(signal.SIGINT)  # a drain: the proxy exits, and cProfile writes its file
         assert proxy.wait(WAIT * 3) == 0

@@ -4,6 +4,7 @@ and weights, truncated answers, nameservers that fail, a registry of 10,000 reco
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import threading
@@ -27,6 +28,7 @@ from tests.support import (
     reload,
     run_cli,
     server_context,
+    stopped_at_teardown,
     tagged,
     tls_upstream,
     wait_until,
@@ -37,16 +39,7 @@ from tests.support.dns import Dnsmasq, TinyNameserver, upstreams_on_one_port
 
 @pytest.fixture
 def start_dnsmasq(tmp_path):
-    started: list[Dnsmasq] = []
-
-    def start(hosts, **kwargs) -> Dnsmasq:
-        server = Dnsmasq(tmp_path, hosts, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
+    yield from stopped_at_teardown(functools.partial(Dnsmasq, tmp_path))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import WAIT, Upstream, echo_handler, free_port, recv_all, required_tool, wait_until
+from tests.support import WAIT, Upstream, accepts, echo_handler, free_port, recv_all, required_tool, wait_until
 
 # The calls one plain connection costs: the client's accept (and the accept that finds the
 # queue empty), the upstream's socket and connect (no SO_ERROR: epoll says when a connect
@@ -51,7 +51,7 @@ def counted_calls(strace: str, tmp_path: Path, upstream: str, connections: int) 
     with open(errors, "wb") as stderr:
         tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
+        assert wait_until(lambda: accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
         for index in range(connections):
             with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
                 client.sendall(b"request %d" % index)
@@ -73,14 +73,6 @@ def counted_calls(strace: str, tmp_path: Path, upstream: str, connections: int) 
             counts[fields[-1]] = int(fields[3])
     assert counts, f"no strace summary: {errors.read_text(errors='replace')[-2000:]}"
     return counts
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def test_a_plain_connection_costs_no_more_system_calls_than_its_budget(tmp_path):
@@ -117,7 +109,7 @@ def traced_proxy(tmp_path: Path, calls: str, port: int, arguments: list[str]) ->
         command + arguments, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        assert wait_until(lambda: _accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
+        assert wait_until(lambda: accepts(port), timeout=WAIT * 3), "the traced proxy never listened"
         yield trace
         time.sleep(0.2)
     finally:

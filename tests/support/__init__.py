@@ -21,7 +21,7 @@ from tests.support.config import REPOSITORY, pool, ports, write
 from tests.support.firstbytes import FIRST_BYTES, client_hello
 from tests.support.inprocess import Lines, listener_address, serving
 from tests.support.logs import logfmt
-from tests.support.net import ask, connect, free_port, pattern, recv_all, recv_digest, recv_exactly
+from tests.support.net import accepts, ask, connect, free_port, pattern, recv_all, recv_digest, recv_exactly
 from tests.support.pcapng import EPB, IDB, SHB, parse_blocks
 from tests.support.processes import (
     PeakRss,
@@ -41,6 +41,7 @@ from tests.support.servers import (
     peer_reporter,
     sink_handler,
     source_handler,
+    stopped_at_teardown,
     tagged,
 )
 from tests.support.tls import (
@@ -67,6 +68,7 @@ __all__ = [
     "ProxyProcess",
     "UnixUpstream",
     "Upstream",
+    "accepts",
     "admin_address",
     "ask",
     "children_cpu_seconds",
@@ -105,6 +107,7 @@ __all__ = [
     "snapshot",
     "source_handler",
     "splicing",
+    "stopped_at_teardown",
     "synthetic_client_hello",
     "tagged",
     "tls_connect",

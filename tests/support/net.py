@@ -66,3 +66,12 @@ def ask(address, payload: bytes = b"") -> bytes:
             return recv_all(client)
         except ConnectionResetError:
             return b"<reset>"
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts a connection on 127.0.0.1:`port` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

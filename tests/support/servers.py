@@ -137,3 +137,17 @@ def source_handler(size: int) -> Callable[[socket.socket], None]:
         conn.recv(1)  # wait for the client's close so nothing is reset
 
     return handler
+
+
+def stopped_at_teardown(make):
+    """A fixture body: start(...) -> make(...), each thing made closed when the test ends."""
+    started = []
+
+    def start(*args, **kwargs):
+        server = make(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()

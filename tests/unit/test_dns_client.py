@@ -15,7 +15,7 @@ import pytest
 from proxy.config.units import Address
 from proxy.loop.dns import MAX_IN_FLIGHT, DnsClient, DnsFailure
 from proxy.protocol.dns import Answer
-from tests.support import free_port
+from tests.support import free_port, stopped_at_teardown
 from tests.support.dns import TinyNameserver
 
 TIMEOUT = 0.3
@@ -33,16 +33,7 @@ def _records(query: bytes, *addresses: str, truncated: bool = False) -> bytes:
 
 @pytest.fixture
 def nameservers():
-    started = []
-
-    def start(answer):
-        server = TinyNameserver(answer)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
+    yield from stopped_at_teardown(TinyNameserver)
 
 
 def _ask(reactor, servers: list[str], name: str = "app.test", attempts: int = 1):

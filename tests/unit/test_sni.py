@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import ssl
 import struct
 
 from proxy.protocol.sni import MAX_CLIENT_HELLO, Hello, peek_server_name
-from tests.support import in_records, synthetic_client_hello
+from tests.support import client_hello, in_records, synthetic_client_hello
 from tests.support.tls import extension
 
 
-def real_client_hello(server_name: str | None) -> bytes:
-    """The first flight of a real TLS client, as it would arrive on the wire."""
-    context = ssl.create_default_context()
-    if server_name is None:
-        context.check_hostname = False
-    outgoing = ssl.MemoryBIO()
-    client = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_name)
-    try:
-        client.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
-
-
 def test_a_real_client_hello_names_its_server():
-    assert peek_server_name(real_client_hello("API.Example.com")) == Hello("api.example.com")
+    assert peek_server_name(client_hello("API.Example.com")) == Hello("api.example.com")
 
 
 def test_a_real_client_hello_without_sni():
-    assert peek_server_name(real_client_hello(None)) == Hello(None, "no_sni")
+    assert peek_server_name(client_hello(None)) == Hello(None, "no_sni")
 
 
 def test_every_strict_prefix_needs_more_and_byte_by_byte_arrival_works():
-    hello = real_client_hello("bytewise.test")
+    hello = client_hello("bytewise.test")
     for end in range(len(hello)):
         assert peek_server_name(hello[:end]) is None
     assert peek_server_name(hello) == Hello("bytewise.test")
 
 
 def test_a_client_hello_split_over_many_records():
-    record = real_client_hello("records.test")
+    record = client_hello("records.test")
     message = record[5:]
     for size in (1, 7, 100, 4096):
         assert peek_server_name(in_records(message, size)) == Hello("records.test")
