@@ -22,7 +22,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -33,11 +32,10 @@ from proxy.admin.commands import ServerChange, dump_answer
 from proxy.admin.stats import connection_row, process_stats, server_rows
 from proxy.admin.web import AdminHttp
 from proxy.config.dumping import parse_dump_condition
-from proxy.config.faults import Faults, format_fault, parse_fault, parse_fault_type
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.schema import NO_OVERRIDES, Config, DumpOverrides, PcapConfig, listener_key, with_overrides
 from proxy.config.sockets import effective_backlog, somaxconn
-from proxy.config.units import SocketAddress, did_you_mean
+from proxy.config.units import SocketAddress
 from proxy.errors import StartupError, describe_os_error
 from proxy.log import EventLog
 from proxy.loop.drain import attach_output
@@ -48,11 +46,11 @@ from proxy.loop.sockopts import configure_listening
 from proxy.output import open_private
 from proxy.output.pcap_sink import STANDARD_OUTPUT, PcapSink, worker_path
 from proxy.output.tap import HexdumpWriter
-from proxy.policy.faults import FaultPlan
 from proxy.policy.upstreams import Pool
 from proxy.relay.dumping import Rule
 from proxy.relay.runtime import Runtime
 from proxy.relay.splice import SPLICE_AVAILABLE
+from proxy.serve import runtime_faults
 from proxy.serve.build import Build
 from proxy.serve.dns_follow import DnsFollowing
 from proxy.serve.frontend import DumpOutputs, Frontend
@@ -395,62 +393,13 @@ class Server:
     # -- faults at run time (the admin socket's `fault add`, `fault remove`, `fault list`) --
 
     def add_fault(self, target: str, spec: str) -> str:
-        """Add the toxic `spec` (TYPE:KEY=VALUE,...) to the listener or route named `target`.
-
-        It applies to connections accepted from now on, until the next reload; ValueError says
-        what is wrong with the spec or the target.
-        """
-        fault = parse_fault(spec)
-        self._change_faults(target, lambda faults: tuple(dict.fromkeys((*faults, fault))))
-        return f"{target}: added {format_fault(fault)}"
+        return runtime_faults.add(self.listeners.values(), target, spec)
 
     def remove_fault(self, target: str, kind: str) -> str:
-        """Remove the toxics of type `kind` from the listener or route named `target` (new connections)."""
-        kind = parse_fault_type(kind)
-        removed = self._change_faults(target, lambda faults: tuple(fault for fault in faults if fault.type != kind))
-        if not removed:
-            raise ValueError(f"{target} has no {kind} fault")
-        return f"{target}: removed {removed} {kind} fault{'s' if removed > 1 else ''}"
+        return runtime_faults.remove(self.listeners.values(), target, kind)
 
     def list_faults(self) -> list[str]:
-        """`TARGET: SPEC`, one line per toxic of each listener, then of each of its named routes."""
-        lines = []
-        for frontend in self.listeners.values():
-            config = frontend.table.config
-            lines.extend(f"{frontend.name}: {format_fault(fault)}" for fault in config.faults)
-            for route in config.routes:
-                lines.extend(f"{route.name}: {format_fault(fault)}" for fault in route.faults if route.name)
-        return lines
-
-    def _change_faults(self, target: str, change: Callable[[Faults], Faults]) -> int:
-        """Apply `change` to the faults of each listener and named route called `target`, for new
-        connections (each listener's table is rebuilt with them); how many toxics fewer there are."""
-        names: list[str] = []
-        fewer: int | None = None  # None: no such target
-        for frontend in self.listeners.values():
-            table = frontend.table
-            config = table.config
-            here = [frontend.name, *(route.name for route in config.routes if route.name is not None)]
-            names.extend(here)
-            if target not in here:
-                continue
-            fewer = fewer or 0
-            if frontend.name == target:
-                faults = change(config.faults)
-                fewer += len(config.faults) - len(faults)
-                config = replace(config, faults=faults)
-            routes = []
-            for route in config.routes:
-                if route.name == target:
-                    faults = change(route.faults)
-                    fewer += len(route.faults) - len(faults)
-                    route = replace(route, faults=faults)
-                routes.append(route)
-            config = replace(config, routes=tuple(routes))
-            frontend.apply(replace(table, config=config, settings=replace(table.settings, faults=FaultPlan.of(config))))
-        if fewer is None:
-            raise ValueError(f"no listener or route named {target!r}{did_you_mean(target, names)}")
-        return fewer
+        return runtime_faults.listed(self.listeners.values())
 
     # -- stopping ------------------------------------------------------------------------
 
