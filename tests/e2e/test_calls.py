@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import WAIT, Upstream, accepts, echo_handler, free_port, recv_all, recv_exactly, wait_until
+from tests.support import WAIT, Upstream, echo_handler, free_port, listens, recv_all, recv_exactly, wait_until
 
 # Each budget is today's count with a little room (a loop pass more or less, as the kernel's
 # wake-ups fall); lower it when a change saves calls, and raise it only with the change that
@@ -32,21 +32,28 @@ FEW, MANY = 50, 250
 
 def profiled_calls(tmp_path: Path, upstream: str, work, units: int, level: str) -> int:
     """The calls a `forward` at log `level` makes while `work(port, units)` uses it, start to end."""
-    port = free_port()
     profile = tmp_path / f"profile-{level}-{units}.out"
-    command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "proxy"]
-    command += ["forward", f"127.0.0.1:{port}", upstream, "--log-level", level]
-    proxy = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: accepts(port), timeout=WAIT * 3), "the profiled proxy never listened"
-        work(port, units)
-        proxy.send_signal(signal.SIGINT)  # a drain: the proxy exits, and cProfile writes its file
-        assert proxy.wait(WAIT * 3) == 0
-    finally:
-        if proxy.poll() is None:
-            proxy.kill()
-            proxy.wait(WAIT)
-    return pstats.Stats(str(profile)).total_calls
+    for _ in range(5):  # a port found free may be taken by another test before the proxy binds it
+        port = free_port()
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "proxy"]
+        command += ["forward", f"127.0.0.1:{port}", upstream, "--log-level", level]
+        proxy = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            started = lambda proxy=proxy, port=port: proxy.poll() is not None or listens(proxy.pid, port)  # noqa: E731
+            assert wait_until(started, timeout=WAIT * 3), "the profiled proxy never listened"
+            if proxy.poll() is not None:
+                continue
+            work(port, units)
+            proxy.send_signal(signal.SIGINT)  # a drain: the proxy exits, and cProfile writes its file
+            assert proxy.wait(WAIT * 3) == 0
+        finally:
+            if proxy.poll() is None:
+                proxy.kill()
+                proxy.wait(WAIT)
+        return pstats.Stats(str(profile)).total_calls
+    raise AssertionError("the profiled proxy could not listen on any of five free ports")
 
 
 def connections(port: int, count: int) -> None:

@@ -21,7 +21,7 @@ from tests.support.config import REPOSITORY, pool, ports, write
 from tests.support.firstbytes import FIRST_BYTES, client_hello
 from tests.support.inprocess import Lines, listener_address, serving
 from tests.support.logs import logfmt
-from tests.support.net import accepts, ask, connect, free_port, pattern, recv_all, recv_digest, recv_exactly
+from tests.support.net import accepts, ask, connect, free_port, listens, pattern, recv_all, recv_digest, recv_exactly
 from tests.support.pcapng import EPB, IDB, SHB, parse_blocks
 from tests.support.processes import (
     PeakRss,
@@ -85,6 +85,7 @@ __all__ = [
     "in_records",
     "labels",
     "listener_address",
+    "listens",
     "logfmt",
     "metrics",
     "ok",

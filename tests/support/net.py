@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 
 from tests.support.waits import WAIT
@@ -75,3 +76,20 @@ def accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself listens on TCP `port` of IPv4 (not some other process that
+    took the port meanwhile): one of its descriptors is the listening socket /proc/net/tcp names."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        inodes = set()
+        for fd in os.listdir(fds):
+            target = os.readlink(f"{fds}/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        return False  # the process is gone
+    return any(row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port and row[9] in inodes for row in rows)
